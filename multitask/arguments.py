@@ -1,0 +1,159 @@
+"""Command-line arguments: three dataclasses parsed by `transformers.HfArgumentParser`.
+
+`MultitaskTrainingArguments` subclasses `TrainingArguments`, so every Trainer flag (`--bf16`, `--report_to`,
+`--push_to_hub`, `--resume_from_checkpoint`, …) passes through, and our knobs travel with the Trainer state.
+Defaults follow the design memo's "plain configuration".
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .configuration import DEFAULT_TEXT_COLUMNS
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Encoder to start from: a local directory or a Hub id (e.g. microsoft/deberta-v3-base), a plain "
+            "encoder checkpoint or a saved multitask model (e.g. a Stage1 run's model/ dir). Empty: a tiny "
+            "DeBERTa-v2 built from scratch with a tokenizer trained offline on the demo data."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use when it is not stored with the model."}
+    )
+    pooling: str = field(
+        default="mean",
+        metadata={"help": "How the encoder's tokens become one vector: mean (over real tokens) or cls (first token).",
+                  "choices": ["mean", "cls"]},
+    )
+    classifier_dropout: float = field(default=0.1, metadata={"help": "Dropout before both heads."})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and data are cached."})
+
+
+@dataclass
+class DataArguments:
+    task1_file: str | None = field(
+        default=None,
+        metadata={"help": "Task1 (gate) CSV: a 'pick' column (1/0, true/false, Pick/Decline) and the text columns."},
+    )
+    task2_file: str | None = field(
+        default=None, metadata={"help": "Task2 (category) CSV: a 'category' column and the text columns."}
+    )
+    validation_file: str | None = field(
+        default=None,
+        metadata={"help": "Validation CSV with 'pick' and/or 'category'. Empty: a stratified split of training."},
+    )
+    test_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Test CSVs to predict (and score where they carry labels) after training."},
+    )
+    dataset_repo: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset repo (user/name): the file arguments are then paths inside it, downloaded with "
+            "huggingface_hub (token from HF_TOKEN or a .env file)."
+        },
+    )
+    dataset_revision: str | None = field(default=None, metadata={"help": "Revision of --dataset_repo."})
+    text_columns: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TEXT_COLUMNS),
+        metadata={"help": "Columns joined (empty parts skipped) with the tokenizer's separator into the input."},
+    )
+    max_seq_length: int = field(default=256, metadata={"help": "Inputs are truncated to this many tokens."})
+    validation_split: float = field(
+        default=0.1, metadata={"help": "Share of training rows held out (stratified) when no validation file is given."}
+    )
+    encoding: str | None = field(
+        default=None, metadata={"help": "CSV encoding. Empty: UTF-8 (with or without BOM), else CP932/Shift-JIS."}
+    )
+
+
+@dataclass
+class MultitaskTrainingArguments(TrainingArguments):
+    # --- TrainingArguments whose defaults we change (design memo) ---
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Run directory. Empty: output/output_<YYYYmmdd_HHMMSS>/ (must be given under torchrun)."},
+    )
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (of the top encoder layer and heads)."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Training epochs."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
+    warmup_steps: float = field(
+        default=0.06, metadata={"help": "Linear warm-up: a ratio of all steps if < 1, else a number of steps."}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (never on biases or LayerNorm)."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: no, steps, epoch, best."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "When to log: no, steps or epoch."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Checkpoints kept in the run dir (the best one always stays)."}
+    )
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "Reload the checkpoint with the best --metric_for_best_model at the end."}
+    )
+    metric_for_best_model: str | None = field(
+        default="category_macro_f1",
+        metadata={"help": "Validation metric that picks the best checkpoint (and drives early stopping)."},
+    )
+    greater_is_better: bool | None = field(default=True, metadata={"help": "Whether a larger metric is better."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: our collator picks the model's inputs itself."}
+    )
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["gate_labels", "category_labels"],
+        metadata={"help": "Label arguments of the model's forward (both heads)."},
+    )
+    report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to (none, all, wandb…)."})
+
+    # --- our loss knobs ---
+    gate_loss_weight: float = field(default=0.4, metadata={"help": "λ1: weight of the gate (Task1) loss."})
+    category_loss_weight: float = field(default=1.0, metadata={"help": "λ2: weight of the category (Task2) loss."})
+    gate_label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the gate loss."})
+    category_label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the category loss."})
+    gate_class_weighting: bool = field(
+        default=True, metadata={"help": "Inverse-frequency class weights (clipped) for the gate loss."}
+    )
+    category_class_weighting: bool = field(
+        default=True, metadata={"help": "Inverse-frequency class weights (clipped) for the category loss."}
+    )
+    class_weight_min: float = field(default=0.6, metadata={"help": "Lower clip of the inverse-frequency weights."})
+    class_weight_max: float = field(default=3.0, metadata={"help": "Upper clip of the inverse-frequency weights."})
+    hierarchy_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of KL(category distribution ‖ uniform) on Decline rows (0 = off)."},
+    )
+    pick_consistency_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the Pick-consistency term on Pick rows: max(0, log P(category) − log P(Pick))."},
+    )
+    rdrop: bool = field(default=False, metadata={"help": "R-Drop: two dropout passes with a symmetric-KL penalty."})
+    rdrop_alpha_category: float = field(default=0.5, metadata={"help": "R-Drop KL weight on the category head."})
+    rdrop_alpha_gate: float = field(default=0.0, metadata={"help": "R-Drop KL weight on the gate head."})
+    layerwise_lr_decay: float = field(
+        default=0.8,
+        metadata={"help": "Layer-wise LR decay: layer k from the top trains at lr·decay^k; embeddings lowest. 1 = off."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement (empty = never)."}
+    )
+    max_decline_leak: float = field(
+        default=0.05,
+        metadata={"help": "Target share of Decline rows let through as Pick, for the 'leak' gate threshold."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ValueError("Under a distributed launch pass --output_dir: each process would pick its own name.")
+            self.output_dir = os.path.join("output", time.strftime("output_%Y%m%d_%H%M%S"))
+        super().__post_init__()

@@ -1,0 +1,100 @@
+"""`MultitaskConfig`: the encoder's config plus everything the two heads and the predictor need.
+
+The label maps and the tuned gate thresholds live here (and nowhere else), so a saved model is
+self-describing: `run_predict.py` needs nothing but the model directory or Hub id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+GATE_ID2LABEL = {0: "Decline", 1: "Pick"}
+DEFAULT_TEXT_COLUMNS = ["title", "body"]
+
+
+def _int_keys(mapping: dict | None) -> dict[int, str]:
+    # JSON turns int keys into strings; every reader of the config expects ints.
+    return {int(k): str(v) for k, v in (mapping or {}).items()}
+
+
+class MultitaskConfig(PretrainedConfig):
+    r"""Configuration of a [`MultitaskModel`].
+
+    Args:
+        encoder_config (`dict` or `PretrainedConfig`): config of the shared encoder (any `AutoModel` type;
+            DeBERTa-v2/v3 is the reference).
+        category_id2label (`dict[int, str]`): the N categories of the category head, in logit order.
+            Empty when the model has no category head (a gate-only Stage1 model).
+        gate_id2label (`dict[int, str]`): the gate's labels, `{0: "Decline", 1: "Pick"}`; `None` when the
+            model has no gate head (a category-only model).
+        pooling (`str`): `"mean"` (attention-masked mean of the last hidden states) or `"cls"` (first token).
+        classifier_dropout (`float`): dropout before both heads.
+        gate_thresholds (`dict[str, float]`): named P(Pick) thresholds; `"default"` is 0.5 and the
+            validation threshold search adds `"f1"`, `"acc"`, `"leak"`.
+        text_columns (`list[str]`): the CSV columns joined into the model input, in order.
+    """
+
+    model_type = "multitask"
+    sub_configs = {"encoder_config": AutoConfig}
+
+    def __init__(
+        self,
+        encoder_config: dict | PretrainedConfig | None = None,
+        category_id2label: dict | None = None,
+        gate_id2label: dict | None = GATE_ID2LABEL,
+        pooling: str = "mean",
+        classifier_dropout: float = 0.1,
+        gate_thresholds: dict[str, float] | None = None,
+        text_columns: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(encoder_config, dict):
+            encoder_config = dict(encoder_config)
+            model_type = encoder_config.pop("model_type", "deberta-v2")
+            encoder_config = AutoConfig.for_model(model_type, **encoder_config)
+        elif encoder_config is None:
+            encoder_config = AutoConfig.for_model("deberta-v2")
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        self.encoder_config = encoder_config
+        self.category_id2label = _int_keys(category_id2label)
+        self.gate_id2label = _int_keys(gate_id2label) if gate_id2label else None
+        self.pooling = pooling
+        self.classifier_dropout = classifier_dropout
+        self.gate_thresholds = {str(k): float(v) for k, v in (gate_thresholds or {"default": 0.5}).items()}
+        self.text_columns = list(text_columns or DEFAULT_TEXT_COLUMNS)
+        # Mirror the category map into the standard fields so Hub widgets and pipelines show names.
+        if self.category_id2label and "id2label" not in kwargs:
+            kwargs["id2label"] = dict(self.category_id2label)
+        super().__init__(**kwargs)
+
+    @property
+    def num_categories(self) -> int:
+        return len(self.category_id2label)
+
+    @property
+    def has_gate(self) -> bool:
+        return bool(self.gate_id2label)
+
+    @property
+    def has_category(self) -> bool:
+        return self.num_categories > 0
+
+    @property
+    def category_label2id(self) -> dict[str, int]:
+        return {label: idx for idx, label in self.category_id2label.items()}
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder_config.hidden_size
+
+    def label_maps_hash(self) -> str:
+        """A short hash of both label maps: predictions record it so outputs can be matched to a model."""
+        payload = json.dumps(
+            {"category": self.category_id2label, "gate": self.gate_id2label}, sort_keys=True, ensure_ascii=False
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,169 @@
+"""`MultitaskModel`: one shared encoder, a 2-way gate head and an N-way category head.
+
+The encoder is any `AutoModel` (DeBERTa-v2/v3 is the reference); both heads read the same pooled vector.
+Either head may be absent: a gate-only model is a Stage1 model, a category-only model is a plain classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+
+from .configuration import GATE_ID2LABEL, MultitaskConfig
+from .losses import masked_cross_entropy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MultitaskOutput(ModelOutput):
+    """Forward output. `loss` is the plain unweighted sum of the two cross-entropies (the trainer builds its own)."""
+
+    loss: torch.Tensor | None = None
+    gate_logits: torch.Tensor | None = None
+    category_logits: torch.Tensor | None = None
+
+
+def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """Mean over real tokens (padding excluded) or the first ([CLS]) token."""
+    if pooling == "cls":
+        return hidden_states[:, 0]
+    if attention_mask is None:
+        return hidden_states.mean(dim=1)
+    mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class MultitaskModel(PreTrainedModel):
+    config_class = MultitaskConfig
+    # Must equal the encoder attribute name, or encoder weights are silently re-initialised on load.
+    base_model_prefix = "encoder"
+    supports_gradient_checkpointing = True
+    main_input_name = "input_ids"
+
+    def __init__(self, config: MultitaskConfig, encoder: PreTrainedModel | None = None) -> None:
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder_config)
+        # BERT-style encoders carry a pooler we never use; unused parameters break DDP and waste optimizer state.
+        if isinstance(getattr(self.encoder, "pooler", None), nn.Module):
+            self.encoder.pooler = None
+        hidden_size = config.encoder_config.hidden_size
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.gate_head = nn.Linear(hidden_size, 2) if config.has_gate else None
+        self.category_head = nn.Linear(hidden_size, config.num_categories) if config.has_category else None
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = getattr(self.config.encoder_config, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.encoder.set_input_embeddings(value)
+
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **encoder_kwargs
+    ) -> torch.Tensor:
+        """The pooled sentence vector both heads read (before dropout)."""
+        outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_kwargs)
+        return pool(outputs.last_hidden_state, attention_mask, self.config.pooling)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        gate_labels: torch.Tensor | None = None,
+        category_labels: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MultitaskOutput:
+        encoder_kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        pooled = self.dropout(self.encode(input_ids, attention_mask, **encoder_kwargs))
+        gate_logits = self.gate_head(pooled) if self.gate_head is not None else None
+        category_logits = self.category_head(pooled) if self.category_head is not None else None
+
+        loss = None
+        if gate_labels is not None or category_labels is not None:
+            loss = pooled.new_zeros(())
+            if gate_logits is not None and gate_labels is not None:
+                loss = loss + masked_cross_entropy(gate_logits, gate_labels)
+            if category_logits is not None and category_labels is not None:
+                loss = loss + masked_cross_entropy(category_logits, category_labels)
+        return MultitaskOutput(loss=loss, gate_logits=gate_logits, category_logits=category_logits)
+
+
+def build_config(
+    encoder_config,
+    category_labels: list[str] | None,
+    with_gate: bool = True,
+    pooling: str = "mean",
+    classifier_dropout: float = 0.1,
+    text_columns: list[str] | None = None,
+) -> MultitaskConfig:
+    """A fresh config for the given encoder and label set (labels in the order of the category logits)."""
+    return MultitaskConfig(
+        encoder_config=encoder_config,
+        category_id2label=dict(enumerate(category_labels or [])),
+        gate_id2label=GATE_ID2LABEL if with_gate else None,
+        pooling=pooling,
+        classifier_dropout=classifier_dropout,
+        text_columns=text_columns,
+    )
+
+
+def load_for_training(
+    model_name_or_path: str,
+    category_labels: list[str] | None,
+    with_gate: bool = True,
+    pooling: str = "mean",
+    classifier_dropout: float = 0.1,
+    text_columns: list[str] | None = None,
+    **hub_kwargs,
+) -> MultitaskModel:
+    """Start a training run from a plain encoder checkpoint or from a saved multitask model.
+
+    A plain encoder (e.g. `microsoft/deberta-v3-base`) gets its weights loaded through `AutoModel`, which knows
+    each architecture's key prefixes; the heads are new. A saved multitask model (e.g. a Stage1 gate-only run)
+    contributes its encoder, and each head whose label map is unchanged; other heads start fresh.
+    """
+    saved_config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs)
+    if isinstance(saved_config, MultitaskConfig):
+        config = build_config(
+            saved_config.encoder_config, category_labels, with_gate, pooling, classifier_dropout, text_columns
+        )
+        source = MultitaskModel.from_pretrained(model_name_or_path, **hub_kwargs)
+        model = MultitaskModel(config, encoder=source.encoder)
+        if model.gate_head is not None and source.gate_head is not None:
+            model.gate_head.load_state_dict(source.gate_head.state_dict())
+        if model.category_head is not None and source.config.category_id2label == config.category_id2label:
+            model.category_head.load_state_dict(source.category_head.state_dict())
+        return model
+
+    encoder = AutoModel.from_pretrained(model_name_or_path, **hub_kwargs)
+    config = build_config(encoder.config, category_labels, with_gate, pooling, classifier_dropout, text_columns)
+    return MultitaskModel(config, encoder=encoder)
+
+
+def register_auto_classes() -> None:
+    """Make `AutoConfig`/`AutoModel` resolve `model_type="multitask"` (idempotent)."""
+    try:
+        AutoConfig.register(MultitaskConfig.model_type, MultitaskConfig)
+    except ValueError:
+        pass  # already registered
+    try:
+        AutoModel.register(MultitaskConfig, MultitaskModel)
+    except ValueError:
+        pass
+
+
+register_auto_classes()

@@ -1,0 +1,115 @@
+"""Batched, length-sorted inference and the prediction table, shared by run_predict.py and training runs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from .configuration import MultitaskConfig
+from .modeling import MultitaskModel
+
+logger = logging.getLogger(__name__)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_model_dir(model: str) -> str:
+    """A run directory holds the model in `model/`; anything else is passed to from_pretrained as is."""
+    path = Path(model)
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        return str(path / "model")
+    return model
+
+
+def load_model(model: str, device: str = "auto", **hub_kwargs) -> tuple[MultitaskModel, object]:
+    """Model and tokenizer from a run dir, a model dir or a Hub id, in eval mode on the chosen device."""
+    source = resolve_model_dir(model)
+    multitask_model = AutoModel.from_pretrained(source, **hub_kwargs)
+    if not isinstance(multitask_model, MultitaskModel):
+        raise ValueError(f"{model}: not a multitask model (model_type {multitask_model.config.model_type!r})")
+    tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
+    multitask_model.to(select_device(device)).eval()
+    return multitask_model, tokenizer
+
+
+@dataclass
+class Scores:
+    """Model scores aligned with the input rows. A head the model lacks gives None."""
+
+    pick_prob: np.ndarray | None
+    category_probs: np.ndarray | None
+
+
+@torch.inference_mode()
+def predict_scores(
+    model: MultitaskModel,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 64,
+    max_length: int = 256,
+    progress: bool = False,
+) -> Scores:
+    """Score texts in batches of similar length (less padding), then restore the input order."""
+    device = next(model.parameters()).device
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    order = np.argsort([len(ids) for ids in encoded], kind="stable")
+    pick_prob = np.zeros(len(texts), dtype=np.float32) if model.config.has_gate else None
+    category_probs = (
+        np.zeros((len(texts), model.config.num_categories), dtype=np.float32) if model.config.has_category else None
+    )
+    starts = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="Predicting", unit="batch")
+    for start in starts:
+        rows = order[start : start + batch_size]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(device)
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if pick_prob is not None:
+            pick_prob[rows] = torch.softmax(outputs.gate_logits.float(), dim=-1)[:, 1].cpu().numpy()
+        if category_probs is not None:
+            category_probs[rows] = torch.softmax(outputs.category_logits.float(), dim=-1).cpu().numpy()
+    return Scores(pick_prob, category_probs)
+
+
+def prediction_table(
+    frame: pd.DataFrame, scores: Scores, config: MultitaskConfig, threshold: float = 0.5, top_k: int = 3
+) -> pd.DataFrame:
+    """Input columns kept, plus pick_prob, pick_pred, category_pred, category_prob, category_top{k}, decision."""
+    table = frame.copy()
+    if scores.pick_prob is not None:
+        table["pick_prob"] = np.round(scores.pick_prob, 6)
+        table["pick_pred"] = (scores.pick_prob >= threshold).astype(int)
+    if scores.category_probs is not None:
+        id2label = config.category_id2label
+        k = min(top_k, config.num_categories)
+        top = np.argsort(-scores.category_probs, axis=1, kind="stable")[:, :k]
+        top_probs = np.take_along_axis(scores.category_probs, top, axis=1)
+        table["category_pred"] = [id2label[int(i)] for i in top[:, 0]]
+        table["category_prob"] = np.round(top_probs[:, 0], 6)
+        table[f"category_top{k}"] = [
+            "|".join(f"{id2label[int(i)]}:{p:.4f}" for i, p in zip(ids, probs)) for ids, probs in zip(top, top_probs)
+        ]
+    if scores.pick_prob is not None and scores.category_probs is not None:
+        table["decision"] = np.where(table["pick_pred"] == 1, table["category_pred"], "Decline")
+    elif scores.pick_prob is not None:
+        table["decision"] = np.where(table["pick_pred"] == 1, "Pick", "Decline")
+    else:
+        table["decision"] = table["category_pred"]
+    return table

@@ -1,0 +1,141 @@
+"""`MultitaskTrainer`: a `transformers.Trainer` whose loss is λ1·gate + λ2·category (+ hierarchy, R-Drop).
+
+Every term is a function in `losses.py`; this class only composes them, logs them, and builds LLRD groups.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from . import losses
+from .optim import llrd_parameter_groups
+
+
+class MultitaskTrainer(Trainer):
+    def __init__(
+        self,
+        *args,
+        gate_class_weights: torch.Tensor | None = None,
+        category_class_weights: torch.Tensor | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate_class_weights = gate_class_weights
+        self.category_class_weights = category_class_weights
+        # We average over labelled rows ourselves; the Trainer must not rescale by num_items_in_batch,
+        # and must divide our per-batch mean by the gradient-accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        self._logged_terms: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # Callbacks that need the training-step outputs (train accuracy, cartography) read this each step.
+        self.last_train_batch: dict[str, torch.Tensor] | None = None
+
+    def _task_losses(self, outputs, gate_labels, category_labels) -> dict[str, torch.Tensor]:
+        args = self.args
+        terms = {}
+        if outputs.gate_logits is not None and gate_labels is not None:
+            weights = self.gate_class_weights
+            terms["gate_loss"] = losses.masked_cross_entropy(
+                outputs.gate_logits,
+                gate_labels,
+                weights.to(outputs.gate_logits.device) if weights is not None else None,
+                args.gate_label_smoothing,
+            )
+        if outputs.category_logits is not None and category_labels is not None:
+            weights = self.category_class_weights
+            terms["category_loss"] = losses.masked_cross_entropy(
+                outputs.category_logits,
+                category_labels,
+                weights.to(outputs.category_logits.device) if weights is not None else None,
+                args.category_label_smoothing,
+            )
+        both_heads = outputs.gate_logits is not None and outputs.category_logits is not None
+        if both_heads and gate_labels is not None and args.hierarchy_weight > 0:
+            terms["hierarchy_loss"] = losses.hierarchy_kl_to_uniform(outputs.category_logits, gate_labels)
+        if both_heads and category_labels is not None and gate_labels is not None and args.pick_consistency_weight > 0:
+            terms["pick_consistency_loss"] = losses.pick_consistency(
+                outputs.gate_logits, outputs.category_logits, gate_labels, category_labels
+            )
+        return terms
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        gate_labels = inputs.get("gate_labels")
+        category_labels = inputs.get("category_labels")
+        row_ids = inputs.get("row_id")
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("gate_labels", "category_labels", "row_id")}
+        args = self.args
+
+        outputs = model(**model_inputs)
+        terms = self._task_losses(outputs, gate_labels, category_labels)
+        if args.rdrop and model.training:
+            # R-Drop: a second pass with fresh dropout; CE averaged over both passes, plus symmetric KL.
+            second = model(**model_inputs)
+            second_terms = self._task_losses(second, gate_labels, category_labels)
+            terms = {name: 0.5 * (value + second_terms[name]) for name, value in terms.items()}
+            if outputs.category_logits is not None and args.rdrop_alpha_category > 0:
+                mask = category_labels != losses.IGNORE_INDEX if category_labels is not None else None
+                terms["rdrop_category_kl"] = losses.symmetric_kl(
+                    outputs.category_logits, second.category_logits, mask
+                )
+            if outputs.gate_logits is not None and args.rdrop_alpha_gate > 0:
+                terms["rdrop_gate_kl"] = losses.symmetric_kl(outputs.gate_logits, second.gate_logits)
+
+        weights = {
+            "gate_loss": args.gate_loss_weight,
+            "category_loss": args.category_loss_weight,
+            "hierarchy_loss": args.hierarchy_weight,
+            "pick_consistency_loss": args.pick_consistency_weight,
+            "rdrop_category_kl": args.rdrop_alpha_category,
+            "rdrop_gate_kl": args.rdrop_alpha_gate,
+        }
+        loss = sum(weights[name] * value for name, value in terms.items())
+        if not terms:  # a batch with no label for any head present: exact zero, still on the graph
+            loss = sum(logits.sum() * 0.0 for logits in (outputs.gate_logits, outputs.category_logits) if logits is not None)
+
+        mode = "train" if model.training else "eval"
+        for name, value in terms.items():
+            self._logged_terms[mode][name].append(value.detach().float().item())
+        if model.training:
+            self.last_train_batch = {
+                "gate_logits": outputs.gate_logits.detach() if outputs.gate_logits is not None else None,
+                "category_logits": outputs.category_logits.detach() if outputs.category_logits is not None else None,
+                "gate_labels": gate_labels,
+                "category_labels": category_labels,
+                "row_id": row_ids,
+            }
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Per-term means since the last log: training terms with the training loss, eval terms with eval_loss.
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._logged_terms[mode].items():
+            if values:
+                logs[prefix + name] = round(sum(values) / len(values), 6)
+        self._logged_terms[mode].clear()
+        super().log(logs, start_time)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or self.args.layerwise_lr_decay == 1.0:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        unwrapped = self.accelerator.unwrap_model(opt_model)
+        num_layers = unwrapped.config.encoder_config.num_hidden_layers
+        groups = llrd_parameter_groups(
+            opt_model,
+            self.args.learning_rate,
+            self.args.layerwise_lr_decay,
+            self.args.weight_decay,
+            self.get_decay_parameter_names(opt_model),
+            num_layers,
+        )
+        for group in groups:
+            group.pop("param_names")
+        # The optimizer class still comes from --optim, so any Trainer optimizer works with LLRD.
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer

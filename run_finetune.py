@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""Fine-tune a shared encoder with a Pick/Decline gate head and an N-way category head.
+
+    python run_finetune.py                                   # the embedded demo (tiny DeBERTa, offline)
+    python run_finetune.py --model_name_or_path microsoft/deberta-v3-base \
+        --task1_file data/train/task1_cleaned.csv --task2_file data/train/task2_cleaned.csv \
+        --validation_file data/val.csv --test_files data/test_a.csv data/test_b.csv [any TrainingArguments flag]
+    python run_finetune.py config.yaml                       # or config.json: the same flags as keys
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoTokenizer, EarlyStoppingCallback, HfArgumentParser, set_seed
+
+from multitask import demo
+from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
+from multitask.data import DataError, MultitaskCollator, label_counts, load_training_data, tokenize
+from multitask.hub import download_data_files
+from multitask.losses import inverse_frequency_weights
+from multitask.metrics import build_compute_metrics, compute_all
+from multitask.modeling import load_for_training
+from multitask.predict import predict_scores, prediction_table
+from multitask.rundir import RunDirectory, arguments_record, file_sha256, library_versions
+from multitask.trainer import MultitaskTrainer
+
+logger = logging.getLogger("run_finetune")
+
+# The demo trains a tiny encoder from scratch, which needs a far higher rate than fine-tuning does.
+DEMO_OVERRIDES = {"learning_rate": 1e-3, "num_train_epochs": 8.0, "per_device_train_batch_size": 16}
+
+
+def parse_args(argv: list[str] | None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, MultitaskTrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def resolve_inputs(model_args, data_args, training_args, run_dir: Path) -> None:
+    """Fill in the demo default, or fetch the data files from a Hub dataset repo."""
+    if model_args.model_name_or_path is None:
+        if data_args.task1_file or data_args.task2_file:
+            raise DataError("--model_name_or_path is required with your own data (the demo encoder knows only demo text)")
+        paths = demo.default_demo_paths()
+        data_args.task1_file, data_args.task2_file = str(paths["task1"]), str(paths["task2"])
+        data_args.validation_file = str(paths["val"])
+        data_args.test_files = data_args.test_files or [str(paths["test"])]
+        model_args.model_name_or_path = str(demo.build_demo_encoder(run_dir / "demo_encoder"))
+        defaults = MultitaskTrainingArguments(output_dir=str(run_dir))
+        for name, value in DEMO_OVERRIDES.items():
+            if getattr(training_args, name) == getattr(defaults, name):
+                setattr(training_args, name, value)
+        logger.info("No model given: demo run (data/demo, tiny DeBERTa-v2 from scratch) with %s", DEMO_OVERRIDES)
+    elif data_args.dataset_repo:
+        names = [data_args.task1_file, data_args.task2_file, data_args.validation_file, *data_args.test_files]
+        wanted = [name for name in names if name]
+        local = dict(zip(wanted, download_data_files(data_args.dataset_repo, wanted, data_args.dataset_revision)))
+        data_args.task1_file = local.get(data_args.task1_file)
+        data_args.task2_file = local.get(data_args.task2_file)
+        data_args.validation_file = local.get(data_args.validation_file)
+        data_args.test_files = [local[name] for name in data_args.test_files]
+
+
+def class_weights(labels, num_classes: int, enabled: bool, args) -> torch.Tensor | None:
+    if not enabled or num_classes == 0:
+        return None
+    counts = label_counts(labels, num_classes)
+    zero = [index for index, count in enumerate(counts) if count == 0]
+    if zero:
+        logger.warning("classes with no training row (weight clipped to max): %s", zero)
+    return inverse_frequency_weights(counts, args.class_weight_min, args.class_weight_max)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    is_main = training_args.process_index == 0
+    run = RunDirectory(training_args.output_dir)
+    if is_main:
+        run.start()
+    try:
+        metrics = _run(model_args, data_args, training_args, run, is_main)
+    except BaseException as error:
+        if is_main:
+            logger.error("run failed: %s: %s", type(error).__name__, error)
+            run.close(error)
+        raise
+    if is_main:
+        run.close()
+        logger.info("run complete: %s", run.path)
+    return metrics
+
+
+def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool) -> dict:
+    set_seed(training_args.seed)
+    resolve_inputs(model_args, data_args, training_args, run.path)
+    hub_kwargs = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub_kwargs)
+    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
+
+    data = load_training_data(
+        data_args.task1_file,
+        data_args.task2_file,
+        data_args.validation_file,
+        data_args.test_files,
+        data_args.text_columns,
+        separator,
+        data_args.validation_split,
+        training_args.seed,
+        data_args.encoding,
+    )
+    for key, value in data.report.items():
+        if key != "label_conflicts":
+            logger.info("data: %s = %s", key, value)
+    for conflict in data.report["label_conflicts"]:
+        logger.warning("data: label conflict: %s", conflict)
+
+    model = load_for_training(
+        model_args.model_name_or_path,
+        data.category_labels,
+        with_gate=data.has_gate,
+        pooling=model_args.pooling,
+        classifier_dropout=model_args.classifier_dropout,
+        text_columns=data_args.text_columns,
+        **hub_kwargs,
+    )
+    if not data.has_gate or not data.has_category:
+        # Single-head run: the missing head's labels are not model outputs.
+        training_args.label_names = ["gate_labels"] if data.has_gate else ["category_labels"]
+    if training_args.metric_for_best_model and not data.has_category and "category" in training_args.metric_for_best_model:
+        training_args.metric_for_best_model = "gate_f1"
+        logger.info("gate-only run: best model chosen by eval_gate_f1")
+
+    train_dataset = tokenize(data.train, tokenizer, data_args.max_seq_length)
+    eval_dataset = tokenize(data.validation, tokenizer, data_args.max_seq_length)
+    compute_metrics = build_compute_metrics(has_gate=data.has_gate, has_category=data.has_category)
+    _check_metric_name(training_args, compute_metrics, data)
+    callbacks = []
+    if training_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
+
+    trainer = MultitaskTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=MultitaskCollator(tokenizer, keep_keys=("row_id",)),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        gate_class_weights=class_weights(
+            data.train["gate_labels"], 2 if data.has_gate else 0, training_args.gate_class_weighting, training_args
+        ),
+        category_class_weights=class_weights(
+            data.train["category_labels"],
+            len(data.category_labels),
+            training_args.category_class_weighting,
+            training_args,
+        ),
+    )
+    if is_main:
+        run.write_json(
+            "run_config.json",
+            {
+                "arguments": arguments_record(model_args, data_args, training_args),
+                "versions": library_versions(),
+                "data_files": {
+                    str(path): file_sha256(path)
+                    for path in [data_args.task1_file, data_args.task2_file, data_args.validation_file,
+                                 *data_args.test_files]
+                    if path
+                },
+                "data_report": data.report,
+            },
+        )
+        run.write_json("label_map.json", {"category_id2label": model.config.category_id2label,
+                                          "gate_id2label": model.config.gate_id2label})
+
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    validation_metrics = trainer.evaluate()  # every rank: evaluate() is collective under DDP
+
+    metrics = {"train": train_result.metrics, "validation": validation_metrics, "test": {}}
+    model_dir = run.path / "model"
+    trainer.save_model(str(model_dir))  # also saves the tokenizer; main-process only inside
+    if is_main:
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        for stem, labeled in data.tests.items():
+            scores = predict_scores(trained, tokenizer, labeled.dataset["text"],
+                                    training_args.per_device_eval_batch_size, data_args.max_seq_length)
+            threshold = trained.config.gate_thresholds["default"]
+            table = prediction_table(labeled.frame, scores, trained.config, threshold)
+            table.to_csv(run.path / f"predictions_{stem}.csv", index=False, encoding="utf-8")
+            metrics["test"][stem] = compute_all(
+                scores.pick_prob, scores.category_probs,
+                labeled.dataset["gate_labels"], labeled.dataset["category_labels"], threshold,
+            )
+            logger.info("test %s: %s", stem, metrics["test"][stem])
+        run.write_json("metrics.json", metrics)
+        logger.info("validation: %s", validation_metrics)
+    return metrics
+
+
+def _check_metric_name(training_args, compute_metrics, data) -> None:
+    """Fail at start-up, not after training, when the best-model metric is not one we compute."""
+    name = training_args.metric_for_best_model
+    if not name or name in ("loss", "eval_loss"):
+        return
+    import numpy as np
+    from transformers import EvalPrediction
+
+    rows = 4
+    gate = np.zeros((rows, 2), dtype=np.float32)
+    category = np.zeros((rows, max(len(data.category_labels), 1)), dtype=np.float32)
+    labels = (np.array([0, 1, 0, 1]), np.zeros(rows, dtype=np.int64))
+    predictions = (gate if data.has_gate else None, category if data.has_category else None)
+    keys = compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels)).keys()
+    bare = name[len("eval_"):] if name.startswith("eval_") else name
+    if bare not in keys:
+        raise ValueError(f"--metric_for_best_model {name!r} is not a validation metric; choose one of: {sorted(keys)}")
+
+
+if __name__ == "__main__":
+    main()
