@@ -143,8 +143,9 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
 
     train_dataset = tokenize(data.train, tokenizer, data_args.max_seq_length)
     eval_dataset = tokenize(data.validation, tokenizer, data_args.max_seq_length)
-    compute_metrics = build_compute_metrics(has_gate=data.has_gate, has_category=data.has_category)
-    _check_metric_name(training_args, compute_metrics, data)
+    heads = tuple(head for head, present in (("gate", data.has_gate), ("category", data.has_category)) if present)
+    compute_metrics = build_compute_metrics(heads=heads)
+    _check_metric_name(training_args, compute_metrics, data, heads)
     callbacks = []
     if training_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
@@ -159,10 +160,10 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         compute_metrics=compute_metrics,
         callbacks=callbacks,
         gate_class_weights=class_weights(
-            data.train["gate_labels"], 2 if data.has_gate else 0, training_args.gate_class_weighting, training_args
+            list(data.train["gate_labels"]), 2 if data.has_gate else 0, training_args.gate_class_weighting, training_args
         ),
         category_class_weights=class_weights(
-            data.train["category_labels"],
+            list(data.train["category_labels"]),
             len(data.category_labels),
             training_args.category_class_weighting,
             training_args,
@@ -195,14 +196,14 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     if is_main:
         trained = trainer.accelerator.unwrap_model(trainer.model)
         for stem, labeled in data.tests.items():
-            scores = predict_scores(trained, tokenizer, labeled.dataset["text"],
+            scores = predict_scores(trained, tokenizer, list(labeled.dataset["text"]),
                                     training_args.per_device_eval_batch_size, data_args.max_seq_length)
             threshold = trained.config.gate_thresholds["default"]
             table = prediction_table(labeled.frame, scores, trained.config, threshold)
             table.to_csv(run.path / f"predictions_{stem}.csv", index=False, encoding="utf-8")
             metrics["test"][stem] = compute_all(
                 scores.pick_prob, scores.category_probs,
-                labeled.dataset["gate_labels"], labeled.dataset["category_labels"], threshold,
+                list(labeled.dataset["gate_labels"]), list(labeled.dataset["category_labels"]), threshold,
             )
             logger.info("test %s: %s", stem, metrics["test"][stem])
         run.write_json("metrics.json", metrics)
@@ -210,7 +211,7 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     return metrics
 
 
-def _check_metric_name(training_args, compute_metrics, data) -> None:
+def _check_metric_name(training_args, compute_metrics, data, heads: tuple[str, ...]) -> None:
     """Fail at start-up, not after training, when the best-model metric is not one we compute."""
     name = training_args.metric_for_best_model
     if not name or name in ("loss", "eval_loss"):
@@ -221,8 +222,12 @@ def _check_metric_name(training_args, compute_metrics, data) -> None:
     rows = 4
     gate = np.zeros((rows, 2), dtype=np.float32)
     category = np.zeros((rows, max(len(data.category_labels), 1)), dtype=np.float32)
-    labels = (np.array([0, 1, 0, 1]), np.zeros(rows, dtype=np.int64))
-    predictions = (gate if data.has_gate else None, category if data.has_category else None)
+    by_head = {"gate": (gate, np.array([0, 1, 0, 1])), "category": (category, np.zeros(rows, dtype=np.int64))}
+    # Shaped as the Trainer passes them: a bare array when the model has one head.
+    predictions = tuple(by_head[head][0] for head in heads)
+    labels = tuple(by_head[head][1] for head in heads)
+    if len(heads) == 1:
+        predictions, labels = predictions[0], labels[0]
     keys = compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels)).keys()
     bare = name[len("eval_"):] if name.startswith("eval_") else name
     if bare not in keys:

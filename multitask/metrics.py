@@ -1,0 +1,385 @@
+"""Evaluation metrics for the gate (Pick/Decline) and category heads, and their joint (N+1)-way view.
+
+Conventions: label arrays use ``-100`` where a row has no label for that task; ``pick_prob`` has shape
+``(n,)`` and holds P(Pick); ``category_probs`` has shape ``(n, N)`` and holds P(category | Pick). The
+decision rule everywhere is *Pick iff pick_prob >= threshold*.
+
+Every function returns ``{}`` (or omits keys) rather than NaN when there is nothing to measure, so the
+Trainer's logs and ``metric_for_best_model`` never see NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+
+IGNORE_INDEX = -100
+HEADS = ("gate", "category")
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    """Accept numpy arrays, lists and torch tensors (bf16 included) without importing torch."""
+    if hasattr(array, "detach"):
+        array = array.detach().float().cpu().numpy()
+    return np.asarray(array)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis (float64 so fp16/bf16 logits do not overflow)."""
+    logits = _to_numpy(logits).astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _present_macro(values: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean of per-class ``values`` over the classes that occur in gold OR predictions.
+
+    sklearn's macro average with ``labels=range(N)`` would count every absent class as F1 = 0 and so
+    depend on N rather than on the data; averaging over observed classes keeps indices aligned (we
+    still pass ``labels=range(N)``) while not punishing a model for classes the split does not contain.
+    """
+    observed = np.union1d(y_true, y_pred).astype(int)
+    return float(values[observed].mean()) if observed.size else 0.0
+
+
+def gate_metrics(pick_prob: np.ndarray, gate_labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Binary gate metrics (Pick = positive class) over rows with a gate label; ``{}`` if there are none.
+
+    ``gate_decline_leak`` is the share of gold-Decline rows predicted Pick; it is 0.0 when there is no
+    gold-Decline row (nothing could leak).
+    """
+    pick_prob = _to_numpy(pick_prob).reshape(-1)
+    gate_labels = _to_numpy(gate_labels).reshape(-1)
+    mask = gate_labels != IGNORE_INDEX
+    if not mask.any():
+        return {}
+    y_true = gate_labels[mask].astype(int)
+    y_pred = (pick_prob[mask] >= threshold).astype(int)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=[1], average=None, zero_division=0
+    )
+    declines = y_true == 0
+    leak = float(y_pred[declines].mean()) if declines.any() else 0.0
+    return {
+        "gate_accuracy": float(accuracy_score(y_true, y_pred)),
+        "gate_precision": float(precision[0]),
+        "gate_recall": float(recall[0]),
+        "gate_f1": float(f1[0]),
+        "gate_decline_leak": leak,
+        "gate_support": int(mask.sum()),
+    }
+
+
+def _top_k_accuracy(probs: np.ndarray, y_true: np.ndarray, k: int) -> float:
+    # Not sklearn's top_k_accuracy_score: it rejects (n, 2) scores for two classes and breaks ties
+    # towards the *higher* index, so its top-1 would disagree with argmax (lower index) on equal probs.
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float((order == y_true[:, None]).any(axis=1).mean())
+
+
+def category_metrics(
+    category_probs: np.ndarray, category_labels: np.ndarray, top_k: Sequence[int] = (1, 2, 3)
+) -> dict[str, float]:
+    """Category-head metrics over rows with a category label; ``{}`` if there are none.
+
+    ``category_macro_f1`` averages per-class F1 over the classes present in gold OR predictions (see
+    ``_present_macro``); ``category_weighted_f1`` weights by gold support. ``category_top{k}_accuracy``
+    is reported for each k <= N (ties between equal probabilities go to the lower class index, as argmax).
+    """
+    category_probs = _to_numpy(category_probs)
+    category_labels = _to_numpy(category_labels).reshape(-1)
+    mask = category_labels != IGNORE_INDEX
+    if not mask.any():
+        return {}
+    num_classes = category_probs.shape[-1]
+    labels = list(range(num_classes))
+    probs = category_probs[mask]
+    y_true = category_labels[mask].astype(int)
+    y_pred = probs.argmax(axis=-1)
+    _, _, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    result = {
+        "category_accuracy": float(accuracy_score(y_true, y_pred)),
+        "category_macro_f1": _present_macro(f1, y_true, y_pred),
+        "category_weighted_f1": float(
+            f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
+        ),
+    }
+    for k in top_k:
+        if k <= num_classes:
+            result[f"category_top{k}_accuracy"] = _top_k_accuracy(probs, y_true, k)
+    result["category_support"] = int(mask.sum())
+    return result
+
+
+def joint_probs(pick_prob: np.ndarray, category_probs: np.ndarray) -> np.ndarray:
+    """(n, N+1) distribution over the joint decision: column c = P(Pick)·P(c|Pick), column N = 1 - P(Pick).
+
+    Its argmax matches the threshold-0.5 rule only approximately (a row with P(Pick) = 0.6 spread over
+    many categories has argmax Decline); decisions always use the threshold rule, these are for reporting.
+    """
+    pick_prob = _to_numpy(pick_prob).reshape(-1, 1).astype(np.float64)
+    category_probs = _to_numpy(category_probs).astype(np.float64)
+    return np.concatenate([pick_prob * category_probs, 1.0 - pick_prob], axis=1)
+
+
+def joint_labels(gate_labels: np.ndarray, category_labels: np.ndarray, num_categories: int) -> np.ndarray:
+    """Gold joint label per row: N (Decline) for gate 0; the category for a category-labelled row whose
+    gate is 1 or missing (a category label implies Pick); -100 otherwise (gate 1 without a category, or
+    no label at all)."""
+    gate_labels = _to_numpy(gate_labels).reshape(-1).astype(int)
+    category_labels = _to_numpy(category_labels).reshape(-1).astype(int)
+    gold = np.full(gate_labels.shape, IGNORE_INDEX, dtype=int)
+    has_category = category_labels != IGNORE_INDEX
+    gold[has_category & (gate_labels != 0)] = category_labels[has_category & (gate_labels != 0)]
+    gold[gate_labels == 0] = num_categories
+    return gold
+
+
+def joint_predictions(
+    pick_prob: np.ndarray, category_probs: np.ndarray, threshold: float = 0.5
+) -> np.ndarray:
+    """Predicted joint label per row: N (Decline) if pick_prob < threshold, else the argmax category."""
+    pick_prob = _to_numpy(pick_prob).reshape(-1)
+    category_probs = _to_numpy(category_probs)
+    return np.where(pick_prob >= threshold, category_probs.argmax(axis=-1), category_probs.shape[-1])
+
+
+def joint_metrics(
+    pick_prob: np.ndarray,
+    category_probs: np.ndarray,
+    gate_labels: np.ndarray,
+    category_labels: np.ndarray,
+    threshold: float = 0.5,
+) -> dict[str, float]:
+    """Accuracy and macro-F1 of the (N+1)-way decision (Decline = index N); ``{}`` if no row has a gold
+    joint label (see ``joint_labels``). Macro-F1 averages over classes present in gold OR predictions."""
+    category_probs = _to_numpy(category_probs)
+    num_categories = category_probs.shape[-1]
+    gold = joint_labels(gate_labels, category_labels, num_categories)
+    mask = gold != IGNORE_INDEX
+    if not mask.any():
+        return {}
+    y_true = gold[mask]
+    y_pred = joint_predictions(pick_prob, category_probs, threshold)[mask]
+    _, _, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(num_categories + 1)), average=None, zero_division=0
+    )
+    return {
+        "joint_accuracy": float(accuracy_score(y_true, y_pred)),
+        "joint_macro_f1": _present_macro(f1, y_true, y_pred),
+        "joint_support": int(mask.sum()),
+    }
+
+
+def _int_keys(id2label: Mapping[Any, str]) -> dict[int, str]:
+    # Label maps that went through JSON have string keys.
+    return {int(key): value for key, value in id2label.items()}
+
+
+def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, id2label: Mapping[int, str]) -> list[dict]:
+    """One dict per class of ``id2label`` (``label``, ``id``, ``support``, ``precision``, ``recall``,
+    ``f1``), sorted by support descending then label; zero-support classes are listed with zeros.
+    Rows whose gold label is -100 are ignored."""
+    id2label = _int_keys(id2label)
+    y_true = _to_numpy(y_true).reshape(-1).astype(int)
+    y_pred = _to_numpy(y_pred).reshape(-1).astype(int)
+    mask = y_true != IGNORE_INDEX
+    ids = sorted(id2label)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true[mask], y_pred[mask], labels=ids, average=None, zero_division=0
+    )
+    rows = [
+        {
+            "label": id2label[class_id],
+            "id": class_id,
+            "support": int(support[i]),
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+        }
+        for i, class_id in enumerate(ids)
+    ]
+    return sorted(rows, key=lambda row: (-row["support"], row["label"]))
+
+
+def frequency_bands(
+    train_counts: Sequence[int] | np.ndarray,
+    quantiles: Sequence[float] = (1 / 3, 2 / 3),
+    names: Sequence[str] = ("Low", "Mid", "High"),
+) -> list[str]:
+    """Band name of each class (by index) from its training count.
+
+    Cut points are ``np.quantile(train_counts, quantiles)`` (linear interpolation); band i holds counts
+    in ``(cut[i-1], cut[i]]``, so a count equal to a cut point goes to the lower band and equal counts
+    always share a band (no dependence on class order). With a long tail of equal small counts this keeps
+    them all in the lowest band.
+    """
+    if len(names) != len(quantiles) + 1:
+        raise ValueError(
+            f"need len(names) == len(quantiles) + 1, got {len(names)} names, {len(quantiles)} quantiles"
+        )
+    counts = np.asarray(train_counts, dtype=np.float64).reshape(-1)
+    if counts.size == 0:
+        return []
+    cuts = np.quantile(counts, sorted(quantiles))
+    return [names[i] for i in np.searchsorted(cuts, counts, side="left")]
+
+
+def _band_mean(per_class: list[dict], bands: Sequence[str] | Mapping[int, str], key: str) -> dict[str, float]:
+    band_of = dict(enumerate(bands)) if not isinstance(bands, Mapping) else _int_keys(bands)
+    values: dict[str, list[float]] = {}
+    for row in per_class:
+        if row["support"] > 0 and row["id"] in band_of:
+            values.setdefault(band_of[row["id"]], []).append(row[key])
+    # Keep the bands' own order (e.g. Low, Mid, High) rather than the per-class sort order.
+    order = list(dict.fromkeys(band_of[i] for i in sorted(band_of)))
+    return {band: float(np.mean(values[band])) for band in order if band in values}
+
+
+def band_recall(per_class: list[dict], bands: Sequence[str] | Mapping[int, str]) -> dict[str, float]:
+    """Mean recall per band over classes with support > 0 (``per_class`` from ``per_class_metrics``;
+    ``bands`` indexed by class id, as a list or an id->band dict). Bands with no such class are omitted."""
+    return _band_mean(per_class, bands, "recall")
+
+
+def band_f1(per_class: list[dict], bands: Sequence[str] | Mapping[int, str]) -> dict[str, float]:
+    """Mean F1 per band over classes with support > 0; same conventions as ``band_recall``."""
+    return _band_mean(per_class, bands, "f1")
+
+
+def confusion_top(
+    y_true: np.ndarray, y_pred: np.ndarray, id2label: Mapping[int, str], k: int = 3
+) -> dict[str, list[dict]]:
+    """For each class of ``id2label`` (keyed by label), its top-k wrong predicted classes as dicts with
+    ``label``, ``count``, ``share`` (count / that class's gold support), by count descending then label.
+    Classes without errors map to ``[]``. Rows with gold -100 are ignored; ``id2label`` must cover every
+    predicted id (add ``{N: "Decline"}`` for the joint view)."""
+    id2label = _int_keys(id2label)
+    y_true = _to_numpy(y_true).reshape(-1).astype(int)
+    y_pred = _to_numpy(y_pred).reshape(-1).astype(int)
+    mask = y_true != IGNORE_INDEX
+    ids = sorted(id2label)
+    matrix = confusion_matrix(y_true[mask], y_pred[mask], labels=ids)
+    result: dict[str, list[dict]] = {}
+    for i, class_id in enumerate(ids):
+        support = int(matrix[i].sum())
+        wrong = [
+            {"label": id2label[other], "count": int(matrix[i, j]), "share": float(matrix[i, j] / support)}
+            for j, other in enumerate(ids)
+            if j != i and matrix[i, j] > 0
+        ]
+        result[id2label[class_id]] = sorted(wrong, key=lambda row: (-row["count"], row["label"]))[:k]
+    return result
+
+
+def compute_all(
+    pick_prob: np.ndarray | None,
+    category_probs: np.ndarray | None,
+    gate_labels: np.ndarray | None,
+    category_labels: np.ndarray | None,
+    threshold: float = 0.5,
+    prefix: str = "",
+) -> dict[str, float]:
+    """Gate, category and joint metrics merged into one dict.
+
+    A head whose probabilities (or labels) are None contributes no keys, and the joint keys need both.
+    A non-empty ``prefix`` is joined with ``_`` as the Trainer's ``metric_key_prefix`` does
+    (``prefix="test"`` gives ``test_gate_f1``).
+    """
+    result: dict[str, float] = {}
+    has_gate = pick_prob is not None and gate_labels is not None
+    has_category = category_probs is not None and category_labels is not None
+    if has_gate:
+        result.update(gate_metrics(pick_prob, gate_labels, threshold))
+    if has_category:
+        result.update(category_metrics(category_probs, category_labels))
+    if has_gate and has_category:
+        result.update(joint_metrics(pick_prob, category_probs, gate_labels, category_labels, threshold))
+    if prefix:
+        result = {f"{prefix.rstrip('_')}_{key}": value for key, value in result.items()}
+    return result
+
+
+def gate_pick_prob(gate_logits: np.ndarray) -> np.ndarray:
+    """P(Pick) from gate logits: softmax column 1 for (n, 2) logits, sigmoid for (n,) or (n, 1)."""
+    gate_logits = _to_numpy(gate_logits).astype(np.float64)
+    if gate_logits.ndim == 2 and gate_logits.shape[1] == 2:
+        return softmax(gate_logits)[:, 1]
+    if gate_logits.ndim == 1 or (gate_logits.ndim == 2 and gate_logits.shape[1] == 1):
+        return expit(gate_logits.reshape(-1))
+    raise ValueError(f"gate logits must have shape (n,), (n, 1) or (n, 2), got {gate_logits.shape}")
+
+
+def _as_tuple(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def build_compute_metrics(
+    threshold: float = 0.5, *, heads: Sequence[str] = HEADS
+) -> Callable[[Any], dict[str, float]]:
+    """``compute_metrics`` for the HF Trainer (keys without prefix; the Trainer adds ``eval_``).
+
+    ``eval_pred.predictions``: ``(gate_logits, category_logits)``, either may be None. The Trainer drops
+    None model outputs and unwraps a 1-tuple into a bare array, so when a model has only one head pass
+    ``heads=("gate",)`` or ``heads=("category",)``: arrays are matched to ``heads`` in order and extra
+    trailing outputs (hidden states, …) are ignored. Gate logits may be (n, 2) (softmax) or (n,)/(n, 1)
+    (sigmoid).
+
+    ``eval_pred.label_ids``: ``(gate_labels, category_labels)`` when ``label_names`` has both names (set
+    it explicitly). A bare array is taken as the labels of the single head in ``heads``, or split column
+    by column if it has shape (n, 2) and both heads are used; anything else is a ``ValueError``, since
+    guessing which head a lone label array belongs to would silently report wrong numbers.
+    """
+    heads = tuple(heads)
+    unknown = set(heads) - set(HEADS)
+    if not heads or unknown:
+        raise ValueError(f"heads must be a non-empty subset of {HEADS} in order, got {heads}")
+
+    def compute_metrics(eval_pred: Any) -> dict[str, float]:
+        predictions = _as_tuple(eval_pred.predictions)
+        if len(predictions) < len(heads):
+            raise ValueError(
+                f"expected logits for heads {heads}, got {len(predictions)} array(s); "
+                "pass heads=(...) to build_compute_metrics for a single-head model"
+            )
+        # Trailing extra outputs (hidden states, attentions) are ignored.
+        logits = dict(zip(heads, predictions[: len(heads)], strict=True))
+        label_ids = eval_pred.label_ids
+        if isinstance(label_ids, (tuple, list)):
+            if len(label_ids) not in (2, len(heads)):
+                raise ValueError(f"expected 2 label arrays (gate, category), got {len(label_ids)}")
+            label_heads = HEADS if len(label_ids) == 2 else heads
+            labels = dict(zip(label_heads, label_ids, strict=True))
+        else:
+            label_ids = _to_numpy(label_ids)
+            if len(heads) == 1:
+                labels = {heads[0]: label_ids}
+            elif label_ids.ndim == 2 and label_ids.shape[1] == 2:
+                labels = {"gate": label_ids[:, 0], "category": label_ids[:, 1]}
+            else:
+                raise ValueError(
+                    "got a single label array for two heads; set "
+                    'label_names=["gate_labels", "category_labels"] in the training arguments'
+                )
+        gate_logits, category_logits = logits.get("gate"), logits.get("category")
+        return compute_all(
+            gate_pick_prob(gate_logits) if gate_logits is not None else None,
+            softmax(category_logits) if category_logits is not None else None,
+            labels.get("gate"),
+            labels.get("category"),
+            threshold=threshold,
+        )
+
+    return compute_metrics
