@@ -14,19 +14,27 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 from transformers import AutoTokenizer, EarlyStoppingCallback, HfArgumentParser, set_seed
 
 from multitask import demo
 from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
-from multitask.data import DataError, MultitaskCollator, label_counts, load_training_data, tokenize
-from multitask.hub import download_data_files
+from multitask.data import (
+    DataError,
+    LabeledFile,
+    MultitaskCollator,
+    label_counts,
+    load_training_data,
+    tokenize,
+)
 from multitask.losses import inverse_frequency_weights
 from multitask.metrics import build_compute_metrics, compute_all
 from multitask.modeling import load_for_training
-from multitask.predict import predict_scores, prediction_table
-from multitask.rundir import RunDirectory, arguments_record, file_sha256, library_versions
+from multitask.predict import Scores, predict_scores, prediction_table
+from multitask.rundir import RunDirectory, arguments_record, file_sha256, library_versions, setup_logging
+from multitask.thresholds import search_gate_thresholds
 from multitask.trainer import MultitaskTrainer
 
 logger = logging.getLogger("run_finetune")
@@ -61,6 +69,8 @@ def resolve_inputs(model_args, data_args, training_args, run_dir: Path) -> None:
                 setattr(training_args, name, value)
         logger.info("No model given: demo run (data/demo, tiny DeBERTa-v2 from scratch) with %s", DEMO_OVERRIDES)
     elif data_args.dataset_repo:
+        from multitask.hub import download_data_files
+
         names = [data_args.task1_file, data_args.task2_file, data_args.validation_file, *data_args.test_files]
         wanted = [name for name in names if name]
         local = dict(zip(wanted, download_data_files(data_args.dataset_repo, wanted, data_args.dataset_revision)))
@@ -82,7 +92,7 @@ def class_weights(labels, num_classes: int, enabled: bool, args) -> torch.Tensor
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
     transformers.utils.logging.set_verbosity_warning()
     is_main = training_args.process_index == 0
     run = RunDirectory(training_args.output_dir)
@@ -188,26 +198,61 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
                                           "gate_id2label": model.config.gate_id2label})
 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    validation_metrics = trainer.evaluate()  # every rank: evaluate() is collective under DDP
-
+    validation_metrics = trainer.evaluate()  # on every rank: evaluate() is collective under DDP
     metrics = {"train": train_result.metrics, "validation": validation_metrics, "test": {}}
-    model_dir = run.path / "model"
-    trainer.save_model(str(model_dir))  # also saves the tokenizer; main-process only inside
+    trained = trainer.accelerator.unwrap_model(trainer.model)
     if is_main:
-        trained = trainer.accelerator.unwrap_model(trainer.model)
-        for stem, labeled in data.tests.items():
-            scores = predict_scores(trained, tokenizer, list(labeled.dataset["text"]),
-                                    training_args.per_device_eval_batch_size, data_args.max_seq_length)
-            threshold = trained.config.gate_thresholds["default"]
-            table = prediction_table(labeled.frame, scores, trained.config, threshold)
-            table.to_csv(run.path / f"predictions_{stem}.csv", index=False, encoding="utf-8")
-            metrics["test"][stem] = compute_all(
-                scores.pick_prob, scores.category_probs,
-                list(labeled.dataset["gate_labels"]), list(labeled.dataset["category_labels"]), threshold,
-            )
-            logger.info("test %s: %s", stem, metrics["test"][stem])
-        run.write_json("metrics.json", metrics)
         logger.info("validation: %s", validation_metrics)
+        validation = LabeledFile(Path("validation"), data.validation_frame, data.validation)
+        scores = score_file(trained, tokenizer, validation, training_args, data_args)
+        if data.has_gate:
+            # Thresholds are tuned on validation only, stored in the model, and applied unchanged to test.
+            search = tune_gate_thresholds(scores, validation.dataset, training_args.max_decline_leak)
+            trained.config.gate_thresholds.update({kind: entry["threshold"] for kind, entry in search.items()})
+            run.write_json("thresholds.json", search)
+            logger.info("gate thresholds (validation): %s", trained.config.gate_thresholds)
+        write_predictions(run.path, "validation", validation, scores, trained.config, metrics=None)
+        for stem, labeled in data.tests.items():
+            test_scores = score_file(trained, tokenizer, labeled, training_args, data_args)
+            metrics["test"][stem] = write_predictions(run.path, stem, labeled, test_scores, trained.config, {})
+            logger.info("test %s: %s", stem, metrics["test"][stem])
+    trainer.save_model(str(run.path / "model"))  # model, config (with thresholds) and tokenizer; main rank writes
+    if is_main:
+        run.write_json("metrics.json", metrics)
+    return metrics
+
+
+def score_file(model, tokenizer, labeled: LabeledFile, training_args, data_args) -> Scores:
+    texts = list(labeled.dataset["text"])
+    return predict_scores(model, tokenizer, texts, training_args.per_device_eval_batch_size, data_args.max_seq_length)
+
+
+def tune_gate_thresholds(scores: Scores, dataset, max_decline_leak: float) -> dict:
+    gate_labels = np.asarray(dataset["gate_labels"])
+    category_correct = None
+    if scores.category_probs is not None:
+        category_labels = np.asarray(dataset["category_labels"])
+        category_correct = (scores.category_probs.argmax(axis=1) == category_labels) & (category_labels != -100)
+    return search_gate_thresholds(scores.pick_prob, gate_labels, category_correct, max_decline_leak)
+
+
+def write_predictions(run_dir: Path, stem: str, labeled: LabeledFile, scores: Scores, config, metrics: dict | None):
+    """predictions_<stem>.csv at the default threshold, plus predictions_<kind>_<stem>.csv per tuned threshold.
+
+    With `metrics` (a dict), each kind's metrics on this file are added to it and returned.
+    """
+    gate_labels = list(labeled.dataset["gate_labels"])
+    category_labels = list(labeled.dataset["category_labels"])
+    for kind, threshold in config.gate_thresholds.items():
+        name = f"predictions_{stem}.csv" if kind == "default" else f"predictions_{kind}_{stem}.csv"
+        table = prediction_table(labeled.frame, scores, config, threshold)
+        table.to_csv(run_dir / name, index=False, encoding="utf-8")
+        if metrics is not None:
+            result = compute_all(scores.pick_prob, scores.category_probs, gate_labels, category_labels, threshold)
+            if result:
+                metrics[kind] = {"threshold": threshold, **result}
+        if not config.has_gate:
+            break  # one file: without a gate there is no threshold to vary
     return metrics
 
 
@@ -216,7 +261,6 @@ def _check_metric_name(training_args, compute_metrics, data, heads: tuple[str, .
     name = training_args.metric_for_best_model
     if not name or name in ("loss", "eval_loss"):
         return
-    import numpy as np
     from transformers import EvalPrediction
 
     rows = 4

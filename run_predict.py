@@ -21,7 +21,7 @@ from transformers import HfArgumentParser
 from multitask.data import DataError, load_labeled_file
 from multitask.metrics import compute_all
 from multitask.predict import load_model, predict_scores, prediction_table
-from multitask.rundir import write_json
+from multitask.rundir import setup_logging, write_json
 from multitask.thresholds import resolve_threshold
 
 logger = logging.getLogger("run_predict")
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         (args,) = parse(argv[0])
     else:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
 
     model, tokenizer = load_model(args.model, args.device)
     config = model.config
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     output_dir.mkdir(parents=True, exist_ok=True)
     all_metrics = {}
     for labeled in labeled_files:
-        scores = predict_scores(model, tokenizer, labeled.dataset["text"], args.batch_size, args.max_seq_length,
+        scores = predict_scores(model, tokenizer, list(labeled.dataset["text"]), args.batch_size, args.max_seq_length,
                                 progress=True)
         table = prediction_table(labeled.frame, scores, config, threshold, args.top_k)
         target = output_dir / f"predictions_{labeled.path.stem}.csv"
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         metrics = compute_all(
             scores.pick_prob,
             scores.category_probs,
-            labeled.dataset["gate_labels"],
-            labeled.dataset["category_labels"],
+            list(labeled.dataset["gate_labels"]),
+            list(labeled.dataset["category_labels"]),
             threshold,
         )
         if metrics:

@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from .configuration import DEFAULT_TEXT_COLUMNS
@@ -113,7 +114,6 @@ class MultitaskTrainingArguments(TrainingArguments):
         default_factory=lambda: ["gate_labels", "category_labels"],
         metadata={"help": "Label arguments of the model's forward (both heads)."},
     )
-    report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to (none, all, wandb…)."})
 
     # --- our loss knobs ---
     gate_loss_weight: float = field(default=0.4, metadata={"help": "λ1: weight of the gate (Task1) loss."})
@@ -156,4 +156,6 @@ class MultitaskTrainingArguments(TrainingArguments):
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 raise ValueError("Under a distributed launch pass --output_dir: each process would pick its own name.")
             self.output_dir = os.path.join("output", time.strftime("output_%Y%m%d_%H%M%S"))
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs CUDA; elsewhere it only warns every epoch
         super().__post_init__()

@@ -135,6 +135,7 @@ class LabeledFile:
 class TrainingData:
     train: Dataset
     validation: Dataset
+    validation_frame: pd.DataFrame  # the validation rows as a table (the file's own columns, when given)
     tests: dict[str, LabeledFile]
     category_labels: list[str]
     has_gate: bool
@@ -280,14 +281,20 @@ def load_training_data(
 
     if validation_file is not None:
         train = Dataset.from_dict({"text": texts, "gate_labels": gate, "category_labels": category})
-        validation = load_labeled_file(
+        labeled = load_labeled_file(
             validation_file, text_columns, separator, label2id, has_gate, encoding, require_labels=True
-        ).dataset
+        )
+        validation, validation_frame = labeled.dataset, labeled.frame
         report["validation"] = str(validation_file)
     else:
         train_idx, val_idx = _stratified_split(gate, category, validation_split, seed)
         full = Dataset.from_dict({"text": texts, "gate_labels": gate, "category_labels": category})
         train, validation = full.select(train_idx), full.select(val_idx)
+        validation_frame = pd.DataFrame({
+            "text": [texts[i] for i in val_idx],
+            PICK_COLUMN: [str(gate[i]) if gate[i] != IGNORE_INDEX else "" for i in val_idx],
+            CATEGORY_COLUMN: [category_names[i] for i in val_idx],
+        })
         report["validation"] = f"stratified {validation_split:.0%} split of training (seed {seed})"
     tests = {}
     for test_file in test_files or []:
@@ -303,7 +310,7 @@ def load_training_data(
         num_categories=len(category_labels),
         category_counts=dict(Counter(category_names[i] for i in range(len(texts)) if category_names[i])),
     )
-    return TrainingData(train, validation, tests, category_labels, has_gate, report)
+    return TrainingData(train, validation, validation_frame, tests, category_labels, has_gate, report)
 
 
 def label_counts(labels: list[int] | np.ndarray, num_classes: int) -> list[int]:

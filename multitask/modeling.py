@@ -118,6 +118,8 @@ def build_config(
         pooling=pooling,
         classifier_dropout=classifier_dropout,
         text_columns=text_columns,
+        # Same pad id as the encoder, so the Trainer does not "align" the config with the tokenizer.
+        pad_token_id=getattr(encoder_config, "pad_token_id", None),
     )
 
 

@@ -55,6 +55,13 @@ def arguments_record(*argument_objects: Any) -> dict[str, Any]:
     return record
 
 
+def setup_logging() -> None:
+    """INFO from our scripts and package, to the console; transformers stays at WARNING."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for name in ("run_finetune", "run_predict", "multitask", "analysis"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 class RunDirectory:
     """Owns one run's output folder. Only the main process should create one."""
 

@@ -3,7 +3,14 @@
 import pandas as pd
 import pytest
 
-from multitask.data import IGNORE_INDEX, DataError, MultitaskCollator, load_labeled_file, load_training_data, read_csv
+from multitask.data import (
+    IGNORE_INDEX,
+    DataError,
+    MultitaskCollator,
+    load_labeled_file,
+    load_training_data,
+    read_csv,
+)
 
 
 def write_csv(path, rows, encoding="utf-8"):

@@ -1,0 +1,84 @@
+"""Shared fixtures: an offline tokenizer, a tiny DeBERTa-v3-style encoder checkpoint, small CSVs.
+
+Built once per session and deep-copied per test; nothing touches the network or ../shared/data.
+"""
+
+import copy
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from transformers import DebertaV2Model  # noqa: E402
+
+from multitask.demo import tiny_deberta_config, train_tokenizer  # noqa: E402
+from multitask.modeling import MultitaskModel, build_config  # noqa: E402
+
+CATEGORIES = ["economy", "politics", "sports"]
+SENTENCES = {
+    "economy": ["stock market rally lifts shares", "central bank cuts interest rates", "株価が大きく上昇した",
+                "inflation slows as prices fall", "exports grow for third month"],
+    "politics": ["parliament passes new budget law", "election results announced tonight", "首相が記者会見を開いた",
+                 "minister resigns after scandal", "voters head to the polls"],
+    "sports": ["home team wins the championship", "striker scores twice in final", "サッカー代表が勝利した",
+               "marathon record broken in rain", "coach praises young players"],
+    "junk": ["buy cheap pills online now", "click here for a free prize", "今日の星占いはラッキー",
+             "lorem ipsum dolor sit amet", "error 404 page not found"],
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    texts = [text for texts in SENTENCES.values() for text in texts] * 3
+    return train_tokenizer(texts, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory, tokenizer):
+    """A saved plain DeBERTa-v2 encoder + tokenizer, as a Hub checkpoint would be."""
+    path = tmp_path_factory.mktemp("encoder")
+    torch.manual_seed(0)
+    config = tiny_deberta_config(len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=128)
+    DebertaV2Model(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def _base_model(encoder_dir):
+    torch.manual_seed(0)
+    encoder = DebertaV2Model.from_pretrained(encoder_dir)
+    return MultitaskModel(build_config(encoder.config, CATEGORIES), encoder=encoder)
+
+
+@pytest.fixture
+def model(_base_model):
+    return copy.deepcopy(_base_model)
+
+
+def write_csv(path, columns):
+    pd.DataFrame(columns).to_csv(path, index=False, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def csv_files(tmp_path):
+    """task1/task2/val/test CSVs in the seed layout; task1 and task2 overlap on the economy rows."""
+    pick_rows = [(text, 1) for c in CATEGORIES for text in SENTENCES[c]] + [(t, 0) for t in SENTENCES["junk"]]
+    task1 = write_csv(tmp_path / "task1.csv", {"pick": [p for _, p in pick_rows],
+                                              "title": [t for t, _ in pick_rows], "body": [""] * len(pick_rows)})
+    cat_rows = [(text, c) for c in CATEGORIES for text in SENTENCES[c]]
+    task2 = write_csv(tmp_path / "task2.csv", {"category": [c for _, c in cat_rows],
+                                              "title": [t for t, _ in cat_rows], "body": ["news"] * len(cat_rows)})
+    eval_rows = [(SENTENCES[c][i], "1", c) for c in CATEGORIES for i in (0, 1)] + [(SENTENCES["junk"][0], "0", "")]
+    val = write_csv(tmp_path / "val.csv", {"pick": [p for _, p, _ in eval_rows], "category": [c for _, _, c in eval_rows],
+                                          "title": [t for t, _, _ in eval_rows], "body": [""] * len(eval_rows)})
+    test = write_csv(tmp_path / "ニュース_test.csv", {"title": [t for t, _, _ in eval_rows], "body": ["本文"] * len(eval_rows),
+                                                   "pick": [p for _, p, _ in eval_rows], "category": [c for _, _, c in eval_rows],
+                                                   "source_id": list(range(len(eval_rows)))})
+    return {"task1": task1, "task2": task2, "val": val, "test": test}

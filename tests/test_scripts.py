@@ -1,0 +1,152 @@
+"""End to end: the real run_finetune.py then run_predict.py on its output, plus --help and failure marking."""
+
+import contextlib
+import io
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+import run_finetune
+import run_predict
+from multitask.data import DataError
+
+
+def finetune_args(encoder_dir, csv_files, output_dir, *extra):
+    return ["--model_name_or_path", str(encoder_dir), "--task1_file", str(csv_files["task1"]),
+            "--task2_file", str(csv_files["task2"]), "--validation_file", str(csv_files["val"]),
+            "--test_files", str(csv_files["test"]), "--output_dir", str(output_dir),
+            "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
+            "--use_cpu", "true", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, encoder_dir):
+    from tests.conftest import CATEGORIES, SENTENCES, write_csv  # module-scoped: build the CSVs here
+
+    root = tmp_path_factory.mktemp("e2e")
+    pick_rows = [(t, 1) for c in CATEGORIES for t in SENTENCES[c]] + [(t, 0) for t in SENTENCES["junk"]]
+    cat_rows = [(t, c) for c in CATEGORIES for t in SENTENCES[c]]
+    eval_rows = [(SENTENCES[c][i], "1", c) for c in CATEGORIES for i in (0, 1)] + [(SENTENCES["junk"][0], "0", "")]
+    files = {
+        "task1": write_csv(root / "task1.csv", {"pick": [p for _, p in pick_rows], "title": [t for t, _ in pick_rows],
+                                               "body": [""] * len(pick_rows)}),
+        "task2": write_csv(root / "task2.csv", {"category": [c for _, c in cat_rows], "title": [t for t, _ in cat_rows],
+                                               "body": [""] * len(cat_rows)}),
+        "val": write_csv(root / "val.csv", {"pick": [p for _, p, _ in eval_rows], "category": [c for _, _, c in eval_rows],
+                                           "title": [t for t, _, _ in eval_rows], "body": [""] * len(eval_rows)}),
+        "test": write_csv(root / "ニュース_test.csv", {"title": [t for t, _, _ in eval_rows], "body": ["本文"] * len(eval_rows),
+                                                    "pick": [p for _, p, _ in eval_rows],
+                                                    "category": [c for _, _, c in eval_rows],
+                                                    "source_id": list(range(len(eval_rows)))}),
+    }
+    run_dir = root / "run"
+    metrics = run_finetune.main(finetune_args(encoder_dir, files, run_dir))
+    return run_dir, files, metrics
+
+
+def test_run_directory_is_complete(trained_run):
+    run_dir, files, metrics = trained_run
+    for name in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "label_map.json",
+                 "run_config.json", "metrics.json", "train.log", "thresholds.json", "predictions_ニュース_test.csv",
+                 "predictions_f1_ニュース_test.csv", "predictions_validation.csv"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "run_status.json").read_text())["status"] == "complete"
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert "eval_category_macro_f1" in saved["validation"] and "eval_gate_f1" in saved["validation"]
+    assert set(saved["test"]["ニュース_test"]) >= {"default", "f1", "acc", "leak"}
+    config = json.loads((run_dir / "run_config.json").read_text())
+    assert config["versions"]["transformers"] and len(config["data_files"]) == 4
+    assert config["arguments"]["MultitaskTrainingArguments"]["gate_loss_weight"] == 0.4
+    model_config = json.loads((run_dir / "model/config.json").read_text())
+    assert set(model_config["gate_thresholds"]) == {"default", "f1", "acc", "leak"}
+    assert model_config["category_id2label"] == {"0": "economy", "1": "politics", "2": "sports"}
+    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    assert "rows_in_both_files" in log and "gate thresholds" in log
+
+
+def test_run_predict_on_trained_run(trained_run, tmp_path):
+    run_dir, files, _ = trained_run
+    out = tmp_path / "preds"
+    metrics = run_predict.main(["--model", str(run_dir), "--input_files", str(files["test"]), str(files["val"]),
+                                "--output_dir", str(out), "--threshold", "f1"])
+    table = pd.read_csv(out / "predictions_ニュース_test.csv", dtype=str, keep_default_na=False)
+    original = pd.read_csv(files["test"], dtype=str, keep_default_na=False)
+    assert list(table.columns[: len(original.columns)]) == list(original.columns)
+    assert table["source_id"].tolist() == original["source_id"].tolist()  # input order kept
+    for column in ("pick_prob", "pick_pred", "category_pred", "category_prob", "category_top3", "decision"):
+        assert column in table.columns
+    assert set(table["pick_pred"]) <= {"0", "1"}
+    top3 = table["category_top3"][0].split("|")
+    assert len(top3) == 3 and all(":" in item for item in top3)
+    decline = table["pick_pred"] == "0"
+    assert (table.loc[decline, "decision"] == "Decline").all()
+    assert (table.loc[~decline, "decision"] == table.loc[~decline, "category_pred"]).all()
+    assert (out / "metrics_ニュース_test.json").is_file() and (out / "predictions_val.csv").is_file()
+    assert metrics["ニュース_test"]["threshold"] == json.loads((run_dir / "model/config.json").read_text())["gate_thresholds"]["f1"]
+
+
+def test_run_predict_bad_file_writes_nothing(trained_run, tmp_path):
+    run_dir, files, _ = trained_run
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"title": ["ok", ""], "body": ["", ""]}).to_csv(bad, index=False)
+    out = tmp_path / "preds"
+    with pytest.raises(DataError, match=r"bad.csv, row 3"):
+        run_predict.main(["--model", str(run_dir / "model"), "--input_files", str(files["test"]), str(bad),
+                          "--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_unknown_threshold_name(trained_run, tmp_path):
+    run_dir, files, _ = trained_run
+    with pytest.raises(ValueError, match="f2"):
+        run_predict.main(["--model", str(run_dir), "--input_files", str(files["test"]), "--output_dir",
+                          str(tmp_path), "--threshold", "f2"])
+
+
+def test_failed_run_is_marked_failed(encoder_dir, csv_files, tmp_path):
+    bad = tmp_path / "bad_task1.csv"
+    pd.DataFrame({"pick": ["1", "perhaps"], "title": ["a", "b"], "body": ["", ""]}).to_csv(bad, index=False)
+    files = dict(csv_files, task1=bad)
+    with pytest.raises(DataError, match="bad_task1.csv, row 3, column 'pick'"):
+        run_finetune.main(finetune_args(encoder_dir, files, tmp_path / "run"))
+    status = json.loads((tmp_path / "run" / "run_status.json").read_text())
+    assert status["status"] == "failed" and "perhaps" in status["error"]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_bad_metric_name_fails_before_training(encoder_dir, csv_files, tmp_path):
+    with pytest.raises(ValueError, match="not a validation metric"):
+        run_finetune.main(finetune_args(encoder_dir, csv_files, tmp_path / "run", "--metric_for_best_model", "f1_macro"))
+
+
+def test_config_file_as_only_argument(encoder_dir, csv_files, tmp_path):
+    config = {"model_name_or_path": str(encoder_dir), "task1_file": str(csv_files["task1"]),
+              "task2_file": str(csv_files["task2"]), "test_files": [str(csv_files["test"])],
+              "output_dir": str(tmp_path / "run"), "max_steps": 1, "per_device_train_batch_size": 8,
+              "eval_strategy": "no", "save_strategy": "no", "load_best_model_at_end": False, "use_cpu": True}
+    for suffix in (".json", ".yaml"):
+        config["output_dir"] = str(tmp_path / f"run{suffix}")
+        path = tmp_path / f"config{suffix}"
+        path.write_text(json.dumps(config) if suffix == ".json" else yaml.safe_dump(config))
+        run_finetune.main([str(path)])
+        assert json.loads((tmp_path / f"run{suffix}" / "run_status.json").read_text())["status"] == "complete"
+
+
+def test_help_documents_every_flag():
+    for module in (run_finetune, run_predict):
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer), pytest.raises(SystemExit):
+            module.main(["--help"])
+        text = buffer.getvalue()
+        assert "--help" in text
+    from transformers import HfArgumentParser
+
+    from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
+
+    for dataclass_type in (ModelArguments, DataArguments, MultitaskTrainingArguments, run_predict.PredictArguments):
+        for field in dataclass_type.__dataclass_fields__.values():
+            if field.init and not field.name.startswith("_"):
+                assert field.metadata.get("help"), f"{dataclass_type.__name__}.{field.name} has no help"
+    assert HfArgumentParser((ModelArguments, DataArguments, MultitaskTrainingArguments))

@@ -1,0 +1,125 @@
+"""MultitaskTrainer: evaluation keys, loss composition, gradient accumulation, R-Drop, checkpoints."""
+
+import copy
+
+import pytest
+import torch
+
+from multitask.arguments import MultitaskTrainingArguments
+from multitask.data import MultitaskCollator, load_training_data, tokenize
+from multitask.metrics import build_compute_metrics
+from multitask.modeling import MultitaskModel
+from multitask.trainer import MultitaskTrainer
+
+
+def no_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def make_trainer(model, tokenizer, csv_files, tmp_path, **overrides):
+    data = load_training_data(csv_files["task1"], csv_files["task2"], csv_files["val"], separator=" [SEP] ")
+    settings = dict(output_dir=str(tmp_path / "run"), num_train_epochs=1, per_device_train_batch_size=8,
+                    learning_rate=1e-3, save_strategy="no", load_best_model_at_end=False, report_to="none",
+                    use_cpu=True, dataloader_pin_memory=False, seed=0)
+    settings.update(overrides)
+    args = MultitaskTrainingArguments(**settings)
+    return MultitaskTrainer(
+        model=model, args=args,
+        train_dataset=tokenize(data.train, tokenizer, 64), eval_dataset=tokenize(data.validation, tokenizer, 64),
+        processing_class=tokenizer, data_collator=MultitaskCollator(tokenizer, keep_keys=("row_id",)),
+        compute_metrics=build_compute_metrics(),
+    )
+
+
+def test_evaluate_returns_loss_and_metrics(model, tokenizer, csv_files, tmp_path):
+    metrics = make_trainer(model, tokenizer, csv_files, tmp_path).evaluate()
+    for key in ("eval_loss", "eval_gate_f1", "eval_category_macro_f1", "eval_joint_accuracy",
+                "eval_gate_loss", "eval_category_loss"):
+        assert key in metrics, key
+    assert metrics["eval_gate_support"] == 7 and metrics["eval_category_support"] == 6
+
+
+def test_loss_is_weighted_sum_of_terms(model, tokenizer, csv_files, tmp_path):
+    trainer = make_trainer(no_dropout(model), tokenizer, csv_files, tmp_path, gate_loss_weight=0.4,
+                           category_loss_weight=1.0, gate_class_weighting=False, category_class_weighting=False)
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(model, batch)
+    terms = {name: values[-1] for name, values in trainer._logged_terms["train"].items()}
+    assert loss.item() == pytest.approx(0.4 * terms["gate_loss"] + 1.0 * terms["category_loss"], rel=1e-5)
+
+
+def test_batch_without_labels_gives_zero_not_nan(model, tokenizer, csv_files, tmp_path):
+    trainer = make_trainer(model, tokenizer, csv_files, tmp_path)
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch["gate_labels"][:] = -100
+    batch["category_labels"][:] = -100
+    loss = trainer.compute_loss(model, batch)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert model.category_head.weight.grad is not None  # still on the graph
+
+
+def test_gradient_accumulation_matches_large_batch(model, tokenizer, csv_files, tmp_path):
+    # Sequential order; every micro-batch of 4 holds the same number of labelled rows per task only if
+    # labels are dense, so give every row both labels here.
+    def step(batch_size, accumulation):
+        trainer = make_trainer(no_dropout(copy.deepcopy(model)), tokenizer, csv_files, tmp_path,
+                               per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                               max_steps=1, optim="sgd", learning_rate=0.5, warmup_steps=0,
+                               train_sampling_strategy="sequential", layerwise_lr_decay=1.0,
+                               gate_class_weighting=False, category_class_weighting=False,
+                               category_label_smoothing=0.0)
+        dense = trainer.train_dataset.filter(lambda row: row["gate_labels"] != -100 and row["category_labels"] != -100)
+        trainer.train_dataset = dense
+        trainer.train()
+        return trainer.model.category_head.weight.detach().clone()
+
+    assert torch.allclose(step(8, 1), step(4, 2), atol=1e-6)
+
+
+def test_rdrop_kl_is_zero_without_dropout(model, tokenizer, csv_files, tmp_path):
+    trainer = make_trainer(no_dropout(model), tokenizer, csv_files, tmp_path, rdrop=True, rdrop_alpha_gate=0.3)
+    model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(model, batch)
+    assert trainer._logged_terms["train"]["rdrop_category_kl"][-1] == pytest.approx(0.0, abs=1e-7)
+    assert trainer._logged_terms["train"]["rdrop_gate_kl"][-1] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_rdrop_kl_positive_with_dropout(model, tokenizer, csv_files, tmp_path):
+    model.dropout.p = 0.5
+    trainer = make_trainer(model, tokenizer, csv_files, tmp_path, rdrop=True)
+    model.train()
+    trainer.compute_loss(model, next(iter(trainer.get_train_dataloader())))
+    assert trainer._logged_terms["train"]["rdrop_category_kl"][-1] > 0
+
+
+def test_hierarchy_term_logged(model, tokenizer, csv_files, tmp_path):
+    trainer = make_trainer(model, tokenizer, csv_files, tmp_path, hierarchy_weight=0.2, pick_consistency_weight=0.1,
+                           train_sampling_strategy="sequential", per_device_train_batch_size=32)
+    model.train()
+    trainer.compute_loss(model, next(iter(trainer.get_train_dataloader())))
+    assert trainer._logged_terms["train"]["hierarchy_loss"][-1] > 0
+    assert "pick_consistency_loss" in trainer._logged_terms["train"]
+
+
+def test_train_logs_per_task_losses_and_checkpoint_reloads(model, tokenizer, csv_files, tmp_path):
+    trainer = make_trainer(model, tokenizer, csv_files, tmp_path, save_strategy="epoch", eval_strategy="epoch",
+                           num_train_epochs=2)
+    trainer.train()
+    history = trainer.state.log_history
+    assert any("gate_loss" in entry and "category_loss" in entry and "loss" in entry for entry in history)
+    assert any("eval_gate_loss" in entry for entry in history)
+    checkpoint = max((tmp_path / "run").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    reloaded = MultitaskModel.from_pretrained(checkpoint).eval()
+    trainer.model.eval()
+    inputs = tokenizer(["stock market rally"], return_tensors="pt")
+    assert torch.allclose(reloaded(**inputs).category_logits, trainer.model(**inputs).category_logits, atol=1e-6)
+    # Resuming from the checkpoint runs (optimizer and scheduler state restored).
+    resumed = make_trainer(copy.deepcopy(model), tokenizer, csv_files, tmp_path, save_strategy="epoch",
+                           num_train_epochs=3)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.epoch == pytest.approx(3.0)
