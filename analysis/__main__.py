@@ -1,0 +1,153 @@
+"""`python -m analysis <run dir or predictions CSV> [more…]`: per-class tables, confusions, bands, comparison.
+
+Writes analysis.md / analysis.json / a confusion PNG (and safety.json) in a run directory, or
+`<stem>_analysis.*` beside a CSV, or everything in --out; prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .load import IGNORE_INDEX, InputError, Predictions, load_input
+from .plots import confusion_heatmap
+from .report import analyse, compare, render, render_comparison
+from .safety import category_safety, gate_safety, load_cost_matrix
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    # argparse rather than HfArgumentParser: positional inputs, and no transformers import for a CSV report.
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
+    parser.add_argument(
+        "inputs", nargs="+", help="Run directories and/or predictions CSVs; the first is the baseline."
+    )
+    parser.add_argument("--out", default=None, help="Write every output here instead of next to each input.")
+    parser.add_argument(
+        "--bands", default="0.333,0.667", help="Quantile cut points of training counts (Low/Mid/High)."
+    )
+    parser.add_argument("--allow_label", default=None, help="Safety: the category that lets a row through.")
+    parser.add_argument(
+        "--critical_labels", default=None, help="Safety: comma-separated categories that must not pass."
+    )
+    parser.add_argument(
+        "--cost_matrix", default=None, help="Safety: CSV of costs, rows = gold, columns = predicted."
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="Bootstrap resamples for rate intervals (0: none)."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap.")
+    args = parser.parse_args(argv)
+    try:
+        args.bands = [float(cut) for cut in args.bands.split(",") if cut.strip()]
+    except ValueError:
+        parser.error(f"--bands must be comma-separated numbers, got {args.bands!r}")
+    if not args.bands or sorted(args.bands) != args.bands or not all(0 < cut < 1 for cut in args.bands):
+        parser.error(f"--bands must be increasing quantiles strictly between 0 and 1, got {args.bands}")
+    args.critical_labels = [
+        label.strip() for label in (args.critical_labels or "").split(",") if label.strip()
+    ]
+    if bool(args.allow_label) != bool(args.critical_labels):
+        parser.error("--allow_label and --critical_labels go together")
+    return args
+
+
+def _safety(pred: Predictions, args: argparse.Namespace, costs: Any) -> dict:
+    """Category safety when asked for (--allow_label), gate safety whenever the file scores the gate."""
+    result = {}
+    if args.allow_label and pred.category_labels is not None:
+        mask = pred.category_labels != IGNORE_INDEX
+        names = pred.category_id2label
+        result["category"] = category_safety(
+            [names[i] for i in pred.category_labels[mask]],
+            [names[i] for i in pred.category_pred[mask]],
+            args.allow_label,
+            args.critical_labels,
+            costs,
+            args.bootstrap,
+            args.seed,
+            str(args.cost_matrix),
+        )
+    if pred.gate_labels is not None:
+        mask = pred.gate_labels != IGNORE_INDEX
+        result["gate"] = gate_safety(pred.gate_labels[mask], pred.pick_pred[mask], args.bootstrap, args.seed)
+    return result
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    # allow_nan=False: a NaN reaching the output is a bug to surface, not a value to write.
+    path.write_text(
+        json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Analyse each input, write its files, compare inputs when there are several; returns what was written."""
+    args = parse_args(argv)
+    costs = load_cost_matrix(args.cost_matrix) if args.cost_matrix else None
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"inputs": {}}
+    markdown: list[str] = []
+    baselines: list[tuple[str, dict]] = []
+    for source in map(Path, args.inputs):
+        is_run = source.is_dir()
+        name = source.resolve().name if is_run else source.stem
+        name = name if name not in results["inputs"] else str(source)
+        # Several run dirs in one --out would all write analysis.md: prefix them with their name.
+        prefix = f"{source.stem}_" if not is_run else (f"{name}_" if out and len(args.inputs) > 1 else "")
+        folder = out or (source if is_run else source.parent)
+        splits, safety, sections = {}, {}, [f"# Analysis of {source}"]
+        for pred in load_input(source):
+            report = analyse(pred, args.bands)
+            title = name if name == pred.name else f"{name} — {pred.name}"
+            if pred.category_labels is not None and (pred.category_labels != IGNORE_INDEX).any():
+                mask = pred.category_labels != IGNORE_INDEX
+                png = folder / f"{prefix}analysis_confusion{'_' + pred.name if is_run else ''}.png"
+                confusion_heatmap(
+                    pred.category_labels[mask],
+                    pred.category_pred[mask],
+                    pred.category_id2label,
+                    png,
+                    f"{title}: most-confused categories",
+                )
+                report["heatmap"] = png.name
+            report["safety"] = _safety(pred, args, costs) or None
+            sections.append(render(title, report))
+            safety[pred.name] = report.pop("safety")
+            splits[pred.name] = report
+        files = {"markdown": folder / f"{prefix}analysis.md", "json": folder / f"{prefix}analysis.json"}
+        files["markdown"].write_text("\n".join(sections), encoding="utf-8")
+        _write_json(files["json"], {"input": str(source), "splits": splits})
+        if any(safety.values()):
+            files["safety"] = folder / f"{prefix}safety.json"
+            _write_json(files["safety"], {"input": str(source), "splits": safety})
+        markdown += sections
+        results["inputs"][name] = {
+            "files": {k: str(v) for k, v in files.items()},
+            "splits": splits,
+            "safety": safety,
+        }
+        baselines.append((name, next(iter(splits.values()))))
+    if len(baselines) > 1:
+        comparison = compare(baselines)
+        folder = out or (
+            Path(args.inputs[0]) if Path(args.inputs[0]).is_dir() else Path(args.inputs[0]).parent
+        )
+        text = render_comparison(comparison)
+        (folder / "comparison.md").write_text(text, encoding="utf-8")
+        _write_json(folder / "comparison.json", comparison)
+        markdown.append(text)
+        results["comparison"] = comparison
+    print("\n".join(markdown))
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (InputError, ValueError) as error:
+        sys.exit(f"error: {error}")
