@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, EarlyStoppingCallback, HfArgumentParser,
 
 from multitask import demo
 from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
+from multitask.callbacks import CartographyCallback, EpochLogCallback, TrainingRecord
 from multitask.data import (
     DataError,
     LabeledFile,
@@ -30,11 +31,16 @@ from multitask.data import (
     tokenize,
 )
 from multitask.losses import inverse_frequency_weights
-from multitask.metrics import build_compute_metrics, compute_all
+from multitask.metrics import build_compute_metrics
 from multitask.modeling import load_for_training
-from multitask.predict import Scores, predict_scores, prediction_table
+from multitask.predict import Scores, predict_scores
+from multitask.reporting import (
+    category_bands,
+    tune_gate_thresholds,
+    write_predictions,
+    write_validation_reports,
+)
 from multitask.rundir import RunDirectory, arguments_record, file_sha256, library_versions, setup_logging
-from multitask.thresholds import search_gate_thresholds
 from multitask.trainer import MultitaskTrainer
 
 logger = logging.getLogger("run_finetune")
@@ -142,6 +148,10 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         pooling=model_args.pooling,
         classifier_dropout=model_args.classifier_dropout,
         text_columns=data_args.text_columns,
+        config_overrides={
+            "msd_samples": training_args.msd_samples,
+            "uncertainty_weighting": training_args.uncertainty_weighting,
+        },
         **hub_kwargs,
     )
     if not data.has_gate or not data.has_category:
@@ -154,9 +164,22 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     train_dataset = tokenize(data.train, tokenizer, data_args.max_seq_length)
     eval_dataset = tokenize(data.validation, tokenizer, data_args.max_seq_length)
     heads = tuple(head for head, present in (("gate", data.has_gate), ("category", data.has_category)) if present)
-    compute_metrics = build_compute_metrics(heads=heads)
+    bands = None
+    if data.has_category:
+        bands = category_bands(
+            list(data.train["category_labels"]), len(data.category_labels), training_args.frequency_band_quantiles
+        )
+    compute_metrics = build_compute_metrics(heads=heads, category_bands=bands)
     _check_metric_name(training_args, compute_metrics, data, heads)
-    callbacks = []
+
+    record = TrainingRecord()
+    loss_weights = {"gate": training_args.gate_loss_weight, "category": training_args.category_loss_weight}
+    callbacks = [EpochLogCallback(record, run.path, loss_weights)]
+    cartography = None
+    if training_args.cartography:
+        cartography = CartographyCallback(record, data.train.select_columns(
+            ["row_id", "text", "gate_labels", "category_labels"]).to_pandas(), data.category_labels)
+        callbacks.append(cartography)
     if training_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
 
@@ -178,6 +201,7 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
             training_args.category_class_weighting,
             training_args,
         ),
+        training_record=record,
     )
     if is_main:
         run.write_json(
@@ -212,10 +236,15 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
             run.write_json("thresholds.json", search)
             logger.info("gate thresholds (validation): %s", trained.config.gate_thresholds)
         write_predictions(run.path, "validation", validation, scores, trained.config, metrics=None)
+        write_validation_reports(run.path, scores, data.validation, trained.config, bands,
+                                 training_args.pick_low_confidence_levels, training_args.decline_high_confidence_levels)
         for stem, labeled in data.tests.items():
             test_scores = score_file(trained, tokenizer, labeled, training_args, data_args)
             metrics["test"][stem] = write_predictions(run.path, stem, labeled, test_scores, trained.config, {})
             logger.info("test %s: %s", stem, metrics["test"][stem])
+        if cartography is not None:
+            cartography.write(run.path, training_args.worst_k)
+        draw_plots(run.path)
     trainer.save_model(str(run.path / "model"))  # model, config (with thresholds) and tokenizer; main rank writes
     if is_main:
         run.write_json("metrics.json", metrics)
@@ -227,33 +256,14 @@ def score_file(model, tokenizer, labeled: LabeledFile, training_args, data_args)
     return predict_scores(model, tokenizer, texts, training_args.per_device_eval_batch_size, data_args.max_seq_length)
 
 
-def tune_gate_thresholds(scores: Scores, dataset, max_decline_leak: float) -> dict:
-    gate_labels = np.asarray(dataset["gate_labels"])
-    category_correct = None
-    if scores.category_probs is not None:
-        category_labels = np.asarray(dataset["category_labels"])
-        category_correct = (scores.category_probs.argmax(axis=1) == category_labels) & (category_labels != -100)
-    return search_gate_thresholds(scores.pick_prob, gate_labels, category_correct, max_decline_leak)
+def draw_plots(run_dir: Path) -> None:
+    try:
+        from multitask.plots import plot_cartography_files, redraw
 
-
-def write_predictions(run_dir: Path, stem: str, labeled: LabeledFile, scores: Scores, config, metrics: dict | None):
-    """predictions_<stem>.csv at the default threshold, plus predictions_<kind>_<stem>.csv per tuned threshold.
-
-    With `metrics` (a dict), each kind's metrics on this file are added to it and returned.
-    """
-    gate_labels = list(labeled.dataset["gate_labels"])
-    category_labels = list(labeled.dataset["category_labels"])
-    for kind, threshold in config.gate_thresholds.items():
-        name = f"predictions_{stem}.csv" if kind == "default" else f"predictions_{kind}_{stem}.csv"
-        table = prediction_table(labeled.frame, scores, config, threshold)
-        table.to_csv(run_dir / name, index=False, encoding="utf-8")
-        if metrics is not None:
-            result = compute_all(scores.pick_prob, scores.category_probs, gate_labels, category_labels, threshold)
-            if result:
-                metrics[kind] = {"threshold": threshold, **result}
-        if not config.has_gate:
-            break  # one file: without a gate there is no threshold to vary
-    return metrics
+        redraw(run_dir)
+        plot_cartography_files(run_dir)
+    except Exception as error:  # a figure must never cost the user a finished run
+        logger.warning("plots not drawn: %s", error)
 
 
 def _check_metric_name(training_args, compute_metrics, data, heads: tuple[str, ...]) -> None:

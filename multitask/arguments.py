@@ -139,6 +139,18 @@ class MultitaskTrainingArguments(TrainingArguments):
     rdrop: bool = field(default=False, metadata={"help": "R-Drop: two dropout passes with a symmetric-KL penalty."})
     rdrop_alpha_category: float = field(default=0.5, metadata={"help": "R-Drop KL weight on the category head."})
     rdrop_alpha_gate: float = field(default=0.0, metadata={"help": "R-Drop KL weight on the gate head."})
+    msd_samples: int = field(
+        default=1, metadata={"help": "Multi-sample dropout: average the heads over this many dropout masks (1 = off)."}
+    )
+    awp_lr: float = field(
+        default=0.0, metadata={"help": "Adversarial weight perturbation step size (0 = off; 1.0 is a common value)."}
+    )
+    awp_eps: float = field(default=0.001, metadata={"help": "AWP: largest relative change of any weight."})
+    awp_start_epoch: float = field(default=1.0, metadata={"help": "AWP starts at this (fractional) epoch."})
+    uncertainty_weighting: bool = field(
+        default=False,
+        metadata={"help": "Learn the two task weights (Kendall et al. log-variances) instead of fixed λ1/λ2."},
+    )
     layerwise_lr_decay: float = field(
         default=0.8,
         metadata={"help": "Layer-wise LR decay: layer k from the top trains at lr·decay^k; embeddings lowest. 1 = off."},
@@ -146,6 +158,22 @@ class MultitaskTrainingArguments(TrainingArguments):
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement (empty = never)."}
     )
+    frequency_band_quantiles: list[float] = field(
+        default_factory=lambda: [1 / 3, 2 / 3],
+        metadata={"help": "Training-frequency cut points (quantiles) splitting categories into Low/Mid/High bands."},
+    )
+    pick_low_confidence_levels: list[float] = field(
+        default_factory=lambda: [0.3, 0.5],
+        metadata={"help": "hierarchy_stats.json: share of gate-Pick rows whose top category probability is below each."},
+    )
+    decline_high_confidence_levels: list[float] = field(
+        default_factory=lambda: [0.5, 0.8],
+        metadata={"help": "hierarchy_stats.json: share of gate-Decline rows whose top category probability is above each."},
+    )
+    cartography: bool = field(
+        default=True, metadata={"help": "Record dataset cartography (confidence/variability per training row)."}
+    )
+    worst_k: int = field(default=50, metadata={"help": "Rows in worst_k.csv (lowest-confidence training rows)."})
     max_decline_leak: float = field(
         default=0.05,
         metadata={"help": "Target share of Decline rows let through as Pick, for the 'leak' gate threshold."},

@@ -36,6 +36,10 @@ class MultitaskConfig(PretrainedConfig):
         gate_thresholds (`dict[str, float]`): named P(Pick) thresholds; `"default"` is 0.5 and the
             validation threshold search adds `"f1"`, `"acc"`, `"leak"`.
         text_columns (`list[str]`): the CSV columns joined into the model input, in order.
+        msd_samples (`int`): multi-sample dropout: in training, head logits are averaged over this many
+            dropout masks (1 = plain dropout).
+        uncertainty_weighting (`bool`): the model carries learned per-task log-variances (Kendall et al.)
+            that weight the two losses.
     """
 
     model_type = "multitask"
@@ -50,6 +54,8 @@ class MultitaskConfig(PretrainedConfig):
         classifier_dropout: float = 0.1,
         gate_thresholds: dict[str, float] | None = None,
         text_columns: list[str] | None = None,
+        msd_samples: int = 1,
+        uncertainty_weighting: bool = False,
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -67,6 +73,8 @@ class MultitaskConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.gate_thresholds = {str(k): float(v) for k, v in (gate_thresholds or {"default": 0.5}).items()}
         self.text_columns = list(text_columns or DEFAULT_TEXT_COLUMNS)
+        self.msd_samples = int(msd_samples)
+        self.uncertainty_weighting = bool(uncertainty_weighting)
         # Mirror the category map into the standard fields so Hub widgets and pipelines show names.
         if self.category_id2label and "id2label" not in kwargs:
             kwargs["id2label"] = dict(self.category_id2label)

@@ -326,8 +326,51 @@ def _as_tuple(value: Any) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
+def band_recall_metrics(
+    category_probs: np.ndarray, category_labels: np.ndarray, category_bands: Sequence[str]
+) -> dict[str, float]:
+    """`category_recall_<band>`: mean per-class recall of each training-frequency band (rows with a label)."""
+    y_true = _to_numpy(category_labels)
+    labelled = y_true != IGNORE_INDEX
+    if not labelled.any():
+        return {}
+    y_pred = np.asarray(category_probs)[labelled].argmax(axis=1)
+    per_class = per_class_metrics(y_true[labelled], y_pred, dict(enumerate(map(str, range(len(category_bands))))))
+    return {f"category_recall_{band.lower()}": value for band, value in band_recall(per_class, category_bands).items()}
+
+
+def hierarchy_stats(
+    pick_prob: np.ndarray,
+    category_probs: np.ndarray,
+    threshold: float = 0.5,
+    pick_low_levels: Sequence[float] = (0.3, 0.5),
+    decline_high_levels: Sequence[float] = (0.5, 0.8),
+) -> dict[str, Any]:
+    """How well the two heads agree: gate-Pick rows whose top category probability is below each level
+    (the category head is unsure of an item the gate let in), and gate-Decline rows whose top category
+    probability is above each level (the category head is sure of an item the gate refused)."""
+    pick = np.asarray(pick_prob) >= threshold
+    top = np.asarray(category_probs).max(axis=1)
+
+    def shares(mask: np.ndarray, hits: Callable[[float], np.ndarray], levels: Sequence[float]) -> dict:
+        total = int(mask.sum())
+        return {
+            str(level): {"count": int((mask & hits(level)).sum()),
+                         "share": float((mask & hits(level)).sum() / total) if total else 0.0}
+            for level in levels
+        }
+
+    return {
+        "threshold": float(threshold),
+        "gate_pick_rows": int(pick.sum()),
+        "gate_decline_rows": int((~pick).sum()),
+        "pick_with_category_max_prob_below": shares(pick, lambda level: top < level, pick_low_levels),
+        "decline_with_category_max_prob_above": shares(~pick, lambda level: top > level, decline_high_levels),
+    }
+
+
 def build_compute_metrics(
-    threshold: float = 0.5, *, heads: Sequence[str] = HEADS
+    threshold: float = 0.5, *, heads: Sequence[str] = HEADS, category_bands: Sequence[str] | None = None
 ) -> Callable[[Any], dict[str, float]]:
     """``compute_metrics`` for the HF Trainer (keys without prefix; the Trainer adds ``eval_``).
 
@@ -341,6 +384,8 @@ def build_compute_metrics(
     it explicitly). A bare array is taken as the labels of the single head in ``heads``, or split column
     by column if it has shape (n, 2) and both heads are used; anything else is a ``ValueError``, since
     guessing which head a lone label array belongs to would silently report wrong numbers.
+
+    ``category_bands`` (the training-frequency band of each category) adds ``category_recall_<band>``.
     """
     heads = tuple(heads)
     unknown = set(heads) - set(HEADS)
@@ -374,12 +419,16 @@ def build_compute_metrics(
                     'label_names=["gate_labels", "category_labels"] in the training arguments'
                 )
         gate_logits, category_logits = logits.get("gate"), logits.get("category")
-        return compute_all(
+        category_probs = softmax(category_logits) if category_logits is not None else None
+        results = compute_all(
             gate_pick_prob(gate_logits) if gate_logits is not None else None,
-            softmax(category_logits) if category_logits is not None else None,
+            category_probs,
             labels.get("gate"),
             labels.get("category"),
             threshold=threshold,
         )
+        if category_bands is not None and category_probs is not None and labels.get("category") is not None:
+            results.update(band_recall_metrics(category_probs, labels["category"], category_bands))
+        return results
 
     return compute_metrics

@@ -56,6 +56,8 @@ class MultitaskModel(PreTrainedModel):
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.gate_head = nn.Linear(hidden_size, 2) if config.has_gate else None
         self.category_head = nn.Linear(hidden_size, config.num_categories) if config.has_category else None
+        # Kendall et al. uncertainty weighting: log σ² per task (gate, category), learned with the model.
+        self.task_log_variances = nn.Parameter(torch.zeros(2)) if config.uncertainty_weighting else None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -78,6 +80,14 @@ class MultitaskModel(PreTrainedModel):
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_kwargs)
         return pool(outputs.last_hidden_state, attention_mask, self.config.pooling)
 
+    @staticmethod
+    def _head_logits(head: nn.Linear | None, dropped: list[torch.Tensor]) -> torch.Tensor | None:
+        if head is None:
+            return None
+        if len(dropped) == 1:
+            return head(dropped[0])
+        return torch.stack([head(sample) for sample in dropped]).mean(dim=0)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -88,9 +98,12 @@ class MultitaskModel(PreTrainedModel):
         **kwargs,
     ) -> MultitaskOutput:
         encoder_kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        pooled = self.dropout(self.encode(input_ids, attention_mask, **encoder_kwargs))
-        gate_logits = self.gate_head(pooled) if self.gate_head is not None else None
-        category_logits = self.category_head(pooled) if self.category_head is not None else None
+        pooled = self.encode(input_ids, attention_mask, **encoder_kwargs)
+        # Multi-sample dropout: in training, average the heads over several dropout masks.
+        samples = self.config.msd_samples if self.training else 1
+        dropped = [self.dropout(pooled) for _ in range(max(samples, 1))]
+        gate_logits = self._head_logits(self.gate_head, dropped)
+        category_logits = self._head_logits(self.category_head, dropped)
 
         loss = None
         if gate_labels is not None or category_labels is not None:
@@ -109,8 +122,12 @@ def build_config(
     pooling: str = "mean",
     classifier_dropout: float = 0.1,
     text_columns: list[str] | None = None,
+    **extra,
 ) -> MultitaskConfig:
-    """A fresh config for the given encoder and label set (labels in the order of the category logits)."""
+    """A fresh config for the given encoder and label set (labels in the order of the category logits).
+
+    `extra` takes the other `MultitaskConfig` fields (msd_samples, uncertainty_weighting).
+    """
     return MultitaskConfig(
         encoder_config=encoder_config,
         category_id2label=dict(enumerate(category_labels or [])),
@@ -120,6 +137,7 @@ def build_config(
         text_columns=text_columns,
         # Same pad id as the encoder, so the Trainer does not "align" the config with the tokenizer.
         pad_token_id=getattr(encoder_config, "pad_token_id", None),
+        **extra,
     )
 
 
@@ -130,6 +148,7 @@ def load_for_training(
     pooling: str = "mean",
     classifier_dropout: float = 0.1,
     text_columns: list[str] | None = None,
+    config_overrides: dict | None = None,
     **hub_kwargs,
 ) -> MultitaskModel:
     """Start a training run from a plain encoder checkpoint or from a saved multitask model.
@@ -141,7 +160,8 @@ def load_for_training(
     saved_config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs)
     if isinstance(saved_config, MultitaskConfig):
         config = build_config(
-            saved_config.encoder_config, category_labels, with_gate, pooling, classifier_dropout, text_columns
+            saved_config.encoder_config, category_labels, with_gate, pooling, classifier_dropout, text_columns,
+            **(config_overrides or {}),
         )
         source = MultitaskModel.from_pretrained(model_name_or_path, **hub_kwargs)
         model = MultitaskModel(config, encoder=source.encoder)
@@ -152,7 +172,9 @@ def load_for_training(
         return model
 
     encoder = AutoModel.from_pretrained(model_name_or_path, **hub_kwargs)
-    config = build_config(encoder.config, category_labels, with_gate, pooling, classifier_dropout, text_columns)
+    config = build_config(
+        encoder.config, category_labels, with_gate, pooling, classifier_dropout, text_columns, **(config_overrides or {})
+    )
     return MultitaskModel(config, encoder=encoder)
 
 

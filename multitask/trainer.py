@@ -11,6 +11,8 @@ import torch
 from transformers import Trainer
 
 from . import losses
+from .awp import AdversarialWeightPerturbation
+from .callbacks import TrainingRecord
 from .optim import llrd_parameter_groups
 
 
@@ -20,18 +22,20 @@ class MultitaskTrainer(Trainer):
         *args,
         gate_class_weights: torch.Tensor | None = None,
         category_class_weights: torch.Tensor | None = None,
+        training_record: TrainingRecord | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.gate_class_weights = gate_class_weights
         self.category_class_weights = category_class_weights
+        # Filled at every training step; per-epoch logs and cartography read it (no second data pass).
+        self.training_record = training_record if training_record is not None else TrainingRecord()
+        self._adversarial_pass = False
         # We average over labelled rows ourselves; the Trainer must not rescale by num_items_in_batch,
         # and must divide our per-batch mean by the gradient-accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self._logged_terms: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
-        # Callbacks that need the training-step outputs (train accuracy, cartography) read this each step.
-        self.last_train_batch: dict[str, torch.Tensor] | None = None
 
     def _task_losses(self, outputs, gate_labels, category_labels) -> dict[str, torch.Tensor]:
         args = self.args
@@ -91,22 +95,52 @@ class MultitaskTrainer(Trainer):
             "rdrop_category_kl": args.rdrop_alpha_category,
             "rdrop_gate_kl": args.rdrop_alpha_gate,
         }
-        loss = sum(weights[name] * value for name, value in terms.items())
+        log_variances = getattr(self.accelerator.unwrap_model(model), "task_log_variances", None)
+        if log_variances is not None:
+            # Learned per-task weights replace λ1/λ2 for the two cross-entropies.
+            task_names = [name for name in ("gate_loss", "category_loss") if name in terms]
+            indices = [0 if name == "gate_loss" else 1 for name in task_names]
+            loss = losses.uncertainty_weighted([terms[n] for n in task_names], log_variances[indices])
+            loss = loss + sum(weights[n] * v for n, v in terms.items() if n not in task_names)
+        else:
+            loss = sum(weights[name] * value for name, value in terms.items())
         if not terms:  # a batch with no label for any head present: exact zero, still on the graph
             loss = sum(logits.sum() * 0.0 for logits in (outputs.gate_logits, outputs.category_logits) if logits is not None)
 
         mode = "train" if model.training else "eval"
-        for name, value in terms.items():
-            self._logged_terms[mode][name].append(value.detach().float().item())
-        if model.training:
-            self.last_train_batch = {
-                "gate_logits": outputs.gate_logits.detach() if outputs.gate_logits is not None else None,
-                "category_logits": outputs.category_logits.detach() if outputs.category_logits is not None else None,
-                "gate_labels": gate_labels,
-                "category_labels": category_labels,
-                "row_id": row_ids,
-            }
+        detached = {name: value.detach().float().item() for name, value in terms.items()}
+        for name, value in detached.items():
+            self._logged_terms[mode][name].append(value)
+        if model.training and not self._adversarial_pass:
+            record = self.training_record
+            record.add_terms({"loss": loss.detach().float().item(), **detached})
+            record.add_predictions("gate", outputs.gate_logits, gate_labels, row_ids)
+            record.add_predictions("category", outputs.category_logits, category_labels, row_ids)
         return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        args = self.args
+        if args.awp_lr > 0 and (self.state.epoch or 0) >= args.awp_start_epoch:
+            awp = AdversarialWeightPerturbation(model, args.awp_lr, args.awp_eps)
+            awp.perturb()
+            self._adversarial_pass = True
+            try:
+                with self.compute_loss_context_manager():
+                    adversarial_loss = self.compute_loss(model, self._prepare_inputs(inputs))
+                self.accelerator.backward(adversarial_loss / self.current_gradient_accumulation_steps)
+            finally:
+                self._adversarial_pass = False
+                awp.restore()
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # The Trainer computes the pre-clip norm at every optimizer step but logs only the last one;
+        # keep each for the epoch's mean and max.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if grad_norm is not None:
+            self.training_record.grad_norms.append(float(grad_norm))
+        return grad_norm
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Per-term means since the last log: training terms with the training loss, eval terms with eval_loss.

@@ -1,0 +1,216 @@
+"""Per-epoch training logs and dataset cartography, from what training already computes.
+
+`TrainingRecord` is filled by `MultitaskTrainer.compute_loss` at every training step (detached loss terms,
+the gold-label probabilities of each row, gradient norms); the callbacks read it at epoch end. Nothing
+here runs a second pass over the data. Only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import TrainerCallback
+
+from .losses import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+_EVAL_KEYS = (
+    "eval_loss", "eval_gate_loss", "eval_category_loss", "eval_hierarchy_loss",
+    "eval_gate_accuracy", "eval_gate_precision", "eval_gate_recall", "eval_gate_f1", "eval_gate_decline_leak",
+    "eval_category_accuracy", "eval_category_macro_f1", "eval_category_weighted_f1", "eval_category_top3_accuracy",
+    "eval_joint_accuracy", "eval_joint_macro_f1",
+    "eval_category_recall_high", "eval_category_recall_mid", "eval_category_recall_low",
+)  # fmt: skip
+
+
+class TrainingRecord:
+    """What the training steps of the current epoch produced; reset at each epoch start."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_terms: dict[str, list[float]] = defaultdict(list)
+        self.grad_norms: list[float] = []
+        # per task: row ids, probability of the gold label, whether argmax was right, the argmax
+        self.rows: dict[str, list[np.ndarray]] = defaultdict(list)
+
+    def add_terms(self, terms: dict[str, float]) -> None:
+        for name, value in terms.items():
+            self.loss_terms[name].append(value)
+
+    def add_predictions(self, task: str, logits: torch.Tensor | None, labels: torch.Tensor | None, row_ids) -> None:
+        if logits is None or labels is None:
+            return
+        labelled = labels != IGNORE_INDEX
+        if not bool(labelled.any()):
+            return
+        probs = torch.softmax(logits[labelled].detach().float(), dim=-1)
+        gold = labels[labelled]
+        self.rows[f"{task}_gold_prob"].append(probs.gather(1, gold.unsqueeze(1)).squeeze(1).cpu().numpy())
+        self.rows[f"{task}_pred"].append(probs.argmax(dim=-1).cpu().numpy())
+        self.rows[f"{task}_gold"].append(gold.cpu().numpy())
+        ids = row_ids[labelled].cpu().numpy() if row_ids is not None else np.full(int(labelled.sum()), -1)
+        self.rows[f"{task}_row_id"].append(ids)
+
+    def task_arrays(self, task: str) -> dict[str, np.ndarray] | None:
+        if not self.rows.get(f"{task}_gold"):
+            return None
+        return {key: np.concatenate(self.rows[f"{task}_{key}"]) for key in ("row_id", "gold_prob", "pred", "gold")}
+
+    def train_accuracy(self, task: str) -> float | None:
+        arrays = self.task_arrays(task)
+        return float((arrays["pred"] == arrays["gold"]).mean()) if arrays else None
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class EpochLogCallback(TrainerCallback):
+    """One row per epoch in `epoch_log.jsonl` and a readable line in the log (train.log).
+
+    The training half of a row is taken at epoch end; the evaluation that follows completes it.
+    """
+
+    def __init__(self, record: TrainingRecord, output_dir: str | Path, loss_weights: dict[str, float]) -> None:
+        self.record = record
+        self.path = Path(output_dir) / "epoch_log.jsonl"
+        self.loss_weights = loss_weights
+        self.rows: list[dict[str, Any]] = []
+        self._pending: dict[str, Any] | None = None
+        self._learning_rate: float | None = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._flush(state)
+        self.record.reset()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "learning_rate" in logs:
+            self._learning_rate = logs["learning_rate"]
+
+    def on_epoch_end(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+        record = self.record
+        row: dict[str, Any] = {"epoch": round(state.epoch or 0), "step": state.global_step}
+        if lr_scheduler is not None:
+            row["learning_rate"] = max(lr_scheduler.get_last_lr())
+        elif self._learning_rate is not None:
+            row["learning_rate"] = self._learning_rate
+        total = [sum(v) / len(v) for k, v in record.loss_terms.items() if k == "loss" and v]
+        if total:
+            row["train_loss"] = total[0]
+        for name, values in record.loss_terms.items():
+            if name != "loss" and values:
+                row[f"train_{name}"] = sum(values) / len(values)
+        for task in ("gate", "category"):
+            accuracy = record.train_accuracy(task)
+            if accuracy is not None:
+                row[f"train_{task}_accuracy"] = accuracy
+        row["lambda_gate"], row["lambda_category"] = self.loss_weights["gate"], self.loss_weights["category"]
+        log_variances = getattr(model, "task_log_variances", None) if model is not None else None
+        if log_variances is not None:
+            sigma = torch.exp(0.5 * log_variances.detach().float()).tolist()
+            row["sigma_gate"], row["sigma_category"] = sigma
+        if record.grad_norms:
+            row["grad_norm_mean"] = float(np.mean(record.grad_norms))
+            row["grad_norm_max"] = float(np.max(record.grad_norms))
+        self._pending = row
+        if args.eval_strategy == "no":
+            self._flush(state)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self._pending is None or not metrics:
+            return
+        self._pending.update({key: metrics[key] for key in _EVAL_KEYS if key in metrics})
+        self._flush(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._flush(state)
+
+    def _flush(self, state) -> None:
+        if self._pending is None:
+            return
+        row = {key: _finite(value) for key, value in self._pending.items()}
+        self._pending = None
+        self.rows.append(row)
+        if state.is_world_process_zero:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            logger.info("epoch %s | %s", row["epoch"], "  ".join(
+                f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                for key, value in row.items() if key != "epoch"
+            ))
+
+
+class CartographyCallback(TrainerCallback):
+    """Dataset cartography (Swayamdipta et al., 2020) per task from the training-step probabilities.
+
+    Per training row: confidence = mean probability of the gold label over epochs, variability = its
+    standard deviation, correctness = share of epochs the argmax was right. Under DDP each process sees
+    only its shard; the main process writes what it saw.
+    """
+
+    def __init__(self, record: TrainingRecord, train_frame: pd.DataFrame, category_names: list[str]) -> None:
+        self.record = record
+        self.train_frame = train_frame  # columns: row_id, text, gate_labels, category_labels
+        self.category_names = category_names
+        # task -> row_id -> list of (gold prob, correct, predicted id) per epoch
+        self.history: dict[str, dict[int, list[tuple[float, bool, int]]]] = {
+            "gate": defaultdict(list), "category": defaultdict(list)
+        }
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        for task, history in self.history.items():
+            arrays = self.record.task_arrays(task)
+            if arrays is None:
+                continue
+            for row_id, prob, pred, gold in zip(arrays["row_id"], arrays["gold_prob"], arrays["pred"], arrays["gold"]):
+                history[int(row_id)].append((float(prob), bool(pred == gold), int(pred)))
+
+    def table(self) -> pd.DataFrame:
+        frame = self.train_frame[["row_id", "text"]].copy()
+        for task, history in self.history.items():
+            if not history:
+                continue
+            stats = {
+                row_id: (np.mean([p for p, _, _ in v]), np.std([p for p, _, _ in v]), np.mean([c for _, c, _ in v]),
+                         v[-1][2], len(v))
+                for row_id, v in history.items()
+            }
+            columns = ("confidence", "variability", "correctness", "last_pred", "epochs")
+            per_row = pd.DataFrame.from_dict(stats, orient="index", columns=[f"{task}_{c}" for c in columns])
+            frame = frame.merge(per_row, left_on="row_id", right_index=True, how="left")
+        return frame
+
+    def write(self, output_dir: str | Path, worst_k: int = 50) -> pd.DataFrame:
+        """`cartography.csv` and `worst_k.csv` (lowest-confidence rows, with text, gold and predicted)."""
+        output_dir = Path(output_dir)
+        frame = self.table()
+        labels = self.train_frame.set_index("row_id")
+        frame["gold_pick"] = frame["row_id"].map(labels["gate_labels"]).replace(IGNORE_INDEX, np.nan)
+        names = dict(enumerate(self.category_names))
+        frame["gold_category"] = frame["row_id"].map(labels["category_labels"]).map(names)
+        if "category_last_pred" in frame:
+            frame["predicted_category"] = frame["category_last_pred"].map(
+                lambda v: names.get(int(v)) if pd.notna(v) else None
+            )
+        if "gate_last_pred" in frame:
+            frame["predicted_pick"] = frame["gate_last_pred"]
+        frame = frame.drop(columns=[c for c in frame.columns if c.endswith("_last_pred")])
+        frame.to_csv(output_dir / "cartography.csv", index=False, encoding="utf-8")
+        confidence_columns = [c for c in ("gate_confidence", "category_confidence") if c in frame]
+        if confidence_columns:
+            # A row is as hard as its hardest task.
+            frame["min_confidence"] = frame[confidence_columns].min(axis=1)
+            worst = frame.dropna(subset=["min_confidence"]).nsmallest(worst_k, "min_confidence")
+            worst.to_csv(output_dir / "worst_k.csv", index=False, encoding="utf-8")
+        return frame

@@ -1,0 +1,93 @@
+"""What a finished training run writes besides the model: thresholds, predictions, per-class and hierarchy
+reports, plots. Every function takes scores already computed; none trains or re-reads the data."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from .configuration import MultitaskConfig
+from .data import IGNORE_INDEX, LabeledFile
+from .metrics import compute_all, confusion_top, frequency_bands, hierarchy_stats, per_class_metrics
+from .predict import Scores, prediction_table
+from .rundir import write_json
+from .thresholds import search_gate_thresholds
+
+logger = logging.getLogger(__name__)
+
+
+def category_bands(train_category_labels: list[int], num_categories: int, quantiles: list[float]) -> list[str]:
+    """The High/Mid/Low training-frequency band of each category."""
+    labels = np.asarray(train_category_labels)
+    counts = np.bincount(labels[labels != IGNORE_INDEX], minlength=num_categories)
+    return frequency_bands(counts, quantiles=tuple(quantiles))
+
+
+def tune_gate_thresholds(scores: Scores, dataset: Dataset, max_decline_leak: float) -> dict:
+    """Threshold search on validation scores; `leak` maximises end-to-end category accuracy under the target."""
+    gate_labels = np.asarray(dataset["gate_labels"])
+    category_correct = None
+    if scores.category_probs is not None:
+        category_labels = np.asarray(dataset["category_labels"])
+        category_correct = (scores.category_probs.argmax(axis=1) == category_labels) & (category_labels != IGNORE_INDEX)
+    return search_gate_thresholds(scores.pick_prob, gate_labels, category_correct, max_decline_leak)
+
+
+def write_predictions(
+    run_dir: Path, stem: str, labeled: LabeledFile, scores: Scores, config: MultitaskConfig, metrics: dict | None
+) -> dict | None:
+    """predictions_<stem>.csv at the default threshold, plus predictions_<kind>_<stem>.csv per tuned threshold.
+
+    With `metrics` (a dict), each kind's metrics on this file are added to it and returned.
+    """
+    gate_labels = list(labeled.dataset["gate_labels"])
+    category_labels = list(labeled.dataset["category_labels"])
+    for kind, threshold in config.gate_thresholds.items():
+        name = f"predictions_{stem}.csv" if kind == "default" else f"predictions_{kind}_{stem}.csv"
+        prediction_table(labeled.frame, scores, config, threshold).to_csv(run_dir / name, index=False, encoding="utf-8")
+        if metrics is not None:
+            result = compute_all(scores.pick_prob, scores.category_probs, gate_labels, category_labels, threshold)
+            if result:
+                metrics[kind] = {"threshold": threshold, **result}
+        if not config.has_gate:
+            break  # without a gate there is no threshold to vary
+    return metrics
+
+
+def write_validation_reports(
+    run_dir: Path,
+    scores: Scores,
+    validation: Dataset,
+    config: MultitaskConfig,
+    bands: list[str] | None,
+    pick_low_levels: list[float],
+    decline_high_levels: list[float],
+) -> None:
+    """`val_per_class_metrics.json`, `hierarchy_stats.json` and the confusion heatmap of the final model."""
+    if scores.category_probs is not None:
+        gold = np.asarray(validation["category_labels"])
+        labelled = gold != IGNORE_INDEX
+        predicted = scores.category_probs.argmax(axis=1)
+        per_class = per_class_metrics(gold[labelled], predicted[labelled], config.category_id2label)
+        for row in per_class:
+            row["band"] = bands[row["id"]] if bands else None
+        write_json(run_dir / "val_per_class_metrics.json", per_class)
+        confusions = confusion_top(gold[labelled], predicted[labelled], config.category_id2label, k=3)
+        write_json(run_dir / "val_confusions.json", confusions)
+        try:
+            from .plots import plot_confusion_heatmap
+
+            plot_confusion_heatmap(
+                gold[labelled], predicted[labelled], config.category_id2label, run_dir / "confusion_heatmap.png"
+            )
+        except Exception as error:  # a figure must never cost the user a finished run
+            logger.warning("confusion heatmap not drawn: %s", error)
+    if scores.category_probs is not None and scores.pick_prob is not None:
+        stats = hierarchy_stats(
+            scores.pick_prob, scores.category_probs, config.gate_thresholds.get("default", 0.5),
+            pick_low_levels, decline_high_levels,
+        )
+        write_json(run_dir / "hierarchy_stats.json", stats)
