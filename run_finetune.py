@@ -258,10 +258,9 @@ def score_file(model, tokenizer, labeled: LabeledFile, training_args, data_args)
 
 def draw_plots(run_dir: Path) -> None:
     try:
-        from multitask.plots import plot_cartography_files, redraw
+        from multitask.plots import redraw
 
         redraw(run_dir)
-        plot_cartography_files(run_dir)
     except Exception as error:  # a figure must never cost the user a finished run
         logger.warning("plots not drawn: %s", error)
 

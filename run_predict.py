@@ -11,6 +11,7 @@ metrics_<input stem>.json.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from transformers import HfArgumentParser
 
 from multitask.data import DataError, load_labeled_file
 from multitask.metrics import compute_all
-from multitask.predict import load_model, predict_scores, prediction_table
+from multitask.predict import load_model, predict_scores, prediction_records, prediction_table
 from multitask.rundir import setup_logging, write_json
 from multitask.thresholds import resolve_threshold
 
@@ -46,6 +47,11 @@ class PredictArguments:
     encoding: str | None = field(
         default=None, metadata={"help": "CSV encoding. Empty: UTF-8 (with or without BOM), else CP932/Shift-JIS."}
     )
+    allow_unknown_labels: bool = field(
+        default=False,
+        metadata={"help": "A gold category the model does not know: count and report it, leave the row unscored "
+                  "(default: an error naming the row)."},
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
@@ -69,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     labeled_files = []
     for input_file in args.input_files:
         labeled_files.append(
-            load_labeled_file(input_file, text_columns, separator, label2id, config.has_gate, args.encoding)
+            load_labeled_file(input_file, text_columns, separator, label2id, config.has_gate, args.encoding,
+                              allow_unknown_labels=args.allow_unknown_labels)
         )
     stems = [labeled.path.stem for labeled in labeled_files]
     if len(set(stems)) != len(stems):
@@ -85,15 +92,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         target = output_dir / f"predictions_{labeled.path.stem}.csv"
         table.to_csv(target, index=False, encoding="utf-8")
         logger.info("%s: %d rows → %s", labeled.path, len(table), target)
-        metrics = compute_all(
-            scores.pick_prob,
-            scores.category_probs,
-            list(labeled.dataset["gate_labels"]),
-            list(labeled.dataset["category_labels"]),
-            threshold,
-        )
-        if metrics:
-            metrics = {"threshold": threshold, "label_maps_hash": config.label_maps_hash(), **metrics}
+        gate_labels, category_labels = list(labeled.dataset["gate_labels"]), list(labeled.dataset["category_labels"])
+        with (output_dir / f"predictions_{labeled.path.stem}.jsonl").open("w", encoding="utf-8") as handle:
+            for record in prediction_records(table, gate_labels, category_labels, config):
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        metrics = compute_all(scores.pick_prob, scores.category_probs, gate_labels, category_labels, threshold)
+        if labeled.unknown_categories:
+            logger.warning("%s: rows with categories the model does not know were not scored: %s",
+                           labeled.path, labeled.unknown_categories)
+        if metrics or labeled.unknown_categories:
+            metrics = {"threshold": threshold, "label_maps_hash": config.label_maps_hash(),
+                       "unscored_unknown_categories": labeled.unknown_categories, **metrics}
             write_json(output_dir / f"metrics_{labeled.path.stem}.json", metrics)
             logger.info("%s: %s", labeled.path.stem, metrics)
         all_metrics[labeled.path.stem] = metrics

@@ -100,9 +100,17 @@ def parse_pick(values: pd.Series, path: str | Path, required: bool) -> list[int]
 
 
 def parse_categories(
-    values: pd.Series, path: str | Path, required: bool, label2id: dict[str, int] | None
+    values: pd.Series,
+    path: str | Path,
+    required: bool,
+    label2id: dict[str, int] | None,
+    unknown: Counter | None = None,
 ) -> list[str | int]:
-    """Category names (when `label2id` is None) or ids; unknown names are an error naming the row."""
+    """Category names (when `label2id` is None) or ids.
+
+    A name outside `label2id` is an error naming the row, unless an `unknown` counter is given: then the
+    row gets no category label (-100) and the name is counted, for the caller to report.
+    """
     parsed: list[str | int] = []
     for row_index, raw in enumerate(values):
         name = raw.strip()
@@ -112,6 +120,9 @@ def parse_categories(
             parsed.append(IGNORE_INDEX if label2id is not None else "")
         elif label2id is None:
             parsed.append(name)
+        elif name not in label2id and unknown is not None:
+            unknown[name] += 1
+            parsed.append(IGNORE_INDEX)
         elif name not in label2id:
             raise DataError(
                 f"{_where(path, row_index, CATEGORY_COLUMN)}: category {name!r} never appears in training "
@@ -129,6 +140,7 @@ class LabeledFile:
     path: Path
     frame: pd.DataFrame
     dataset: Dataset
+    unknown_categories: dict[str, int] = field(default_factory=dict)  # only with allow_unknown_labels
 
 
 @dataclass
@@ -227,8 +239,13 @@ def load_labeled_file(
     with_gate: bool,
     encoding: str | None = None,
     require_labels: bool = False,
+    allow_unknown_labels: bool = False,
 ) -> LabeledFile:
-    """A validation/test CSV: labels optional per row; a category unseen in training is an error."""
+    """A validation/test CSV: labels optional per row.
+
+    A gold category unseen in training is an error, or with `allow_unknown_labels` an unscored row
+    counted in `unknown_categories`.
+    """
     path = Path(path)
     frame = read_csv(path, encoding)
     texts = build_texts(frame, path, text_columns, separator)
@@ -236,12 +253,16 @@ def load_labeled_file(
     category: list = [IGNORE_INDEX] * len(frame)
     if PICK_COLUMN in frame.columns and with_gate:
         gate = parse_pick(frame[PICK_COLUMN], path, required=False)
+    unknown: Counter = Counter()
     if CATEGORY_COLUMN in frame.columns and label2id:
-        category = parse_categories(frame[CATEGORY_COLUMN], path, required=False, label2id=label2id)
+        category = parse_categories(
+            frame[CATEGORY_COLUMN], path, required=False, label2id=label2id,
+            unknown=unknown if allow_unknown_labels else None,
+        )
     if require_labels and all(g == IGNORE_INDEX for g in gate) and all(c == IGNORE_INDEX for c in category):
         raise DataError(f"{path}: no '{PICK_COLUMN}' or '{CATEGORY_COLUMN}' label in any row")
     dataset = Dataset.from_dict({"text": texts, "gate_labels": gate, "category_labels": category})
-    return LabeledFile(path=path, frame=frame, dataset=dataset)
+    return LabeledFile(path=path, frame=frame, dataset=dataset, unknown_categories=dict(unknown))
 
 
 def load_training_data(

@@ -113,3 +113,36 @@ def prediction_table(
     else:
         table["decision"] = table["category_pred"]
     return table
+
+
+def prediction_records(
+    table: pd.DataFrame, gate_labels: list[int], category_labels: list[int], config: MultitaskConfig
+) -> list[dict]:
+    """One JSON-ready record per row: decisions, scores, and correctness flags where a gold label exists."""
+    id2label = config.category_id2label
+    top_column = next((c for c in table.columns if c.startswith("category_top")), None)
+    label_maps_hash = config.label_maps_hash()
+    records = []
+    for position, (gold_pick, gold_category) in enumerate(zip(gate_labels, category_labels)):
+        row = table.iloc[position]
+        record: dict = {"row": position + 2, "decision": row["decision"], "label_maps_hash": label_maps_hash}
+        if "pick_prob" in table:
+            record.update(pick_prob=float(row["pick_prob"]), pick_pred=int(row["pick_pred"]))
+        if "category_pred" in table:
+            record.update(category_pred=row["category_pred"], category_prob=float(row["category_prob"]))
+            record["category_top"] = [
+                {"label": label, "prob": float(prob)}
+                for label, prob in (item.rsplit(":", 1) for item in row[top_column].split("|"))
+            ]
+        if gold_pick != -100 and "pick_pred" in table:
+            record.update(gold_pick=int(gold_pick), pick_correct=int(row["pick_pred"]) == gold_pick)
+        if gold_category != -100 and "category_pred" in table:
+            record.update(gold_category=id2label[gold_category],
+                          category_correct=row["category_pred"] == id2label[gold_category])
+        # The end-to-end decision is right when it is Decline for gold Decline, or the gold category.
+        if gold_pick == 0 and config.has_gate:
+            record["decision_correct"] = row["decision"] == "Decline"
+        elif gold_category != -100 and gold_pick != 0:
+            record["decision_correct"] = row["decision"] == id2label[gold_category]
+        records.append(record)
+    return records

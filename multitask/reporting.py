@@ -80,8 +80,10 @@ def write_validation_reports(
         try:
             from .plots import plot_confusion_heatmap
 
+            (run_dir / "plots").mkdir(exist_ok=True)
             plot_confusion_heatmap(
-                gold[labelled], predicted[labelled], config.category_id2label, run_dir / "confusion_heatmap.png"
+                gold[labelled], predicted[labelled], config.category_id2label,
+                run_dir / "plots" / "confusion_heatmap.png", "Validation: most-confused categories (final model)",
             )
         except Exception as error:  # a figure must never cost the user a finished run
             logger.warning("confusion heatmap not drawn: %s", error)

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -50,7 +51,10 @@ def test_run_directory_is_complete(trained_run):
     run_dir, files, metrics = trained_run
     for name in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "label_map.json",
                  "run_config.json", "metrics.json", "train.log", "thresholds.json", "predictions_ニュース_test.csv",
-                 "predictions_f1_ニュース_test.csv", "predictions_validation.csv"):
+                 "predictions_f1_ニュース_test.csv", "predictions_validation.csv", "epoch_log.jsonl",
+                 "val_per_class_metrics.json", "hierarchy_stats.json", "cartography.csv", "worst_k.csv",
+                 "plots/task1_loss.png", "plots/task2_accuracy.png", "plots/band_recall.png",
+                 "plots/confusion_heatmap.png", "plots/cartography_category.png"):
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "run_status.json").read_text())["status"] == "complete"
     saved = json.loads((run_dir / "metrics.json").read_text())
@@ -150,3 +154,59 @@ def test_help_documents_every_flag():
             if field.init and not field.name.startswith("_"):
                 assert field.metadata.get("help"), f"{dataclass_type.__name__}.{field.name} has no help"
     assert HfArgumentParser((ModelArguments, DataArguments, MultitaskTrainingArguments))
+
+
+def test_predictions_jsonl_and_unknown_labels(trained_run, tmp_path):
+    run_dir, files, _ = trained_run
+    unknown = tmp_path / "unknown.csv"
+    pd.DataFrame({"title": ["stock market rally", "home team wins"], "body": ["", ""],
+                  "pick": ["1", "1"], "category": ["economy", "culture"]}).to_csv(unknown, index=False)
+    with pytest.raises(DataError, match=r"unknown.csv, row 3, column 'category': category 'culture'"):
+        run_predict.main(["--model", str(run_dir), "--input_files", str(unknown), "--output_dir", str(tmp_path / "a")])
+    metrics = run_predict.main(["--model", str(run_dir), "--input_files", str(unknown), "--output_dir",
+                                str(tmp_path / "b"), "--allow_unknown_labels", "true"])
+    assert metrics["unknown"]["unscored_unknown_categories"] == {"culture": 1}
+    assert metrics["unknown"]["category_support"] == 1
+    records = [json.loads(line) for line in (tmp_path / "b" / "predictions_unknown.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and "category_correct" in records[0] and "category_correct" not in records[1]
+    assert records[0]["pick_correct"] in (True, False)
+
+
+def _single_head_files(root):
+    task1 = root / "gate.csv"
+    pd.DataFrame({"pick": ["1", "0"] * 8, "title": [f"news item {i}" if i % 2 == 0 else f"spam offer {i}"
+                                                    for i in range(16)], "body": [""] * 16}).to_csv(task1, index=False)
+    labels = ["ALLOW", "ESCALATION", "DENY", "REFUSE"]
+    task2 = root / "moderation.csv"
+    pd.DataFrame({"category": [labels[i % 4] for i in range(24)],
+                  "title": [f"{labels[i % 4].lower()} request number {i}" for i in range(24)],
+                  "body": [""] * 24}).to_csv(task2, index=False)
+    return task1, task2
+
+
+@pytest.mark.parametrize("head", ["gate", "category"])
+def test_single_head_runs(encoder_dir, tmp_path, head):
+    task1, task2 = _single_head_files(tmp_path)
+    data_flag = ["--task1_file", str(task1)] if head == "gate" else ["--task2_file", str(task2)]
+    run_dir = tmp_path / "run"
+    metrics = run_finetune.main(["--model_name_or_path", str(encoder_dir), *data_flag, "--output_dir", str(run_dir),
+                                 "--num_train_epochs", "1", "--validation_split", "0.25", "--use_cpu", "true",
+                                 "--per_device_train_batch_size", "8"])
+    validation = metrics["validation"]
+    assert all(np.isfinite(v) for v in validation.values() if isinstance(v, float))
+    if head == "gate":
+        assert "eval_gate_f1" in validation and not any("category" in key for key in validation)
+        assert json.loads((run_dir / "model/config.json").read_text())["category_id2label"] == {}
+    else:
+        assert "eval_category_macro_f1" in validation and not any("gate" in key for key in validation)
+        assert not (run_dir / "thresholds.json").exists()
+    source = task1 if head == "gate" else task2
+    out = tmp_path / "preds"
+    predicted = run_predict.main(["--model", str(run_dir), "--input_files", str(source), "--output_dir", str(out)])
+    table = pd.read_csv(out / f"predictions_{source.stem}.csv", dtype=str, keep_default_na=False)
+    if head == "gate":
+        assert "category_pred" not in table and set(table["decision"]) <= {"Pick", "Decline"}
+        assert "gate_accuracy" in predicted[source.stem] and "joint_accuracy" not in predicted[source.stem]
+    else:
+        assert "pick_prob" not in table and set(table["decision"]) <= {"ALLOW", "ESCALATION", "DENY", "REFUSE"}
+        assert "category_accuracy" in predicted[source.stem] and "gate_f1" not in predicted[source.stem]

@@ -1,0 +1,234 @@
+"""Figures for a run, data in and PNG out: learning curves, dataset cartography, confusion heatmap.
+
+Learning curves are drawn from the run's `epoch_log.jsonl`, so any run can be redrawn later:
+`python -m multitask.plots <run dir>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib import font_manager  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# Fallbacks for Japanese labels, used only when installed; without one, CJK glyphs render as boxes.
+_CJK_FONTS = (
+    "Noto Sans CJK JP",
+    "Noto Sans JP",
+    "IPAexGothic",
+    "IPAGothic",
+    "Hiragino Sans",
+    "Yu Gothic",
+    "MS Gothic",
+)
+
+# file name, title, y label, [(epoch_log key, legend label)]
+_CURVES = (
+    ("task1_loss.png", "Task 1 (gate: Pick / Decline) — loss", "loss (cross-entropy, nats)",
+     [("train_gate_loss", "train"), ("eval_gate_loss", "validation")]),
+    ("task1_accuracy.png", "Task 1 (gate: Pick / Decline) — accuracy", "accuracy (fraction, 0–1)",
+     [("train_gate_accuracy", "train"), ("eval_gate_accuracy", "validation")]),
+    ("task2_loss.png", "Task 2 (category) — loss", "loss (cross-entropy, nats)",
+     [("train_category_loss", "train"), ("eval_category_loss", "validation")]),
+    ("task2_accuracy.png", "Task 2 (category) — accuracy and macro-F1", "score (fraction, 0–1)",
+     [("train_category_accuracy", "train accuracy"), ("eval_category_accuracy", "validation accuracy"),
+      ("eval_category_macro_f1", "validation macro-F1")]),
+    ("band_recall.png", "Task 2 (category) — validation recall by training-frequency band", "recall (fraction, 0–1)",
+     [("eval_category_recall_high", "High (frequent categories)"), ("eval_category_recall_mid", "Mid"),
+      ("eval_category_recall_low", "Low (rare categories)")]),
+)  # fmt: skip
+
+
+def _font_rc() -> dict[str, Any]:
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    return {"font.family": ["DejaVu Sans", *(name for name in _CJK_FONTS if name in installed)]}
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def read_epoch_log(path: str | Path) -> list[dict]:
+    """Rows of an `epoch_log.jsonl`, one per epoch in epoch order (a resumed run's repeated epoch: last wins)."""
+    by_epoch: dict[int, dict] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not a JSON object ({error.msg})") from None
+        if isinstance(row, dict) and _number(row.get("epoch")) is not None:
+            by_epoch[int(row["epoch"])] = row
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def plot_learning_curves(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Write the per-epoch curves whose data exist (task1_*, task2_*, band_recall); return the written paths."""
+    out_dir = Path(out_dir)
+    rows = [row for row in rows if _number(row.get("epoch")) is not None]
+    if not rows:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    epochs = [int(row["epoch"]) for row in rows]
+    written = []
+    for file_name, title, y_label, series in _CURVES:
+        lines = []
+        for key, label in series:
+            points = [(epoch, _number(row.get(key))) for epoch, row in zip(epochs, rows)]
+            points = [(epoch, value) for epoch, value in points if value is not None]
+            if points:
+                lines.append((label, *zip(*points)))
+        if not lines:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for label, xs, ys in lines:
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        if max(epochs) - min(epochs) <= 20:
+            ax.set_xticks(range(min(epochs), max(epochs) + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if "fraction" in y_label:
+            ax.set_ylim(-0.02, 1.02)
+        else:  # losses from 0, with headroom so the top marker is not clipped
+            ax.set_ylim(0, 1.08 * max(max(ys) for _, _, ys in lines) or 1)
+        ax.set(title=title, xlabel="epoch", ylabel=y_label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        written.append(_save(fig, out_dir / file_name))
+    return written
+
+
+def plot_cartography(frame: pd.DataFrame, out_path: str | Path, task: str) -> Path:
+    """Dataset-cartography scatter (Swayamdipta et al. 2020) of one task ("gate" or "category")."""
+    if task not in ("gate", "category"):
+        raise ValueError(f"task must be 'gate' or 'category', got {task!r}")
+    confidence, variability, correctness = (
+        f"{task}_{name}" for name in ("confidence", "variability", "correctness")
+    )
+    missing = [column for column in (confidence, variability, correctness) if column not in frame]
+    if missing:
+        raise ValueError(f"cartography frame lacks column(s) {missing}")
+    data = frame[[confidence, variability, correctness]].apply(pd.to_numeric, errors="coerce").dropna()
+    fig, ax = plt.subplots(figsize=(7.0, 5.6))
+    points = ax.scatter(
+        data[variability], data[confidence], c=data[correctness], cmap="viridis", vmin=0, vmax=1,
+        s=28 if len(data) < 1000 else 6, alpha=0.75, edgecolors="none",
+    )  # fmt: skip
+    fig.colorbar(points, ax=ax, label="correctness (share of epochs predicted right)")
+    ax.set_xlim(0, max(0.05, 1.1 * data[variability].max()) if len(data) else 0.5)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("variability (std of gold-label probability across epochs)")
+    ax.set_ylabel("confidence (mean gold-label probability across epochs)")
+    name = "Task 1 (gate)" if task == "gate" else "Task 2 (category)"
+    skipped = len(frame) - len(data)
+    note = f" ({skipped} without {task} labels skipped)" if skipped else ""
+    ax.set_title(f"Dataset cartography — {name}\n{len(data)} training rows plotted{note}", fontsize=10)
+    regions = [((0.03, 0.97), "easy-to-learn", "left", "top"), ((0.03, 0.03), "hard-to-learn", "left", "bottom"),
+               ((0.97, 0.5), "ambiguous", "right", "center")]  # fmt: skip
+    for (x, y), text, ha, va in regions:
+        ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, color="dimgray", style="italic",
+                bbox={"facecolor": "white", "alpha": 0.6, "edgecolor": "none"})  # fmt: skip
+    ax.grid(alpha=0.3)
+    return _save(fig, out_path)
+
+
+def most_confused(matrix: np.ndarray, limit: int = 20) -> np.ndarray:
+    """Indices of up to ``limit`` classes with the most errors (as gold or as prediction), then support."""
+    errors = matrix.sum(axis=0) + matrix.sum(axis=1) - 2 * np.diag(matrix)
+    support = matrix.sum(axis=1)
+    present = np.flatnonzero(matrix.sum(axis=0) + support > 0)
+    order = sorted(present, key=lambda i: (-errors[i], -support[i], i))
+    return np.sort(np.asarray(order[:limit], dtype=int))
+
+
+def plot_confusion_heatmap(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    id2label: Mapping[int, str],
+    path: str | Path,
+    title: str,
+    limit: int = 20,
+) -> Path:
+    """Draw gold × predicted counts for the most-confused categories (at most ``limit``) and save a PNG."""
+    ids = sorted(id2label)
+    matrix = confusion_matrix(y_true, y_pred, labels=ids)
+    keep = most_confused(matrix, limit)
+    sub = matrix[np.ix_(keep, keep)]
+    names = [id2label[ids[i]] for i in keep]
+    size = max(4.0, 0.55 * len(keep) + 2.5)
+    with plt.rc_context(_font_rc()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing")
+        fig, ax = plt.subplots(figsize=(size + 1.5, size))
+        # Shade only the errors: the diagonal would otherwise swamp the colour scale.
+        errors = np.ma.masked_array(sub, mask=np.eye(len(keep), dtype=bool))
+        image = ax.imshow(errors, cmap=plt.get_cmap("Reds").with_extremes(bad="whitesmoke"))
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="wrong rows (diagonal: correct, unshaded)")
+        ax.set_xticks(range(len(keep)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(keep)), names, fontsize=8)
+        ax.set_xlabel("predicted category")
+        ax.set_ylabel("gold category")
+        ax.set_title(title, fontsize=10)
+        threshold = errors.max() / 2 if errors.count() else 0
+        for (row, column), count in np.ndenumerate(sub):
+            if count:
+                color = "white" if count > threshold and row != column else "black"
+                ax.text(column, row, str(count), ha="center", va="center", fontsize=7, color=color)
+        return _save(fig, path)
+
+
+def redraw(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Redraw a run's learning curves (from `epoch_log.jsonl`) and cartography scatters (from
+    `cartography.csv`, when present) into ``out_dir`` (default: `<run dir>/plots`)."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir or run_dir / "plots")
+    log = run_dir / "epoch_log.jsonl"
+    if not log.is_file():
+        raise FileNotFoundError(f"{log} not found: is {run_dir} a training run directory?")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = plot_learning_curves(read_epoch_log(log), out_dir)
+    cartography = run_dir / "cartography.csv"
+    if cartography.is_file():
+        frame = pd.read_csv(cartography)
+        for task in ("gate", "category"):
+            if f"{task}_confidence" in frame and frame[f"{task}_confidence"].notna().any():
+                paths.append(plot_cartography(frame, out_dir / f"cartography_{task}.png", task))
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    parser = argparse.ArgumentParser(prog="python -m multitask.plots", description=redraw.__doc__)
+    parser.add_argument("run_dir", type=Path, help="run directory holding epoch_log.jsonl")
+    parser.add_argument(
+        "--out_dir", type=Path, default=None, help="where to write the PNGs (default: <run_dir>/plots)"
+    )
+    args = parser.parse_args(argv)
+    paths = redraw(args.run_dir, args.out_dir)
+    for path in paths:
+        print(path)
+    return paths
+
+
+if __name__ == "__main__":
+    main()

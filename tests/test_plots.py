@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from multitask.plots import (
+    main,
+    plot_cartography,
+    plot_confusion_heatmap,
+    plot_learning_curves,
+    read_epoch_log,
+    redraw,
+)
+
+ALL_CURVES = {
+    "task1_loss.png",
+    "task1_accuracy.png",
+    "task2_loss.png",
+    "task2_accuracy.png",
+    "band_recall.png",
+}
+
+
+def epoch_rows(epochs: int = 3, gate: bool = True, category: bool = True) -> list[dict]:
+    rows = []
+    for epoch in range(1, epochs + 1):
+        row = {"epoch": epoch, "step": 10 * epoch, "learning_rate": 2e-5 / epoch, "train_loss": 1.5 / epoch}
+        if gate:
+            row |= {"train_gate_loss": 0.7 / epoch, "eval_gate_loss": 0.6 / epoch + 0.05}
+            row |= {"train_gate_accuracy": 0.6 + 0.1 * epoch, "eval_gate_accuracy": 0.55 + 0.1 * epoch}
+        if category:
+            row |= {"train_category_loss": 2.0 / epoch, "eval_category_loss": 2.1 / epoch}
+            row |= {
+                "train_category_accuracy": 0.3 * epoch / epochs,
+                "eval_category_accuracy": 0.25 * epoch / epochs,
+            }
+            row |= {"eval_category_macro_f1": 0.2 * epoch / epochs, "eval_category_recall_high": 0.8}
+            row |= {"eval_category_recall_mid": 0.5, "eval_category_recall_low": None if epoch == 1 else 0.1}
+        rows.append(row)
+    return rows
+
+
+def assert_png(path, aspect: float | None = None) -> None:
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, path
+    image = matplotlib.image.imread(path)
+    height, width = image.shape[:2]
+    if aspect is not None:
+        assert width / height == pytest.approx(aspect, rel=0.02), path
+
+
+def write_log(run_dir, rows) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(row) for row in rows]
+    (run_dir / "epoch_log.jsonl").write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+
+
+def test_learning_curves_both_heads(tmp_path):
+    paths = plot_learning_curves(epoch_rows(), tmp_path / "plots")
+    assert {path.name for path in paths} == ALL_CURVES
+    for path in paths:
+        assert_png(path, aspect=6.4 / 4.2)
+
+
+def test_gate_only_writes_task1_files_and_single_epoch_works(tmp_path):
+    paths = plot_learning_curves(epoch_rows(gate=True, category=False), tmp_path / "gate")
+    assert {path.name for path in paths} == {"task1_loss.png", "task1_accuracy.png"}
+    single = plot_learning_curves(epoch_rows(epochs=1), tmp_path / "single")
+    assert {path.name for path in single} == ALL_CURVES  # band_recall keeps High/Mid even with Low missing
+    for path in single:
+        assert_png(path)
+    assert plot_learning_curves([], tmp_path / "empty") == []
+
+
+def test_read_epoch_log_orders_epochs_and_names_bad_lines(tmp_path):
+    rows = epoch_rows()
+    write_log(tmp_path, [rows[1], rows[0], rows[2], {**rows[2], "eval_gate_loss": 0.0}])
+    read = read_epoch_log(tmp_path / "epoch_log.jsonl")
+    assert [row["epoch"] for row in read] == [1, 2, 3] and read[-1]["eval_gate_loss"] == 0.0
+    (tmp_path / "epoch_log.jsonl").write_text('{"epoch": 1}\n{"epoch": 2,\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2"):
+        read_epoch_log(tmp_path / "epoch_log.jsonl")
+
+
+def test_cartography_skips_rows_without_the_task(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "gate_confidence": rng.uniform(0, 1, 60),
+            "gate_variability": rng.uniform(0, 0.4, 60),
+            "gate_correctness": rng.choice([0, 0.25, 0.5, 0.75, 1.0], 60),
+        }
+    )
+    frame.loc[:9, ["gate_confidence", "gate_variability", "gate_correctness"]] = np.nan
+    path = plot_cartography(frame, tmp_path / "cartography_gate.png", task="gate")
+    assert_png(path, aspect=7.0 / 5.6)
+    with pytest.raises(ValueError, match="category_confidence"):
+        plot_cartography(frame, tmp_path / "x.png", task="category")
+
+
+def test_confusion_heatmap_is_shared_with_analysis(tmp_path):
+    from analysis.plots import confusion_heatmap
+
+    assert confusion_heatmap is plot_confusion_heatmap
+    id2label = {0: "食品", 1: "家電", 2: "衣料", 3: "書籍"}
+    path = plot_confusion_heatmap(
+        [0, 1, 2, 3, 0, 1], [0, 2, 2, 3, 1, 1], id2label, tmp_path / "h.png", "test"
+    )
+    assert_png(path)
+
+
+def test_redraw_and_cli(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    write_log(run_dir, epoch_rows(gate=False, category=True))
+    paths = redraw(run_dir)
+    assert {path.name for path in paths} == {"task2_loss.png", "task2_accuracy.png", "band_recall.png"}
+    assert all(path.parent == run_dir / "plots" for path in paths)
+    printed = main([str(run_dir), "--out_dir", str(tmp_path / "elsewhere")])
+    assert capsys.readouterr().out.split() == [str(path) for path in printed]
+    assert all(path.is_file() and path.parent == tmp_path / "elsewhere" for path in printed)
+    with pytest.raises(FileNotFoundError, match="epoch_log.jsonl"):
+        redraw(tmp_path)

@@ -1,0 +1,39 @@
+"""Batched, length-sorted inference and the prediction table/records."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from multitask.predict import Scores, predict_scores, prediction_records, prediction_table
+
+
+def test_length_sorted_batches_keep_input_order(model, tokenizer):
+    model.eval()
+    texts = ["a much longer sentence about the stock market rally and central bank rates", "short",
+             "選挙の結果", "medium length words here", "x", "parliament passes new budget law tonight"]
+    scores = predict_scores(model, tokenizer, texts, batch_size=2)
+    with torch.inference_mode():
+        for index, text in enumerate(texts):
+            alone = model(**tokenizer([text], return_tensors="pt"))
+            expected = torch.softmax(alone.category_logits, -1)[0].numpy()
+            assert np.allclose(scores.category_probs[index], expected, atol=1e-5), index
+            assert scores.pick_prob[index] == pytest.approx(torch.softmax(alone.gate_logits, -1)[0, 1].item(), abs=1e-5)
+
+
+def test_prediction_table_and_records(model):
+    config = model.config  # categories: economy, politics, sports
+    frame = pd.DataFrame({"title": ["a", "b", "c"], "pick": ["1", "0", "1"], "category": ["sports", "", "economy"]})
+    scores = Scores(np.array([0.9, 0.2, 0.6]), np.array([[0.1, 0.2, 0.7], [0.5, 0.3, 0.2], [0.2, 0.5, 0.3]]))
+    table = prediction_table(frame, scores, config, threshold=0.5, top_k=2)
+    assert list(table.columns[:3]) == ["title", "pick", "category"]
+    assert table["pick_pred"].tolist() == [1, 0, 1]
+    assert table["category_pred"].tolist() == ["sports", "economy", "politics"]
+    assert table["category_top2"][0] == "sports:0.7000|politics:0.2000"
+    assert table["decision"].tolist() == ["sports", "Decline", "politics"]
+    records = prediction_records(table, [1, 0, 1], [2, -100, 0], config)
+    assert records[0]["decision_correct"] and records[0]["category_correct"] and records[0]["pick_correct"]
+    assert records[1]["decision_correct"] and "gold_category" not in records[1]
+    assert records[2]["decision_correct"] is False and records[2]["gold_category"] == "economy"
+    assert records[0]["category_top"][0] == {"label": "sports", "prob": 0.7}
+    assert records[0]["label_maps_hash"] == config.label_maps_hash() and records[0]["row"] == 2
