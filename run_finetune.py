@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from multitask.data import (
 )
 from multitask.losses import inverse_frequency_weights
 from multitask.metrics import build_compute_metrics
+from multitask.model_card import build_model_card
 from multitask.modeling import load_for_training
 from multitask.predict import Scores, predict_scores
 from multitask.reporting import (
@@ -203,18 +205,18 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         ),
         training_record=record,
     )
+    data_files = {
+        str(path): file_sha256(path)
+        for path in [data_args.task1_file, data_args.task2_file, data_args.validation_file, *data_args.test_files]
+        if path
+    }
     if is_main:
         run.write_json(
             "run_config.json",
             {
                 "arguments": arguments_record(model_args, data_args, training_args),
                 "versions": library_versions(),
-                "data_files": {
-                    str(path): file_sha256(path)
-                    for path in [data_args.task1_file, data_args.task2_file, data_args.validation_file,
-                                 *data_args.test_files]
-                    if path
-                },
+                "data_files": data_files,
                 "data_report": data.report,
             },
         )
@@ -245,8 +247,16 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         if cartography is not None:
             cartography.write(run.path, training_args.worst_k)
         draw_plots(run.path)
-    trainer.save_model(str(run.path / "model"))  # model, config (with thresholds) and tokenizer; main rank writes
+    model_dir = run.path / "model"
+    trainer.save_model(str(model_dir))  # model, config (with thresholds) and tokenizer; main rank writes
     if is_main:
+        per_class_path = run.path / "val_per_class_metrics.json"
+        card = build_model_card(
+            trained.config, training_args, model_args.model_name_or_path, data_files, validation_metrics,
+            json.loads(per_class_path.read_text(encoding="utf-8")) if per_class_path.is_file() else None,
+            training_args.hub_model_id,
+        )
+        card.save(model_dir / "README.md")
         run.write_json("metrics.json", metrics)
     return metrics
 

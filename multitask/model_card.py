@@ -1,0 +1,134 @@
+"""The model card (README.md of a saved model and of its Hub repo), rendered with huggingface_hub.ModelCard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .configuration import MultitaskConfig
+
+_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+A hierarchical multitask text classifier trained with the `multitask` toolkit: one shared
+`{{ encoder_type }}` encoder ({{ base_model }}) with two heads.
+
+- **Gate** (Task1): {{ gate_text }}
+- **Category** (Task2): {{ category_text }}
+
+Together they make one decision per item: `Decline`, or the category.
+
+## Intended use
+
+Routing items into a fixed taxonomy and refusing the ones that belong to none of it (news, intents, moderation
+queues). Decisions use the gate threshold chosen on validation; pick the operating point that suits the cost of
+letting junk through (`leak`) versus refusing good items (`f1`, `acc`). Not for categories outside the label
+map below: the model never predicts them.
+
+```bash
+python run_predict.py --model {{ repo_id }} --input_files items.csv --threshold {{ default_threshold_kind }}
+```
+
+## Training data
+
+{{ data_table }}
+
+## Hyper-parameters
+
+{{ hyperparameter_table }}
+
+## Validation results
+
+{{ metrics_table }}
+{% if bands_table %}
+### Category recall by training-frequency band
+
+{{ bands_table }}
+{% endif %}{% if thresholds_table %}
+## Gate thresholds (tuned on validation, stored in `config.json`)
+
+{{ thresholds_table }}
+{% endif %}
+## Labels
+
+{{ labels_text }}
+"""
+
+_HYPERPARAMETERS = (
+    "learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "warmup_steps", "weight_decay", "layerwise_lr_decay", "gate_loss_weight", "category_loss_weight",
+    "gate_label_smoothing", "category_label_smoothing", "gate_class_weighting", "category_class_weighting",
+    "class_weight_min", "class_weight_max", "hierarchy_weight", "rdrop", "msd_samples", "awp_lr",
+    "uncertainty_weighting", "seed", "bf16", "fp16",
+)  # fmt: skip
+
+
+def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def build_model_card(
+    config: MultitaskConfig,
+    training_args: Any,
+    base_model: str,
+    data_files: dict[str, str],
+    validation_metrics: dict[str, float],
+    per_class: list[dict] | None = None,
+    repo_id: str | None = None,
+) -> ModelCard:
+    """Card data + text from what the run already computed. Tokens are never part of any input here."""
+    gate_labels = "/".join(config.gate_id2label.values()) if config.has_gate else None
+    metric_rows = [
+        (key.removeprefix("eval_"), _fmt(value))
+        for key, value in validation_metrics.items()
+        if key.startswith(("eval_gate", "eval_category", "eval_joint")) and not key.endswith("_loss")
+    ]
+    bands: dict[str, list[float]] = {}
+    for row in per_class or []:
+        if row.get("band") and row["support"] > 0:
+            bands.setdefault(row["band"], []).append(row["recall"])
+    bands_table = _table(
+        ("band", "categories", "mean recall"),
+        [(band, len(values), _fmt(sum(values) / len(values))) for band, values in sorted(bands.items())],
+    ) if bands else ""
+    thresholds = {k: v for k, v in config.gate_thresholds.items()}
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=base_model if "/" in base_model and not Path(base_model).exists() else None,
+        pipeline_tag="text-classification",
+        tags=["multitask", "hierarchical-classification", "text-classification"],
+    )
+    category_names = list(config.category_id2label.values())
+    return ModelCard.from_template(
+        card_data,
+        template_str=_TEMPLATE,
+        model_name=repo_id or "multitask model",
+        repo_id=repo_id or "<model dir or Hub id>",
+        encoder_type=config.encoder_config.model_type,
+        base_model=base_model,
+        gate_text=f"{gate_labels} (P(Pick) thresholded)" if gate_labels else "none (category-only model)",
+        category_text=f"{len(category_names)} categories" if category_names else "none (gate-only model)",
+        default_threshold_kind="leak" if "leak" in thresholds else "default",
+        data_table=_table(("file", "sha256"), [(Path(p).name, h[:16]) for p, h in data_files.items()]),
+        hyperparameter_table=_table(
+            ("name", "value"),
+            [(name, _fmt(getattr(training_args, name))) for name in _HYPERPARAMETERS if hasattr(training_args, name)],
+        ),
+        metrics_table=_table(("metric", "value"), metric_rows) if metric_rows else "No validation metrics.",
+        bands_table=bands_table,
+        thresholds_table=_table(("kind", "P(Pick) threshold"), [(k, _fmt(v)) for k, v in thresholds.items()])
+        if config.has_gate
+        else "",
+        labels_text=", ".join(f"`{name}`" for name in category_names) if category_names else "(gate only)",
+    )
