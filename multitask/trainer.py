@@ -40,22 +40,15 @@ class MultitaskTrainer(Trainer):
     def _task_losses(self, outputs, gate_labels, category_labels) -> dict[str, torch.Tensor]:
         args = self.args
         terms = {}
-        if outputs.gate_logits is not None and gate_labels is not None:
-            weights = self.gate_class_weights
-            terms["gate_loss"] = losses.masked_cross_entropy(
-                outputs.gate_logits,
-                gate_labels,
-                weights.to(outputs.gate_logits.device) if weights is not None else None,
-                args.gate_label_smoothing,
-            )
-        if outputs.category_logits is not None and category_labels is not None:
-            weights = self.category_class_weights
-            terms["category_loss"] = losses.masked_cross_entropy(
-                outputs.category_logits,
-                category_labels,
-                weights.to(outputs.category_logits.device) if weights is not None else None,
-                args.category_label_smoothing,
-            )
+        per_task = (
+            ("gate", outputs.gate_logits, gate_labels, self.gate_class_weights, args.gate_label_smoothing),
+            ("category", outputs.category_logits, category_labels, self.category_class_weights,
+             args.category_label_smoothing),
+        )
+        for task, logits, labels, class_weights, smoothing in per_task:
+            if logits is not None and labels is not None:
+                weights = class_weights.to(logits.device) if class_weights is not None else None
+                terms[f"{task}_loss"] = losses.masked_cross_entropy(logits, labels, weights, smoothing)
         both_heads = outputs.gate_logits is not None and outputs.category_logits is not None
         if both_heads and gate_labels is not None and args.hierarchy_weight > 0:
             terms["hierarchy_loss"] = losses.hierarchy_kl_to_uniform(outputs.category_logits, gate_labels)
