@@ -20,7 +20,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, EarlyStoppingCallback, HfArgumentParser, set_seed
 
-from multitask import demo
+from multitask import demo, lora
 from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 from multitask.callbacks import CartographyCallback, EpochLogCallback, TrainingRecord
 from multitask.data import (
@@ -35,6 +35,7 @@ from multitask.losses import inverse_frequency_weights
 from multitask.metrics import build_compute_metrics
 from multitask.model_card import build_model_card
 from multitask.modeling import load_for_training
+from multitask.precision import precision_warnings
 from multitask.predict import Scores, predict_scores
 from multitask.reporting import (
     category_bands,
@@ -100,9 +101,9 @@ def class_weights(labels, num_classes: int, enabled: bool, args) -> torch.Tensor
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
-    setup_logging()
-    transformers.utils.logging.set_verbosity_warning()
     is_main = training_args.process_index == 0
+    setup_logging(main_process=is_main)
+    transformers.utils.logging.set_verbosity_warning()
     run = RunDirectory(training_args.output_dir)
     if is_main:
         run.start()
@@ -121,7 +122,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool) -> dict:
     set_seed(training_args.seed)
-    resolve_inputs(model_args, data_args, training_args, run.path)
+    quantization = lora.quantization_kwargs(model_args.load_in_4bit, model_args.load_in_8bit, model_args.lora_r,
+                                            torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32)
+    with training_args.main_process_first(desc="demo encoder / Hub data"):  # other ranks reuse what rank 0 built
+        resolve_inputs(model_args, data_args, training_args, run.path)
     hub_kwargs = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub_kwargs)
     separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
@@ -154,8 +158,17 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
             "msd_samples": training_args.msd_samples,
             "uncertainty_weighting": training_args.uncertainty_weighting,
         },
+        encoder_kwargs=quantization,
         **hub_kwargs,
     )
+    for message in precision_warnings(model.config.encoder_config.model_type, training_args.fp16,
+                                      training_args.bf16, training_args.device.type):
+        logger.warning(message)
+    if model_args.lora_r:
+        model = lora.apply_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
+                                model_args.lora_target_modules, model_args.model_name_or_path,
+                                quantized=quantization is not None,
+                                gradient_checkpointing=bool(training_args.gradient_checkpointing))
     if not data.has_gate or not data.has_category:
         # Single-head run: the missing head's labels are not model outputs.
         training_args.label_names = ["gate_labels"] if data.has_gate else ["category_labels"]
@@ -226,7 +239,11 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     validation_metrics = trainer.evaluate()  # on every rank: evaluate() is collective under DDP
     metrics = {"train": train_result.metrics, "validation": validation_metrics, "test": {}}
-    trained = trainer.accelerator.unwrap_model(trainer.model)
+    trained = trainer.full_model()  # on every rank: gathers FSDP/ZeRO-3 shards (a no-op under DDP)
+    if model_args.lora_r and is_main:
+        # Adapter (heads included) to model/adapter/; from here on a plain merged MultitaskModel is scored and saved.
+        trained = trainer.model = lora.save_adapter_and_merge(trained, run.path / "model", quantization is not None,
+                                                              **hub_kwargs)
     if is_main:
         logger.info("validation: %s", validation_metrics)
         validation = LabeledFile(Path("validation"), data.validation_frame, data.validation)

@@ -38,6 +38,21 @@ class ModelArguments:
     classifier_dropout: float = field(default=0.1, metadata={"help": "Dropout before both heads."})
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and data are cached."})
+    # --- parameter-efficient fine-tuning (peft); see multitask/lora.py ---
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0 = off: full fine-tuning). Heads always train fully."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (updates scaled by alpha/r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Encoder Linear layers that get LoRA adapters (name suffixes). Empty: every Linear layer of "
+                  "the encoder (DeBERTa-v2/v3: query_proj key_proj value_proj dense; BERT/RoBERTa: query key value dense)."},
+    )
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "QLoRA: load the encoder in 4-bit NF4 (bitsandbytes, CUDA GPU only; needs --lora_r)."}
+    )
+    load_in_8bit: bool = field(
+        default=False, metadata={"help": "Load the encoder in 8-bit (bitsandbytes, CUDA GPU only; needs --lora_r)."}
+    )
 
 
 @dataclass
@@ -113,6 +128,12 @@ class MultitaskTrainingArguments(TrainingArguments):
     label_names: list[str] | None = field(
         default_factory=lambda: ["gate_labels", "category_labels"],
         metadata={"help": "Label arguments of the model's forward (both heads)."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "DDP's unused-parameter search. Off: every parameter gets a gradient on every batch (a head "
+                  "with no labels in the batch still gets a graph-connected zero). Set true for an encoder whose "
+                  "forward skips some of its own parameters."},
     )
 
     # --- our loss knobs ---

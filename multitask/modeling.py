@@ -149,6 +149,7 @@ def load_for_training(
     classifier_dropout: float = 0.1,
     text_columns: list[str] | None = None,
     config_overrides: dict | None = None,
+    encoder_kwargs: dict | None = None,
     **hub_kwargs,
 ) -> MultitaskModel:
     """Start a training run from a plain encoder checkpoint or from a saved multitask model.
@@ -156,9 +157,13 @@ def load_for_training(
     A plain encoder (e.g. `microsoft/deberta-v3-base`) gets its weights loaded through `AutoModel`, which knows
     each architecture's key prefixes; the heads are new. A saved multitask model (e.g. a Stage1 gate-only run)
     contributes its encoder, and each head whose label map is unchanged; other heads start fresh.
+    `encoder_kwargs` go to a plain encoder's `from_pretrained` only (e.g. a bitsandbytes `quantization_config`).
     """
     saved_config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs)
     if isinstance(saved_config, MultitaskConfig):
+        if encoder_kwargs:
+            raise ValueError(f"{model_name_or_path}: 4/8-bit loading starts from a plain encoder checkpoint, "
+                             "not a saved multitask model")
         config = build_config(
             saved_config.encoder_config, category_labels, with_gate, pooling, classifier_dropout, text_columns,
             **(config_overrides or {}),
@@ -171,7 +176,7 @@ def load_for_training(
             model.category_head.load_state_dict(source.category_head.state_dict())
         return model
 
-    encoder = AutoModel.from_pretrained(model_name_or_path, **hub_kwargs)
+    encoder = AutoModel.from_pretrained(model_name_or_path, **hub_kwargs, **(encoder_kwargs or {}))
     config = build_config(
         encoder.config, category_labels, with_gate, pooling, classifier_dropout, text_columns, **(config_overrides or {})
     )

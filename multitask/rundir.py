@@ -55,11 +55,14 @@ def arguments_record(*argument_objects: Any) -> dict[str, Any]:
     return record
 
 
-def setup_logging() -> None:
-    """INFO from our scripts and package, to the console; transformers stays at WARNING."""
+def setup_logging(main_process: bool = True) -> None:
+    """INFO from our scripts and package, to the console; transformers stays at WARNING.
+
+    Other ranks of a distributed run log warnings only (as the Trainer's `log_level_replica` does).
+    """
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for name in ("run_finetune", "run_predict", "multitask", "analysis"):
-        logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(name).setLevel(logging.INFO if main_process else logging.WARNING)
 
 
 class RunDirectory:

@@ -36,6 +36,8 @@ class MultitaskTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self._logged_terms: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        if self._shards_parameters() and hasattr(self.model, "get_base_model"):  # see full_model()
+            raise NotImplementedError("LoRA with FSDP or ZeRO-3 is not supported here; use DDP (torchrun) with --lora_r")
 
     def _task_losses(self, outputs, gate_labels, category_labels) -> dict[str, torch.Tensor]:
         args = self.args
@@ -145,18 +147,41 @@ class MultitaskTrainer(Trainer):
         self._logged_terms[mode].clear()
         super().log(logs, start_time)
 
+    def _shards_parameters(self) -> bool:
+        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        return self.is_fsdp_enabled or zero3
+
+    def full_model(self):
+        """The trained model with whole parameters, for scoring on the main process after training.
+
+        DDP and ZeRO-1/2 keep whole parameters on every rank. FSDP and ZeRO-3 shard them, so a forward pass on
+        one rank would wait forever for the others: gather a full state dict (a collective, so every rank calls
+        this) into an unsharded copy on the main process that shares the config (thresholds set on it are saved).
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        if not self._shards_parameters():
+            return model
+        state_dict = self.accelerator.get_state_dict(self.deepspeed if self.is_deepspeed_enabled else self.model_wrapped)
+        if not self.is_world_process_zero():
+            return model
+        whole = type(model)(model.config)
+        whole.load_state_dict(state_dict)
+        return whole.to(self.args.device).eval()
+
     def create_optimizer(self, model=None):
         if self.optimizer is not None or self.args.layerwise_lr_decay == 1.0:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         unwrapped = self.accelerator.unwrap_model(opt_model)
-        num_layers = unwrapped.config.encoder_config.num_hidden_layers
+        # Under LoRA (peft) parameter names gain a prefix; LLRD reads them relative to the MultitaskModel.
+        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        num_layers = base.config.encoder_config.num_hidden_layers
         groups = llrd_parameter_groups(
-            opt_model,
+            base,
             self.args.learning_rate,
             self.args.layerwise_lr_decay,
             self.args.weight_decay,
-            self.get_decay_parameter_names(opt_model),
+            self.get_decay_parameter_names(base),
             num_layers,
         )
         for group in groups:
