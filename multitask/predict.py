@@ -66,6 +66,8 @@ def predict_scores(
 ) -> Scores:
     """Score texts in batches of similar length (less padding), then restore the input order."""
     device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # dropout off, whatever state the caller left the model in
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     pick_prob = np.zeros(len(texts), dtype=np.float32) if model.config.has_gate else None
@@ -85,6 +87,7 @@ def predict_scores(
             pick_prob[rows] = torch.softmax(outputs.gate_logits.float(), dim=-1)[:, 1].cpu().numpy()
         if category_probs is not None:
             category_probs[rows] = torch.softmax(outputs.category_logits.float(), dim=-1).cpu().numpy()
+    model.train(was_training)
     return Scores(pick_prob, category_probs)
 
 
