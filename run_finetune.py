@@ -31,6 +31,7 @@ from multitask.data import (
     load_training_data,
     tokenize,
 )
+from multitask.hub import push_model, resolve_token
 from multitask.losses import inverse_frequency_weights
 from multitask.metrics import build_compute_metrics
 from multitask.model_card import build_model_card
@@ -126,7 +127,11 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
                                             torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32)
     with training_args.main_process_first(desc="demo encoder / Hub data"):  # other ranks reuse what rank 0 built
         resolve_inputs(model_args, data_args, training_args, run.path)
-    hub_kwargs = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
+    push_repo = _take_over_push(training_args)
+    token = resolve_token(training_args.hub_token)  # explicit, HF_TOKEN, or .env; for private models
+    # The Trainer pickles its arguments into every checkpoint (training_args.bin): keep the token out of them.
+    training_args.hub_token = None
+    hub_kwargs = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir, "token": token}
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub_kwargs)
     separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
 
@@ -275,7 +280,27 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         )
         card.save(model_dir / "README.md")
         run.write_json("metrics.json", metrics)
+        if push_repo:
+            private = training_args.hub_private_repo is not False
+            result = push_model(push_repo, model_dir, run.path, token=token, private=private)
+            logger.info("Hub: %s", result["message"])
+            metrics["hub"] = {key: result[key] for key in ("repo_id", "url", "commit")}
+            run.write_json("metrics.json", metrics)
     return metrics
+
+
+def _take_over_push(training_args) -> str | None:
+    """We push the finished `model/` (with its card) ourselves, not the Trainer's whole output dir.
+
+    The Trainer would upload the run directory root at every save: checkpoints aside, the model would not sit
+    at the repo root where `from_pretrained(repo id)` looks for it.
+    """
+    if not training_args.push_to_hub:
+        return None
+    if not training_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id user/name (the model repo to create or update)")
+    training_args.push_to_hub = False
+    return training_args.hub_model_id
 
 
 def score_file(model, tokenizer, labeled: LabeledFile, training_args, data_args) -> Scores:

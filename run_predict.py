@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from multitask.data import DataError, load_labeled_file
+from multitask.hub import resolve_token
 from multitask.metrics import compute_all
 from multitask.predict import load_model, predict_scores, prediction_records, prediction_table
 from multitask.rundir import setup_logging, write_json
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
     setup_logging()
 
-    model, tokenizer = load_model(args.model, args.device)
+    model, tokenizer = load_model(args.model, args.device, token=resolve_token())  # token only for private repos
     config = model.config
     threshold = resolve_threshold(args.threshold, config.gate_thresholds)
     text_columns = args.text_columns or config.text_columns

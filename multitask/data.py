@@ -26,7 +26,7 @@ PICK_COLUMN = "pick"
 CATEGORY_COLUMN = "category"
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 LABEL_KEYS = ("gate_labels", "category_labels")
-_PICK_VALUES = {"1": 1, "1.0": 1, "true": 1, "pick": 1, "0": 0, "0.0": 0, "false": 0, "decline": 0}
+PICK_VALUES = {"1": 1, "1.0": 1, "true": 1, "pick": 1, "0": 0, "0.0": 0, "false": 0, "decline": 0}
 
 
 class DataError(ValueError):
@@ -89,8 +89,8 @@ def parse_pick(values: pd.Series, path: str | Path, required: bool) -> list[int]
         value = raw.strip().lower()
         if value == "" and not required:
             labels.append(IGNORE_INDEX)
-        elif value in _PICK_VALUES:
-            labels.append(_PICK_VALUES[value])
+        elif value in PICK_VALUES:
+            labels.append(PICK_VALUES[value])
         else:
             raise DataError(
                 f"{_where(path, row_index, PICK_COLUMN)}: {raw!r} is not a pick label "

@@ -1,0 +1,409 @@
+"""Hugging Face Hub I/O: data files up to a dataset repo (no empty commits) and back, with clear errors.
+
+    python -m multitask.hub upload-data --repo user/name data/clean_train.csv data/clean_test.csv
+    python -m multitask.hub fetch-data --repo user/name --dest data/
+
+All traffic goes through `huggingface_hub` (its `HfApi`, `hf_hub_download`, `snapshot_download`), so
+`HF_ENDPOINT`, proxies and caching behave as everywhere else. The token comes from the argument, else
+`HF_TOKEN`, else a `.env` file in the working directory, else `hf auth login`'s store (`resolve_token`).
+Hub failures become a `HubError` that says what to fix and never contains the token.
+
+`upload_files` is generic (any repo type, any files): pushing a model folder can reuse it, and `hub_errors`
+gives any other Hub call (e.g. `Trainer.push_to_hub`) the same error messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import logging
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from dotenv import dotenv_values
+from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    LocalTokenNotFoundError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils.sha import git_hash, sha_fileobj
+
+logger = logging.getLogger(__name__)
+
+DATA_PATTERNS = ("*.csv", "*.jsonl")
+TOKEN_HELP = (
+    "set HF_TOKEN in the environment or in a .env file in the working directory (see .env.example), "
+    "or run `hf auth login`"
+)
+_PATHS_INFO_BATCH = 500  # the Hub answers at most 1,000 paths per paths-info request
+
+
+class HubError(RuntimeError):
+    """A Hub operation failed; the message says what to check and never contains the token."""
+
+
+def resolve_token(token: str | None = None, env_file: str | Path = ".env") -> str | None:
+    """The token to use: `token`, else `HF_TOKEN`, else `HF_TOKEN` in `env_file`, else the login store.
+
+    The `.env` file is read without exporting anything into `os.environ`.
+    """
+    if token:
+        return token.strip()
+    if os.environ.get("HF_TOKEN", "").strip():
+        return os.environ["HF_TOKEN"].strip()
+    env_path = Path(env_file)
+    if env_path.is_file():
+        value = dotenv_values(env_path).get("HF_TOKEN")
+        if value and value.strip():
+            return value.strip()
+    return get_token()  # `hf auth login`'s stored token, if any
+
+
+def _scrub(message: str, token: str | None) -> str:
+    return message.replace(token, "***") if token else message
+
+
+@contextmanager
+def hub_errors(
+    repo_id: str,
+    repo_type: str = "dataset",
+    token: str | None = None,
+    endpoint: str | None = None,
+    filename: str | None = None,
+) -> Iterator[None]:
+    """Turn huggingface_hub/network exceptions raised inside into a `HubError` with an actionable message."""
+    from huggingface_hub import constants
+
+    where = f"{repo_type} repo '{repo_id}' on {endpoint or constants.ENDPOINT}"
+    try:
+        yield
+    except HubError:
+        raise
+    except LocalTokenNotFoundError as error:
+        raise HubError(f"no Hugging Face token for {where}: {TOKEN_HELP}") from error
+    except RepositoryNotFoundError as error:
+        raise HubError(
+            f"{where} was not found, or the token cannot see it (a private repo needs its owner's token). "
+            "Check --repo (user/name) and the token."
+        ) from error
+    except RevisionNotFoundError as error:
+        raise HubError(f"revision not found in {where}: check --revision") from error
+    except RemoteEntryNotFoundError as error:
+        missing = f"file '{filename}'" if filename else "a requested file"
+        raise HubError(f"{missing} was not found in {where}") from error
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status == 401:
+            raise HubError(
+                f"the Hub rejected the token for {where} (401 Unauthorized): it is missing, invalid or expired; "
+                f"{TOKEN_HELP}"
+            ) from error
+        if status == 403:
+            raise HubError(
+                f"the token may not do this on {where} (403 Forbidden): a write token of the repo's owner "
+                "(or of a member of its organization) is needed"
+            ) from error
+        raise HubError(_scrub(f"the Hub failed for {where}: {_first_line(error)}", token)) from error
+    except HFValidationError as error:
+        raise HubError(f"'{repo_id}' is not a valid repo id: expected user/name ({error})") from error
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError, httpx2.TransportError) as error:
+        raise HubError(
+            _scrub(
+                f"cannot reach the Hub for {where} ({type(error).__name__}: {_first_line(error)}); "
+                "check the network, HF_ENDPOINT and that HF_HUB_OFFLINE is not set",
+                token,
+            )
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def collect_files(
+    paths: Sequence[str | Path], prefix: str = "", patterns: Sequence[str] = DATA_PATTERNS
+) -> dict[str, Path]:
+    """`{path in repo: local file}`: files as given (by name), directories' matching files (relative to them)."""
+    files: dict[str, Path] = {}
+    for path in map(Path, paths):
+        if path.is_file():
+            found = {path.name: path}
+        elif path.is_dir():
+            found = {
+                file.relative_to(path).as_posix(): file
+                for file in sorted(path.rglob("*"))
+                if file.is_file()
+                and any(fnmatch.fnmatch(file.name, pattern) for pattern in patterns)
+                and ".cache" not in file.relative_to(path).parts  # huggingface_hub's download metadata
+            }
+            if not found:
+                raise FileNotFoundError(f"{path}: no {'/'.join(patterns)} files in this directory")
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+        for name, file in found.items():
+            in_repo = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
+            if in_repo in files and files[in_repo].resolve() != file.resolve():
+                raise ValueError(f"{files[in_repo]} and {file} would both be uploaded as '{in_repo}'")
+            files[in_repo] = file
+    return files
+
+
+def _same_content(local: Path, remote: RepoFile) -> bool:
+    """Whether a local file equals a Hub file: sha256 for LFS files, git blob sha1 for regular ones."""
+    remote_size = remote.lfs.size if remote.lfs is not None else remote.size
+    if local.stat().st_size != remote_size:
+        return False
+    if remote.lfs is not None:
+        with local.open("rb") as file:
+            return sha_fileobj(file).hex() == remote.lfs.sha256
+    return git_hash(local.read_bytes()) == remote.blob_id  # regular Hub files are small (< 10 MB)
+
+
+def upload_files(
+    repo_id: str,
+    files: Mapping[str, str | Path],
+    *,
+    repo_type: str = "dataset",
+    token: str | None = None,
+    private: bool = True,
+    commit_message: str | None = None,
+    revision: str | None = None,
+) -> dict[str, Any]:
+    """Upload `{path in repo: local file}` in one commit, creating the repo (private) if absent.
+
+    Files whose content equals the Hub's are skipped; when nothing changed no commit is made. Returns
+    `repo_id`, `repo_type`, `url`, `commit` (oid or None), `commit_url`, `added`, `modified`, `unchanged`
+    (paths in repo) and a one-line `message`.
+    """
+    token = resolve_token(token)
+    if token is None:
+        raise HubError(
+            f"uploading to {repo_type} repo '{repo_id}' needs a Hugging Face write token: {TOKEN_HELP}"
+        )
+    local = {path: Path(file) for path, file in files.items()}
+    api = HfApi(token=token)
+    with hub_errors(repo_id, repo_type, token, api.endpoint):
+        api.whoami()  # a bad token fails here, clearly, before anything is created
+        repo_url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        paths = sorted(local)
+        remote: dict[str, RepoFile] = {}
+        for start in range(0, len(paths), _PATHS_INFO_BATCH):
+            for entry in api.get_paths_info(
+                repo_id, paths[start : start + _PATHS_INFO_BATCH], repo_type=repo_type, revision=revision
+            ):
+                if isinstance(entry, RepoFile):
+                    remote[entry.path] = entry
+        added = [path for path in paths if path not in remote]
+        modified = [path for path in paths if path in remote and not _same_content(local[path], remote[path])]
+        unchanged = [path for path in paths if path in remote and path not in modified]
+        result: dict[str, Any] = {
+            "repo_id": repo_url.repo_id or repo_id,
+            "repo_type": repo_type,
+            "url": str(repo_url),
+            "commit": None,
+            "commit_url": None,
+            "added": added,
+            "modified": modified,
+            "unchanged": unchanged,
+        }
+        if not added and not modified:
+            result["message"] = f"{repo_type} repo {repo_id}: all {len(paths)} file(s) unchanged, no commit"
+            logger.info(result["message"])
+            return result
+        operations = [
+            CommitOperationAdd(path_in_repo=path, path_or_fileobj=local[path]) for path in added + modified
+        ]
+        changed = added + modified
+        default_message = (
+            "Upload " + ", ".join(changed) if len(changed) <= 5 else f"Upload {len(changed)} files"
+        )
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or default_message,
+            repo_type=repo_type,
+            revision=revision,
+        )
+    result.update(commit=info.oid, commit_url=info.commit_url)
+    result["message"] = (
+        f"{repo_type} repo {repo_id}: 1 commit {info.oid[:8]} ({len(added)} added, {len(modified)} modified, "
+        f"{len(unchanged)} unchanged)"
+    )
+    logger.info(result["message"])
+    return result
+
+
+def upload_data(
+    repo_id: str,
+    paths: Sequence[str | Path],
+    token: str | None = None,
+    private: bool = True,
+    path_in_repo_prefix: str = "",
+    commit_message: str | None = None,
+) -> dict[str, Any]:
+    """Upload CSV/JSONL files (or directories of them) to a dataset repo; see `upload_files`."""
+    files = collect_files(paths, path_in_repo_prefix)
+    return upload_files(
+        repo_id, files, repo_type="dataset", token=token, private=private, commit_message=commit_message
+    )
+
+
+def fetch_data(
+    repo_id: str,
+    dest: str | Path,
+    token: str | None = None,
+    revision: str | None = None,
+    allow_patterns: Sequence[str] = DATA_PATTERNS,
+) -> list[Path]:
+    """Download a dataset repo's data files into `dest` (same layout as the repo); returns their local paths."""
+    token = resolve_token(token)
+    dest = Path(dest)
+    api = HfApi(token=token)
+    with hub_errors(repo_id, "dataset", token, api.endpoint):
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                repo_type="dataset",
+                revision=revision,
+                local_dir=dest,
+                token=token,
+                allow_patterns=list(allow_patterns),
+                endpoint=api.endpoint,
+            )
+        )
+    found = sorted(
+        file
+        for file in folder.rglob("*")
+        if file.is_file()
+        and ".cache" not in file.relative_to(folder).parts
+        and any(fnmatch.fnmatch(file.relative_to(folder).as_posix(), pattern) for pattern in allow_patterns)
+    )
+    if not found:
+        raise HubError(f"dataset repo '{repo_id}' has no files matching {', '.join(allow_patterns)}")
+    return found
+
+
+def download_data_files(
+    repo_id: str,
+    filenames: Sequence[str],
+    revision: str | None = None,
+    token: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[Path]:
+    """Download named files of a dataset repo into the Hub cache (for `--dataset_repo`); returns local paths."""
+    token = resolve_token(token)
+    paths = []
+    for filename in filenames:
+        with hub_errors(repo_id, "dataset", token, filename=filename):
+            paths.append(
+                Path(
+                    hf_hub_download(
+                        repo_id,
+                        filename,
+                        repo_type="dataset",
+                        revision=revision,
+                        token=token,
+                        cache_dir=cache_dir,
+                    )
+                )
+            )
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[Path]:
+    # argparse rather than HfArgumentParser: subcommands with positional paths, as `hf upload` has.
+    parser = argparse.ArgumentParser(prog="python -m multitask.hub", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    upload = commands.add_parser(
+        "upload-data", help="Upload CSV/JSONL files (or directories of them) to a dataset repo."
+    )
+    upload.add_argument(
+        "--repo", required=True, help="Dataset repo id, user/name (created private if absent)."
+    )
+    upload.add_argument("paths", nargs="+", help="Files, or directories whose *.csv/*.jsonl are uploaded.")
+    upload.add_argument(
+        "--public",
+        action="store_true",
+        help="Create the repo public (an existing repo keeps its visibility).",
+    )
+    upload.add_argument(
+        "--path_in_repo", default="", help="Folder in the repo to upload into (default: the root)."
+    )
+    upload.add_argument("--message", default=None, help="Commit message.")
+    fetch = commands.add_parser("fetch-data", help="Download a dataset repo's CSV/JSONL files.")
+    fetch.add_argument("--repo", required=True, help="Dataset repo id, user/name.")
+    fetch.add_argument("--dest", required=True, help="Local directory (the repo's layout is kept).")
+    fetch.add_argument("--revision", default=None, help="Branch, tag or commit (default: main).")
+    args = parser.parse_args(argv)
+
+    if args.command == "upload-data":
+        result = upload_data(
+            args.repo,
+            args.paths,
+            private=not args.public,
+            path_in_repo_prefix=args.path_in_repo,
+            commit_message=args.message,
+        )
+        print(result["message"])
+        for status in ("added", "modified", "unchanged"):
+            for path in result[status]:
+                print(f"  {status:9} {path}")
+        if result["commit_url"]:
+            print(f"  {result['commit_url']}")
+        return result
+    files = fetch_data(args.repo, args.dest, revision=args.revision)
+    print(f"{len(files)} file(s) from dataset repo {args.repo} in {args.dest}:")
+    for file in files:
+        print(f"  {file}")
+    return files
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except (HubError, FileNotFoundError, ValueError) as error:  # what the user can fix: no traceback
+        sys.exit(f"error: {error}")
+
+
+def push_model(
+    repo_id: str,
+    model_dir: str | Path,
+    run_dir: str | Path | None = None,
+    token: str | None = None,
+    private: bool = True,
+) -> dict[str, Any]:
+    """Upload a saved model (weights, config with label maps and thresholds, tokenizer, README.md card) to the
+    root of a model repo, plus the run's reports under `run/`; unchanged files are skipped."""
+    model_dir = Path(model_dir)
+    files = {
+        path.relative_to(model_dir).as_posix(): path
+        for path in sorted(model_dir.rglob("*"))
+        if path.is_file() and path.name != "training_args.bin"
+    }
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        for name in _RUN_REPORTS:
+            for path in sorted(run_dir.glob(name)):
+                files[f"run/{path.relative_to(run_dir).as_posix()}"] = path
+    return upload_files(repo_id, files, repo_type="model", token=token, private=private,
+                        commit_message=f"Upload model from {run_dir.name if run_dir else model_dir.name}")
+
+
+# What of a run directory travels with a pushed model (small, and useful to whoever loads it).
+_RUN_REPORTS = (
+    "metrics.json", "thresholds.json", "epoch_log.jsonl", "val_per_class_metrics.json", "hierarchy_stats.json",
+    "label_map.json", "plots/*.png",
+)  # fmt: skip
