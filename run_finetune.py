@@ -162,6 +162,7 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         config_overrides={
             "msd_samples": training_args.msd_samples,
             "uncertainty_weighting": training_args.uncertainty_weighting,
+            "gate_score": training_args.gate_score,
         },
         encoder_kwargs=quantization,
         **hub_kwargs,

@@ -195,6 +195,12 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Record dataset cartography (confidence/variability per training row)."}
     )
     worst_k: int = field(default=50, metadata={"help": "Rows in worst_k.csv (lowest-confidence training rows)."})
+    gate_score: str = field(
+        default="pick",
+        metadata={"help": "What the gate thresholds apply to: pick = P(Pick); joint = P(Pick)·max P(category|Pick), "
+                  "which also declines items no category fits (stored in the model; used by run_predict).",
+                  "choices": ["pick", "joint"]},
+    )
     max_decline_leak: float = field(
         default=0.05,
         metadata={"help": "Target share of Decline rows let through as Pick, for the 'leak' gate threshold."},

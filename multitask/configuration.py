@@ -40,6 +40,9 @@ class MultitaskConfig(PretrainedConfig):
             dropout masks (1 = plain dropout).
         uncertainty_weighting (`bool`): the model carries learned per-task log-variances (Kendall et al.)
             that weight the two losses.
+        gate_score (`str`): the score the gate thresholds apply to: `"pick"` = P(Pick), or `"joint"` =
+            P(Pick)·max_c P(c|Pick), the probability of the best Pick-and-category decision, which also declines
+            items no category fits (useful when Decline examples are rare in training).
     """
 
     model_type = "multitask"
@@ -56,6 +59,7 @@ class MultitaskConfig(PretrainedConfig):
         text_columns: list[str] | None = None,
         msd_samples: int = 1,
         uncertainty_weighting: bool = False,
+        gate_score: str = "pick",
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -66,6 +70,8 @@ class MultitaskConfig(PretrainedConfig):
             encoder_config = AutoConfig.for_model("deberta-v2")
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        if gate_score not in ("pick", "joint"):
+            raise ValueError(f"gate_score must be 'pick' or 'joint', got {gate_score!r}")
         self.encoder_config = encoder_config
         self.category_id2label = _int_keys(category_id2label)
         self.gate_id2label = _int_keys(gate_id2label) if gate_id2label else None
@@ -75,6 +81,7 @@ class MultitaskConfig(PretrainedConfig):
         self.text_columns = list(text_columns or DEFAULT_TEXT_COLUMNS)
         self.msd_samples = int(msd_samples)
         self.uncertainty_weighting = bool(uncertainty_weighting)
+        self.gate_score = gate_score
         # Mirror the category map into the standard fields so Hub widgets and pipelines show names.
         if self.category_id2label and "id2label" not in kwargs:
             kwargs["id2label"] = dict(self.category_id2label)

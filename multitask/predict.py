@@ -64,7 +64,11 @@ def predict_scores(
     max_length: int = 256,
     progress: bool = False,
 ) -> Scores:
-    """Score texts in batches of similar length (less padding), then restore the input order."""
+    """Score texts in batches of similar length (less padding), then restore the input order.
+
+    `pick_prob` is the score the gate thresholds apply to: P(Pick), or with `config.gate_score == "joint"`
+    P(Pick)·max_c P(c|Pick).
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # dropout off, whatever state the caller left the model in
@@ -88,6 +92,8 @@ def predict_scores(
         if category_probs is not None:
             category_probs[rows] = torch.softmax(outputs.category_logits.float(), dim=-1).cpu().numpy()
     model.train(was_training)
+    if model.config.gate_score == "joint" and pick_prob is not None and category_probs is not None:
+        pick_prob = pick_prob * category_probs.max(axis=1)  # P(best Pick-and-category decision)
     return Scores(pick_prob, category_probs)
 
 

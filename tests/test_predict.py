@@ -37,3 +37,12 @@ def test_prediction_table_and_records(model):
     assert records[2]["decision_correct"] is False and records[2]["gold_category"] == "economy"
     assert records[0]["category_top"][0] == {"label": "sports", "prob": 0.7}
     assert records[0]["label_maps_hash"] == config.label_maps_hash() and records[0]["row"] == 2
+
+
+def test_joint_gate_score(model, tokenizer):
+    texts = ["stock market rally", "buy cheap pills"]
+    plain = predict_scores(model, tokenizer, texts)
+    model.config.gate_score = "joint"
+    joint = predict_scores(model, tokenizer, texts)
+    assert np.allclose(joint.pick_prob, plain.pick_prob * plain.category_probs.max(axis=1))
+    assert np.allclose(joint.category_probs, plain.category_probs)
