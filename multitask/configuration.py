@@ -85,7 +85,12 @@ class MultitaskConfig(PretrainedConfig):
         # Mirror the category map into the standard fields so Hub widgets and pipelines show names.
         if self.category_id2label and "id2label" not in kwargs:
             kwargs["id2label"] = dict(self.category_id2label)
+        # PretrainedConfig.__init__ resets the attention implementation of every sub-config; keep the one the
+        # encoder was loaded with (e.g. sdpa for BERT-style encoders), or they silently fall back to eager.
+        encoder_attention = getattr(encoder_config, "_attn_implementation_internal", None)
         super().__init__(**kwargs)
+        if encoder_attention is not None and self.encoder_config._attn_implementation is None:
+            self.encoder_config._attn_implementation_internal = encoder_attention
 
     @property
     def num_categories(self) -> int:
