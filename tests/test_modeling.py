@@ -97,3 +97,16 @@ def test_bert_style_pooler_is_dropped():
 def test_invalid_pooling_rejected():
     with pytest.raises(ValueError, match="pooling"):
         MultitaskConfig(pooling="max")
+
+
+def test_encoder_keeps_its_attention_implementation(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from multitask.modeling import build_config
+
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, attn_implementation="sdpa"))
+    model = MultitaskModel(build_config(bert.config, ["x", "y"]), encoder=bert)
+    assert model.encoder.config._attn_implementation == "sdpa"  # not silently reset to eager
+    model.save_pretrained(tmp_path)
+    assert AutoModel.from_pretrained(tmp_path).encoder.config._attn_implementation == "sdpa"
