@@ -13,7 +13,18 @@ from transformers import Trainer
 from . import losses
 from .awp import AdversarialWeightPerturbation
 from .callbacks import TrainingRecord
+from .modeling import MultitaskOutput
 from .optim import llrd_parameter_groups
+
+
+def _split_halves(outputs: MultitaskOutput) -> tuple[MultitaskOutput, MultitaskOutput]:
+    def half(logits: torch.Tensor | None, index: int) -> torch.Tensor | None:
+        return None if logits is None else logits.chunk(2)[index]
+
+    return tuple(
+        MultitaskOutput(gate_logits=half(outputs.gate_logits, i), category_logits=half(outputs.category_logits, i))
+        for i in (0, 1)
+    )
 
 
 class MultitaskTrainer(Trainer):
@@ -67,11 +78,17 @@ class MultitaskTrainer(Trainer):
         model_inputs = {k: v for k, v in inputs.items() if k not in ("gate_labels", "category_labels", "row_id")}
         args = self.args
 
-        outputs = model(**model_inputs)
+        rdrop = args.rdrop and model.training
+        if rdrop:
+            # R-Drop: two dropout passes, run as one forward on the batch stacked twice (dropout masks are drawn
+            # per element, so the halves differ); cheaper than two forwards.
+            both = model(**{key: torch.cat([value, value]) for key, value in model_inputs.items()})
+            outputs, second = _split_halves(both)
+        else:
+            outputs = model(**model_inputs)
         terms = self._task_losses(outputs, gate_labels, category_labels)
-        if args.rdrop and model.training:
-            # R-Drop: a second pass with fresh dropout; CE averaged over both passes, plus symmetric KL.
-            second = model(**model_inputs)
+        if rdrop:
+            # CE averaged over both passes, plus the symmetric KL between them.
             second_terms = self._task_losses(second, gate_labels, category_labels)
             terms = {name: 0.5 * (value + second_terms[name]) for name, value in terms.items()}
             if outputs.category_logits is not None and args.rdrop_alpha_category > 0:
