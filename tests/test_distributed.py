@@ -66,7 +66,9 @@ def test_two_process_run_writes_once_and_correctly(encoder_dir, csv_files, tmp_p
 
     log_lines = (run_dir / "train.log").read_text(encoding="utf-8").splitlines()
     messages = Counter(line[24:] for line in log_lines if line[:4].isdigit())  # without the timestamp
-    assert messages and not [m for m, count in messages.items() if count > 1]
+    # Our own messages come once (rank 0 only); a library warning may legitimately repeat (one per checkpoint).
+    ours = {m: count for m, count in messages.items() if m.startswith(("INFO run_finetune", "INFO multitask"))}
+    assert ours and not [m for m, count in ours.items() if count > 1]
     assert sum("gate thresholds" in m for m in messages) == 1 and sum(m.startswith("INFO multitask.callbacks: epoch 1 ")
                                                                        for m in messages) == 1
 
