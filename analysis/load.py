@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-IGNORE_INDEX = -100
-_PICK_VALUES = {"1": 1, "1.0": 1, "true": 1, "pick": 1, "0": 0, "0.0": 0, "false": 0, "decline": 0}
+from multitask.labels import IGNORE_INDEX, PICK_VALUES
+
 _TOP_K = re.compile(r"category_top(\d+)$")
 
 
@@ -64,11 +64,11 @@ def _parse_pick(values: pd.Series, path: Path, column: str) -> np.ndarray:
     parsed = []
     for row_index, raw in enumerate(values):
         value = raw.strip().lower()
-        if value and value not in _PICK_VALUES:
+        if value and value not in PICK_VALUES:
             raise InputError(
                 f"{path}, row {row_index + 2}, column '{column}': {raw!r} is not 1/0, true/false or Pick/Decline"
             )
-        parsed.append(_PICK_VALUES.get(value, IGNORE_INDEX))
+        parsed.append(PICK_VALUES.get(value, IGNORE_INDEX))
     return np.asarray(parsed, dtype=int)
 
 

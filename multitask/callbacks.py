@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from .losses import IGNORE_INDEX
+from .labels import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

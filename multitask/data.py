@@ -19,14 +19,12 @@ import torch
 from datasets import Dataset
 from sklearn.model_selection import train_test_split
 
+from .labels import CATEGORY_COLUMN, IGNORE_INDEX, PICK_COLUMN, PICK_VALUES
+
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-PICK_COLUMN = "pick"
-CATEGORY_COLUMN = "category"
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 LABEL_KEYS = ("gate_labels", "category_labels")
-PICK_VALUES = {"1": 1, "1.0": 1, "true": 1, "pick": 1, "0": 0, "0.0": 0, "false": 0, "decline": 0}
 
 
 class DataError(ValueError):

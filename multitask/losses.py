@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from .labels import IGNORE_INDEX
 
 
 def _graph_zero(*tensors: torch.Tensor | None) -> torch.Tensor:

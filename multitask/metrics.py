@@ -22,7 +22,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-IGNORE_INDEX = -100
+from .labels import IGNORE_INDEX
+
 HEADS = ("gate", "category")
 
 
