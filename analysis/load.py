@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from multitask.labels import IGNORE_INDEX, PICK_VALUES
+from multitask.labels import IGNORE_INDEX
+from multitask.tables import DataError, parse_pick, read_csv
 
 _TOP_K = re.compile(r"category_top(\d+)$")
 
 
-class InputError(ValueError):
+class InputError(DataError):
     """A predictions file or run directory that cannot be analysed; the message names the file."""
 
 
@@ -49,27 +49,8 @@ class Predictions:
         return int((~labelled).sum())
 
 
-def _read(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise InputError(f"{path}: not a readable UTF-8 CSV ({error})") from error
-
-
 def _missing(path: Path, column: str, why: str) -> InputError:
     return InputError(f"{path}: missing column '{column}' ({why})")
-
-
-def _parse_pick(values: pd.Series, path: Path, column: str) -> np.ndarray:
-    parsed = []
-    for row_index, raw in enumerate(values):
-        value = raw.strip().lower()
-        if value and value not in PICK_VALUES:
-            raise InputError(
-                f"{path}, row {row_index + 2}, column '{column}': {raw!r} is not 1/0, true/false or Pick/Decline"
-            )
-        parsed.append(PICK_VALUES.get(value, IGNORE_INDEX))
-    return np.asarray(parsed, dtype=int)
 
 
 def _parse_top_k(cell: str) -> list[str]:
@@ -87,7 +68,7 @@ def read_predictions(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    frame = _read(path)
+    frame = read_csv(path)
     columns = set(frame.columns)
     top_column = next((c for c in frame.columns if _TOP_K.match(c)), None)
     has_gate = bool(columns & {"pick_pred", "pick_prob"})
@@ -107,8 +88,8 @@ def read_predictions(
 
     gate_labels = pick_pred = category_labels = category_pred = category_scores = None
     if gate_scored:
-        gate_labels = _parse_pick(frame["pick"], path, "pick")
-        pick_pred = _parse_pick(frame["pick_pred"], path, "pick_pred")
+        gate_labels = np.asarray(parse_pick(frame["pick"], path, required=False), dtype=int)
+        pick_pred = np.asarray(parse_pick(frame["pick_pred"], path, required=False, column="pick_pred"), dtype=int)
         if (pick_pred == IGNORE_INDEX).any():
             raise InputError(
                 f"{path}, row {int(np.argmax(pick_pred == IGNORE_INDEX)) + 2}: empty 'pick_pred'"

@@ -19,50 +19,13 @@ import torch
 from datasets import Dataset
 from sklearn.model_selection import train_test_split
 
-from .labels import CATEGORY_COLUMN, IGNORE_INDEX, PICK_COLUMN, PICK_VALUES
+from .labels import CATEGORY_COLUMN, IGNORE_INDEX, PICK_COLUMN
+from .tables import DataError, parse_pick, read_csv, require_columns, where
 
 logger = logging.getLogger(__name__)
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 LABEL_KEYS = ("gate_labels", "category_labels")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names file, row and column."""
-
-
-def _where(path: str | Path, row_index: int | None = None, column: str | None = None) -> str:
-    # row_index is the 0-based data row; +2 turns it into the spreadsheet row (header is row 1).
-    parts = [str(path)]
-    if row_index is not None:
-        parts.append(f"row {row_index + 2}")
-    if column is not None:
-        parts.append(f"column '{column}'")
-    return ", ".join(parts)
-
-
-def read_csv(path: str | Path, encoding: str | None = None) -> pd.DataFrame:
-    """Read a CSV as strings (empty cells stay ""). Without `encoding`: UTF-8 (BOM or not), then CP932."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    encodings = [encoding] if encoding else ["utf-8-sig", "cp932"]
-    for candidate in encodings:
-        try:
-            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=candidate)
-        except UnicodeDecodeError:
-            continue
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-            raise DataError(f"{path}: not a readable CSV ({error})") from error
-    raise DataError(f"{path}: cannot decode as {' or '.join(encodings)}; pass --encoding")
-
-
-def require_columns(frame: pd.DataFrame, path: str | Path, columns: list[str]) -> None:
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} (found: {', '.join(frame.columns)})"
-        )
 
 
 def build_texts(frame: pd.DataFrame, path: str | Path, text_columns: list[str], separator: str) -> list[str]:
@@ -76,25 +39,9 @@ def build_texts(frame: pd.DataFrame, path: str | Path, text_columns: list[str], 
         kept = [unicodedata.normalize("NFKC", part).strip() for part in parts]
         text = separator.join(part for part in kept if part)
         if not text:
-            raise DataError(f"{_where(path, row_index, '/'.join(text_columns))}: empty text")
+            raise DataError(f"{where(path, row_index, '/'.join(text_columns))}: empty text")
         texts.append(text)
     return texts
-
-
-def parse_pick(values: pd.Series, path: str | Path, required: bool) -> list[int]:
-    labels = []
-    for row_index, raw in enumerate(values):
-        value = raw.strip().lower()
-        if value == "" and not required:
-            labels.append(IGNORE_INDEX)
-        elif value in PICK_VALUES:
-            labels.append(PICK_VALUES[value])
-        else:
-            raise DataError(
-                f"{_where(path, row_index, PICK_COLUMN)}: {raw!r} is not a pick label "
-                "(expected 1/0, true/false or Pick/Decline)"
-            )
-    return labels
 
 
 def parse_categories(
@@ -114,7 +61,7 @@ def parse_categories(
         name = raw.strip()
         if not name:
             if required:
-                raise DataError(f"{_where(path, row_index, CATEGORY_COLUMN)}: empty category")
+                raise DataError(f"{where(path, row_index, CATEGORY_COLUMN)}: empty category")
             parsed.append(IGNORE_INDEX if label2id is not None else "")
         elif label2id is None:
             parsed.append(name)
@@ -123,7 +70,7 @@ def parse_categories(
             parsed.append(IGNORE_INDEX)
         elif name not in label2id:
             raise DataError(
-                f"{_where(path, row_index, CATEGORY_COLUMN)}: category {name!r} never appears in training "
+                f"{where(path, row_index, CATEGORY_COLUMN)}: category {name!r} never appears in training "
                 f"(known: {len(label2id)} categories)"
             )
         else:
@@ -183,7 +130,7 @@ def _merge_training_rows(
                 first = seen_here[text]
                 if file_labels[first] != label:
                     conflicts.append(
-                        f"{_where(path, row_index)} repeats row {first + 2} with label {label!r} != "
+                        f"{where(path, row_index)} repeats row {first + 2} with label {label!r} != "
                         f"{file_labels[first]!r} (kept the first)"
                     )
                 continue
@@ -199,7 +146,7 @@ def _merge_training_rows(
             else:
                 category[position] = label
                 if gate[position] == 0:
-                    conflicts.append(f"{_where(path, row_index)}: category {label!r} for a text Declined in task1")
+                    conflicts.append(f"{where(path, row_index)}: category {label!r} for a text Declined in task1")
         report[f"{name}_rows"] = len(file_texts)
         report[f"{name}_duplicates_dropped"] = duplicates
     report["label_conflicts"] = conflicts

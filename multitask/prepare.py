@@ -40,8 +40,8 @@ from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.model_selection import train_test_split
 
 from .configuration import DEFAULT_TEXT_COLUMNS
-from .data import DataError, read_csv
 from .labels import CATEGORY_COLUMN, PICK_COLUMN, PICK_VALUES
+from .tables import DataError, read_csv
 
 logger = logging.getLogger(__name__)
 
