@@ -11,6 +11,10 @@ Speed: one process, both models loaded once, ABBA rounds of a full pass over the
 rows / wall time of the call (tokenization, batching, forward, softmax, results), median over rounds.
 The pipeline is called as users call it: pipe(texts, batch_size=B, truncation=True, max_length=L), top-1.
 
+Precision (--dtypes): each dtype is measured for both systems. Ours runs the forward under torch.autocast
+(run_predict --dtype); the pipeline is built as its users ask for bf16, pipeline(..., dtype=torch.bfloat16).
+Ratios are ours/pipeline at the same dtype, plus ours in each dtype against the pipeline's default fp32.
+
 Memory: each system runs once in its own fresh subprocess (load model, one pass); we report the peak
 resident set size of that process (VmHWM from /proc/self/status on Linux, else ru_maxrss; imports and model
 included) and the RSS right after loading, so peak - loaded is the working memory of prediction.
@@ -20,6 +24,7 @@ writing predictions_<stem>.csv and metrics) vs pipeline construction + call + wr
 
     python bench/bench_predict.py                       # all 3,100 CLINC val rows
     python bench/bench_predict.py --rows 20000          # val rows repeated to 20,000
+    python bench/bench_predict.py --dtypes float32      # fp32 only (a CPU without native bf16)
 """
 
 from __future__ import annotations
@@ -62,12 +67,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max_seq_length", type=int, default=256, help="token limit (run_predict default)")
     parser.add_argument("--rounds", type=int, default=3, help="ABBA rounds of the speed measurement")
+    parser.add_argument(
+        "--dtypes", default="float32,bfloat16", help="precisions to measure, comma-separated (float32, bfloat16)"
+    )
     parser.add_argument("--skip_memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--skip_e2e", action="store_true", help="skip the end-to-end run_predict.main timing")
     parser.add_argument("--output_dir", default=None, help="default: bench/results/predict_<timestamp>")
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["ours", "pipeline"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.dtypes = args.dtypes.split(",")
+    if unknown := set(args.dtypes) - {"float32", "bfloat16"}:
+        parser.error(f"unknown --dtypes {sorted(unknown)}")
     if args.output_dir is None:
         args.output_dir = str(ROOT / "bench" / "results" / time.strftime("predict_%Y%m%d_%H%M%S"))
     return args
@@ -140,18 +151,20 @@ def build_models(args, workdir: Path) -> tuple[str, str]:
     return (args.model or str(ours_dir)), str(pipeline_dir)
 
 
-def load_system(name: str, model_dir: str):
-    """A callable texts -> results for one system, loaded as its users load it (CPU)."""
+def load_system(name: str, model_dir: str, dtype: str = "float32"):
+    """A callable texts -> results for one system in one precision, loaded as its users load it (CPU)."""
+    import torch
+
     if name == "ours":
         from multitask.predict import load_model, predict_scores
 
         model, tokenizer = load_model(model_dir, "cpu")
         return lambda texts, args: predict_scores(
-            model, tokenizer, texts, args.batch_size, args.max_seq_length
+            model, tokenizer, texts, args.batch_size, args.max_seq_length, dtype=getattr(torch, dtype)
         )
     from transformers import pipeline
 
-    pipe = pipeline("text-classification", model=model_dir, device="cpu")
+    pipe = pipeline("text-classification", model=model_dir, device="cpu", dtype=getattr(torch, dtype))
     return lambda texts, args: pipe(
         texts, batch_size=args.batch_size, truncation=True, max_length=args.max_seq_length
     )
@@ -162,7 +175,7 @@ def child(args) -> None:
     texts = texts_of(load_rows(args.data_dir, args.rows))
     start_rss = rss_mib()
     model_dir = args.model if args.child == "ours" else str(Path(args.workdir) / "pipeline_model")
-    run = load_system(args.child, model_dir)
+    run = load_system(args.child, model_dir, args.dtypes[0])
     loaded_rss = rss_mib()
     start = time.perf_counter()
     run(texts, args)
@@ -171,6 +184,7 @@ def child(args) -> None:
         json.dumps(
             {
                 "system": args.child,
+                "dtype": args.dtypes[0],
                 "rss_at_start_mib": start_rss,
                 "rss_after_load_mib": loaded_rss,
                 "peak_rss_mib": peak_rss_mib(),
@@ -183,41 +197,50 @@ def child(args) -> None:
 
 def measure_memory(args, ours_dir: str, workdir: Path) -> dict:
     result = {}
-    for name in ("ours", "pipeline"):
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--child",
-            name,
-            "--model",
-            ours_dir,
-            "--workdir",
-            str(workdir),
-            "--data_dir",
-            args.data_dir,
-            "--batch_size",
-            str(args.batch_size),
-            "--max_seq_length",
-            str(args.max_seq_length),
-        ]
-        if args.rows:
-            command += ["--rows", str(args.rows)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        result[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"[memory] {result[name]}", flush=True)
+    for dtype in args.dtypes:
+        for name in ("ours", "pipeline"):
+            command = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                name,
+                "--dtypes",
+                dtype,
+                "--model",
+                ours_dir,
+                "--workdir",
+                str(workdir),
+                "--data_dir",
+                args.data_dir,
+                "--batch_size",
+                str(args.batch_size),
+                "--max_seq_length",
+                str(args.max_seq_length),
+            ]
+            if args.rows:
+                command += ["--rows", str(args.rows)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            key = f"{name}/{dtype}"
+            result[key] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"[memory] {key}: {result[key]}", flush=True)
     return result
 
 
 def measure_speed(args, ours_dir: str, pipeline_dir: str, texts: list[str]) -> dict:
-    systems = {"ours": load_system("ours", ours_dir), "pipeline": load_system("pipeline", pipeline_dir)}
+    systems = {}
+    for dtype in args.dtypes:
+        systems[f"ours/{dtype}"] = load_system("ours", ours_dir, dtype)
+        systems[f"pipeline/{dtype}"] = load_system("pipeline", pipeline_dir, dtype)
     for run in systems.values():  # untimed warm-up
         run(texts[: args.batch_size * 2], args)
-    seconds: dict[str, list[float]] = {"ours": [], "pipeline": []}
+    seconds: dict[str, list[float]] = {name: [] for name in systems}
+    outputs = {}
     for round_index in range(args.rounds):
-        order = ("ours", "pipeline") if round_index % 2 == 0 else ("pipeline", "ours")
+        # ABBA: every other round runs the systems in reverse order, so drift hits all of them alike.
+        order = list(systems) if round_index % 2 == 0 else list(reversed(systems))
         for name in order:
             start = time.perf_counter()
-            systems[name](texts, args)
+            outputs[name] = systems[name](texts, args)
             seconds[name].append(time.perf_counter() - start)
         print(
             f"[speed] round {round_index + 1}/{args.rounds}: "
@@ -233,15 +256,45 @@ def measure_speed(args, ours_dir: str, pipeline_dir: str, texts: list[str]) -> d
         }
         for name, values in seconds.items()
     }
-    result["ratio"] = result["ours"]["rows_per_s"] / result["pipeline"]["rows_per_s"]
-    result["ratio_best"] = result["ours"]["rows_per_s_best"] / result["pipeline"]["rows_per_s_best"]
-    result["ratio_per_round"] = [p / o for o, p in zip(seconds["ours"], seconds["pipeline"])]
-    result["ratio_per_round_median"] = statistics.median(result["ratio_per_round"])
+    ratios = {}
+    for dtype in args.dtypes:  # ours in each dtype against the pipeline in the same dtype and in fp32
+        for baseline in dict.fromkeys([dtype, "float32"]):
+            if f"pipeline/{baseline}" not in systems:
+                continue
+            ours, pipe = seconds[f"ours/{dtype}"], seconds[f"pipeline/{baseline}"]
+            per_round = [p / o for o, p in zip(ours, pipe)]
+            ratios[f"ours/{dtype} vs pipeline/{baseline}"] = {
+                "ratio": statistics.median(pipe) / statistics.median(ours),
+                "ratio_best": min(pipe) / min(ours),
+                "ratio_per_round": per_round,
+                "ratio_per_round_median": statistics.median(per_round),
+            }
+    result["ratios"] = ratios
+    result["agreement_with_float32"] = {
+        dtype: agreement(outputs["ours/float32"], outputs[f"ours/{dtype}"])
+        for dtype in args.dtypes
+        if dtype != "float32" and "float32" in args.dtypes
+    }
     return result
 
 
-def measure_e2e(args, ours_dir: str, pipeline_dir: str, frame: pd.DataFrame, workdir: Path) -> dict:
+def agreement(reference, other) -> dict:
+    """How far ours in another dtype is from ours in fp32: score differences and top-1 category agreement."""
+    import numpy as np
+
+    result = {}
+    if reference.pick_prob is not None:
+        result["max_abs_pick_prob_diff"] = float(np.abs(reference.pick_prob - other.pick_prob).max())
+    if reference.category_probs is not None:
+        result["category_top1_agreement"] = float(
+            (reference.category_probs.argmax(1) == other.category_probs.argmax(1)).mean()
+        )
+    return result
+
+
+def measure_e2e(args, ours_dir: str, pipeline_dir: str, frame: pd.DataFrame, workdir: Path, dtype: str) -> dict:
     import run_predict
+    import torch
 
     csv_path = workdir / "bench_rows.csv"
     frame.to_csv(csv_path, index=False, encoding="utf-8")
@@ -253,13 +306,15 @@ def measure_e2e(args, ours_dir: str, pipeline_dir: str, frame: pd.DataFrame, wor
             "--input_files",
             str(csv_path),
             "--output_dir",
-            str(workdir / "preds"),
+            str(workdir / f"preds_{dtype}"),
             "--batch_size",
             str(args.batch_size),
             "--max_seq_length",
             str(args.max_seq_length),
             "--device",
             "cpu",
+            "--dtype",
+            dtype,
         ]
     )
     ours_seconds = time.perf_counter() - start
@@ -267,14 +322,14 @@ def measure_e2e(args, ours_dir: str, pipeline_dir: str, frame: pd.DataFrame, wor
     from transformers import pipeline
 
     start = time.perf_counter()
-    pipe = pipeline("text-classification", model=pipeline_dir, device="cpu")
+    pipe = pipeline("text-classification", model=pipeline_dir, device="cpu", dtype=getattr(torch, dtype))
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     results = pipe(
         texts_of(table), batch_size=args.batch_size, truncation=True, max_length=args.max_seq_length
     )
     table["label"] = [r["label"] for r in results]
     table["score"] = [r["score"] for r in results]
-    table.to_csv(workdir / "pipeline_predictions.csv", index=False, encoding="utf-8")
+    table.to_csv(workdir / f"pipeline_predictions_{dtype}.csv", index=False, encoding="utf-8")
     pipeline_seconds = time.perf_counter() - start
     rows = len(frame)
     return {
@@ -308,45 +363,54 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not args.skip_memory:
         report["memory"] = measure_memory(args, ours_dir, workdir)
     if not args.skip_e2e:
-        report["e2e"] = measure_e2e(args, ours_dir, pipeline_dir, frame, workdir)
+        report["e2e"] = {
+            dtype: measure_e2e(args, ours_dir, pipeline_dir, frame, workdir, dtype) for dtype in args.dtypes
+        }
     write_json(out / "predict.json", report)
 
     speed = report["speed"]
-    rows = [
-        [
-            "ours: predict_scores",
-            f"{speed['ours']['rows_per_s']:.0f}",
-            f"{speed['ours']['rows_per_s_best']:.0f}",
-            f"{speed['ratio']:.2f} (best {speed['ratio_best']:.2f}, per-round median "
-            f"{speed['ratio_per_round_median']:.2f})",
-        ],
-        [
-            'pipeline("text-classification")',
-            f"{speed['pipeline']['rows_per_s']:.0f}",
-            f"{speed['pipeline']['rows_per_s_best']:.0f}",
-            "1.00",
-        ],
-    ]
-    header = ["system", "rows/s (median)", "rows/s (best round)", "ratio vs pipeline"]
+    header = ["system", "dtype", "rows/s (median)", "rows/s (best round)"]
     if "memory" in report:
         header += ["peak RSS MiB", "RSS after load MiB", "peak - loaded MiB"]
-        for row, name in zip(rows, ("ours", "pipeline")):
-            memory = report["memory"][name]
-            row += [
-                f"{memory['peak_rss_mib']:.0f}",
-                f"{memory['rss_after_load_mib']:.0f}",
-                f"{memory['peak_rss_mib'] - memory['rss_after_load_mib']:.0f}",
-            ]
+    rows = []
+    for dtype in args.dtypes:
+        for name, label in (("ours", "ours: predict_scores"), ("pipeline", 'pipeline("text-classification")')):
+            key = f"{name}/{dtype}"
+            row = [label, dtype, f"{speed[key]['rows_per_s']:.0f}", f"{speed[key]['rows_per_s_best']:.0f}"]
+            if "memory" in report:
+                memory = report["memory"][key]
+                row += [
+                    f"{memory['peak_rss_mib']:.0f}",
+                    f"{memory['rss_after_load_mib']:.0f}",
+                    f"{memory['peak_rss_mib'] - memory['rss_after_load_mib']:.0f}",
+                ]
+            rows.append(row)
+    ratio_rows = [
+        [
+            comparison,
+            f"{ratio['ratio']:.2f}",
+            f"{ratio['ratio_best']:.2f}",
+            f"{ratio['ratio_per_round_median']:.2f}",
+        ]
+        for comparison, ratio in speed["ratios"].items()
+    ]
     lines = [
         f"## Prediction ({len(texts)} CLINC150 val rows, batch {args.batch_size}, max length "
         f"{args.max_seq_length})",
         f"\nMachine: {machine_line(info)}; {args.rounds} ABBA rounds\n",
         markdown_table(header, rows),
+        "",
+        markdown_table(["speed ratio", "median", "best round", "per-round median"], ratio_rows),
     ]
-    if "e2e" in report:
-        e2e = report["e2e"]
+    for dtype, agreed in speed["agreement_with_float32"].items():
         lines.append(
-            f"\nEnd to end (load + read CSV + predict + write CSV): run_predict.main "
+            f"\nours/{dtype} vs ours/float32 on the same rows: max |Δ pick_prob| "
+            f"{agreed.get('max_abs_pick_prob_diff', float('nan')):.4f}, top-1 category agreement "
+            f"{agreed.get('category_top1_agreement', float('nan')):.4f}"
+        )
+    for dtype, e2e in report.get("e2e", {}).items():
+        lines.append(
+            f"\nEnd to end, {dtype} (load + read CSV + predict + write CSV): run_predict.main "
             f"{e2e['ours_run_predict_rows_per_s']:.0f} rows/s, pipeline {e2e['pipeline_rows_per_s']:.0f} "
             f"rows/s (ratio {e2e['ratio']:.2f})"
         )

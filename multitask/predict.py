@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +64,12 @@ def predict_scores(
     batch_size: int = 64,
     max_length: int = 256,
     progress: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> Scores:
     """Score texts in batches of similar length (less padding), then restore the input order.
 
     `pick_prob` is the score the gate thresholds apply to: P(Pick), or with `config.gate_score == "joint"`
-    P(Pick)·max_c P(c|Pick).
+    P(Pick)·max_c P(c|Pick). A `dtype` other than float32 runs the forward under autocast (weights stay fp32).
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -83,14 +85,16 @@ def predict_scores(
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="Predicting", unit="batch")
-    for start in starts:
-        rows = order[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(device)
-        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        if pick_prob is not None:
-            pick_prob[rows] = torch.softmax(outputs.gate_logits.float(), dim=-1)[:, 1].cpu().numpy()
-        if category_probs is not None:
-            category_probs[rows] = torch.softmax(outputs.category_logits.float(), dim=-1).cpu().numpy()
+    # One autocast region for all batches: its cache then casts each weight to `dtype` once, not once per batch.
+    with torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext():
+        for start in starts:
+            rows = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(device)
+            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            if pick_prob is not None:
+                pick_prob[rows] = torch.softmax(outputs.gate_logits.float(), dim=-1)[:, 1].cpu().numpy()
+            if category_probs is not None:
+                category_probs[rows] = torch.softmax(outputs.category_logits.float(), dim=-1).cpu().numpy()
     model.train(was_training)
     if model.config.gate_score == "joint" and pick_prob is not None and category_probs is not None:
         pick_prob = pick_prob * category_probs.max(axis=1)  # P(best Pick-and-category decision)

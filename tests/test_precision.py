@@ -3,6 +3,7 @@
 import copy
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +86,37 @@ def test_select_device_auto(monkeypatch, cuda, mps, expected):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     assert predict.select_device("auto").type == expected
     assert predict.select_device("cpu").type == "cpu"
+
+
+def test_inference_dtype_resolution(tmp_path):
+    from multitask.precision import cpu_has_native_bf16, resolve_inference_dtype
+
+    cpu = torch.device("cpu")
+    assert resolve_inference_dtype("auto", cpu) == torch.float32  # fp32 stays the CPU default
+    assert resolve_inference_dtype("bfloat16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="float16 on CPU"):
+        resolve_inference_dtype("float16", cpu)
+    with pytest.raises(ValueError, match="choose auto"):
+        resolve_inference_dtype("int8", cpu)
+    (message,) = precision_warnings("deberta-v2", True, False, "cuda", flags=("--dtype float16", "--dtype bfloat16"))
+    assert message.startswith("--dtype float16 with a deberta-v2") and "--dtype bfloat16" in message
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    assert not cpu_has_native_bf16(cpuinfo)
+    assert not cpu_has_native_bf16(tmp_path / "missing")
+
+
+def test_bf16_prediction_on_cpu_is_close_to_fp32(model, tokenizer):
+    texts = ["stock market rally lifts shares", "x", "parliament passes the budget", "選挙の結果"]
+    fp32 = predict.predict_scores(model, tokenizer, texts, batch_size=2)
+    dtypes = []
+    hook = model.category_head.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    bf16 = predict.predict_scores(model, tokenizer, texts, batch_size=2, dtype=torch.bfloat16)
+    hook.remove()
+    assert dtypes == [torch.bfloat16, torch.bfloat16]  # the forward really ran in bf16
+    assert fp32.category_probs.dtype == bf16.category_probs.dtype == np.float32
+    assert np.allclose(bf16.category_probs, fp32.category_probs, atol=2e-2)
+    assert np.allclose(bf16.pick_prob, fp32.pick_prob, atol=2e-2)
+    assert not torch.is_autocast_enabled("cpu")  # no autocast state leaks out of the call

@@ -89,6 +89,13 @@ def test_run_predict_on_trained_run(trained_run, tmp_path):
     assert (table.loc[~decline, "decision"] == table.loc[~decline, "category_pred"]).all()
     assert (out / "metrics_ニュース_test.json").is_file() and (out / "predictions_val.csv").is_file()
     assert metrics["ニュース_test"]["threshold"] == json.loads((run_dir / "model/config.json").read_text())["gate_thresholds"]["f1"]
+    assert metrics["ニュース_test"]["dtype"] == "float32"  # auto on CPU
+
+    bf16 = run_predict.main(["--model", str(run_dir), "--input_files", str(files["test"]), "--output_dir",
+                             str(tmp_path / "bf16"), "--threshold", "f1", "--dtype", "bfloat16"])
+    assert bf16["ニュース_test"]["dtype"] == "bfloat16"
+    bf16_table = pd.read_csv(tmp_path / "bf16/predictions_ニュース_test.csv", keep_default_na=False)
+    assert np.allclose(bf16_table["pick_prob"], table["pick_prob"].astype(float), atol=2e-2)
 
 
 def test_run_predict_bad_file_writes_nothing(trained_run, tmp_path):
