@@ -174,7 +174,7 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         model = lora.apply_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
                                 model_args.lora_target_modules, model_args.model_name_or_path,
                                 quantized=quantization is not None,
-                                gradient_checkpointing=bool(training_args.gradient_checkpointing))
+                                gradient_checkpointing=bool(training_args.activation_checkpointing))
     if not data.has_gate or not data.has_category:
         # Single-head run: the missing head's labels are not model outputs.
         training_args.label_names = ["gate_labels"] if data.has_gate else ["category_labels"]

@@ -270,21 +270,28 @@ def measure_speed(args, ours_dir: str, pipeline_dir: str, texts: list[str]) -> d
                 "ratio_per_round_median": statistics.median(per_round),
             }
     result["ratios"] = ratios
+    from multitask.predict import resolve_model_dir
+
+    thresholds = json.loads((Path(resolve_model_dir(ours_dir)) / "config.json").read_text())["gate_thresholds"]
     result["agreement_with_float32"] = {
-        dtype: agreement(outputs["ours/float32"], outputs[f"ours/{dtype}"])
+        dtype: agreement(outputs["ours/float32"], outputs[f"ours/{dtype}"], thresholds)
         for dtype in args.dtypes
         if dtype != "float32" and "float32" in args.dtypes
     }
     return result
 
 
-def agreement(reference, other) -> dict:
-    """How far ours in another dtype is from ours in fp32: score differences and top-1 category agreement."""
+def agreement(reference, other, thresholds: dict[str, float]) -> dict:
+    """How far ours in another dtype is from ours in fp32: score differences, gate decisions at the model's
+    stored thresholds, top-1 category agreement."""
     import numpy as np
 
     result = {}
     if reference.pick_prob is not None:
         result["max_abs_pick_prob_diff"] = float(np.abs(reference.pick_prob - other.pick_prob).max())
+        result["gate_decisions_changed"] = {
+            kind: int(((reference.pick_prob >= t) != (other.pick_prob >= t)).sum()) for kind, t in thresholds.items()
+        }
     if reference.category_probs is not None:
         result["category_top1_agreement"] = float(
             (reference.category_probs.argmax(1) == other.category_probs.argmax(1)).mean()
@@ -406,7 +413,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         lines.append(
             f"\nours/{dtype} vs ours/float32 on the same rows: max |Δ pick_prob| "
             f"{agreed.get('max_abs_pick_prob_diff', float('nan')):.4f}, top-1 category agreement "
-            f"{agreed.get('category_top1_agreement', float('nan')):.4f}"
+            f"{agreed.get('category_top1_agreement', float('nan')):.4f}, gate decisions changed at the stored "
+            f"thresholds: {agreed.get('gate_decisions_changed')} of {len(texts)}"
         )
     for dtype, e2e in report.get("e2e", {}).items():
         lines.append(

@@ -105,7 +105,7 @@ def test_two_process_lora_with_checkpointing_and_rdrop(encoder_dir, csv_files, t
     run_dir = tmp_path / "run"
     # One epoch with the default per-epoch evaluation, adapter checkpoint and best-adapter reload at the end.
     torchrun([*common_args(encoder_dir, csv_files, run_dir), "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
-              "--cartography", "false", "--lora_r", "4", "--gradient_checkpointing", "true", "--rdrop", "true", "--uncertainty_weighting", "true",
+              "--cartography", "false", "--lora_r", "4", "--activation_checkpointing", "true", "--rdrop", "true", "--uncertainty_weighting", "true",
               "--awp_lr", "1.0", "--awp_start_epoch", "0"])
     assert json.loads((run_dir / "run_status.json").read_text())["status"] == "complete"
     assert (run_dir / "model/adapter/adapter_config.json").is_file()

@@ -58,7 +58,7 @@ def test_activation_checkpointing_is_enabled_and_gradients_match(model, tokenize
     monkeypatch.setattr(modeling_utils, "checkpoint", counting_checkpoint)
     plain = no_dropout(copy.deepcopy(model))
     checkpointed = no_dropout(model)
-    trainer = make_trainer(checkpointed, tokenizer, csv_files, tmp_path, gradient_checkpointing=True, max_steps=2)
+    trainer = make_trainer(checkpointed, tokenizer, csv_files, tmp_path, activation_checkpointing=True, max_steps=2)
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.train()  # the Trainer enables checkpointing on the encoder's layers
     layers = checkpointed.encoder.encoder.layer
