@@ -224,6 +224,11 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         ),
         training_record=record,
     )
+    if training_args.fsdp and not trainer.is_fsdp_enabled:
+        # accelerate turns FSDP on only for multi-process GPU/accelerator runs; elsewhere it quietly does not shard.
+        logger.warning("--fsdp is ignored: accelerate runs FSDP only with several GPU/accelerator processes; "
+                       "this run trains on %s with %d process(es), parameters not sharded",
+                       training_args.device.type, training_args.world_size)
     data_files = {
         str(path): file_sha256(path)
         for path in [data_args.task1_file, data_args.task2_file, data_args.validation_file, *data_args.test_files]
@@ -243,6 +248,8 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
                                           "gate_id2label": model.config.gate_id2label})
 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if is_main:
+        logger.info("parallelism: %s", trainer.parallelism())
     validation_metrics = trainer.evaluate()  # on every rank: evaluate() is collective under DDP
     metrics = {"train": train_result.metrics, "validation": validation_metrics, "test": {}}
     trained = trainer.full_model()  # on every rank: gathers FSDP/ZeRO-3 shards (a no-op under DDP)

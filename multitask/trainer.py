@@ -168,6 +168,21 @@ class MultitaskTrainer(Trainer):
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
         return self.is_fsdp_enabled or zero3
 
+    def parallelism(self) -> str:
+        """How training ran, for the run log: engine, process count, and this rank's share of the parameters."""
+        world = self.args.world_size
+        if self.is_fsdp_enabled:
+            engine = f"FSDP{getattr(self.accelerator.state.fsdp_plugin, 'fsdp_version', '')}"
+        elif self.is_deepspeed_enabled:
+            engine = f"DeepSpeed ZeRO-{self.accelerator.state.deepspeed_plugin.zero_stage}"
+        else:
+            engine = "DDP" if world > 1 else "single process"
+        # FSDP2 parameters are DTensors: to_local() is this rank's shard, numel() the whole tensor.
+        params = list(self.model_wrapped.parameters())
+        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params)
+        total = sum(p.numel() for p in params)
+        return f"{engine} over {world} process(es); this rank holds {local / total:.1%} of the parameter elements"
+
     def full_model(self):
         """The trained model with whole parameters, for scoring on the main process after training.
 

@@ -144,3 +144,15 @@ def test_full_model_gathers_a_whole_copy_only_when_sharded(model, tokenizer, csv
     assert whole is not model and whole.config is model.config and not whole.training
     for name, tensor in model.state_dict().items():
         assert torch.equal(whole.state_dict()[name], tensor), name
+
+
+def test_fsdp_flags_pass_through_and_cpu_fallback_is_logged(encoder_dir, csv_files, tmp_path):
+    # The v5 spelling (bare --fsdp, JSON --fsdp_config) parses with our argument dataclasses. accelerate shards only
+    # on GPUs/accelerators, so on CPU the run must say so instead of silently training unsharded.
+    run_dir = tmp_path / "run"
+    torchrun([*common_args(encoder_dir, csv_files, run_dir), "--max_steps", "2", "--cartography", "false",
+              "--fsdp", "--fsdp_config", '{"transformer_layer_cls_to_wrap": ["DebertaV2Layer"]}'])
+    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    assert "--fsdp is ignored" in log
+    assert "parallelism: DDP over 2 process(es); this rank holds 100.0% of the parameter elements" in log
+    assert json.loads((run_dir / "run_status.json").read_text())["status"] == "complete"
