@@ -177,11 +177,17 @@ class MultitaskTrainer(Trainer):
             engine = f"DeepSpeed ZeRO-{self.accelerator.state.deepspeed_plugin.zero_stage}"
         else:
             engine = "DDP" if world > 1 else "single process"
-        # FSDP2 parameters are DTensors: to_local() is this rank's shard, numel() the whole tensor.
-        params = list(self.model_wrapped.parameters())
-        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params)
-        total = sum(p.numel() for p in params)
-        return f"{engine} over {world} process(es); this rank holds {local / total:.1%} of the parameter elements"
+        # FSDP2 parameters are DTensors (to_local() is this rank's shard, numel() the whole); ZeRO-3 keeps the
+        # shard in ds_tensor and the whole size in ds_numel.
+        local = total = 0
+        for param in self.model_wrapped.parameters():
+            total += getattr(param, "ds_numel", param.numel())
+            if hasattr(param, "to_local"):
+                local += param.to_local().numel()
+            else:
+                local += param.ds_tensor.numel() if hasattr(param, "ds_tensor") else param.numel()
+        share = f"; this rank holds {local / total:.1%} of the parameter elements" if total else ""
+        return f"{engine} over {world} process(es){share}"
 
     def full_model(self):
         """The trained model with whole parameters, for scoring on the main process after training.
