@@ -1,8 +1,9 @@
 """Per-epoch training logs and dataset cartography, from what training already computes.
 
 `TrainingRecord` is filled by `MultitaskTrainer.compute_loss` at every training step (detached loss terms,
-the gold-label probabilities of each row, gradient norms); the callbacks read it at epoch end. Nothing
-here runs a second pass over the data. Only the main process writes files.
+the gold-label probabilities of each row, gradient norms); the callbacks read it at epoch end, after merging
+what every process recorded (under DDP each sees only its shard). Nothing here runs a second pass over the
+data. Only the main process writes files.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 from .labels import IGNORE_INDEX
@@ -43,6 +45,29 @@ class TrainingRecord:
         self.grad_norms: list[float] = []
         # per task: row ids, probability of the gold label, whether argmax was right, the argmax
         self.rows: dict[str, list[np.ndarray]] = defaultdict(list)
+        self._merged = False
+
+    def merge_processes(self) -> None:
+        """Under DDP, give every process all processes' rows and loss terms for this epoch.
+
+        A collective: every process calls it at each epoch end (callbacks run on all ranks); a second call in
+        the same epoch is a no-op. Gradient norms are already global (taken after the all-reduce).
+        """
+        if self._merged or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        local = {
+            "rows": {key: np.concatenate(parts) for key, parts in self.rows.items() if parts},
+            "loss_terms": dict(self.loss_terms),
+        }
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+        self.rows, self.loss_terms = defaultdict(list), defaultdict(list)
+        for part in parts:
+            for key, values in part["rows"].items():
+                self.rows[key].append(values)
+            for name, values in part["loss_terms"].items():
+                self.loss_terms[name].extend(values)
+        self._merged = True
 
     def add_terms(self, terms: dict[str, float]) -> None:
         for name, value in terms.items():
@@ -100,6 +125,7 @@ class EpochLogCallback(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
         record = self.record
+        record.merge_processes()
         row: dict[str, Any] = {"epoch": round(state.epoch or 0), "step": state.global_step}
         if lr_scheduler is not None:
             row["learning_rate"] = max(lr_scheduler.get_last_lr())
@@ -155,8 +181,8 @@ class CartographyCallback(TrainerCallback):
     """Dataset cartography (Swayamdipta et al., 2020) per task from the training-step probabilities.
 
     Per training row: confidence = mean probability of the gold label over epochs, variability = its
-    standard deviation, correctness = share of epochs the argmax was right. Under DDP each process sees
-    only its shard; the main process writes what it saw.
+    standard deviation, correctness = share of epochs the argmax was right. Under DDP the record merges
+    every process's shard first, so all training rows are covered.
     """
 
     def __init__(self, record: TrainingRecord, train_frame: pd.DataFrame, category_names: list[str]) -> None:
@@ -169,11 +195,16 @@ class CartographyCallback(TrainerCallback):
         }
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        self.record.merge_processes()
         for task, history in self.history.items():
             arrays = self.record.task_arrays(task)
             if arrays is None:
                 continue
+            seen = set()
             for row_id, prob, pred, gold in zip(arrays["row_id"], arrays["gold_prob"], arrays["pred"], arrays["gold"]):
+                if row_id in seen:  # DDP's sampler repeats a few rows so that the shards come out even
+                    continue
+                seen.add(row_id)
                 history[int(row_id)].append((float(prob), bool(pred == gold), int(pred)))
 
     def table(self) -> pd.DataFrame:

@@ -64,6 +64,13 @@ def test_two_process_run_writes_once_and_correctly(encoder_dir, csv_files, tmp_p
     rows = [json.loads(line) for line in (run_dir / "epoch_log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
 
+    # Cartography merges both processes' shards: every training row, each task once per epoch.
+    cartography = pd.read_csv(run_dir / "cartography.csv")
+    train_rows = len(pd.read_csv(csv_files["task1"])) + len(pd.read_csv(csv_files["task2"]))  # no overlap here
+    assert len(cartography) == train_rows
+    epochs = cartography["gate_epochs"].fillna(cartography["category_epochs"])
+    assert (epochs == 2).all()
+
     log_lines = (run_dir / "train.log").read_text(encoding="utf-8").splitlines()
     messages = Counter(line[24:] for line in log_lines if line[:4].isdigit())  # without the timestamp
     # Our own messages come once (rank 0 only); a library warning may legitimately repeat (one per checkpoint).

@@ -68,6 +68,7 @@ def test_run_directory_is_complete(trained_run):
     assert model_config["category_id2label"] == {"0": "economy", "1": "politics", "2": "sports"}
     log = (run_dir / "train.log").read_text(encoding="utf-8")
     assert "rows_in_both_files" in log and "gate thresholds" in log
+    assert "parallelism: single process over 1 process(es); this rank holds 100.0% of the parameter elements" in log
 
 
 def test_run_predict_on_trained_run(trained_run, tmp_path):
