@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import transformers
 from transformers import AutoTokenizer, EarlyStoppingCallback, HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from multitask import demo, lora
 from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
@@ -98,6 +99,16 @@ def class_weights(labels, num_classes: int, enabled: bool, args) -> torch.Tensor
     if zero:
         logger.warning("classes with no training row (weight clipped to max): %s", zero)
     return inverse_frequency_weights(counts, args.class_weight_min, args.class_weight_max)
+
+
+def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
+    """`--resume_from_checkpoint true|last` means the newest checkpoint in --output_dir; a path is kept."""
+    if value is None or value.lower() not in ("true", "last"):
+        return value
+    checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
+    return checkpoint
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -247,7 +258,10 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         run.write_json("label_map.json", {"category_id2label": model.config.category_id2label,
                                           "gate_id2label": model.config.gate_id2label})
 
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    if resume and cartography is not None:
+        cartography.restore(resume)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     if is_main:
         logger.info("parallelism: %s", trainer.parallelism())
     validation_metrics = trainer.evaluate()  # on every rank: evaluate() is collective under DDP

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .labels import IGNORE_INDEX
 
@@ -182,8 +183,11 @@ class CartographyCallback(TrainerCallback):
 
     Per training row: confidence = mean probability of the gold label over epochs, variability = its
     standard deviation, correctness = share of epochs the argmax was right. Under DDP the record merges
-    every process's shard first, so all training rows are covered.
+    every process's shard first, so all training rows are covered. The history is saved into each checkpoint
+    and restored on `--resume_from_checkpoint` (an epoch cut by the interruption counts only its resumed part).
     """
+
+    HISTORY_FILE = "cartography_history.json"
 
     def __init__(self, record: TrainingRecord, train_frame: pd.DataFrame, category_names: list[str]) -> None:
         self.record = record
@@ -206,6 +210,24 @@ class CartographyCallback(TrainerCallback):
                     continue
                 seen.add(row_id)
                 history[int(row_id)].append((float(prob), bool(pred == gold), int(pred)))
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            history = {task: {str(row_id): entries for row_id, entries in rows.items()}
+                       for task, rows in self.history.items()}
+            (checkpoint / self.HISTORY_FILE).write_text(json.dumps(history), encoding="utf-8")
+
+    def restore(self, checkpoint: str | Path) -> None:
+        """Take up the history saved in a checkpoint (resuming a run)."""
+        path = Path(checkpoint) / self.HISTORY_FILE
+        if not path.is_file():
+            logger.warning("%s has no %s: cartography covers only the resumed epochs", checkpoint, self.HISTORY_FILE)
+            return
+        for task, rows in json.loads(path.read_text(encoding="utf-8")).items():
+            self.history[task] = defaultdict(
+                list, {int(row_id): [tuple(entry) for entry in entries] for row_id, entries in rows.items()}
+            )
 
     def table(self) -> pd.DataFrame:
         frame = self.train_frame[["row_id", "text"]].copy()

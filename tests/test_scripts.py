@@ -218,3 +218,24 @@ def test_single_head_runs(encoder_dir, tmp_path, head):
     else:
         assert "pick_prob" not in table and set(table["decision"]) <= {"ALLOW", "ESCALATION", "DENY", "REFUSE"}
         assert "category_accuracy" in predicted[source.stem] and "gate_f1" not in predicted[source.stem]
+
+
+def test_resume_restores_cartography_and_epoch_log(encoder_dir, csv_files, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="no checkpoint-"):
+        run_finetune.main(finetune_args(encoder_dir, csv_files, tmp_path / "empty", "--resume_from_checkpoint", "true"))
+    run_finetune.main(finetune_args(encoder_dir, csv_files, run_dir, "--num_train_epochs", "1",
+                                    "--save_strategy", "epoch", "--save_total_limit", "1"))
+    (checkpoint,) = run_dir.glob("checkpoint-*")
+    assert (checkpoint / "cartography_history.json").is_file()
+    # An interrupted run leaves status "failed"/"running"; take it up again for a second epoch.
+    (run_dir / "run_status.json").write_text(json.dumps({"status": "failed"}))
+    run_finetune.main(finetune_args(encoder_dir, csv_files, run_dir, "--num_train_epochs", "2",
+                                    "--save_strategy", "epoch", "--save_total_limit", "1",
+                                    "--resume_from_checkpoint", "true"))
+    cartography = pd.read_csv(run_dir / "cartography.csv")
+    epochs = cartography["gate_epochs"].fillna(cartography["category_epochs"])
+    assert (epochs == 2).all()  # epoch 1 from the checkpoint, epoch 2 from the resumed run
+    logged = [json.loads(line)["epoch"] for line in (run_dir / "epoch_log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2]
+    assert json.loads((run_dir / "run_status.json").read_text())["status"] == "complete"
