@@ -153,18 +153,18 @@ def build_models(args, workdir: Path) -> tuple[str, str]:
 
 def load_system(name: str, model_dir: str, dtype: str = "float32"):
     """A callable texts -> results for one system in one precision, loaded as its users load it (CPU)."""
-    import torch
+    from multitask.precision import INFERENCE_DTYPES
 
     if name == "ours":
         from multitask.predict import load_model, predict_scores
 
         model, tokenizer = load_model(model_dir, "cpu")
         return lambda texts, args: predict_scores(
-            model, tokenizer, texts, args.batch_size, args.max_seq_length, dtype=getattr(torch, dtype)
+            model, tokenizer, texts, args.batch_size, args.max_seq_length, dtype=INFERENCE_DTYPES[dtype]
         )
     from transformers import pipeline
 
-    pipe = pipeline("text-classification", model=model_dir, device="cpu", dtype=getattr(torch, dtype))
+    pipe = pipeline("text-classification", model=model_dir, device="cpu", dtype=INFERENCE_DTYPES[dtype])
     return lambda texts, args: pipe(
         texts, batch_size=args.batch_size, truncation=True, max_length=args.max_seq_length
     )
@@ -301,7 +301,7 @@ def agreement(reference, other, thresholds: dict[str, float]) -> dict:
 
 def measure_e2e(args, ours_dir: str, pipeline_dir: str, frame: pd.DataFrame, workdir: Path, dtype: str) -> dict:
     import run_predict
-    import torch
+    from multitask.precision import INFERENCE_DTYPES
 
     csv_path = workdir / "bench_rows.csv"
     frame.to_csv(csv_path, index=False, encoding="utf-8")
@@ -329,7 +329,7 @@ def measure_e2e(args, ours_dir: str, pipeline_dir: str, frame: pd.DataFrame, wor
     from transformers import pipeline
 
     start = time.perf_counter()
-    pipe = pipeline("text-classification", model=pipeline_dir, device="cpu", dtype=getattr(torch, dtype))
+    pipe = pipeline("text-classification", model=pipeline_dir, device="cpu", dtype=INFERENCE_DTYPES[dtype])
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     results = pipe(
         texts_of(table), batch_size=args.batch_size, truncation=True, max_length=args.max_seq_length

@@ -49,7 +49,7 @@ class TrainingRecord:
         self._merged = False
 
     def merge_processes(self) -> None:
-        """Under DDP, give every process all processes' rows and loss terms for this epoch.
+        """Under DDP, give every process all processes' rows (each row once) and loss terms for this epoch.
 
         A collective: every process calls it at each epoch end (callbacks run on all ranks); a second call in
         the same epoch is a no-op. Gradient norms are already global (taken after the all-reduce).
@@ -62,12 +62,21 @@ class TrainingRecord:
         }
         parts: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(parts, local)
-        self.rows, self.loss_terms = defaultdict(list), defaultdict(list)
+        merged: dict[str, list[np.ndarray]] = defaultdict(list)
+        self.loss_terms = defaultdict(list)
         for part in parts:
             for key, values in part["rows"].items():
-                self.rows[key].append(values)
+                merged[key].append(values)
             for name, values in part["loss_terms"].items():
                 self.loss_terms[name].extend(values)
+        # DDP's sampler repeats a few rows so that the shards come out even: keep each row's first record.
+        self.rows = defaultdict(list)
+        for task in {key.split("_", 1)[0] for key in merged}:
+            ids = np.concatenate(merged[f"{task}_row_id"])
+            _, first = np.unique(ids, return_index=True)
+            keep = np.sort(np.concatenate([first[ids[first] >= 0], np.flatnonzero(ids < 0)]))  # -1: no row id
+            for field in ("row_id", "gold_prob", "pred", "gold"):
+                self.rows[f"{task}_{field}"] = [np.concatenate(merged[f"{task}_{field}"])[keep]]
         self._merged = True
 
     def add_terms(self, terms: dict[str, float]) -> None:
@@ -204,11 +213,7 @@ class CartographyCallback(TrainerCallback):
             arrays = self.record.task_arrays(task)
             if arrays is None:
                 continue
-            seen = set()
             for row_id, prob, pred, gold in zip(arrays["row_id"], arrays["gold_prob"], arrays["pred"], arrays["gold"]):
-                if row_id in seen:  # DDP's sampler repeats a few rows so that the shards come out even
-                    continue
-                seen.add(row_id)
                 history[int(row_id)].append((float(prob), bool(pred == gold), int(pred)))
 
     def on_save(self, args, state, control, **kwargs):
