@@ -38,10 +38,11 @@ from multitask.metrics import build_compute_metrics
 from multitask.model_card import build_model_card
 from multitask.modeling import load_for_training
 from multitask.precision import precision_warnings
-from multitask.predict import Scores, predict_scores
+from multitask.predict import Scores, fit_gate_statistics, predict_scores
 from multitask.reporting import (
     category_bands,
-    tune_gate_thresholds,
+    summarize_gate_cv,
+    tune_gate,
     write_predictions,
     write_validation_reports,
 )
@@ -173,7 +174,8 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         config_overrides={
             "msd_samples": training_args.msd_samples,
             "uncertainty_weighting": training_args.uncertainty_weighting,
-            "gate_score": training_args.gate_score,
+            # Feature scores exist only once fitted after training: until then the config holds a logit score.
+            "gate_score": training_args.gate_score if training_args.gate_score in ("pick", "joint", "msp") else "pick",
         },
         encoder_kwargs=quantization,
         **hub_kwargs,
@@ -274,13 +276,28 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     if is_main:
         logger.info("validation: %s", validation_metrics)
         validation = LabeledFile(Path("validation"), data.validation_frame, data.validation)
+        if data.has_gate and data.has_category:
+            fitted = fit_gate_statistics(
+                trained, tokenizer, list(data.train["text"]), list(data.train["category_labels"]),
+                training_args.per_device_eval_batch_size, data_args.max_seq_length,
+                training_args.knn_bank_size, training_args.knn_k, training_args.seed,
+            )
+            logger.info("gate statistics fitted on %d training rows (kNN bank %d, k %d)",
+                        fitted["rows"], fitted["bank_size"], fitted["knn_k"])
         scores = score_file(trained, tokenizer, validation, training_args, data_args)
         if data.has_gate:
-            # Thresholds are tuned on validation only, stored in the model, and applied unchanged to test.
-            search = tune_gate_thresholds(scores, validation.dataset, training_args.max_decline_leak)
-            trained.config.gate_thresholds.update({kind: entry["threshold"] for kind, entry in search.items()})
-            run.write_json("thresholds.json", search)
-            logger.info("gate thresholds (validation): %s", trained.config.gate_thresholds)
+            # Score and thresholds are chosen on validation only, stored in the model, and applied unchanged to test.
+            gate = tune_gate(scores, validation.dataset, training_args.gate_score, training_args.gate_score_candidates,
+                             training_args.max_decline_leak, training_args.threshold_cv, training_args.seed)
+            trained.config.gate_score = gate["gate_score"]
+            scores.pick_prob = scores.gate_scores[gate["gate_score"]]
+            trained.config.gate_thresholds.update({kind: entry["threshold"] for kind, entry in gate["search"].items()})
+            run.write_json("thresholds.json", {"gate_score": gate["gate_score"], **gate["search"]})
+            logger.info("gate score %s; gate thresholds (validation): %s", gate["gate_score"], trained.config.gate_thresholds)
+            if gate["cv"] is not None:
+                run.write_json("gate_cv.json", gate["cv"])
+                metrics["gate_cv"] = summarize_gate_cv(gate["cv"])
+                logger.info("gate, held-out folds of validation: %s", metrics["gate_cv"])
         write_predictions(run.path, "validation", validation, scores, trained.config, metrics=None)
         write_validation_reports(run.path, scores, data.validation, trained.config, bands,
                                  training_args.pick_low_confidence_levels, training_args.decline_high_confidence_levels)

@@ -380,6 +380,9 @@ def run_baseline(args, paths: dict[str, Path], run_dir: Path, intents: list[str]
     train_result = trainer.train()
     logits = trainer.predict(val).predictions
     wall = time.perf_counter() - start
+    # Kept for the gate bench (bench_gate.py): the chosen model and its val logits, scored again under other protocols.
+    trainer.save_model(str(run_dir / "model"))
+    np.save(run_dir / "val_logits.npy", logits)
     probs = softmax(logits)
 
     points = {"argmax": argmax_point(logits, gate, category)}

@@ -197,9 +197,37 @@ class MultitaskTrainingArguments(TrainingArguments):
     worst_k: int = field(default=50, metadata={"help": "Rows in worst_k.csv (lowest-confidence training rows)."})
     gate_score: str = field(
         default="pick",
-        metadata={"help": "What the gate thresholds apply to: pick = P(Pick); joint = P(Pick)·max P(category|Pick), "
-                  "which also declines items no category fits (stored in the model; used by run_predict).",
-                  "choices": ["pick", "joint"]},
+        metadata={"help": "What the gate thresholds apply to (stored in the model; used by run_predict): pick = P(Pick); "
+                  "joint = P(Pick)·max P(category|Pick); msp = max P(category|Pick); energy = logsumexp of the "
+                  "category logits; maha = Mahalanobis distance to the nearest category mean (shared covariance); "
+                  "knn = cosine to the k-th nearest training row; pick_maha / pick_knn = P(Pick) times that score; "
+                  "auto = the candidate (--gate_score_candidates) with the best in-scope accuracy at the leak "
+                  "target on validation. Feature scores are fitted on the training rows after training "
+                  "(multitask/ood.py).",
+                  "choices": ["auto", "pick", "joint", "msp", "energy", "maha", "knn", "pick_maha", "pick_knn"]},
+    )
+    gate_score_candidates: list[str] = field(
+        default_factory=lambda: ["pick", "joint", "msp", "energy", "maha", "knn", "pick_maha", "pick_knn"],
+        metadata={"help": "Scores --gate_score auto chooses from (those the model can give: a gate-only model has "
+                  "only pick)."},
+    )
+    knn_k: int = field(default=10, metadata={"help": "The k of the knn gate score (k-th nearest training row)."})
+    knn_bank_size: int = field(
+        default=10000,
+        metadata={"help": "At most this many training rows (a seeded sample) are stored in the model for the knn "
+                  "score (bank_size x hidden floats)."},
+    )
+    threshold_cv: int = field(
+        default=5,
+        metadata={"help": "Honest gate figures: K-fold over validation rows (stratified by Pick/Decline); score and "
+                  "thresholds are chosen on K-1 folds and applied to the held-out one; gate_cv.json reports the "
+                  "pooled held-out figures with bootstrap intervals and the per-fold mean ± sd. The stored choice is "
+                  "refitted on all of validation. 0 = off."},
+    )
+    target_oos_recall: float | None = field(
+        default=None,
+        metadata={"help": "Same as --max_decline_leak 1-X: the 'leak' threshold keeps at least this share of "
+                  "validation Decline rows declined. Recall does not depend on the Decline share of the data."},
     )
     max_decline_leak: float = field(
         default=0.05,
@@ -213,4 +241,8 @@ class MultitaskTrainingArguments(TrainingArguments):
             self.output_dir = os.path.join("output", time.strftime("output_%Y%m%d_%H%M%S"))
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs CUDA; elsewhere it only warns every epoch
+        if self.target_oos_recall is not None:
+            if not 0.0 <= self.target_oos_recall <= 1.0:
+                raise ValueError(f"--target_oos_recall must be in [0, 1], got {self.target_oos_recall}")
+            self.max_decline_leak = 1.0 - self.target_oos_recall
         super().__post_init__()

@@ -40,9 +40,14 @@ class MultitaskConfig(PretrainedConfig):
             dropout masks (1 = plain dropout).
         uncertainty_weighting (`bool`): the model carries learned per-task log-variances (Kendall et al.)
             that weight the two losses.
-        gate_score (`str`): the score the gate thresholds apply to: `"pick"` = P(Pick), or `"joint"` =
-            P(Pick)·max_c P(c|Pick), the probability of the best Pick-and-category decision, which also declines
-            items no category fits (useful when Decline examples are rare in training).
+        gate_score (`str`): the in-scope score the gate thresholds apply to (`multitask.ood.ALL_SCORES`):
+            `"pick"` = P(Pick); `"joint"` = P(Pick)·max_c P(c|Pick), the probability of the best Pick-and-category
+            decision; `"msp"` = max_c P(c|Pick); `"energy"`, `"maha"` (Mahalanobis to the nearest category mean),
+            `"knn"` (cosine to the k-th nearest training row), each squashed into (0, 1); `"pick_maha"` and
+            `"pick_knn"` = P(Pick) times that feature score. See `multitask/ood.py`.
+        gate_statistics (`dict`): set once feature scores were fitted after training: `bank_size`, `knn_k`,
+            `hidden_size`, and `squash` = {score: [center, scale]}. The class means, shared precision matrix and
+            kNN bank themselves are model buffers (`gate_class_means`, `gate_precision`, `gate_bank`).
     """
 
     model_type = "multitask"
@@ -60,6 +65,7 @@ class MultitaskConfig(PretrainedConfig):
         msd_samples: int = 1,
         uncertainty_weighting: bool = False,
         gate_score: str = "pick",
+        gate_statistics: dict | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -70,8 +76,12 @@ class MultitaskConfig(PretrainedConfig):
             encoder_config = AutoConfig.for_model("deberta-v2")
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
-        if gate_score not in ("pick", "joint"):
-            raise ValueError(f"gate_score must be 'pick' or 'joint', got {gate_score!r}")
+        from .ood import ALL_SCORES, FEATURE_SCORES
+
+        if gate_score not in ALL_SCORES:
+            raise ValueError(f"gate_score must be one of {', '.join(ALL_SCORES)}; got {gate_score!r}")
+        if gate_statistics is None and any(part in FEATURE_SCORES or part == "energy" for part in gate_score.split("_")):
+            raise ValueError(f"gate_score {gate_score!r} needs fitted gate statistics (fitted after training)")
         self.encoder_config = encoder_config
         self.category_id2label = _int_keys(category_id2label)
         self.gate_id2label = _int_keys(gate_id2label) if gate_id2label else None
@@ -82,6 +92,7 @@ class MultitaskConfig(PretrainedConfig):
         self.msd_samples = int(msd_samples)
         self.uncertainty_weighting = bool(uncertainty_weighting)
         self.gate_score = gate_score
+        self.gate_statistics = dict(gate_statistics) if gate_statistics else None
         # Mirror the category map into the standard fields so Hub widgets and pipelines show names.
         if self.category_id2label and "id2label" not in kwargs:
             kwargs["id2label"] = dict(self.category_id2label)

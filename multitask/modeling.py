@@ -16,6 +16,7 @@ from transformers.modeling_outputs import ModelOutput
 
 from .configuration import GATE_ID2LABEL, MultitaskConfig
 from .losses import masked_cross_entropy
+from .ood import in_scope_scores
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ class MultitaskOutput(ModelOutput):
     loss: torch.Tensor | None = None
     gate_logits: torch.Tensor | None = None
     category_logits: torch.Tensor | None = None
+    # Only with `output_features=True` (the Trainer would otherwise collect it as one more prediction array).
+    features: torch.Tensor | None = None
 
 
 def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
@@ -58,6 +61,12 @@ class MultitaskModel(PreTrainedModel):
         self.category_head = nn.Linear(hidden_size, config.num_categories) if config.has_category else None
         # Kendall et al. uncertainty weighting: log σ² per task (gate, category), learned with the model.
         self.task_log_variances = nn.Parameter(torch.zeros(2)) if config.uncertainty_weighting else None
+        if config.gate_statistics and config.has_category:
+            # Shapes from the config, values from the checkpoint: from_pretrained fills these buffers.
+            stats = config.gate_statistics
+            self.register_buffer("gate_class_means", torch.zeros(config.num_categories, hidden_size))
+            self.register_buffer("gate_precision", torch.zeros(hidden_size, hidden_size))
+            self.register_buffer("gate_bank", torch.zeros(int(stats["bank_size"]), hidden_size))
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -95,6 +104,7 @@ class MultitaskModel(PreTrainedModel):
         gate_labels: torch.Tensor | None = None,
         category_labels: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        output_features: bool = False,
         **kwargs,
     ) -> MultitaskOutput:
         encoder_kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
@@ -112,7 +122,34 @@ class MultitaskModel(PreTrainedModel):
                 loss = loss + masked_cross_entropy(gate_logits, gate_labels)
             if category_logits is not None and category_labels is not None:
                 loss = loss + masked_cross_entropy(category_logits, category_labels)
-        return MultitaskOutput(loss=loss, gate_logits=gate_logits, category_logits=category_logits)
+        return MultitaskOutput(loss=loss, gate_logits=gate_logits, category_logits=category_logits,
+                               features=pooled if output_features else None)
+
+    def attach_gate_statistics(self, fitted: dict) -> None:
+        """Store feature-score statistics fitted after training (`multitask.ood.fit_gate_statistics`).
+
+        The tensors become buffers (saved with the weights), the rest goes to `config.gate_statistics`.
+        """
+        device = next(self.parameters()).device
+        for name, key in (("gate_class_means", "class_means"), ("gate_precision", "precision"), ("gate_bank", "bank")):
+            if name in self._buffers:
+                del self._buffers[name]
+            self.register_buffer(name, fitted[key].to(device=device, dtype=torch.float32))
+        self.config.gate_statistics = {
+            "bank_size": int(fitted["bank"].shape[0]),
+            "knn_k": int(fitted["knn_k"]),
+            "hidden_size": int(fitted["bank"].shape[1]),
+            "squash": {name: [float(c), float(s)] for name, (c, s) in fitted["squash"].items()},
+        }
+
+    def in_scope_scores(self, outputs: MultitaskOutput) -> dict[str, torch.Tensor]:
+        """Every gate score this model can give for a forward output (`multitask.ood.in_scope_scores`)."""
+        fitted = None
+        stats = self.config.gate_statistics
+        if stats and getattr(self, "gate_bank", None) is not None:
+            fitted = {"class_means": self.gate_class_means, "precision": self.gate_precision,
+                      "bank": self.gate_bank, "knn_k": stats["knn_k"], "squash": stats["squash"]}
+        return in_scope_scores(outputs.gate_logits, outputs.category_logits, outputs.features, fitted)
 
 
 def build_config(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +50,18 @@ def load_model(model: str, device: str = "auto", **hub_kwargs) -> tuple[Multitas
 
 @dataclass
 class Scores:
-    """Model scores aligned with the input rows. A head the model lacks gives None."""
+    """Model scores aligned with the input rows. A head the model lacks gives None.
+
+    `pick_prob` is the score the gate thresholds apply to (`config.gate_score`; P(Pick) by default);
+    `gate_scores` holds every in-scope score the model can give (`multitask.ood.ALL_SCORES`), `pick_prob`
+    among them. `features` and `category_logits` are filled only when asked for (fitting gate statistics).
+    """
 
     pick_prob: np.ndarray | None
     category_probs: np.ndarray | None
+    gate_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    features: np.ndarray | None = None
+    category_logits: np.ndarray | None = None
 
 
 @torch.inference_mode()
@@ -65,21 +73,25 @@ def predict_scores(
     max_length: int = 256,
     progress: bool = False,
     dtype: torch.dtype = torch.float32,
+    return_features: bool = False,
 ) -> Scores:
     """Score texts in batches of similar length (less padding), then restore the input order.
 
-    `pick_prob` is the score the gate thresholds apply to: P(Pick), or with `config.gate_score == "joint"`
-    P(Pick)·max_c P(c|Pick). A `dtype` other than float32 runs the forward under autocast (weights stay fp32).
+    A `dtype` other than float32 runs the forward under autocast (weights stay fp32); the gate scores are computed
+    in float32 from its outputs. `return_features` also returns the pooled vectors and category logits.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # dropout off, whatever state the caller left the model in
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
-    pick_prob = np.zeros(len(texts), dtype=np.float32) if model.config.has_gate else None
+    with_features = return_features or bool(model.config.gate_statistics)
+    gate_scores: dict[str, np.ndarray] = {}
     category_probs = (
         np.zeros((len(texts), model.config.num_categories), dtype=np.float32) if model.config.has_category else None
     )
+    features = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32) if return_features else None
+    category_logits = np.zeros_like(category_probs) if return_features and category_probs is not None else None
     starts = range(0, len(texts), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -90,15 +102,22 @@ def predict_scores(
         for start in starts:
             rows = order[start : start + batch_size]
             batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(device)
-            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            if pick_prob is not None:
-                pick_prob[rows] = torch.softmax(outputs.gate_logits.float(), dim=-1)[:, 1].cpu().numpy()
+            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            output_features=with_features)
+            with torch.autocast(device.type, enabled=False):
+                for name, value in model.in_scope_scores(outputs).items():
+                    gate_scores.setdefault(name, np.zeros(len(texts), dtype=np.float32))[rows] = value.cpu().numpy()
             if category_probs is not None:
                 category_probs[rows] = torch.softmax(outputs.category_logits.float(), dim=-1).cpu().numpy()
+            if features is not None:
+                features[rows] = outputs.features.float().cpu().numpy()
+            if category_logits is not None:
+                category_logits[rows] = outputs.category_logits.float().cpu().numpy()
     model.train(was_training)
-    if model.config.gate_score == "joint" and pick_prob is not None and category_probs is not None:
-        pick_prob = pick_prob * category_probs.max(axis=1)  # P(best Pick-and-category decision)
-    return Scores(pick_prob, category_probs)
+    pick_prob = None
+    if model.config.has_gate:  # a gate-only model has no joint score: its gate scores P(Pick)
+        pick_prob = gate_scores.get(model.config.gate_score, gate_scores.get("pick", np.zeros(len(texts), np.float32)))
+    return Scores(pick_prob, category_probs, gate_scores, features, category_logits)
 
 
 def prediction_table(
@@ -159,3 +178,31 @@ def prediction_records(
             record["decision_correct"] = row["decision"] == id2label[gold_category]
         records.append(record)
     return records
+
+
+def fit_gate_statistics(
+    model: MultitaskModel,
+    tokenizer,
+    texts: list[str],
+    category_labels: list[int] | np.ndarray,
+    batch_size: int = 64,
+    max_length: int = 256,
+    bank_size: int = 10000,
+    knn_k: int = 10,
+    seed: int = 0,
+) -> dict:
+    """Fit the feature gate scores (energy, Mahalanobis, kNN) on training rows and attach them to ``model``.
+
+    Only rows with a category label are used (the Pick rows the categories describe); each is scored once with
+    dropout off, as at prediction. Returns the fitted squash constants and row counts for the run log.
+    """
+    from .ood import fit_gate_statistics as fit
+
+    labels = np.asarray(category_labels)
+    keep = np.flatnonzero(labels != -100)
+    scores = predict_scores(model, tokenizer, [texts[i] for i in keep], batch_size, max_length, return_features=True)
+    fitted = fit(scores.features, scores.category_logits, labels[keep], model.config.num_categories,
+                 bank_size=bank_size, knn_k=knn_k, seed=seed)
+    model.attach_gate_statistics(fitted)
+    return {"rows": int(keep.size), "bank_size": int(fitted["bank"].shape[0]), "knn_k": knn_k,
+            "squash": model.config.gate_statistics["squash"]}

@@ -14,7 +14,7 @@ from .data import IGNORE_INDEX, LabeledFile
 from .metrics import compute_all, confusion_top, frequency_bands, hierarchy_stats, per_class_metrics
 from .predict import Scores, prediction_table
 from .rundir import write_json
-from .thresholds import search_gate_thresholds
+from .gate_selection import choose_gate, cross_validate_gate
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +26,61 @@ def category_bands(train_category_labels: list[int], num_categories: int, quanti
     return frequency_bands(counts, quantiles=tuple(quantiles))
 
 
-def tune_gate_thresholds(scores: Scores, dataset: Dataset, max_decline_leak: float) -> dict:
-    """Threshold search on validation scores; `leak` maximises end-to-end category accuracy under the target."""
+def _category_correct(scores: Scores, dataset: Dataset) -> np.ndarray | None:
+    if scores.category_probs is None:
+        return None
+    category_labels = np.asarray(dataset["category_labels"])
+    return (scores.category_probs.argmax(axis=1) == category_labels) & (category_labels != IGNORE_INDEX)
+
+
+def tune_gate(
+    scores: Scores,
+    dataset: Dataset,
+    gate_score: str,
+    candidates: list[str],
+    max_decline_leak: float,
+    folds: int = 5,
+    seed: int = 0,
+) -> dict:
+    """Choose the gate score and its thresholds on validation, with a held-out-fold estimate of how they hold.
+
+    ``gate_score="auto"`` chooses among the ``candidates`` the model can give (`gate_selection.choose_gate`);
+    a named score that the model cannot give (e.g. ``maha`` on a gate-only model) falls back to ``pick`` with a
+    warning. Returns ``{"gate_score", "search" (thresholds fitted on all of validation), "cv" (or None)}``.
+    """
+    available = list(scores.gate_scores)
+    if gate_score == "auto":
+        names = [name for name in candidates if name in available] or ["pick"]
+    elif gate_score in available:
+        names = [gate_score]
+    else:
+        logger.warning("gate score %r is not available for this model (it gives %s): using pick", gate_score, available)
+        names = ["pick"]
     gate_labels = np.asarray(dataset["gate_labels"])
-    category_correct = None
-    if scores.category_probs is not None:
-        category_labels = np.asarray(dataset["category_labels"])
-        category_correct = (scores.category_probs.argmax(axis=1) == category_labels) & (category_labels != IGNORE_INDEX)
-    return search_gate_thresholds(scores.pick_prob, gate_labels, category_correct, max_decline_leak)
+    correct = _category_correct(scores, dataset)
+    name, search = choose_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak)
+    cv = None
+    if folds >= 2:
+        cv = cross_validate_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, folds, seed)
+    return {"gate_score": name, "search": search, "cv": cv}
+
+
+def summarize_gate_cv(cv: dict) -> dict:
+    """The headline of `gate_cv.json` for metrics.json and the log: per operating point, the pooled held-out
+    in-scope accuracy and OOS recall with their 95 % bootstrap intervals, and the per-fold mean ± sd."""
+    if "note" in cv:
+        return {"note": cv["note"]}
+    summary: dict = {"folds": cv["folds"], "chosen_per_fold": cv["chosen_per_fold"]}
+    for kind, point in cv["operating_points"].items():
+        summary[kind] = {
+            key: {
+                "held_out": round(point["pooled"][key], 4),
+                "interval_95": [round(value, 4) for value in point["interval"][key]],
+                "fold_mean_sd": [round(point["fold_mean"][key], 4), round(point["fold_sd"][key], 4)],
+            }
+            for key in ("in_scope_accuracy", "oos_recall")
+        }
+    return summary
 
 
 def write_predictions(

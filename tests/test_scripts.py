@@ -239,3 +239,45 @@ def test_resume_restores_cartography_and_epoch_log(encoder_dir, csv_files, tmp_p
     logged = [json.loads(line)["epoch"] for line in (run_dir / "epoch_log.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
     assert json.loads((run_dir / "run_status.json").read_text())["status"] == "complete"
+
+
+def test_auto_gate_score_cross_validated_and_applied_by_run_predict(encoder_dir, tmp_path):
+    """--gate_score auto: feature scores fitted after training, the choice and thresholds made on validation with a
+    held-out-fold report, all stored in the model and applied unchanged by run_predict.py."""
+    from multitask.ood import ALL_SCORES
+    from tests.conftest import CATEGORIES, SENTENCES, write_csv
+
+    pick_rows = [(t, 1) for c in CATEGORIES for t in SENTENCES[c]] + [(t, 0) for t in SENTENCES["junk"]]
+    cat_rows = [(t, c) for c in CATEGORIES for t in SENTENCES[c]]
+    eval_rows = [(SENTENCES[c][i], "1", c) for c in CATEGORIES for i in (0, 1, 2)] + [
+        (t, "0", "") for t in SENTENCES["junk"][:4]]
+    files = {
+        "task1": write_csv(tmp_path / "task1.csv", {"pick": [p for _, p in pick_rows], "title": [t for t, _ in pick_rows]}),
+        "task2": write_csv(tmp_path / "task2.csv", {"category": [c for _, c in cat_rows], "title": [t for t, _ in cat_rows]}),
+        "val": write_csv(tmp_path / "val.csv", {"pick": [p for _, p, _ in eval_rows],
+                                                "category": [c for _, _, c in eval_rows],
+                                                "title": [t for t, _, _ in eval_rows]}),
+    }
+    run_dir = tmp_path / "run"
+    metrics = run_finetune.main(
+        ["--model_name_or_path", str(encoder_dir), "--task1_file", str(files["task1"]), "--task2_file",
+         str(files["task2"]), "--validation_file", str(files["val"]), "--text_columns", "title",
+         "--output_dir", str(run_dir), "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+         "--use_cpu", "true", "--gate_score", "auto", "--threshold_cv", "2", "--target_oos_recall", "0.75",
+         "--knn_k", "3", "--cartography", "false"])
+    cv = json.loads((run_dir / "gate_cv.json").read_text())
+    assert cv["folds"] == 2 and len(cv["chosen_per_fold"]) == 2 and cv["max_decline_leak"] == pytest.approx(0.25)
+    assert set(cv["per_score"]) == set(ALL_SCORES)
+    assert metrics["gate_cv"]["leak"]["oos_recall"]["interval_95"][0] <= metrics["gate_cv"]["leak"]["oos_recall"]["held_out"]
+    config = json.loads((run_dir / "model/config.json").read_text())
+    assert config["gate_score"] in ALL_SCORES and config["gate_statistics"]["knn_k"] == 3
+    assert json.loads((run_dir / "thresholds.json").read_text())["gate_score"] == config["gate_score"]
+
+    out = tmp_path / "preds"
+    run_predict.main(["--model", str(run_dir), "--input_files", str(files["val"]), "--output_dir", str(out),
+                      "--threshold", "leak"])
+    table = pd.read_csv(out / "predictions_val.csv")
+    run_table = pd.read_csv(run_dir / "predictions_leak_validation.csv")
+    # the same chosen score and threshold in the run and in run_predict: the same decisions
+    assert table["decision"].tolist() == run_table["decision"].tolist()
+    assert table["pick_prob"].to_numpy() == pytest.approx(run_table["pick_prob"].to_numpy(), abs=1e-5)

@@ -1,0 +1,179 @@
+"""Choosing the gate score and its thresholds on validation, and estimating how they do on rows never used to choose.
+
+A threshold chosen and reported on the same validation rows is an optimistic estimate: with 100 out-of-scope rows,
+the threshold that happens to catch 70 of *those* is fitted to their noise. `cross_validate_gate` therefore
+splits the validation rows into K folds stratified by Pick/Decline; on each K-1 folds it chooses the score (when
+several are candidates) and the thresholds exactly as the final model will (`search_gate_thresholds`), and applies
+them to the held-out fold. Every held-out decision is thus made by a threshold that never saw its row; the pooled
+out-of-fold figures (with a bootstrap interval) and the per-fold mean ± sd are what a user should expect on new
+data drawn like validation. The final choice is then refitted on all of validation (`choose_gate`).
+
+Conditional rates (in-scope accuracy, out-of-scope recall, the share of in-scope rows declined) do not depend on
+how many out-of-scope rows the validation file happens to hold; joint accuracy and decline precision do, and
+`reweighted_figures` gives them at other out-of-scope shares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from .labels import IGNORE_INDEX
+from .ood import ood_metrics
+from .thresholds import THRESHOLD_NAMES, search_gate_thresholds
+
+# The out-of-scope shares `reweighted_figures` reports besides validation's own (CLINC150's test split: 18 %).
+DEFAULT_SHARES = (0.05, 0.18, 0.3, 0.5)
+
+
+def decision_figures(pick: np.ndarray, gold: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    """Figures of one set of gate decisions (``pick``: bool per row; ``gold``: 1 Pick / 0 Decline).
+
+    ``in_scope_accuracy``: share of gold-Pick rows let through with the right category (``correct``);
+    ``oos_recall``: share of gold-Decline rows declined; ``false_decline_rate``: share of gold-Pick rows declined;
+    ``gate_accuracy``: share of rows whose gate decision is right. A rate with no row to count is NaN.
+    """
+    is_pick = gold == 1
+    decline = ~is_pick
+
+    def share(numerator: np.ndarray, mask: np.ndarray) -> float:
+        return float(numerator[mask].mean()) if mask.any() else float("nan")
+
+    return {
+        "in_scope_accuracy": share(pick & correct, is_pick),
+        "oos_recall": share(~pick, decline),
+        "false_decline_rate": share(~pick, is_pick),
+        "gate_accuracy": float((pick == is_pick).mean()) if gold.size else float("nan"),
+    }
+
+
+def choose_gate(
+    scores: dict[str, np.ndarray], gold: np.ndarray, correct: np.ndarray, candidates: list[str], max_decline_leak: float
+) -> tuple[str, dict]:
+    """The candidate score whose `leak` threshold gives the best in-scope accuracy, and its threshold search.
+
+    A score that meets the decline-leak target beats one that does not; among those that do, the highest
+    end-to-end in-scope accuracy wins; ties go to the earlier candidate. Among scores that all miss the target,
+    the one with the lowest leak wins.
+    """
+    best_key, best = None, None
+    for name in candidates:
+        search = search_gate_thresholds(scores[name], gold, correct, max_decline_leak)
+        leak = search["leak"]
+        key = (leak["met_target"], leak.get("category_accuracy_end_to_end", leak["gate_recall"]) if leak["met_target"]
+               else -leak["gate_decline_leak"])
+        if best_key is None or key > best_key:
+            best_key, best = key, (name, search)
+    return best
+
+
+def _bootstrap_interval(
+    pick: np.ndarray, gold: np.ndarray, correct: np.ndarray, rounds: int, seed: int, level: float = 0.95
+) -> dict[str, list[float]]:
+    """Percentile bootstrap over rows (stratified by gold, so every resample keeps both classes' counts)."""
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(gold == value) for value in (0, 1)]
+    draws: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        rows = np.concatenate([rng.choice(group, size=group.size) for group in groups if group.size])
+        for key, value in decision_figures(pick[rows], gold[rows], correct[rows]).items():
+            draws.setdefault(key, []).append(value)
+    tail = (1.0 - level) / 2 * 100
+    return {key: [float(v) for v in np.nanpercentile(values, [tail, 100 - tail])] for key, values in draws.items()}
+
+
+def reweighted_figures(figures: dict[str, float], shares: tuple[float, ...]) -> list[dict[str, float]]:
+    """Joint accuracy and decline precision if out-of-scope rows made up each share of the traffic.
+
+    From the conditional rates, which do not depend on that share: joint accuracy = (1-p)·in-scope accuracy +
+    p·OOS recall; decline precision = p·OOS recall / (p·OOS recall + (1-p)·false-decline rate).
+    """
+    rows = []
+    for share in shares:
+        caught = share * figures["oos_recall"]
+        wrongly = (1 - share) * figures["false_decline_rate"]
+        rows.append({
+            "oos_share": float(share),
+            "joint_accuracy": float((1 - share) * figures["in_scope_accuracy"] + caught),
+            "decline_precision": float(caught / (caught + wrongly)) if caught + wrongly > 0 else float("nan"),
+        })
+    return rows
+
+
+def cross_validate_gate(
+    scores: dict[str, np.ndarray],
+    gate_labels: np.ndarray,
+    category_correct: np.ndarray | None,
+    candidates: list[str],
+    max_decline_leak: float,
+    folds: int = 5,
+    seed: int = 0,
+    bootstrap_rounds: int = 1000,
+    shares: tuple[float, ...] = DEFAULT_SHARES,
+) -> dict:
+    """Held-out-fold estimate of the gate's operating points; see the module docstring.
+
+    ``scores``: in-scope scores by name (rows aligned with ``gate_labels``; rows labelled -100 are ignored).
+    ``candidates``: the scores the choice may pick from (one name = no choice). ``category_correct``: per row,
+    whether the category head's argmax is the gold category (None: in-scope accuracy becomes Pick recall).
+
+    Returns ``{"folds", "candidates", "chosen_per_fold", "operating_points": {kind: {"pooled", "interval",
+    "fold_mean", "fold_sd"}}, "per_score": {name: {"auroc", "aupr_out", "fpr_at_95tpr", "leak_pooled"}},
+    "reweighted": {kind: [...]}}``, or ``{"note": ...}`` when validation lacks two rows of each gate class.
+    """
+    gate_labels = np.asarray(gate_labels).reshape(-1)
+    mask = gate_labels != IGNORE_INDEX
+    gold = gate_labels[mask].astype(int)
+    correct = (np.ones(gold.size, dtype=bool) if category_correct is None
+               else np.asarray(category_correct, dtype=bool).reshape(-1)[mask])
+    kept = {name: np.asarray(scores[name], dtype=np.float64).reshape(-1)[mask] for name in scores}
+    smallest = min(int((gold == 0).sum()), int((gold == 1).sum()))
+    if smallest < 2:
+        return {"note": f"cross-validation needs at least 2 Pick and 2 Decline validation rows; the smaller class "
+                        f"has {smallest}"}
+    folds = min(folds, smallest)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out_of_fold = {kind: np.zeros(gold.size, dtype=bool) for kind in THRESHOLD_NAMES}
+    per_score_leak = {name: np.zeros(gold.size, dtype=bool) for name in candidates}
+    fold_figures: dict[str, list[dict]] = {kind: [] for kind in THRESHOLD_NAMES}
+    chosen_per_fold = []
+    for fit, held in splitter.split(np.zeros(gold.size), gold):
+        name, search = choose_gate({n: kept[n][fit] for n in candidates}, gold[fit], correct[fit], candidates,
+                                   max_decline_leak)
+        chosen_per_fold.append(name)
+        for kind in THRESHOLD_NAMES:
+            pick = kept[name][held] >= search[kind]["threshold"]
+            out_of_fold[kind][held] = pick
+            fold_figures[kind].append(decision_figures(pick, gold[held], correct[held]))
+        for other in candidates:  # each score on its own, for the per-score table
+            own = search_gate_thresholds(kept[other][fit], gold[fit], correct[fit], max_decline_leak)["leak"]
+            per_score_leak[other][held] = kept[other][held] >= own["threshold"]
+
+    operating_points, reweighted = {}, {}
+    for kind in THRESHOLD_NAMES:
+        pooled = decision_figures(out_of_fold[kind], gold, correct)
+        table = {key: [row[key] for row in fold_figures[kind]] for key in pooled}
+        operating_points[kind] = {
+            "pooled": pooled,
+            "interval": _bootstrap_interval(out_of_fold[kind], gold, correct, bootstrap_rounds, seed),
+            "fold_mean": {key: float(np.nanmean(values)) for key, values in table.items()},
+            "fold_sd": {key: float(np.nanstd(values, ddof=1)) for key, values in table.items()},
+        }
+        reweighted[kind] = reweighted_figures(pooled, (float((gold == 0).mean()), *shares))
+    per_score = {}
+    for name in candidates:
+        per_score[name] = {**ood_metrics(kept[name], gold == 1),
+                           "leak_pooled": decision_figures(per_score_leak[name], gold, correct)}
+    return {
+        "folds": folds,
+        "seed": seed,
+        "rows": int(gold.size),
+        "oos_rows": int((gold == 0).sum()),
+        "candidates": list(candidates),
+        "chosen_per_fold": chosen_per_fold,
+        "max_decline_leak": float(max_decline_leak),
+        "operating_points": operating_points,
+        "per_score": per_score,
+        "reweighted": reweighted,
+        "bootstrap": f"percentile, {bootstrap_rounds} resamples of the out-of-fold decisions, stratified by gold gate",
+    }
