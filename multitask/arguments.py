@@ -157,6 +157,13 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=0.0,
         metadata={"help": "Weight of the Pick-consistency term on Pick rows: max(0, log P(category) − log P(Pick))."},
     )
+    contrastive_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of a supervised contrastive term on the pooled vectors (same-category rows pulled "
+                  "together, other rows and Decline rows pushed away): meant to tighten the categories for the "
+                  "feature gate scores (maha, knn). 0 = off."},
+    )
+    contrastive_temperature: float = field(default=0.1, metadata={"help": "Temperature of the contrastive term."})
     rdrop: bool = field(default=False, metadata={"help": "R-Drop: two dropout passes with a symmetric-KL penalty."})
     rdrop_alpha_category: float = field(default=0.5, metadata={"help": "R-Drop KL weight on the category head."})
     rdrop_alpha_gate: float = field(default=0.0, metadata={"help": "R-Drop KL weight on the gate head."})

@@ -116,3 +116,28 @@ def uncertainty_weighted(task_losses: Sequence[torch.Tensor], log_variances: tor
     for index, task_loss in enumerate(task_losses):
         total = total + torch.exp(-log_variances[index]) * task_loss + 0.5 * log_variances[index]
     return total
+
+
+def supervised_contrastive(
+    features: torch.Tensor, category_labels: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al., NeurIPS 2020) on the pooled vectors of one batch.
+
+    Anchors are rows with a category label that share it with at least one other row of the batch; for each,
+    minus the mean log-probability of its positives among all other rows (cosine similarity / ``temperature``).
+    Every other row sits in the denominator, Decline rows (no category) included: they act as negatives, which
+    pushes out-of-scope items away from every category. With many categories and small batches few rows have a
+    positive; a batch with none gives an exact, graph-connected 0.
+    """
+    labelled = category_labels != IGNORE_INDEX
+    normalised = F.normalize(features.float(), dim=1)
+    similarity = normalised @ normalised.T / temperature
+    self_pairs = torch.eye(similarity.shape[0], dtype=torch.bool, device=similarity.device)
+    similarity = similarity.masked_fill(self_pairs, float("-inf"))
+    log_prob = similarity - torch.logsumexp(similarity, dim=1, keepdim=True)
+    positives = (category_labels[:, None] == category_labels[None, :]) & labelled[:, None] & ~self_pairs
+    anchors = positives.any(dim=1)
+    if not bool(anchors.any()):
+        return _graph_zero(features)
+    positive_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)
+    return -(positive_log_prob[anchors] / positives.sum(dim=1)[anchors]).mean()

@@ -22,7 +22,8 @@ def _split_halves(outputs: MultitaskOutput) -> tuple[MultitaskOutput, MultitaskO
         return None if logits is None else logits.chunk(2)[index]
 
     return tuple(
-        MultitaskOutput(gate_logits=half(outputs.gate_logits, i), category_logits=half(outputs.category_logits, i))
+        MultitaskOutput(gate_logits=half(outputs.gate_logits, i), category_logits=half(outputs.category_logits, i),
+                        features=half(outputs.features, i))
         for i in (0, 1)
     )
 
@@ -79,18 +80,26 @@ class MultitaskTrainer(Trainer):
         args = self.args
 
         rdrop = args.rdrop and model.training
+        contrastive = args.contrastive_weight > 0 and model.training and category_labels is not None
+        if contrastive:
+            model_inputs["output_features"] = True
         if rdrop:
             # R-Drop: two dropout passes, run as one forward on the batch stacked twice (dropout masks are drawn
             # per element, so the halves differ); cheaper than two forwards.
-            both = model(**{key: torch.cat([value, value]) for key, value in model_inputs.items()})
+            both = model(**{key: torch.cat([value, value]) if torch.is_tensor(value) else value
+                            for key, value in model_inputs.items()})
             outputs, second = _split_halves(both)
         else:
             outputs = model(**model_inputs)
         terms = self._task_losses(outputs, gate_labels, category_labels)
+        if contrastive:
+            terms["contrastive_loss"] = losses.supervised_contrastive(
+                outputs.features, category_labels, args.contrastive_temperature)
         if rdrop:
             # CE averaged over both passes, plus the symmetric KL between them.
             second_terms = self._task_losses(second, gate_labels, category_labels)
-            terms = {name: 0.5 * (value + second_terms[name]) for name, value in terms.items()}
+            terms = {name: 0.5 * (value + second_terms[name]) if name in second_terms else value
+                     for name, value in terms.items()}
             if outputs.category_logits is not None and args.rdrop_alpha_category > 0:
                 mask = category_labels != losses.IGNORE_INDEX if category_labels is not None else None
                 terms["rdrop_category_kl"] = losses.symmetric_kl(
@@ -106,6 +115,7 @@ class MultitaskTrainer(Trainer):
             "pick_consistency_loss": args.pick_consistency_weight,
             "rdrop_category_kl": args.rdrop_alpha_category,
             "rdrop_gate_kl": args.rdrop_alpha_gate,
+            "contrastive_loss": args.contrastive_weight,
         }
         log_variances = getattr(self.accelerator.unwrap_model(model), "task_log_variances", None)
         if log_variances is not None:

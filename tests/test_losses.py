@@ -105,3 +105,25 @@ def test_uncertainty_weighted():
     # s = (0, ln 2): e^0·2 + 0 + e^{−ln 2}·1 + ½ ln 2 = 2 + 0.5 + 0.346574 = 2.846574.
     value = losses.uncertainty_weighted([torch.tensor(2.0), torch.tensor(1.0)], torch.tensor([0.0, math.log(2.0)]))
     assert value.item() == pytest.approx(2.846574, abs=1e-5)
+
+
+def test_supervised_contrastive_hand_value():
+    from multitask.losses import supervised_contrastive
+
+    features = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]], requires_grad=True)  # cosines: 1, 0, 0
+    labels = torch.tensor([0, 0, -100])  # the third row (Decline) is only a negative
+    loss = supervised_contrastive(features, labels, temperature=1.0)
+    # each of the two anchors: -log(e^1 / (e^1 + e^0))
+    assert loss.item() == pytest.approx(math.log(math.e + 1) - 1, rel=1e-5)
+    loss.backward()
+    assert features.grad is not None
+
+
+def test_supervised_contrastive_without_positive_pair_is_graph_zero():
+    from multitask.losses import supervised_contrastive
+
+    features = torch.randn(3, 4, requires_grad=True)
+    loss = supervised_contrastive(features, torch.tensor([0, 1, -100]))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(features.grad, torch.zeros_like(features))

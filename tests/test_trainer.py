@@ -123,3 +123,18 @@ def test_train_logs_per_task_losses_and_checkpoint_reloads(model, tokenizer, csv
                            num_train_epochs=3)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.epoch == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("rdrop", [False, True])
+def test_contrastive_term_weighted_into_the_loss(model, tokenizer, csv_files, tmp_path, rdrop):
+    trainer = make_trainer(no_dropout(model), tokenizer, csv_files, tmp_path, contrastive_weight=0.5,
+                           per_device_train_batch_size=16, rdrop=rdrop)
+    model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(model, batch)
+    terms = {name: values[-1] for name, values in trainer._logged_terms["train"].items()}
+    assert terms["contrastive_loss"] > 0  # 16 rows over 3 categories: positive pairs exist
+    expected = 0.4 * terms["gate_loss"] + 1.0 * terms["category_loss"] + 0.5 * terms["contrastive_loss"]
+    if rdrop:
+        expected += 0.5 * terms["rdrop_category_kl"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
