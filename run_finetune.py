@@ -315,7 +315,7 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         card = build_model_card(
             trained.config, training_args, model_args.model_name_or_path, data_files, validation_metrics,
             json.loads(per_class_path.read_text(encoding="utf-8")) if per_class_path.is_file() else None,
-            training_args.hub_model_id,
+            training_args.hub_model_id, metrics.get("gate_cv"),
         )
         card.save(model_dir / "README.md")
         run.write_json("metrics.json", metrics)

@@ -52,7 +52,16 @@ python run_predict.py --model {{ repo_id }} --input_files items.csv --threshold 
 {% endif %}{% if thresholds_table %}
 ## Gate thresholds (tuned on validation, stored in `config.json`)
 
+Gate score: `{{ gate_score }}` (Pick iff score >= threshold; see `multitask/ood.py`).
+
 {{ thresholds_table }}
+{% endif %}{% if gate_cv_table %}
+### What to expect on new data: held-out folds of validation
+
+Each figure comes from decisions on validation rows the threshold (and score choice) never saw: {{ gate_cv_folds }}-fold
+cross-validation over validation, 95 % bootstrap interval, per-fold mean ± sd. Same-rows figures would be optimistic.
+
+{{ gate_cv_table }}
 {% endif %}
 ## Labels
 
@@ -86,6 +95,7 @@ def build_model_card(
     validation_metrics: dict[str, float],
     per_class: list[dict] | None = None,
     repo_id: str | None = None,
+    gate_cv: dict | None = None,
 ) -> ModelCard:
     """Card data + text from what the run already computed. Tokens are never part of any input here."""
     gate_labels = "/".join(config.gate_id2label.values()) if config.has_gate else None
@@ -110,6 +120,13 @@ def build_model_card(
         tags=["multitask", "hierarchical-classification", "text-classification"],
     )
     category_names = list(config.category_id2label.values())
+    gate_cv_rows = []
+    for kind, point in ((k, v) for k, v in (gate_cv or {}).items() if isinstance(v, dict) and "oos_recall" in v):
+        for key, label in (("in_scope_accuracy", "in-scope accuracy"), ("oos_recall", "Decline recall")):
+            figure = point[key]
+            gate_cv_rows.append((kind, label, _fmt(figure["held_out"]),
+                                 f"{_fmt(figure['interval_95'][0])}–{_fmt(figure['interval_95'][1])}",
+                                 f"{_fmt(figure['fold_mean_sd'][0])} ± {_fmt(figure['fold_mean_sd'][1])}"))
     return ModelCard.from_template(
         card_data,
         template_str=_TEMPLATE,
@@ -117,7 +134,7 @@ def build_model_card(
         repo_id=repo_id or "<model dir or Hub id>",
         encoder_type=config.encoder_config.model_type,
         base_model=base_model,
-        gate_text=f"{gate_labels} (P(Pick) thresholded)" if gate_labels else "none (category-only model)",
+        gate_text=f"{gate_labels} (gate score `{config.gate_score}` thresholded)" if gate_labels else "none (category-only model)",
         category_text=f"{len(category_names)} categories" if category_names else "none (gate-only model)",
         default_threshold_kind="leak" if "leak" in thresholds else "default",
         data_table=_table(("file", "sha256"), [(Path(p).name, h[:16]) for p, h in data_files.items()]),
@@ -127,8 +144,12 @@ def build_model_card(
         ),
         metrics_table=_table(("metric", "value"), metric_rows) if metric_rows else "No validation metrics.",
         bands_table=bands_table,
-        thresholds_table=_table(("kind", "P(Pick) threshold"), [(k, _fmt(v)) for k, v in thresholds.items()])
+        thresholds_table=_table(("kind", "threshold"), [(k, _fmt(v)) for k, v in thresholds.items()])
         if config.has_gate
         else "",
+        gate_score=config.gate_score,
+        gate_cv_folds=(gate_cv or {}).get("folds"),
+        gate_cv_table=_table(("threshold", "figure", "held out", "95 % interval", "fold mean ± sd"), gate_cv_rows)
+        if gate_cv_rows else "",
         labels_text=", ".join(f"`{name}`" for name in category_names) if category_names else "(gate only)",
     )
