@@ -6,6 +6,9 @@
         --task1_file data/train/task1_cleaned.csv --task2_file data/train/task2_cleaned.csv \
         --validation_file data/val.csv --test_files data/test_a.csv data/test_b.csv [any TrainingArguments flag]
     python run_finetune.py config.yaml                       # or config.json: the same flags as keys
+
+A mistake in the arguments or data ends in one `error: …` line (exit status 2) before anything is written;
+a bare `--debug` (or MULTITASK_DEBUG=1) adds the traceback. See multitask/errors.py.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ from transformers.trainer_utils import get_last_checkpoint
 from multitask import demo, lora
 from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 from multitask.callbacks import CartographyCallback, EpochLogCallback, TrainingRecord
+from multitask.checks import check_finetune_arguments, check_training_steps, model_load_errors
 from multitask.data import (
-    DataError,
     LabeledFile,
     MultitaskCollator,
+    check_trainable,
     label_counts,
     load_training_data,
     tokenize,
 )
+from multitask.errors import UsageError, UserError, cli, closest, parse_arguments, usage_errors
 from multitask.hub import push_model, resolve_token
 from multitask.losses import inverse_frequency_weights
 from multitask.metrics import build_compute_metrics
@@ -56,20 +61,16 @@ DEMO_OVERRIDES = {"learning_rate": 1e-3, "num_train_epochs": 8.0, "per_device_tr
 
 
 def parse_args(argv: list[str] | None):
+    """The three argument dataclasses from a command line or a JSON/YAML file; a mistake is a `UsageError`."""
     parser = HfArgumentParser((ModelArguments, DataArguments, MultitaskTrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_arguments(parser, sys.argv[1:] if argv is None else argv)
 
 
 def resolve_inputs(model_args, data_args, training_args, run_dir: Path) -> None:
     """Fill in the demo default, or fetch the data files from a Hub dataset repo."""
     if model_args.model_name_or_path is None:
         if data_args.task1_file or data_args.task2_file:
-            raise DataError("--model_name_or_path is required with your own data (the demo encoder knows only demo text)")
+            raise UsageError("--model_name_or_path is required with your own data (the demo encoder knows only demo text)")
         paths = demo.default_demo_paths()
         data_args.task1_file, data_args.task2_file = str(paths["task1"]), str(paths["task2"])
         data_args.validation_file = str(paths["val"])
@@ -108,35 +109,41 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
         return value
     checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
     if checkpoint is None:
-        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
+        raise UsageError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
     return checkpoint
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Train one run; returns its metrics. A `UserError` (bad argument, data or model file) is raised before the
+    run directory exists; `cli(main)` turns it into one `error:` line."""
     model_args, data_args, training_args = parse_args(argv)
+    check_finetune_arguments(model_args, data_args, training_args)
     is_main = training_args.process_index == 0
-    setup_logging(main_process=is_main)
-    transformers.utils.logging.set_verbosity_warning()
     run = RunDirectory(training_args.output_dir)
     if is_main:
-        run.start()
+        run.check_target()
+    setup_logging(main_process=is_main)
+    transformers.utils.logging.set_verbosity_warning()
+    run.hold_logs()  # replayed to the console and train.log when the run starts; dropped if it is refused
     try:
         metrics = _run(model_args, data_args, training_args, run, is_main)
     except BaseException as error:
-        if is_main:
-            logger.error("run failed: %s: %s", type(error).__name__, error)
+        if is_main and run.started:
             run.close(error)
+        else:
+            run.discard(error)
         raise
     if is_main:
         run.close()
-        logger.info("run complete: %s", run.path)
     return metrics
 
 
 def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool) -> dict:
+    # Everything up to run.start() validates and loads; it may refuse the run, leaving nothing behind.
     set_seed(training_args.seed)
     quantization = lora.quantization_kwargs(model_args.load_in_4bit, model_args.load_in_8bit, model_args.lora_r,
                                             torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32)
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     with training_args.main_process_first(desc="demo encoder / Hub data"):  # other ranks reuse what rank 0 built
         resolve_inputs(model_args, data_args, training_args, run.path)
     push_repo = _take_over_push(training_args)
@@ -144,7 +151,9 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     # The Trainer pickles its arguments into every checkpoint (training_args.bin): keep the token out of them.
     training_args.hub_token = None
     hub_kwargs = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir, "token": token}
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub_kwargs)
+    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+    with model_load_errors(tokenizer_source, "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **hub_kwargs)
     separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
 
     data = load_training_data(
@@ -163,23 +172,27 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
             logger.info("data: %s = %s", key, value)
     for conflict in data.report["label_conflicts"]:
         logger.warning("data: label conflict: %s", conflict)
+    check_trainable(data, data_args.task1_file, data_args.task2_file, data_args.validation_file,
+                    data_args.validation_split)
+    planned_steps = check_training_steps(len(data.train), training_args)
 
-    model = load_for_training(
-        model_args.model_name_or_path,
-        data.category_labels,
-        with_gate=data.has_gate,
-        pooling=model_args.pooling,
-        classifier_dropout=model_args.classifier_dropout,
-        text_columns=data_args.text_columns,
-        config_overrides={
-            "msd_samples": training_args.msd_samples,
-            "uncertainty_weighting": training_args.uncertainty_weighting,
-            # Feature scores exist only once fitted after training: until then the config holds a logit score.
-            "gate_score": training_args.gate_score if training_args.gate_score in ("pick", "joint", "msp") else "pick",
-        },
-        encoder_kwargs=quantization,
-        **hub_kwargs,
-    )
+    with model_load_errors(model_args.model_name_or_path, "--model_name_or_path"):
+        model = load_for_training(
+            model_args.model_name_or_path,
+            data.category_labels,
+            with_gate=data.has_gate,
+            pooling=model_args.pooling,
+            classifier_dropout=model_args.classifier_dropout,
+            text_columns=data_args.text_columns,
+            config_overrides={
+                "msd_samples": training_args.msd_samples,
+                "uncertainty_weighting": training_args.uncertainty_weighting,
+                # Feature scores exist only once fitted after training: until then the config holds a logit score.
+                "gate_score": training_args.gate_score if training_args.gate_score in ("pick", "joint", "msp") else "pick",
+            },
+            encoder_kwargs=quantization,
+            **hub_kwargs,
+        )
     for message in precision_warnings(model.config.encoder_config.model_type, training_args.fp16,
                                       training_args.bf16, training_args.device.type):
         logger.warning(message)
@@ -195,8 +208,6 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         training_args.metric_for_best_model = "gate_f1"
         logger.info("gate-only run: best model chosen by eval_gate_f1")
 
-    train_dataset = tokenize(data.train, tokenizer, data_args.max_seq_length)
-    eval_dataset = tokenize(data.validation, tokenizer, data_args.max_seq_length)
     heads = tuple(head for head, present in (("gate", data.has_gate), ("category", data.has_category)) if present)
     bands = None
     if data.has_category:
@@ -205,6 +216,8 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         )
     compute_metrics = build_compute_metrics(heads=heads, category_bands=bands)
     _check_metric_name(training_args, compute_metrics, data, heads)
+    train_dataset = tokenize(data.train, tokenizer, data_args.max_seq_length)
+    eval_dataset = tokenize(data.validation, tokenizer, data_args.max_seq_length)
 
     record = TrainingRecord()
     loss_weights = {"gate": training_args.gate_loss_weight, "category": training_args.category_loss_weight}
@@ -217,26 +230,27 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     if training_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
 
-    trainer = MultitaskTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=MultitaskCollator(tokenizer, keep_keys=("row_id",)),
-        compute_metrics=compute_metrics,
-        callbacks=callbacks,
-        gate_class_weights=class_weights(
-            list(data.train["gate_labels"]), 2 if data.has_gate else 0, training_args.gate_class_weighting, training_args
-        ),
-        category_class_weights=class_weights(
-            list(data.train["category_labels"]),
-            len(data.category_labels),
-            training_args.category_class_weighting,
-            training_args,
-        ),
-        training_record=record,
-    )
+    with usage_errors("training arguments: "):  # what the Trainer itself refuses (e.g. --report_to)
+        trainer = MultitaskTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            data_collator=MultitaskCollator(tokenizer, keep_keys=("row_id",)),
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            gate_class_weights=class_weights(
+                list(data.train["gate_labels"]), 2 if data.has_gate else 0, training_args.gate_class_weighting, training_args
+            ),
+            category_class_weights=class_weights(
+                list(data.train["category_labels"]),
+                len(data.category_labels),
+                training_args.category_class_weighting,
+                training_args,
+            ),
+            training_record=record,
+        )
     if training_args.fsdp and not trainer.is_fsdp_enabled:
         # accelerate turns FSDP on only for multi-process GPU/accelerator runs; elsewhere it quietly does not shard.
         logger.warning("--fsdp is ignored: accelerate runs FSDP only with several GPU/accelerator processes; "
@@ -248,6 +262,8 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         if path
     }
     if is_main:
+        run.start()  # inputs validated: from here on the run directory exists and says running/complete/failed
+        logger.info("training: %d optimizer steps planned over %d training rows", planned_steps, len(data.train))
         run.write_json(
             "run_config.json",
             {
@@ -260,10 +276,10 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         run.write_json("label_map.json", {"category_id2label": model.config.category_id2label,
                                           "gate_id2label": model.config.gate_id2label})
 
-    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     if resume and cartography is not None:
         cartography.restore(resume)
     train_result = trainer.train(resume_from_checkpoint=resume)
+    _check_trained(trainer, train_result, resume, run)
     if is_main:
         logger.info("parallelism: %s", trainer.parallelism())
     validation_metrics = trainer.evaluate()  # on every rank: evaluate() is collective under DDP
@@ -328,6 +344,42 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     return metrics
 
 
+def _check_trained(trainer, train_result, resume: str | None, run: RunDirectory) -> None:
+    """No false success: a run that took no optimizer step fails; after a resume, train_loss says what it covers."""
+    first_step = getattr(trainer, "_initial_global_step", 0)
+    steps_now = trainer.state.global_step - first_step
+    if trainer.state.global_step == 0:
+        raise UserError("training took 0 optimizer steps: nothing was trained (check the data and --num_train_epochs / "
+                        "--max_steps)")
+    if resume:
+        metrics = train_result.metrics
+        metrics["train_loss_scope"] = (f"resumed part only: optimizer steps {first_step + 1}-{trainer.state.global_step}"
+                                       f" (resumed from {Path(resume).name} at step {first_step})")
+        metrics["train_loss_resumed_part"] = metrics.get("train_loss")
+        whole = _whole_run_train_loss(trainer.state.log_history, first_step, steps_now, metrics.get("train_loss"))
+        if whole is not None:
+            metrics["train_loss_whole_run"] = whole
+        if steps_now == 0:
+            note = (f"resumed from {Path(resume).name}: no optimizer step was left to take, the model was not trained "
+                    "further (only evaluation and outputs were redone)")
+            logger.warning(note)
+            run.notes["note"] = note
+
+
+def _whole_run_train_loss(log_history: list[dict], first_step: int, steps_now: int, resumed_loss) -> float | None:
+    """Mean training loss over all steps: the logged per-interval means before the resume, weighted by their
+    steps, plus this call's mean. None when the logs before the resume do not reach the checkpoint's step."""
+    logged = [(entry["step"], entry["loss"]) for entry in log_history
+              if "loss" in entry and "step" in entry and entry["step"] <= first_step]
+    if resumed_loss is None or not logged or logged[-1][0] != first_step:
+        return None
+    total, previous = 0.0, 0
+    for step, loss in logged:
+        total += loss * (step - previous)
+        previous = step
+    return (total + resumed_loss * steps_now) / (first_step + steps_now)
+
+
 def _take_over_push(training_args) -> str | None:
     """We push the finished `model/` (with its card) ourselves, not the Trainer's whole output dir.
 
@@ -337,7 +389,7 @@ def _take_over_push(training_args) -> str | None:
     if not training_args.push_to_hub:
         return None
     if not training_args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id user/name (the model repo to create or update)")
+        raise UsageError("--push_to_hub needs --hub_model_id user/name (the model repo to create or update)")
     training_args.push_to_hub = False
     return training_args.hub_model_id
 
@@ -375,8 +427,9 @@ def _check_metric_name(training_args, compute_metrics, data, heads: tuple[str, .
     keys = compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels)).keys()
     bare = name[len("eval_"):] if name.startswith("eval_") else name
     if bare not in keys:
-        raise ValueError(f"--metric_for_best_model {name!r} is not a validation metric; choose one of: {sorted(keys)}")
+        raise UsageError(f"--metric_for_best_model {name!r} is not a validation metric{closest(bare, keys)}; "
+                         f"choose one of: {', '.join(sorted(keys))}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli(main, bare_debug_only=True))

@@ -1,7 +1,9 @@
 """`python -m analysis <run dir or predictions CSV> [more…]`: per-class tables, confusions, bands, comparison.
 
 Writes analysis.md / analysis.json / a confusion PNG (and safety.json) in a run directory, or
-`<stem>_analysis.*` beside a CSV, or everything in --out; prints the Markdown.
+`<stem>_analysis.*` beside a CSV, or everything in --out; prints the Markdown. Every input is read and
+analysed before anything is written, and the files appear together (written under temporary names, then
+moved into place). A mistake ends in one `error: …` line (exit status 2; `--debug` adds the traceback).
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .load import IGNORE_INDEX, InputError, Predictions, load_input
+from multitask.errors import cli, raise_usage_errors
+from multitask.rundir import StagedFiles, check_output_dir, staged_files
+from multitask.stats import PROPORTION_METHODS
+
+from .load import IGNORE_INDEX, Predictions, load_input
 from .plots import confusion_heatmap
 from .report import analyse, compare, render, render_comparison
 from .safety import category_safety, gate_safety, load_cost_matrix
@@ -36,10 +42,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cost_matrix", default=None, help="Safety: CSV of costs, rows = gold, columns = predicted."
     )
     parser.add_argument(
-        "--bootstrap", type=int, default=1000, help="Bootstrap resamples for rate intervals (0: none)."
+        "--interval",
+        default="exact",
+        choices=sorted(PROPORTION_METHODS),
+        help="95%% interval of the safety rates (proportions): exact = Clopper-Pearson, wilson = Wilson score.",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="Bootstrap resamples for the mean-cost interval (no closed form; 0: none).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap.")
+    parser.add_argument(
+        "--debug", action="store_true", help="On an error, print the traceback too (or MULTITASK_DEBUG=1)."
+    )
+    raise_usage_errors(parser)
     args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
     try:
         args.bands = [float(cut) for cut in args.bands.split(",") if cut.strip()]
     except ValueError:
@@ -69,10 +90,11 @@ def _safety(pred: Predictions, args: argparse.Namespace, costs: Any) -> dict:
             args.bootstrap,
             args.seed,
             str(args.cost_matrix),
+            args.interval,
         )
     if pred.gate_labels is not None:
         mask = pred.gate_labels != IGNORE_INDEX
-        result["gate"] = gate_safety(pred.gate_labels[mask], pred.pick_pred[mask], args.bootstrap, args.seed)
+        result["gate"] = gate_safety(pred.gate_labels[mask], pred.pick_pred[mask], args.interval)
     return result
 
 
@@ -86,10 +108,17 @@ def _write_json(path: Path, payload: Any) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """Analyse each input, write its files, compare inputs when there are several; returns what was written."""
     args = parse_args(argv)
+    out = check_output_dir(args.out, "--out") if args.out else None
     costs = load_cost_matrix(args.cost_matrix) if args.cost_matrix else None
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
+    with staged_files() as stage:  # all files appear at the end, or none (a bad input, a crash)
+        results, markdown = _analyse_all(args, out, costs, stage)
+    print("\n".join(markdown))
+    return results
+
+
+def _analyse_all(
+    args: argparse.Namespace, out: Path | None, costs: Any, stage: StagedFiles
+) -> tuple[dict, list[str]]:
     results: dict[str, Any] = {"inputs": {}}
     markdown: list[str] = []
     baselines: list[tuple[str, dict]] = []
@@ -111,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
                     pred.category_labels[mask],
                     pred.category_pred[mask],
                     pred.category_id2label,
-                    png,
+                    stage.path(png),
                     f"{title}: most-confused categories",
                 )
                 report["heatmap"] = png.name
@@ -120,11 +149,11 @@ def main(argv: list[str] | None = None) -> dict:
             safety[pred.name] = report.pop("safety")
             splits[pred.name] = report
         files = {"markdown": folder / f"{prefix}analysis.md", "json": folder / f"{prefix}analysis.json"}
-        files["markdown"].write_text("\n".join(sections), encoding="utf-8")
-        _write_json(files["json"], {"input": str(source), "splits": splits})
+        stage.path(files["markdown"]).write_text("\n".join(sections), encoding="utf-8")
+        _write_json(stage.path(files["json"]), {"input": str(source), "splits": splits})
         if any(safety.values()):
             files["safety"] = folder / f"{prefix}safety.json"
-            _write_json(files["safety"], {"input": str(source), "splits": safety})
+            _write_json(stage.path(files["safety"]), {"input": str(source), "splits": safety})
         markdown += sections
         results["inputs"][name] = {
             "files": {k: str(v) for k, v in files.items()},
@@ -138,16 +167,12 @@ def main(argv: list[str] | None = None) -> dict:
             Path(args.inputs[0]) if Path(args.inputs[0]).is_dir() else Path(args.inputs[0]).parent
         )
         text = render_comparison(comparison)
-        (folder / "comparison.md").write_text(text, encoding="utf-8")
-        _write_json(folder / "comparison.json", comparison)
+        stage.path(folder / "comparison.md").write_text(text, encoding="utf-8")
+        _write_json(stage.path(folder / "comparison.json"), comparison)
         markdown.append(text)
         results["comparison"] = comparison
-    print("\n".join(markdown))
-    return results
+    return results, markdown
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (InputError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    sys.exit(cli(main))

@@ -149,8 +149,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 def _rate(entry: dict) -> str:
     interval = entry["ci95"]
-    ci = f" (95% CI {interval[0]:.3f}–{interval[1]:.3f})" if interval else ""
+    method = f", {entry['ci_method']}" if entry.get("ci_method") else ""
+    ci = f" (95% CI {interval[0]:.3f}–{interval[1]:.3f}{method})" if interval else ""
     return f"{_fmt(entry['rate'])} = {entry['count']}/{entry['rows']}{ci}"
+
+
+def _cost(category: dict) -> str:
+    interval = category.get("mean_cost_ci95")
+    ci = f" (95% CI {interval[0]:.3f}–{interval[1]:.3f}, {category['mean_cost_ci_method']})" if interval else ""
+    return f"{_fmt(category['mean_cost'])}{ci}"
 
 
 def render(title: str, report: dict) -> str:
@@ -217,7 +224,7 @@ def render(title: str, report: dict) -> str:
                         ["accuracy", cat["accuracy"]],
                         ["macro-F1", cat["macro_f1"]],
                         ["critical-as-allowed rate", _rate(cat["critical_as_allowed"])],
-                        *([["mean cost", cat["mean_cost"]]] if cat["mean_cost"] is not None else []),
+                        *([["mean cost", _cost(cat)]] if cat["mean_cost"] is not None else []),
                         *[[f"F1 {label}", f1] for label, f1 in cat["per_class_f1"].items()],
                     ],
                 ),

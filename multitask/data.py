@@ -160,19 +160,34 @@ def _stratified_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a seeded split stratified by category (or gate label for rows without one).
 
-    Strata with a single row cannot be split: they are pooled into one "rare" stratum first.
+    Strata with a single row cannot be split: they are pooled into one "rare" stratum first. Validation always
+    gets a Pick and a Decline row when the data has two of each (the gate thresholds are tuned there).
     """
     keys = [f"c{c}" if c != IGNORE_INDEX else f"g{g}" for g, c in zip(gate, category)]
     counts = Counter(keys)
     keys = [key if counts[key] >= 2 else "rare" for key in keys]
     indices = np.arange(len(keys))
-    stratify = keys if Counter(keys).most_common()[-1][1] >= 2 else None
-    try:
-        train_idx, val_idx = train_test_split(
-            indices, test_size=validation_split, random_state=seed, stratify=stratify
-        )
-    except ValueError:  # too few rows per stratum for the requested size: fall back to a plain seeded split
-        train_idx, val_idx = train_test_split(indices, test_size=validation_split, random_state=seed)
+    # Too few rows per stratum for the requested size: stratify by the gate label alone (so thresholds can
+    # still be tuned on both classes), then fall back to a plain seeded split.
+    gate_keys = [f"g{g}" for g in gate]
+    for candidate in (keys, gate_keys, None):
+        if candidate is not None and Counter(candidate).most_common()[-1][1] < 2:
+            continue
+        try:
+            train_idx, val_idx = train_test_split(
+                indices, test_size=validation_split, random_state=seed, stratify=candidate
+            )
+            break
+        except ValueError:
+            if candidate is None:
+                raise
+    # The gate thresholds are tuned on validation: it gets at least one row of each gate class that has two.
+    rng = np.random.default_rng(seed)
+    gate_array = np.asarray(gate)
+    for label in (0, 1):
+        if (gate_array == label).sum() >= 2 and not (gate_array[val_idx] == label).any():
+            moved = rng.choice(train_idx[gate_array[train_idx] == label])
+            train_idx, val_idx = train_idx[train_idx != moved], np.append(val_idx, moved)
     return np.sort(train_idx), np.sort(val_idx)
 
 
@@ -277,6 +292,47 @@ def load_training_data(
         category_counts=dict(Counter(category_names[i] for i in range(len(texts)) if category_names[i])),
     )
     return TrainingData(train, validation, validation_frame, tests, category_labels, has_gate, report)
+
+
+def check_trainable(data: TrainingData, task1_file: str | None, task2_file: str | None,
+                    validation_file: str | None, validation_split: float) -> None:
+    """Refuse, before any training, data that would train nothing or tune on nothing.
+
+    Each head needs labelled training rows of at least two classes; validation needs Pick and Decline rows
+    (the gate thresholds are tuned there) and, with a category head, rows with a category.
+    """
+    validation = validation_file or f"the {validation_split:.0%} validation split of the training rows"
+    fix = ("give a --validation_file with both" if validation_file
+           else "give a --validation_file, or a larger --validation_split")
+    if len(data.train) == 0:
+        raise DataError(f"no training row is left after holding out {validation}; add rows or give a --validation_file")
+    if data.has_gate:
+        gate = label_counts(list(data.train["gate_labels"]), 2)
+        if min(gate) == 0:
+            kind = "Pick (1)" if gate[1] else "Decline (0)" if gate[0] else "no"
+            raise DataError(
+                f"{task1_file}, column 'pick': every training row is {kind}; the gate head needs Pick and Decline "
+                "rows to learn from (train only the category head by leaving out --task1_file)"
+            )
+        val_gate = label_counts(list(data.validation["gate_labels"]), 2)
+        if min(val_gate) == 0:
+            raise DataError(
+                f"{validation}, column 'pick': {val_gate[1]} Pick and {val_gate[0]} Decline row(s); the gate "
+                f"thresholds are tuned on validation and need both; {fix}"
+            )
+    if data.has_category:
+        if len(data.category_labels) < 2:
+            raise DataError(
+                f"{task2_file}, column 'category': only one category ({data.category_labels[0]!r}); a category head "
+                "needs at least two"
+            )
+        if not any(label != IGNORE_INDEX for label in data.train["category_labels"]):
+            raise DataError(f"no training row with a category is left after holding out {validation}")
+        if not any(label != IGNORE_INDEX for label in data.validation["category_labels"]):
+            raise DataError(
+                f"{validation}, column 'category': no row has a category, so the category head cannot be evaluated "
+                "or its best checkpoint chosen; add categories to the validation rows"
+            )
 
 
 def label_counts(labels: list[int] | np.ndarray, num_classes: int) -> list[int]:

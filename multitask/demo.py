@@ -22,7 +22,7 @@ from transformers import DebertaV2Config, DebertaV2Model, PreTrainedTokenizerFas
 DEMO_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
 DEMO_FILES = {"task1": "task1.csv", "task2": "task2.csv", "val": "val.csv", "test": "test.csv"}
 # Bump when the tokenizer/encoder recipe changes so cached demo encoders are rebuilt.
-_ENCODER_RECIPE = "demo-encoder-v1"
+_ENCODER_RECIPE = "demo-encoder-v2"  # v2: canonical (reproducible) tokenizer
 
 # Uneven on purpose (about 5:1 between the most and least frequent) so High/Mid/Low bands are non-empty.
 CATEGORY_WEIGHTS = {
@@ -377,6 +377,41 @@ def default_demo_paths() -> dict[str, Path]:
 
 
 SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]  # ids 0..4, as in DeBERTa-v3
+# tokenizers' UnigramTrainer gives each required character missing from the final pieces the model's minimum
+# score plus k * this step, k counting up in the iteration order of a Rust HashSet (randomly seeded per process).
+_REQUIRED_CHAR_STEP = 1e-4
+_SCORE_DECIMALS = 6  # the EM sums over the corpus in hash order too: scores differ in their last bits
+
+
+def canonical_unigram(tokenizer: Tokenizer) -> Tokenizer:
+    """The same trained Unigram tokenizer with a vocabulary independent of Rust's randomly seeded hash order.
+
+    Three things in `UnigramTrainer` depend on it: which of the required characters (every character of the
+    corpus and of `initial_alphabet`) gets which of the lowest scores, the id order of pieces with equal scores,
+    and the last bits of every score (the EM sums over the corpus in hash order). So the same texts gave
+    different tokenizers from run to run (a third of the demo texts tokenized differently). Here the
+    required-character tail is re-assigned in code-point order, scores are rounded to 6 decimals, and every piece
+    after the special tokens is ordered by (score desc, piece): same texts, same vocabulary, same bytes.
+    """
+    state = json.loads(tokenizer.to_str())
+    vocab = [(piece, float(score)) for piece, score in state["model"]["vocab"]]
+    special = [entry for entry in vocab[: len(SPECIAL_TOKENS)] if entry[0] in SPECIAL_TOKENS]
+    pieces = vocab[len(special):]
+    if pieces:
+        floor = min(score for _, score in pieces)
+
+        def in_tail(piece: str, score: float) -> bool:
+            steps = (score - floor) / _REQUIRED_CHAR_STEP
+            return len(piece) == 1 and abs(steps - round(steps)) < 1e-6 and round(steps) < len(pieces)
+
+        tail = sorted(piece for piece, score in pieces if in_tail(piece, score))
+        tail_scores = sorted((score for piece, score in pieces if in_tail(piece, score)), reverse=True)
+        rescored = dict(zip(tail, tail_scores))
+        pieces = [(piece, round(rescored.get(piece, score), _SCORE_DECIMALS)) for piece, score in pieces]
+        pieces = sorted(pieces, key=lambda entry: (-entry[1], entry[0]))
+    state["model"]["vocab"] = [list(entry) for entry in special + pieces]
+    state["model"]["unk_id"] = [piece for piece, _ in special + pieces].index("[UNK]")
+    return Tokenizer.from_str(json.dumps(state, ensure_ascii=False))
 
 
 def train_tokenizer(
@@ -384,7 +419,8 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train a SentencePiece-like Unigram tokenizer offline (NFKC, Metaspace, [CLS] A [SEP] B [SEP]).
 
-    The vocabulary may come out smaller than `vocab_size` on a small corpus.
+    The same texts give the same tokenizer, byte for byte (`canonical_unigram`). The vocabulary may come out
+    smaller than `vocab_size` on a small corpus.
     """
     tokenizer = Tokenizer(models.Unigram())
     # v5 DeBERTa tokenizers drop SentencePiece's NFKC (PITFALLS): make it explicit so ？！ map to ?!.
@@ -401,6 +437,7 @@ def train_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator((t for t in texts if t), trainer=trainer)
+    tokenizer = canonical_unigram(tokenizer)  # bit-reproducible: the trainer's output depends on hash order
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

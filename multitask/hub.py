@@ -40,6 +40,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
+from .errors import MissingInputError, UsageError, UserError, cli, raise_usage_errors
+
 logger = logging.getLogger(__name__)
 
 DATA_PATTERNS = ("*.csv", "*.jsonl")
@@ -50,7 +52,7 @@ TOKEN_HELP = (
 _PATHS_INFO_BATCH = 500  # the Hub answers at most 1,000 paths per paths-info request
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A Hub operation failed; the message says what to check and never contains the token."""
 
 
@@ -149,13 +151,13 @@ def collect_files(
                 and ".cache" not in file.relative_to(path).parts  # huggingface_hub's download metadata
             }
             if not found:
-                raise FileNotFoundError(f"{path}: no {'/'.join(patterns)} files in this directory")
+                raise MissingInputError(f"{path}: no {'/'.join(patterns)} files in this directory")
         else:
-            raise FileNotFoundError(f"{path}: no such file or directory")
+            raise MissingInputError(f"{path}: no such file or directory")
         for name, file in found.items():
             in_repo = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
             if in_repo in files and files[in_repo].resolve() != file.resolve():
-                raise ValueError(f"{files[in_repo]} and {file} would both be uploaded as '{in_repo}'")
+                raise UsageError(f"{files[in_repo]} and {file} would both be uploaded as '{in_repo}'")
             files[in_repo] = file
     return files
 
@@ -346,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[Path]:
     fetch.add_argument("--repo", required=True, help="Dataset repo id, user/name.")
     fetch.add_argument("--dest", required=True, help="Local directory (the repo's layout is kept).")
     fetch.add_argument("--revision", default=None, help="Branch, tag or commit (default: main).")
+    for command in (parser, upload, fetch):
+        raise_usage_errors(command)
     args = parser.parse_args(argv)
 
     if args.command == "upload-data":
@@ -368,14 +372,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[Path]:
     for file in files:
         print(f"  {file}")
     return files
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except (HubError, FileNotFoundError, ValueError) as error:  # what the user can fix: no traceback
-        sys.exit(f"error: {error}")
 
 
 def push_model(
@@ -407,3 +403,8 @@ _RUN_REPORTS = (
     "metrics.json", "thresholds.json", "epoch_log.jsonl", "val_per_class_metrics.json", "hierarchy_stats.json",
     "label_map.json", "plots/*.png",
 )  # fmt: skip
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(cli(main))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
+from .errors import UsageError
 from .modeling import MultitaskModel
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def _require_peft():
     try:
         import peft
     except ImportError as error:
-        raise ImportError("--lora_r needs the peft package: pip install peft") from error
+        raise UsageError("--lora_r needs the peft package: pip install peft") from error
     return peft
 
 
@@ -39,24 +40,24 @@ def default_target_modules(model: MultitaskModel) -> list[str]:
 
 
 def quantization_kwargs(load_in_4bit: bool, load_in_8bit: bool, lora_r: int, compute_dtype: torch.dtype) -> dict | None:
-    """`from_pretrained` arguments for a 4/8-bit encoder on this process's GPU, or None; a clear error where
+    """`from_pretrained` arguments for a 4/8-bit encoder on this process's GPU, or None; a `UsageError` where
     it cannot work (no --lora_r, no CUDA GPU, no bitsandbytes)."""
     if not (load_in_4bit or load_in_8bit):
         return None
     flag = "--load_in_4bit" if load_in_4bit else "--load_in_8bit"
     if load_in_4bit and load_in_8bit:
-        raise ValueError("choose one of --load_in_4bit and --load_in_8bit")
+        raise UsageError("choose one of --load_in_4bit and --load_in_8bit")
     if lora_r <= 0:
-        raise ValueError(f"{flag} needs --lora_r > 0: a quantized encoder trains only through LoRA adapters")
+        raise UsageError(f"{flag} needs --lora_r > 0: a quantized encoder trains only through LoRA adapters")
     if not torch.cuda.is_available():
-        raise RuntimeError(
+        raise UsageError(
             f"{flag} needs a CUDA GPU (bitsandbytes); none is available here. "
             "Drop the flag: LoRA alone (--lora_r) also runs on CPU and Apple MPS."
         )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as error:
-        raise ImportError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes") from error
+        raise UsageError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes") from error
     from transformers import BitsAndBytesConfig
 
     if load_in_8bit:
@@ -131,7 +132,7 @@ def load_adapter(
     config = AutoConfig.from_pretrained(config_dir or adapter_dir.parent)
     base_name = base_model_name_or_path or peft.PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
     if not base_name:
-        raise ValueError(f"{adapter_dir}: no base model recorded; pass base_model_name_or_path")
+        raise UsageError(f"{adapter_dir}: no base model recorded; pass base_model_name_or_path")
     return _with_adapter(config, base_name, adapter_dir, **hub_kwargs)
 
 

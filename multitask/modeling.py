@@ -209,8 +209,17 @@ def load_for_training(
         model = MultitaskModel(config, encoder=source.encoder)
         if model.gate_head is not None and source.gate_head is not None:
             model.gate_head.load_state_dict(source.gate_head.state_dict())
+        reused = ["encoder"]
+        if model.gate_head is not None and source.gate_head is not None:
+            reused.append("gate head")
         if model.category_head is not None and source.config.category_id2label == config.category_id2label:
             model.category_head.load_state_dict(source.category_head.state_dict())
+            reused.append("category head")
+        new = [head for head, present in (("gate head", model.gate_head is not None),
+                                          ("category head", model.category_head is not None))
+               if present and head not in reused]
+        logger.info("loaded the saved multitask model %s (e.g. a Stage1 run): reused %s; new: %s",
+                    model_name_or_path, ", ".join(reused), ", ".join(new) or "none")
         return model
 
     encoder = AutoModel.from_pretrained(model_name_or_path, **hub_kwargs, **(encoder_kwargs or {}))

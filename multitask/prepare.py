@@ -40,8 +40,10 @@ from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.model_selection import train_test_split
 
 from .configuration import DEFAULT_TEXT_COLUMNS
+from .errors import UsageError, cli, parse_arguments
 from .labels import CATEGORY_COLUMN, PICK_COLUMN, PICK_VALUES
-from .tables import DataError, read_csv
+from .rundir import StagedFiles, check_output_dir, check_output_file, staged_files
+from .tables import DataError, check_encoding, check_readable_file, read_csv
 
 logger = logging.getLogger(__name__)
 
@@ -388,6 +390,8 @@ def _read_jsonl(path: Path, encoding: str | None) -> tuple[pd.DataFrame, list[in
             continue
     else:
         raise DataError(f"{path}: cannot decode as {' or '.join(encodings)}; pass --encoding")
+    if not any(line.strip() for line in lines):
+        raise DataError(f"{path}: the file is empty (expected one JSON object per line)")
     records, line_numbers = [], []
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -413,8 +417,7 @@ def read_table(
         raise DataError("no input files: give --input_files (CSV or JSONL)")
     frames, files, rows, is_jsonl = [], [], [], []
     for path in map(Path, paths):
-        if not path.is_file():
-            raise DataError(f"{path}: file not found")
+        check_readable_file(path)
         if path.suffix.lower() in (".jsonl", ".ndjson"):
             frame, numbers = _read_jsonl(path, encoding)
         else:
@@ -422,9 +425,10 @@ def read_table(
             numbers = list(range(2, len(frame) + 2))  # header is row 1
         missing = [column for column in required_columns if column not in frame.columns]
         if missing:
+            unit = "line 1" if path.suffix.lower() in (".jsonl", ".ndjson") else "row 1"
             raise DataError(
-                f"{path}, row 1: missing column(s) {', '.join(repr(c) for c in missing)} "
-                f"(found: {', '.join(map(str, frame.columns)) or 'none'})"
+                f"{path}, {unit}: missing column(s) {', '.join(repr(c) for c in missing)} "
+                f"(found: {', '.join(map(repr, map(str, frame.columns))) or 'none'})"
             )
         frames.append(frame)
         files += [str(path)] * len(frame)
@@ -583,13 +587,60 @@ def parse_args(argv: Sequence[str] | None = None) -> PrepareArguments:
         prog="python -m multitask.prepare",
         description="Deduplicate, filter, rebalance and split labelled text data; or check train/test leakage.",
     )
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        parse = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        (args,) = parse(argv[0])
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = parse_arguments(parser, list(sys.argv[1:] if argv is None else argv))
     return args
+
+
+def _output_paths(args: PrepareArguments) -> dict[str, Path]:
+    first_suffix = Path(args.input_files[0]).suffix.lower()
+    output_format = args.output_format or ("jsonl" if first_suffix in (".jsonl", ".ndjson") else "csv")
+    prefix = Path(args.output_prefix)
+    paths = {"train": prefix.parent / f"{prefix.name}_train.{output_format}"}
+    if args.test_size > 0:
+        paths["test"] = prefix.parent / f"{prefix.name}_test.{output_format}"
+    paths["report"] = Path(args.report_file) if args.report_file else prefix.parent / "prepare_report.json"
+    paths["removed"] = paths["report"].with_name("removed_rows.csv")
+    return paths
+
+
+def check_arguments(args: PrepareArguments) -> None:
+    """Refuse unusable arguments before any file is read or written."""
+    check_encoding(args.encoding)
+    if not 0.0 < args.dedup_threshold <= 1.0:
+        raise UsageError(f"--dedup_threshold {args.dedup_threshold}: must be in (0, 1]")
+    if args.leakage_check:
+        if not args.train_file or not args.test_file:
+            raise UsageError("--leakage_check needs --train_file and --test_file")
+        check_readable_file(args.train_file, "--train_file")
+        check_readable_file(args.test_file, "--test_file")
+        if args.report_file:
+            check_output_file(args.report_file, "--report_file")
+        return
+    if not args.input_files:
+        raise UsageError("no input files: give --input_files (CSV or JSONL)")
+    if args.output_prefix is None:
+        raise UsageError("--output_prefix is required (e.g. data/clean → data/clean_train.csv)")
+    if not 0.0 <= args.test_size < 1.0:
+        raise UsageError(f"--test_size {args.test_size}: must be in [0, 1)")
+    if args.min_class_count < 0:
+        raise UsageError(f"--min_class_count {args.min_class_count}: must be >= 0")
+    if args.reduce_majority_to is not None and not args.reduce_majority_to > 0:
+        raise UsageError(f"--reduce_majority_to {args.reduce_majority_to}: must be > 0 (0.5 balances every class "
+                         "down to the smallest)")
+    if not args.text_columns:
+        raise UsageError("--text_columns: give at least one column")
+    for path in args.input_files:
+        check_readable_file(path, "--input_files")
+    if not Path(args.output_prefix).name:
+        raise UsageError(f"--output_prefix {args.output_prefix}: ends in a folder; add a file name prefix "
+                         "(e.g. data/clean → data/clean_train.csv)")
+    inputs = {Path(path).resolve() for path in args.input_files}
+    for name, path in _output_paths(args).items():
+        flag = "--report_file" if name == "report" and args.report_file else "--output_prefix"
+        check_output_file(path, flag)
+        if path.resolve() in inputs:
+            raise UsageError(f"{flag}: the output {path} would overwrite an input file; choose another prefix")
+    check_output_dir(Path(args.output_prefix).parent, "--output_prefix")
 
 
 class _Steps:
@@ -655,15 +706,13 @@ class _Steps:
 
 
 def _write_rows(frame: pd.DataFrame, path: Path, output_format: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     if output_format == "jsonl":
         frame.to_json(path, orient="records", lines=True, force_ascii=False)
     else:
         frame.to_csv(path, index=False, encoding="utf-8")
 
 
-def _write_report(report: dict, removed: list[dict], report_path: Path) -> None:
-    report_path.parent.mkdir(parents=True, exist_ok=True)
+def _write_report(report: dict, removed: list[dict], report_path: Path, stage: StagedFiles) -> None:
     removed_path = report_path.with_name("removed_rows.csv")
     columns = [
         "step",
@@ -677,9 +726,13 @@ def _write_report(report: dict, removed: list[dict], report_path: Path) -> None:
         "label_conflict",
         "text",
     ]
-    pd.DataFrame(removed, columns=columns).to_csv(removed_path, index=False, encoding="utf-8")
+    table = pd.DataFrame(removed, columns=columns)
+    # Rows that duplicate nothing leave duplicate_of_row empty: nullable ints, so row numbers never print as 2.0.
+    for column in ("row", "duplicate_of_row"):
+        table[column] = table[column].astype("Int64")
+    table.to_csv(stage.path(removed_path), index=False, encoding="utf-8")
     report["removed_rows_file"] = str(removed_path)
-    report_path.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    stage.path(report_path).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 def _listed(records: list[dict]) -> list[dict]:
@@ -687,11 +740,11 @@ def _listed(records: list[dict]) -> list[dict]:
 
 
 def prepare(args: PrepareArguments) -> dict:
-    """The full pipeline of `main()` on parsed arguments; returns the report."""
-    if args.output_prefix is None:
-        raise DataError("--output_prefix is required (e.g. data/clean → data/clean_train.csv)")
-    if not 0.0 <= args.test_size < 1.0:
-        raise DataError(f"--test_size must be in [0, 1), got {args.test_size}")
+    """The full pipeline of `main()` on parsed arguments; returns the report.
+
+    Every output is written under a temporary name and moved into place at the end: all of them, or none.
+    """
+    check_arguments(args)
     label_columns = [args.label_column] if args.label_column else []
     table = read_table(args.input_files, list(args.text_columns) + label_columns, args.encoding)
     texts = build_texts(table, args.text_columns)
@@ -739,14 +792,9 @@ def prepare(args: PrepareArguments) -> dict:
             per_class.setdefault(label, {"train": 0, "test": 0})[name] = count
     split_info.update(train_rows=int(len(train_rows)), test_rows=int(len(test_rows)), per_class=per_class)
 
-    first_suffix = Path(args.input_files[0]).suffix.lower()
-    output_format = args.output_format or ("jsonl" if first_suffix in (".jsonl", ".ndjson") else "csv")
-    prefix = Path(args.output_prefix)
-    outputs = {"train": str(prefix.parent / f"{prefix.name}_train.{output_format}")}
-    _write_rows(table.frame.iloc[train_rows], Path(outputs["train"]), output_format)
-    if args.test_size > 0:
-        outputs["test"] = str(prefix.parent / f"{prefix.name}_test.{output_format}")
-        _write_rows(table.frame.iloc[test_rows], Path(outputs["test"]), output_format)
+    paths = _output_paths(args)
+    output_format = paths["train"].suffix.lstrip(".")
+    outputs = {name: str(paths[name]) for name in ("train", "test") if name in paths}
 
     conflicts = [record for record in exact + near if record["label_conflict"]]
     report = {
@@ -771,8 +819,11 @@ def prepare(args: PrepareArguments) -> dict:
         "exact_duplicates": _listed(exact),
         "listed_at_most": MAX_LISTED,
     }
-    report_path = Path(args.report_file) if args.report_file else prefix.parent / "prepare_report.json"
-    _write_report(report, steps.removed, report_path)
+    with staged_files() as stage:
+        _write_rows(table.frame.iloc[train_rows], stage.path(paths["train"]), output_format)
+        if "test" in paths:
+            _write_rows(table.frame.iloc[test_rows], stage.path(paths["test"]), output_format)
+        _write_report(report, steps.removed, paths["report"], stage)
     logger.info(
         "prepare: %d rows read, %d exact and %d near duplicates (%d label conflicts), %d train, %d test",
         len(labels),
@@ -787,8 +838,7 @@ def prepare(args: PrepareArguments) -> dict:
 
 def check_leakage(args: PrepareArguments) -> dict:
     """`--leakage_check`: test rows that near-duplicate training rows, written to a JSON report."""
-    if not args.train_file or not args.test_file:
-        raise DataError("--leakage_check needs --train_file and --test_file")
+    check_arguments(args)
     train = read_table([args.train_file], list(args.text_columns), args.encoding)
     test = read_table([args.test_file], list(args.text_columns), args.encoding)
     train_texts, test_texts = build_texts(train, args.text_columns), build_texts(test, args.text_columns)
@@ -834,8 +884,8 @@ def check_leakage(args: PrepareArguments) -> dict:
     report_path = (
         Path(args.report_file) if args.report_file else test_path.with_name(f"{test_path.stem}_leakage.json")
     )
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    with staged_files() as stage:
+        stage.path(report_path).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     report["report_file"] = str(report_path)
     print(
         f"{len(records)} of {len(test_texts)} test rows near-duplicate (cosine >= {args.dedup_threshold}) "
@@ -861,7 +911,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as error:
-        sys.exit(f"error: {error}")
+    sys.exit(cli(main))

@@ -1,27 +1,154 @@
 """The run directory: status marker, train.log, JSON files, and the provenance recorded in run_config.json.
 
-A run starts with `run_status.json` = running; only a run that reached its end says `complete`, and one that
-raised says `failed` with the error, so a half-written directory never looks like a finished one.
+Nothing is created before the inputs are validated: `RunDirectory.check_target` refuses an unusable path
+up front, log lines are held back (`hold_logs`) until the run starts, and a run refused before it started
+leaves nothing behind (`discard`). A started run has `run_status.json` = running; only a run that reached its
+end says `complete`, and one that raised says `failed` with the error, so a half-written directory never looks
+like a finished one. Other outputs are written under a temporary name and moved into place (`staged_files`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import os
 import platform
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from .errors import OutputError, UserError
 
 STATUS_FILE = "run_status.json"
 _LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "huggingface_hub", "scikit-learn", "tokenizers")
 
 
 def write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    """Write JSON under a temporary name, then move it into place: a reader never sees half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_dir(path: str | Path, flag: str = "--output_dir") -> Path:
+    """An `OutputError` unless `path` is (or can become) a writable directory; creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path}: is a file, not a directory; choose another path")
+    ancestor = _existing_ancestor(path)
+    if not ancestor.is_dir():
+        raise OutputError(f"{flag} {path}: {ancestor} is a file, so no directory can be created below it")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {path}: {ancestor} is not writable (permission denied)")
+    return path
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """An `OutputError` unless `path` can be written as a file (its folder may not exist yet); creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {path}: is a directory, expected a file name")
+    ancestor = _existing_ancestor(path.parent)
+    if not ancestor.is_dir():
+        raise OutputError(f"{flag} {path}: {ancestor} is a file, so no folder can be created below it")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {path}: {ancestor} is not writable (permission denied)")
+    return path
+
+
+class StagedFiles:
+    """Output files written under temporary names and moved into place together at `commit`.
+
+    Temporary files live in the nearest existing folder of their target (same filesystem, so the move is a
+    rename) and keep the target's suffix (writers that infer the format from it still work).
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def path(self, target: str | Path) -> Path:
+        target = Path(target)
+        home = _existing_ancestor(target.parent)
+        handle, temporary = tempfile.mkstemp(dir=home, prefix=f".{target.stem}.partial-", suffix=target.suffix)
+        os.close(handle)
+        self._staged.append((Path(temporary), target))
+        return Path(temporary)
+
+    def commit(self) -> None:
+        for temporary, target in self._staged:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temporary, target)
+        self._staged = []
+
+    def discard(self) -> None:
+        for temporary, _ in self._staged:
+            temporary.unlink(missing_ok=True)
+        self._staged = []
+
+
+@contextlib.contextmanager
+def staged_files() -> Iterator[StagedFiles]:
+    """`with staged_files() as stage: write to stage.path(target)…`: all targets appear at the end, or none."""
+    stage = StagedFiles()
+    try:
+        yield stage
+    except BaseException:
+        stage.discard()
+        raise
+    try:
+        stage.commit()
+    except OSError as error:
+        stage.discard()
+        raise OutputError(f"cannot move the outputs into place: {error}") from error
+
+
+class _HeldLogs(logging.Handler):
+    """Holds the root logger's records (console included) until the run starts or is refused.
+
+    A run refused before it starts then prints only its one error line; a started run replays the held lines
+    to the console and into train.log.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.root = logging.getLogger()
+        self.console = [h for h in self.root.handlers if not isinstance(h, logging.FileHandler)]
+        for handler in self.console:
+            self.root.removeHandler(handler)
+        self.root.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def let_go(self, replay: bool, *targets: logging.Handler) -> None:
+        self.root.removeHandler(self)
+        for handler in self.console:
+            self.root.addHandler(handler)
+        if replay:
+            for record in self.records:
+                for handler in (*self.console, *targets):
+                    if record.levelno >= handler.level:
+                        handler.handle(record)
+        self.records = []
 
 
 def file_sha256(path: str | Path) -> str:
@@ -71,19 +198,60 @@ class RunDirectory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._log_handler: logging.Handler | None = None
+        self._held: _HeldLogs | None = None
+        self._entries_before = set(os.listdir(self.path)) if self.path.is_dir() else None
+        self.started = False
+        self.notes: dict[str, Any] = {}  # said plainly in run_status.json at the end (e.g. what was not done)
+
+    def check_target(self) -> None:
+        """Refuse, before anything is created, a path that is a file, not writable, or holds a complete run."""
+        check_output_dir(self.path)
+        if (self.path / STATUS_FILE).is_file():
+            try:
+                status = json.loads((self.path / STATUS_FILE).read_text(encoding="utf-8")).get("status")
+            except (OSError, ValueError, AttributeError):
+                status = None
+            if status == "complete":
+                raise OutputError(f"--output_dir {self.path}: holds a complete run; choose another --output_dir")
+
+    def hold_logs(self) -> None:
+        """Keep log lines back until `start` (replayed to the console and train.log) or `discard` (dropped)."""
+        if self._held is None:
+            self._held = _HeldLogs()
 
     def start(self) -> RunDirectory:
-        if (self.path / STATUS_FILE).is_file():
-            status = json.loads((self.path / STATUS_FILE).read_text(encoding="utf-8")).get("status")
-            if status == "complete":
-                raise FileExistsError(f"{self.path} holds a complete run; choose another --output_dir")
+        self.check_target()
         self.path.mkdir(parents=True, exist_ok=True)
         self.set_status("running")
         self._log_handler = logging.FileHandler(self.path / "train.log", encoding="utf-8")
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        if self._held is not None:
+            self._held.let_go(True, self._log_handler)
+            self._held = None
         for name in ("", "transformers"):
             logging.getLogger(name).addHandler(self._log_handler)
+        self.started = True
         return self
+
+    def discard(self, error: BaseException | None = None) -> None:
+        """A run refused before it started: remove what this process created there, drop the held log lines.
+
+        The held lines are replayed to the console for a bug (not a `UserError`), where they help.
+        """
+        if self._held is not None:
+            self._held.let_go(error is not None and not isinstance(error, UserError))
+            self._held = None
+        if self.started or not self.path.is_dir():
+            return
+        if self._entries_before is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in set(os.listdir(self.path)) - self._entries_before:
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
 
     def set_status(self, status: str, **details: Any) -> None:
         write_json(self.path / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **details})
@@ -93,11 +261,23 @@ class RunDirectory:
         write_json(target, payload)
         return target
 
+    def _to_log_file(self, level: int, message: str, exc_info: Any = None) -> None:
+        # The console already shows the error (one line, or the traceback of a bug): only train.log gets it here.
+        if self._log_handler is not None:
+            record = logging.getLogger("run_finetune").makeRecord(
+                "run_finetune", level, __file__, 0, message, (), exc_info
+            )
+            self._log_handler.handle(record)
+
     def close(self, error: BaseException | None = None) -> None:
         if error is None:
-            self.set_status("complete")
+            logging.getLogger("run_finetune").info("run complete: %s", self.path)  # console and train.log
+            self.set_status("complete", **self.notes)
         else:
-            self.set_status("failed", error=f"{type(error).__name__}: {error}")
+            bug = not isinstance(error, (UserError, KeyboardInterrupt))
+            self._to_log_file(logging.ERROR, f"run failed: {type(error).__name__}: {error}",
+                              (type(error), error, error.__traceback__) if bug else None)
+            self.set_status("failed", error=f"{type(error).__name__}: {error}", **self.notes)
         if self._log_handler is not None:
             for name in ("", "transformers"):
                 logging.getLogger(name).removeHandler(self._log_handler)

@@ -193,8 +193,8 @@ def test_cli_in_a_fresh_process_reads_hf_endpoint_and_dotenv(hub, data_dir, tmp_
     assert len(hub.commits_to(REPO)) == 1
     (tmp_path / ".env").write_text("HF_TOKEN=hf_not_valid\n", encoding="utf-8")
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "error: the Hub rejected the token" in done.stderr
-    assert "Traceback" not in done.stderr and "hf_not_valid" not in done.stderr
+    assert done.returncode == 2 and done.stderr.startswith("error: the Hub rejected the token")  # the contract
+    assert len(done.stderr.strip().splitlines()) == 1 and "hf_not_valid" not in done.stderr
 
 
 def test_model_and_card_round_trip(hub, encoder_dir, tmp_path):

@@ -11,6 +11,7 @@ from transformers import AutoModel
 import run_finetune
 import run_predict
 from multitask import lora
+from multitask.errors import UsageError
 from multitask.modeling import MultitaskModel, build_config
 from multitask.predict import load_model
 from tests.conftest import CATEGORIES
@@ -88,7 +89,7 @@ def test_lora_run_saves_merged_model_and_adapter(encoder_dir, csv_files, tmp_pat
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 @pytest.mark.parametrize("flag", ["--load_in_4bit", "--load_in_8bit"])
 def test_kbit_loading_without_cuda_is_a_clear_error(encoder_dir, csv_files, tmp_path, flag):
-    with pytest.raises(RuntimeError, match=f"{flag} needs a CUDA GPU"):
+    with pytest.raises(UsageError, match=f"{flag} needs a CUDA GPU"):
         run_finetune.main(finetune_args(encoder_dir, csv_files, tmp_path / "run", "--lora_r", "4", flag, "true"))
     with pytest.raises(ValueError, match="needs --lora_r"):
         lora.quantization_kwargs(flag == "--load_in_4bit", flag == "--load_in_8bit", 0, torch.bfloat16)

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from analysis.__main__ import main
-from analysis.safety import bootstrap_interval, category_safety, gate_safety, load_cost_matrix, mean_cost
+from analysis.safety import category_safety, gate_safety, load_cost_matrix, mean_cost
+from multitask.errors import DataError, UsageError
+from multitask.stats import bootstrap_mean_interval, proportion_interval
 
 approx = pytest.approx
 
@@ -21,10 +23,11 @@ def test_critical_as_allowed_rate_and_interval():
     result = category_safety(GOLD, PRED, "ALLOW", ["DENY", "REFUSE"], resamples=2000, seed=3)
     rate = result["critical_as_allowed"]
     assert (rate["rate"], rate["count"], rate["rows"]) == (approx(0.6), 3, 5)
-    low, high = rate["ci95"]
-    assert 0.0 <= low <= 0.6 <= high <= 1.0 and low < high
-    again = category_safety(GOLD, PRED, "ALLOW", ["DENY", "REFUSE"], resamples=2000, seed=3)
-    assert again["critical_as_allowed"]["ci95"] == rate["ci95"]  # deterministic for a seed
+    # Clopper-Pearson 3 of 5: Beta(0.025; 3, 3) and Beta(0.975; 4, 2) (R: binom.test(3, 5)$conf.int).
+    assert rate["ci95"] == approx([0.1466328, 0.9472550], abs=1e-6)
+    assert rate["ci_method"] == "Clopper-Pearson exact"
+    wilson = category_safety(GOLD, PRED, "ALLOW", ["DENY", "REFUSE"], interval="wilson")["critical_as_allowed"]
+    assert wilson["ci95"] == approx([0.2307, 0.8824], abs=1e-4) and wilson["ci_method"] == "Wilson score"
     assert result["accuracy"] == approx(3 / 8)
     # ALLOW: TP 2, P 2/5, R 2/3; DENY: TP 1, P 1/2, R 1/4; REFUSE: P 0, R 0.
     assert result["per_class_f1"]["ALLOW"] == approx(2 * 0.4 * (2 / 3) / (0.4 + 2 / 3))
@@ -33,13 +36,23 @@ def test_critical_as_allowed_rate_and_interval():
     assert result["mean_cost"] is None
 
 
-def test_binomial_bootstrap_matches_row_resampling():
-    hits = np.r_[np.ones(30), np.zeros(170)]
-    rng = np.random.default_rng(0)
-    resampled = hits[rng.integers(0, hits.size, size=(4000, hits.size))].mean(axis=1)
-    explicit = np.percentile(resampled, [2.5, 97.5])
-    assert bootstrap_interval(30, 200, resamples=4000, seed=1) == approx(explicit, abs=0.015)
-    assert bootstrap_interval(0, 0) is None and bootstrap_interval(3, 5, resamples=0) is None
+def test_proportion_intervals_stay_honest_at_the_edges():
+    # 0 of 17: a percentile bootstrap gives [0, 0]; the exact upper bound is 1 - 0.025^(1/17).
+    assert proportion_interval(0, 17) == approx([0.0, 1 - 0.025 ** (1 / 17)], abs=1e-9)
+    assert proportion_interval(17, 17) == approx([0.025 ** (1 / 17), 1.0], abs=1e-9)
+    assert proportion_interval(0, 17, "wilson") == approx([0.0, 1.959964**2 / (17 + 1.959964**2)], abs=1e-6)
+    assert proportion_interval(0, 0) is None
+    low, high = proportion_interval(30, 200)
+    assert low < 0.15 < high and proportion_interval(30, 200, "wilson")[0] > low  # exact is the wider
+    with pytest.raises(ValueError):
+        proportion_interval(3, 5, "percentile")
+
+
+def test_mean_cost_bootstrap_interval():
+    values = np.r_[np.full(30, 10.0), np.zeros(170)]
+    low, high = bootstrap_mean_interval(values, resamples=4000, seed=1)
+    assert low < 1.5 < high and high - low == approx(2 * 1.96 * np.sqrt(1.5 * 8.5 / 200), rel=0.15)
+    assert bootstrap_mean_interval([], 100) is None and bootstrap_mean_interval([1.0, 2.0], 0) is None
 
 
 def test_cost_matrix_mean_cost_by_hand(tmp_path):
@@ -51,17 +64,17 @@ def test_cost_matrix_mean_cost_by_hand(tmp_path):
     unnamed = tmp_path / "unnamed.csv"
     unnamed.write_text(COSTS.replace("gold,", ",", 1), encoding="utf-8")
     assert mean_cost(GOLD, PRED, load_cost_matrix(unnamed)) == approx(28 / 8)
-    with pytest.raises(ValueError, match=r"costs\.csv: no row \(gold\) for label\(s\) 'OTHER'"):
+    with pytest.raises(DataError, match=r"costs\.csv: no row \(gold\) for label\(s\) 'OTHER'"):
         mean_cost([*GOLD, "OTHER"], [*PRED, "ALLOW"], costs, str(path))
 
 
 def test_unknown_allow_label_is_an_error():
-    with pytest.raises(ValueError, match="'ALOW'"):
+    with pytest.raises(UsageError, match="'ALOW'"):
         category_safety(GOLD, PRED, "ALOW", ["DENY"])
 
 
 def test_gate_decline_as_pick():
-    result = gate_safety(np.array([0, 0, 0, 0, 1]), np.array([1, 0, 0, 1, 1]), resamples=500, seed=0)
+    result = gate_safety(np.array([0, 0, 0, 0, 1]), np.array([1, 0, 0, 1, 1]))
     assert result["decline_as_pick"]["rate"] == approx(0.5)
     assert result["decline_as_pick"]["rows"] == 4
 
@@ -87,9 +100,13 @@ def test_cli_writes_safety_json(tmp_path, capsys):
     )
     safety = json.loads((tmp_path / "o" / "preds_safety.json").read_text(encoding="utf-8"))
     category = safety["splits"]["preds"]["category"]
-    assert category["critical_as_allowed"] == {"rate": approx(0.6), "count": 3, "rows": 5, "ci95": None}
-    assert category["mean_cost"] == approx(3.5)
+    assert category["critical_as_allowed"] == {"rate": approx(0.6), "count": 3, "rows": 5,
+                                               "ci95": approx([0.1466328, 0.9472550], abs=1e-6),
+                                               "ci_method": "Clopper-Pearson exact"}
+    assert category["mean_cost"] == approx(3.5) and category["mean_cost_ci95"] is None  # --bootstrap 0
     assert "gate" not in safety["splits"]["preds"]
-    assert "critical-as-allowed rate | 0.600 = 3/5" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
+    assert "critical-as-allowed rate | 0.600 = 3/5 (95% CI 0.147–0.947, Clopper-Pearson exact)" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(UsageError, match="go together"):
         main([str(csv), "--allow_label", "ALLOW"])

@@ -12,6 +12,7 @@ import yaml
 import run_finetune
 import run_predict
 from multitask.data import DataError
+from multitask.errors import UsageError
 
 
 def finetune_args(encoder_dir, csv_files, output_dir, *extra):
@@ -69,6 +70,7 @@ def test_run_directory_is_complete(trained_run):
     log = (run_dir / "train.log").read_text(encoding="utf-8")
     assert "rows_in_both_files" in log and "gate thresholds" in log
     assert "parallelism: single process over 1 process(es); this rank holds 100.0% of the parameter elements" in log
+    assert f"run complete: {run_dir}" in log
 
 
 def test_run_predict_on_trained_run(trained_run, tmp_path):
@@ -117,15 +119,28 @@ def test_unknown_threshold_name(trained_run, tmp_path):
                           str(tmp_path), "--threshold", "f2"])
 
 
-def test_failed_run_is_marked_failed(encoder_dir, csv_files, tmp_path):
+def test_bad_data_is_refused_before_the_run_directory_exists(encoder_dir, csv_files, tmp_path):
     bad = tmp_path / "bad_task1.csv"
     pd.DataFrame({"pick": ["1", "perhaps"], "title": ["a", "b"], "body": ["", ""]}).to_csv(bad, index=False)
     files = dict(csv_files, task1=bad)
     with pytest.raises(DataError, match="bad_task1.csv, row 3, column 'pick'"):
         run_finetune.main(finetune_args(encoder_dir, files, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_failure_during_training_is_marked_failed(encoder_dir, csv_files, tmp_path, monkeypatch):
+    def broken_train(self, *args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(run_finetune.MultitaskTrainer, "train", broken_train)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_finetune.main(finetune_args(encoder_dir, csv_files, tmp_path / "run"))
     status = json.loads((tmp_path / "run" / "run_status.json").read_text())
-    assert status["status"] == "failed" and "perhaps" in status["error"]
+    assert status["status"] == "failed" and "disk on fire" in status["error"]
     assert not (tmp_path / "run" / "metrics.json").exists()
+    log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert "run failed: RuntimeError: disk on fire" in log and "Traceback" in log  # a bug keeps its traceback
+    assert "data: rows_in_both_files" in log  # lines held back until the start reach train.log
 
 
 def test_bad_metric_name_fails_before_training(encoder_dir, csv_files, tmp_path):
@@ -222,7 +237,7 @@ def test_single_head_runs(encoder_dir, tmp_path, head):
 
 def test_resume_restores_cartography_and_epoch_log(encoder_dir, csv_files, tmp_path):
     run_dir = tmp_path / "run"
-    with pytest.raises(FileNotFoundError, match="no checkpoint-"):
+    with pytest.raises(UsageError, match="no checkpoint-"):
         run_finetune.main(finetune_args(encoder_dir, csv_files, tmp_path / "empty", "--resume_from_checkpoint", "true"))
     run_finetune.main(finetune_args(encoder_dir, csv_files, run_dir, "--num_train_epochs", "1",
                                     "--save_strategy", "epoch", "--save_total_limit", "1"))

@@ -1,0 +1,355 @@
+"""Checks run before anything is loaded or written: arguments, input files, model directories.
+
+Each raises a `multitask.errors.UserError` whose message names the flag or file and says what to do, so the
+CLIs refuse a run that cannot work (or would train nothing) before they create any output. `model_load_errors`
+translates what transformers/safetensors/huggingface_hub raise while a model loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelFileError, UsageError, UserError, closest, one_line
+from .tables import check_encoding, check_readable_file
+
+TOKENIZER_FILES = ("tokenizer.json", "spm.model", "vocab.txt", "vocab.json", "sentencepiece.bpe.model",
+                   "tokenizer.model", "spiece.model")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+_REFETCH = "re-download it (or re-save the model with save_pretrained)"
+
+
+# ------------------------------------------------------------------------------------------------ small checks
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_positive(value: Any, flag: str, what: str = "") -> None:
+    require(_finite(value) and value > 0, f"{flag} {value}: must be a positive number{what}")
+
+
+def check_fraction(value: float, flag: str, low_open: bool = False, high_open: bool = False) -> None:
+    low_ok = value > 0 if low_open else value >= 0
+    high_ok = value < 1 if high_open else value <= 1
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    require(_finite(value) and low_ok and high_ok, f"{flag} {value}: must be in {interval}")
+
+
+def check_input_file(path: str | Path, flag: str) -> None:
+    """A `DataError` naming the flag when an input file is missing, a directory, or unreadable."""
+    check_readable_file(path, flag)
+
+
+# --------------------------------------------------------------------------------------------- model sources
+def _looks_local(name: str) -> bool:
+    """True when `name` can only be a local path (huggingface_hub would reject it as a repo id)."""
+    if name.startswith(("/", ".", "~", "\\")) or "\\" in name or name.endswith("/") or name.count("/") > 1:
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _check_json(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+        value = json.loads(text)
+    except UnicodeDecodeError:
+        raise ModelFileError(f"{path}: not a text file, the {what} is corrupt; {_REFETCH}") from None
+    except json.JSONDecodeError as error:
+        state = "empty" if not text.strip() else f"not valid JSON (line {error.lineno}: {error.msg})"
+        raise ModelFileError(f"{path}: {state}, the {what} is truncated or corrupt; {_REFETCH}") from None
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{path}: expected a JSON object, the {what} is corrupt; {_REFETCH}")
+    return value
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as error:
+        raise ModelFileError(f"{path}: truncated or corrupt weights ({one_line(str(error))}); {_REFETCH}") from None
+
+
+def check_model_dir(path: Path, flag: str, need_tokenizer: bool = True, multitask_only: bool = False) -> None:
+    """Everything `from_pretrained` needs in a local model directory, each file readable and not truncated."""
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ModelFileError(f"{flag} {path}: no config.json, this is not a model directory (a run directory "
+                             "holds its model in model/)")
+    config = _check_json(config_path, "model config")
+    model_type = config.get("model_type")
+    if not model_type:
+        raise ModelFileError(f"{config_path}: no 'model_type' key, the config is incomplete; {_REFETCH}")
+    if multitask_only and model_type != "multitask":
+        raise ModelFileError(f"{flag} {path}: a plain {model_type!r} encoder, not a trained multitask model; give a "
+                             "run directory of run_finetune.py or its model/ folder")
+    weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        raise ModelFileError(f"{flag} {path}: no weights file ({' or '.join(WEIGHT_FILES[::2])}); {_REFETCH}")
+    for weight in weights:
+        if weight.name == "model.safetensors":
+            _check_safetensors(weight)
+        elif weight.name.endswith(".index.json"):
+            index = _check_json(weight, "weights index")
+            for shard in sorted(set((index.get("weight_map") or {}).values())):
+                if not (path / shard).is_file():
+                    raise ModelFileError(f"{path / shard}: missing weights shard (listed in {weight.name}); {_REFETCH}")
+                if shard.endswith(".safetensors"):
+                    _check_safetensors(path / shard)
+        elif weight.stat().st_size == 0:
+            raise ModelFileError(f"{weight}: empty weights file; {_REFETCH}")
+    if need_tokenizer:
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise ModelFileError(
+                f"{flag} {path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, …); save the tokenizer with "
+                "the model, or pass --tokenizer_name"
+            )
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if (path / name).is_file():
+                _check_json(path / name, "tokenizer")
+
+
+def resolve_model_source(name: str, flag: str, need_tokenizer: bool = True, multitask_only: bool = False) -> str:
+    """What to pass to `from_pretrained` for `name`: a checked local directory, or a Hub id (checked on download).
+
+    A run directory of run_finetune.py stands for its `model/` folder. A path that cannot be a Hub id and does
+    not exist is "no such directory" (huggingface_hub would report a malformed repo id).
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelFileError(f"{flag} {name}: is a file; give the model directory (config.json and weights)")
+        if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+            path = path / "model"
+        check_model_dir(path, flag, need_tokenizer, multitask_only)
+        return str(path)
+    if _looks_local(name):
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        hint = f" ({parent} exists)" if parent is not None and str(parent) not in ("/", ".") else ""
+        raise ModelFileError(f"{flag} {name}: no such directory{hint}")
+    return name
+
+
+@contextlib.contextmanager
+def model_load_errors(name: str, flag: str) -> Iterator[None]:
+    """Translate what loading a model or tokenizer raises into a `ModelFileError` naming it and the fix."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - only the known library failures are translated below
+        translated = _translate_load_error(name, flag, error)
+        if translated is None:
+            raise
+        raise translated from error
+
+
+def _translate_load_error(name: str, flag: str, error: Exception) -> UserError | None:
+    message = one_line(str(error))
+    local = Path(name).expanduser().exists()
+    kind = type(error).__name__
+    if kind == "SafetensorError":
+        return ModelFileError(f"{flag} {name}: truncated or corrupt model.safetensors ({message}); {_REFETCH}")
+    if kind == "HFValidationError":
+        return ModelFileError(f"{flag} {name}: no such directory")
+    if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "LocalEntryNotFoundError",
+                "EntryNotFoundError", "RemoteEntryNotFoundError", "OfflineModeIsEnabled") or (
+        isinstance(error, OSError) and not local and re.search(
+            r"couldn't connect|not a local folder|not a valid model identifier|Repository Not Found|offline",
+            message, re.IGNORECASE)
+    ):
+        return ModelFileError(
+            f"{flag} {name}: not a local directory, and no Hub model of that name could be loaded ({message[:300]}); "
+            "check the path, or the model id, your token (HF_TOKEN) and connection"
+        )
+    if isinstance(error, json.JSONDecodeError) or isinstance(error, UnicodeDecodeError):
+        return ModelFileError(f"{flag} {name}: a JSON file is truncated or corrupt ({message}); {_REFETCH}")
+    if isinstance(error, OSError):
+        return ModelFileError(f"{flag} {name}: {message}")
+    if isinstance(error, ValueError) and re.search(r"Unrecognized model|model_type|not a multitask model", message):
+        return ModelFileError(f"{flag} {name}: {message}")
+    if isinstance(error, RuntimeError) and re.search(r"PytorchStreamReader|size mismatch|Error\(s\) in loading",
+                                                     message):
+        return ModelFileError(f"{flag} {name}: the weights do not load ({message[:300]}); {_REFETCH}")
+    if type(error) is Exception:  # the tokenizers library raises bare Exceptions for a corrupt tokenizer.json
+        return ModelFileError(f"{flag} {name}: the tokenizer does not load ({message[:300]}); {_REFETCH}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------- run_finetune.py
+def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any) -> None:
+    """Refuse, before anything is loaded or written, arguments that cannot work or would train nothing."""
+    args = training_args
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(args, flag)
+        require(isinstance(value, int) and value >= 1, f"--{flag} {value}: must be a whole number >= 1")
+    require(data_args.max_seq_length >= 1, f"--max_seq_length {data_args.max_seq_length}: must be >= 1")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise UsageError(f"--max_steps {args.max_steps}: would train nothing; give a positive number of optimizer "
+                         "steps, or leave it at -1 to train --num_train_epochs epochs")
+    if args.max_steps < 0 and not (_finite(args.num_train_epochs) and args.num_train_epochs > 0):
+        raise UsageError(f"--num_train_epochs {args.num_train_epochs}: would train nothing; give a positive number "
+                         "of epochs (or --max_steps N)")
+    check_positive(args.learning_rate, "--learning_rate", " (0 would leave every weight unchanged)")
+    require(_finite(args.weight_decay) and args.weight_decay >= 0, f"--weight_decay {args.weight_decay}: must be >= 0")
+    require(_finite(args.max_grad_norm), f"--max_grad_norm {args.max_grad_norm}: must be a number")
+    if not data_args.validation_file:
+        check_fraction(data_args.validation_split, "--validation_split", low_open=True, high_open=True)
+    for flag in ("gate_loss_weight", "category_loss_weight", "hierarchy_weight", "pick_consistency_weight",
+                 "rdrop_alpha_category", "rdrop_alpha_gate", "awp_lr"):
+        value = getattr(args, flag)
+        require(_finite(value) and value >= 0, f"--{flag} {value}: must be >= 0")
+    if not args.uncertainty_weighting:
+        require(args.gate_loss_weight > 0 or args.category_loss_weight > 0,
+                "--gate_loss_weight 0 and --category_loss_weight 0: the loss would be zero, nothing would train")
+    for flag in ("gate_label_smoothing", "category_label_smoothing"):
+        check_fraction(getattr(args, flag), f"--{flag}", high_open=True)
+    check_fraction(model_args.classifier_dropout, "--classifier_dropout", high_open=True)
+    check_positive(args.class_weight_min, "--class_weight_min")
+    require(args.class_weight_min <= args.class_weight_max,
+            f"--class_weight_min {args.class_weight_min} is above --class_weight_max {args.class_weight_max}")
+    require(isinstance(args.msd_samples, int) and args.msd_samples >= 1, f"--msd_samples {args.msd_samples}: must be >= 1")
+    check_positive(args.awp_eps, "--awp_eps")
+    require(_finite(args.layerwise_lr_decay) and 0 < args.layerwise_lr_decay <= 1,
+            f"--layerwise_lr_decay {args.layerwise_lr_decay}: must be in (0, 1] (1 = off)")
+    check_fraction(args.max_decline_leak, "--max_decline_leak")
+    require(args.worst_k >= 0, f"--worst_k {args.worst_k}: must be >= 0")
+    quantiles = list(args.frequency_band_quantiles)
+    require(bool(quantiles) and all(_finite(q) and 0 < q < 1 for q in quantiles) and quantiles == sorted(set(quantiles)),
+            f"--frequency_band_quantiles {' '.join(map(str, quantiles))}: must be increasing numbers in (0, 1)")
+    for flag in ("pick_low_confidence_levels", "decline_high_confidence_levels"):
+        for value in getattr(args, flag):
+            check_fraction(value, f"--{flag}")
+    if args.early_stopping_patience is not None:
+        require(args.early_stopping_patience >= 1,
+                f"--early_stopping_patience {args.early_stopping_patience}: must be >= 1 (leave it out to never stop)")
+        require(args.load_best_model_at_end and str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no",
+                "--early_stopping_patience needs evaluations and --load_best_model_at_end true")
+    require(model_args.lora_r >= 0, f"--lora_r {model_args.lora_r}: must be >= 0 (0 = full fine-tuning)")
+    if model_args.lora_r:
+        check_positive(model_args.lora_alpha, "--lora_alpha")
+        check_fraction(model_args.lora_dropout, "--lora_dropout", high_open=True)
+    _check_report_to(args.report_to)
+    for flag, low in (("knn_k", 1), ("knn_bank_size", 1), ("threshold_cv", 0)):
+        value = getattr(args, flag, low)
+        require(isinstance(value, int) and value >= low, f"--{flag} {value}: must be a whole number >= {low}")
+    require(getattr(args, "threshold_cv", 0) != 1, "--threshold_cv 1: give 0 (off) or at least 2 folds")
+    for flag in ("contrastive_weight",):
+        value = getattr(args, flag, 0.0)
+        require(_finite(value) and value >= 0, f"--{flag} {value}: must be >= 0")
+    if getattr(args, "contrastive_weight", 0.0):
+        check_positive(args.contrastive_temperature, "--contrastive_temperature")
+    if args.push_to_hub and not args.hub_model_id:
+        raise UsageError("--push_to_hub needs --hub_model_id user/name (the model repo to create or update)")
+    require(bool(data_args.text_columns), "--text_columns: give at least one column")
+    check_encoding(data_args.encoding)
+
+    own_data = any([data_args.task1_file, data_args.task2_file, data_args.validation_file])
+    if model_args.model_name_or_path is None and own_data:
+        raise UsageError("--model_name_or_path is required with your own data (the demo encoder knows only demo text)")
+    if not data_args.dataset_repo:
+        for flag, path in (("--task1_file", data_args.task1_file), ("--task2_file", data_args.task2_file),
+                           ("--validation_file", data_args.validation_file)):
+            if path:
+                check_input_file(path, flag)
+        for path in data_args.test_files:
+            check_input_file(path, "--test_files")
+        stems = [Path(path).stem for path in data_args.test_files]
+        duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
+        if duplicate is not None:
+            raise UsageError(f"--test_files: two files are named {duplicate!r}; their predictions would overwrite "
+                             "each other")
+    if model_args.model_name_or_path is not None:
+        model_args.model_name_or_path = resolve_model_source(
+            model_args.model_name_or_path, "--model_name_or_path", need_tokenizer=not model_args.tokenizer_name)
+    if model_args.tokenizer_name:
+        source = Path(model_args.tokenizer_name).expanduser()
+        if source.exists() and not any((source / name).is_file() for name in TOKENIZER_FILES):
+            raise ModelFileError(f"--tokenizer_name {model_args.tokenizer_name}: no tokenizer files in this directory")
+        if not source.exists() and _looks_local(model_args.tokenizer_name):
+            raise ModelFileError(f"--tokenizer_name {model_args.tokenizer_name}: no such directory")
+    resume = args.resume_from_checkpoint
+    if resume and resume.lower() not in ("true", "last", "false") and not Path(resume).is_dir():
+        raise UsageError(f"--resume_from_checkpoint {resume}: no such checkpoint directory (or pass true for the "
+                         "newest checkpoint-* in --output_dir)")
+
+
+def _check_report_to(report_to: Any) -> None:
+    """An unknown --report_to name fails at start-up, not after the data is loaded and tokenized."""
+    try:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+    except ImportError:
+        return
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name not in ("all", "none") and name not in INTEGRATION_TO_CALLBACK:
+            raise UsageError(f"--report_to {name}: unknown integration{closest(name, INTEGRATION_TO_CALLBACK)}; "
+                             f"choose from none, all, {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+
+
+def check_training_steps(train_rows: int, training_args: Any) -> int:
+    """The optimizer steps the Trainer will take (as `Trainer.set_initial_training_values` counts them); refuses 0."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
+    batches = train_rows // batch if training_args.dataloader_drop_last else math.ceil(train_rows / batch)
+    if batches == 0:
+        raise UsageError(
+            f"{train_rows} training row(s) and --dataloader_drop_last with a batch of {batch}: not one full batch, "
+            "nothing would train; lower --per_device_train_batch_size"
+        )
+    per_epoch = max(math.ceil(batches / training_args.gradient_accumulation_steps), 1)
+    steps = math.ceil(training_args.num_train_epochs * per_epoch)
+    if steps <= 0:
+        raise UsageError(f"--num_train_epochs {training_args.num_train_epochs}: 0 optimizer steps, nothing would train")
+    return steps
+
+
+# ----------------------------------------------------------------------------------------- run_predict.py
+def check_predict_arguments(args: Any) -> None:
+    """run_predict.py's arguments that can be checked before the model is loaded."""
+    require(bool(args.input_files), "--input_files: give at least one CSV file")
+    for flag in ("batch_size", "top_k", "max_seq_length"):
+        value = getattr(args, flag)
+        require(isinstance(value, int) and value >= 1, f"--{flag} {value}: must be a whole number >= 1")
+    check_encoding(args.encoding)
+    if args.text_columns is not None:
+        require(bool(args.text_columns), "--text_columns: give at least one column")
+    with contextlib.suppress(ValueError):
+        value = float(args.threshold)
+        require(0.0 <= value <= 1.0, f"--threshold {args.threshold}: a number must be in [0, 1]")
+    check_device(args.device)
+    for path in args.input_files:
+        check_input_file(path, "--input_files")
+    stems = [Path(path).stem for path in args.input_files]
+    duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
+    if duplicate is not None:
+        raise UsageError(f"--input_files: two files are named {duplicate!r}; their outputs would overwrite each other")
+
+
+def check_device(name: str) -> None:
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is available here; use --device auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: Apple MPS is not available here; use --device auto or cpu")

@@ -1,0 +1,309 @@
+"""One error contract for every command line: a user mistake ends in one line on stderr, never a traceback.
+
+    error: <where>: <what is wrong, and what to do>
+
+`UserError` (and its subclasses) is what a user can fix: arguments, data files, paths, model files, the Hub.
+Each CLI's `main(argv)` raises it like any exception (tests and scripts calling `main` in-process see the
+exception); the `if __name__ == "__main__"` block runs `sys.exit(cli(main))`, which prints the one line and
+exits with status 2 (as argparse does for a usage error). `--debug` (a bare flag, stripped before parsing) or
+`MULTITASK_DEBUG=1` also prints the traceback. Any other exception is a bug and keeps its traceback.
+
+Library errors that reach users (pandas, safetensors, transformers, huggingface_hub) are translated into a
+`UserError` where the project calls the library, so the message can name the file and the fix.
+No heavy imports here: every CLI loads this module first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "MULTITASK_DEBUG"
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says where (file, row, column, flag) and what to do."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class UsageError(UserError, ValueError):
+    """A bad argument value or combination of arguments (also a bad or mistyped config-file key)."""
+
+
+class DataError(UserError, ValueError):
+    """Bad input data; the message names file, row (as a spreadsheet shows it) and column."""
+
+
+class ModelFileError(UserError, OSError):
+    """A model directory or Hub model that cannot be loaded: missing, truncated or corrupt files."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """An input path that does not exist (or holds no usable file)."""
+
+
+class OutputError(UserError, OSError):
+    """An output path that cannot be written (a file where a folder is expected, no permission, a finished run)."""
+
+
+def one_line(message: str) -> str:
+    """Collapse a (library's) multi-line message into one line."""
+    return re.sub(r"\s*\n\s*", "; ", str(message).strip()).strip("; ") or "unknown error"
+
+
+def format_error(error: BaseException) -> str:
+    return f"error: {one_line(str(error))}"
+
+
+def debug_requested(argv: Sequence[str], bare_only: bool = False) -> tuple[list[str], bool]:
+    """`argv` without our `--debug`, and whether tracebacks were asked for (`--debug` or MULTITASK_DEBUG=1).
+
+    With `bare_only` (run_finetune.py) only a `--debug` followed by nothing or another flag is ours:
+    `--debug underflow_overflow` is TrainingArguments' own option and is left alone.
+    """
+    argv = list(argv)
+    debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    kept = []
+    for index, arg in enumerate(argv):
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if arg == DEBUG_FLAG and (not bare_only or following is None or following.startswith("-")):
+            debug = True
+        else:
+            kept.append(arg)
+    return kept, debug
+
+
+_debugging = False
+
+
+def debugging() -> bool:
+    """Whether this process was asked for tracebacks (`--debug` through `cli`, or MULTITASK_DEBUG=1)."""
+    return _debugging or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, bare_debug_only: bool = False) -> int:
+    """Run a CLI `main(argv)` behind the error contract; returns the exit status for `sys.exit`.
+
+    UserError: one `error: …` line on stderr, status 2 (traceback too with --debug / MULTITASK_DEBUG=1).
+    KeyboardInterrupt: one line, status 130. Anything else propagates with its traceback (a bug).
+    """
+    global _debugging
+    argv, debug = debug_requested(sys.argv[1:] if argv is None else argv, bare_debug_only)
+    _debugging = debug
+    try:
+        main(argv)
+    except UserError as error:
+        if debug:
+            traceback.print_exc()
+        sys.stdout.flush()
+        print(format_error(error), file=sys.stderr, flush=True)
+        return error.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("error: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    finally:
+        _debugging = False
+    return 0
+
+
+def closest(name: str, choices: Iterable[str], prefix: str = "") -> str:
+    """' (did you mean X?)' for the nearest valid name, or ''."""
+    choices = list(choices)
+    lowered: dict[str, str] = {}
+    for choice in choices:  # the first spelling wins (HfArgumentParser lists --a_b before its --a-b alias)
+        lowered.setdefault(choice.lower().replace("-", "_"), choice)
+    key = name.lower().replace("-", "_")
+    if key in lowered and lowered[key] != name:
+        return f" (did you mean {prefix}{lowered[key]}?)"
+    match = difflib.get_close_matches(key, list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{lowered[match[0]]}?)" if match else ""
+
+
+def raise_usage_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make `parser` (argparse or HfArgumentParser) raise `UsageError` instead of printing usage and exiting.
+
+    An unrecognized flag names the closest real one.
+    """
+    flags = [option for action in parser._actions for option in action.option_strings]
+
+    def error(message: str) -> NoReturn:
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            raise UsageError(unknown_arguments(unknown.group(1).split(), flags))
+        raise UsageError(f"{message} (see --help)")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
+def unknown_arguments(remaining: Sequence[str], flags: Iterable[str]) -> str:
+    """The message for flags a parser did not use, with the closest valid flag for each."""
+    flags = list(flags)
+    unknown = [arg for arg in remaining if arg.startswith("-")] or list(remaining)
+    parts = []
+    for arg in unknown:
+        name = arg.split("=", 1)[0]
+        parts.append(f"{name}{closest(name.lstrip('-'), [f.lstrip('-') for f in flags if f.startswith('--')], '--')}")
+    noun = "argument" if len(parts) == 1 else "arguments"
+    return f"unknown {noun} {', '.join(parts)} (see --help)"
+
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def parse_arguments(parser: Any, argv: Sequence[str]) -> tuple:
+    """Parse a command line, or a JSON/YAML config file given as the only argument, with an `HfArgumentParser`.
+
+    Every mistake is a `UsageError`: an unknown or mistyped flag or config key (the closest valid name is
+    suggested), a value of the wrong type or outside the choices, a config file that is missing or not valid
+    JSON/YAML (with the line), and the dataclasses' own checks (e.g. TrainingArguments' strategy rules).
+    """
+    raise_usage_errors(parser)
+    argv = list(argv)
+    if len(argv) == 1 and argv[0].lower().endswith(CONFIG_SUFFIXES):
+        return parse_config_file(parser, argv[0])
+    try:
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as error:
+        if isinstance(error, UserError):
+            raise
+        raise UsageError(_name_the_flag(one_line(str(error)), argv)) from error
+    if remaining:
+        config = [arg for arg in remaining if arg.lower().endswith(CONFIG_SUFFIXES)]
+        if config:
+            raise UsageError(f"{config[0]}: a config file must be the only argument (put the other flags in it as keys)")
+        flags = [option for action in parser._actions for option in action.option_strings]
+        raise UsageError(unknown_arguments(remaining, flags))
+    return tuple(parsed)
+
+
+def _name_the_flag(message: str, argv: Sequence[str]) -> str:
+    """Prefix a dataclass's own error ("sometimes is not a valid IntervalStrategy") with the flag that gave it."""
+    if message.startswith("--"):
+        return message
+    first = message.split(" ", 1)[0].strip("'\"")
+    for index, arg in enumerate(argv[1:], start=1):
+        if arg == first and argv[index - 1].startswith("--"):
+            return f"{argv[index - 1]} {arg}: {message}"
+    return message
+
+
+def _load_config(path: Any) -> dict:
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory, expected a JSON or YAML config file")
+    if not path.is_file():
+        raise UsageError(f"{path}: config file not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{path}: not a UTF-8 text file") from error
+    if path.suffix.lower() == ".json":
+        import json
+
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{path}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg})") from None
+    else:
+        import yaml
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            place = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or one_line(str(error))
+            raise UsageError(f"{path}{place}: not valid YAML ({problem})") from None
+    if values is None:
+        raise UsageError(f"{path}: the config file is empty")
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: expected a mapping of argument names to values, found a {type(values).__name__}")
+    return values
+
+
+def _convert(path: Any, key: str, value: Any, action: argparse.Action) -> Any:
+    """A config value as the command line would have parsed it (YAML/JSON give no type checking of their own)."""
+    if value is None or isinstance(value, dict):
+        return value
+    many = action.nargs in ("+", "*")
+    if isinstance(value, list) and not many:
+        raise UsageError(f"{path}, key '{key}': expected one value, got a list")
+    items = (value if isinstance(value, list) else [value]) if many else [value]
+    convert = action.type
+    name = getattr(convert, "__name__", "")
+    checked = name in ("int", "float", "str", "string_to_bool") or bool(action.choices)
+    converted = []
+    for item in items:
+        if not checked or isinstance(item, (dict, list)):
+            converted.append(item)
+            continue
+        if isinstance(item, bool) and name != "string_to_bool":
+            if name == "str" or action.choices:
+                raise UsageError(f"{path}, key '{key}': read as {str(item).lower()}; quote the value "
+                                 f"(YAML reads a bare no/yes/off/on as false/true)")
+            raise UsageError(f"{path}, key '{key}': expected a number, got {str(item).lower()}")
+        if name == "int" and isinstance(item, float) and item.is_integer():
+            item = int(item)
+        try:
+            result = convert(item if isinstance(item, bool) else str(item)) if convert else item
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            kind = {"int": "a whole number", "float": "a number", "string_to_bool": "true or false"}.get(
+                name, "a valid value"
+            )
+            raise UsageError(f"{path}, key '{key}': expected {kind}, got {item!r}") from None
+        if action.choices and result not in action.choices:
+            choices = ", ".join(str(getattr(c, "value", c)) for c in action.choices)
+            raise UsageError(f"{path}, key '{key}': {item!r} is not one of {choices}")
+        converted.append(result)
+    return converted if many else converted[0]
+
+
+def parse_config_file(parser: Any, path: Any) -> tuple:
+    """The dataclasses from a JSON/YAML config file, every key checked against the parser's arguments."""
+    values = _load_config(path)
+    actions = {}
+    for action in parser._actions:  # a bool field's --no_x action comes after --x and is skipped
+        if action.dest != "help" and action.option_strings:
+            actions.setdefault(action.dest, action)
+    unknown = [key for key in values if key not in actions]
+    if unknown:
+        parts = [f"'{key}'{closest(str(key), actions)}" for key in unknown]
+        noun = "key" if len(parts) == 1 else "keys"
+        raise UsageError(f"{path}: unknown {noun} {', '.join(parts)} (every key is a flag of --help, without the --)")
+    converted = {key: _convert(path, key, value, actions[key]) for key, value in values.items()}
+    try:
+        return tuple(parser.parse_dict(converted, allow_extra_keys=False))
+    except ValueError as error:
+        if isinstance(error, UserError):
+            raise
+        raise UsageError(f"{path}: {one_line(str(error))}") from error
+
+
+class usage_errors:  # noqa: N801 - used as `with usage_errors("…"):`
+    """Turn a `ValueError` raised by a library from the user's arguments into a `UsageError` (prefix + message)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: BaseException | None, trace: Any) -> bool:
+        if isinstance(error, ValueError) and not isinstance(error, UserError):
+            raise UsageError(f"{self.prefix}{one_line(str(error))}") from error
+        return False
