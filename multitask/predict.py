@@ -80,7 +80,7 @@ def predict_scores(
     A `dtype` other than float32 runs the forward under autocast (weights stay fp32); the gate scores are computed
     in float32 from its outputs. `return_features` also returns the pooled vectors and category logits.
     """
-    device = next(model.parameters()).device
+    device = model.device  # also an ONNX model (multitask.onnx_backend), which has no parameters
     was_training = model.training
     model.eval()  # dropout off, whatever state the caller left the model in
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]

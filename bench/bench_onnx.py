@@ -1,0 +1,303 @@
+#!/usr/bin/env python
+"""Serving speed on ONNX Runtime: the exported model (fp32 and int8) vs transformers.pipeline("text-classification")
+in fp32, same encoder, same rows, same batch size; agreement with the PyTorch model; peak memory.
+
+Models are those of bench_predict.py (its build_models): without --model, an untrained multitask model on the
+MiniLM-L6 encoder (speed does not depend on the weights; agreement does, so pass a trained run for the agreement
+figures), and an AutoModelForSequenceClassification (151 labels) on the same encoder for the pipeline. The
+multitask model is exported with multitask.export.export_model (what `python -m multitask.export` runs) to fp32 and
+to int8 (ONNX Runtime quantize_dynamic). Rows are the CLINC150 validation queries, repeated up to --rows.
+
+Systems (--systems):
+- onnx_float32, onnx_int8: multitask.predict.predict_scores on the exported model (what run_predict.py
+  --backend onnx runs: tokenization, length-sorted batches, ONNX Runtime, gate scores, input order);
+- torch_float32: predict_scores on the PyTorch model (run_predict.py's default backend), for reference;
+- pipeline_float32: pipe(texts, batch_size=B, truncation=True, max_length=L), as users call it.
+ONNX Runtime gets as many intra-op threads as torch uses (torch.get_num_threads(); OMP_NUM_THREADS sets both).
+
+Speed: one process, every system loaded once, ABBA rounds of a full pass each (odd rounds in reverse order, so
+drift hits all alike); rows/s = rows / wall time of the call, median over rounds (and best round). Ratios are
+against pipeline_float32. Agreement: the ONNX models' scores against torch_float32's on the same rows
+(multitask.export.agreement: max |Δ pick_prob|, top-1 category agreement, gate decisions changed at each stored
+threshold). Targets (issue 15): onnx fp32 ≥ 2.0 × and int8 ≥ 3.5 × the pipeline's rows/s; int8 ≤ 0.5 % of gate
+decisions changed and ≥ 99.5 % top-1 agreement.
+
+Memory: each system once in a fresh subprocess (load, one pass): peak RSS (VmHWM) and RSS after loading, as in
+bench_predict.py.
+
+    python bench/bench_onnx.py                                   # 3,100 CLINC val rows, untrained model
+    python bench/bench_onnx.py --model output/output_<run>       # a trained run: agreement figures mean something
+    python bench/bench_onnx.py --rows 200 --rounds 1 --skip_memory   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (puts the repository root on sys.path)
+from _common import ROOT, add_data_arguments, machine, machine_line, markdown_table, publish, write_json
+from bench_predict import build_models, load_rows, load_system, peak_rss_mib, rss_mib, texts_of
+
+SYSTEMS = ("onnx_float32", "onnx_int8", "torch_float32", "pipeline_float32")
+TARGETS = {"onnx_float32": 2.0, "onnx_int8": 3.5}  # rows/s ratio to pipeline_float32
+INT8_MAX_GATE_CHANGED, INT8_MIN_TOP1 = 0.005, 0.995
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_data_arguments(parser)
+    parser.add_argument(
+        "--model", default=None, help="a trained multitask run/model dir (default: build one)"
+    )
+    parser.add_argument("--rows", type=int, default=None, help="rows per pass (default: the 3,100 val rows)")
+    parser.add_argument(
+        "--batch_size", type=int, default=64, help="rows per forward pass (run_predict default)"
+    )
+    parser.add_argument("--max_seq_length", type=int, default=256, help="token limit (run_predict default)")
+    parser.add_argument("--rounds", type=int, default=4, help="ABBA rounds of the speed measurement")
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {', '.join(SYSTEMS)}"
+    )
+    parser.add_argument("--per_channel", action="store_true", help="int8 with per-channel weight scales")
+    parser.add_argument("--skip_memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--output_dir", default=None, help="default: bench/results/onnx_<timestamp>")
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=SYSTEMS, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.systems = args.systems.split(",")
+    if unknown := set(args.systems) - set(SYSTEMS):
+        parser.error(f"unknown --systems {sorted(unknown)}")
+    if args.output_dir is None:
+        args.output_dir = str(ROOT / "bench" / "results" / time.strftime("onnx_%Y%m%d_%H%M%S"))
+    return args
+
+
+def export_dirs(workdir: Path) -> dict[str, Path]:
+    return {"onnx_float32": workdir / "onnx_float32", "onnx_int8": workdir / "onnx_int8"}
+
+
+def export_models(args, ours_dir: str, workdir: Path) -> dict:
+    """Both exports of the multitask model, with export wall time and file size."""
+    from multitask.export import export_model
+    from multitask.predict import load_model
+
+    model, tokenizer = load_model(ours_dir, "cpu")
+    result = {}
+    for name, target in export_dirs(workdir).items():
+        quantize = "int8" if name == "onnx_int8" else None
+        start = time.perf_counter()
+        export_model(model, tokenizer, target, quantize, per_channel=args.per_channel, source=ours_dir)
+        result[name] = {
+            "seconds": time.perf_counter() - start,
+            "onnx_mib": (target / "model.onnx").stat().st_size / 2**20,
+        }
+        print(f"[export] {name}: {result[name]}", flush=True)
+    return result
+
+
+def load(name: str, args, ours_dir: str, pipeline_dir: str, workdir: Path):
+    """A callable texts -> results for one system, loaded as its users load it (CPU)."""
+    if name == "pipeline_float32":
+        return load_system("pipeline", pipeline_dir, "float32")
+    if name == "torch_float32":
+        return load_system("ours", ours_dir, "float32")
+    from multitask.onnx_backend import load_predictor
+    from multitask.predict import predict_scores
+
+    model, tokenizer = load_predictor(str(export_dirs(workdir)[name]), "onnx", "cpu")
+    return lambda texts, args: predict_scores(model, tokenizer, texts, args.batch_size, args.max_seq_length)
+
+
+def child(args) -> None:
+    """One system in a fresh process: RSS after load, peak RSS after one pass. Prints one JSON line."""
+    texts = texts_of(load_rows(args.data_dir, args.rows))
+    start_rss = rss_mib()
+    workdir = Path(args.workdir)
+    run = load(args.child, args, args.model, str(workdir / "pipeline_model"), workdir)
+    loaded_rss = rss_mib()
+    start = time.perf_counter()
+    run(texts, args)
+    seconds = time.perf_counter() - start
+    print(
+        json.dumps(
+            {
+                "system": args.child,
+                "rss_at_start_mib": start_rss,
+                "rss_after_load_mib": loaded_rss,
+                "peak_rss_mib": peak_rss_mib(),
+                "rows": len(texts),
+                "seconds": seconds,
+            }
+        )
+    )
+
+
+def measure_memory(args, ours_dir: str, workdir: Path) -> dict:
+    result = {}
+    for name in args.systems:
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            name,
+            "--model",
+            ours_dir,
+            "--workdir",
+            str(workdir),
+            "--data_dir",
+            args.data_dir,
+            "--batch_size",
+            str(args.batch_size),
+            "--max_seq_length",
+            str(args.max_seq_length),
+        ]
+        if args.rows:
+            command += ["--rows", str(args.rows)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        result[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"[memory] {name}: {result[name]}", flush=True)
+    return result
+
+
+def measure_speed(args, ours_dir: str, pipeline_dir: str, workdir: Path, texts: list[str]) -> dict:
+    systems = {name: load(name, args, ours_dir, pipeline_dir, workdir) for name in args.systems}
+    for run in systems.values():  # untimed warm-up
+        run(texts[: args.batch_size * 2], args)
+    seconds: dict[str, list[float]] = {name: [] for name in systems}
+    outputs = {}
+    for round_index in range(args.rounds):
+        order = list(systems) if round_index % 2 == 0 else list(reversed(systems))
+        for name in order:
+            start = time.perf_counter()
+            outputs[name] = systems[name](texts, args)
+            seconds[name].append(time.perf_counter() - start)
+        print(
+            f"[speed] round {round_index + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {len(texts) / seconds[n][-1]:.0f} rows/s" for n in seconds),
+            flush=True,
+        )
+    result = {
+        name: {
+            "seconds": values,
+            "rows_per_s": len(texts) / statistics.median(values),
+            "rows_per_s_best": len(texts) / min(values),
+        }
+        for name, values in seconds.items()
+    }
+    ratios = {}
+    if "pipeline_float32" in seconds:
+        pipe = seconds["pipeline_float32"]
+        for name in seconds:
+            if name != "pipeline_float32":
+                per_round = [p / o for o, p in zip(seconds[name], pipe)]
+                ratios[name] = {
+                    "ratio": statistics.median(pipe) / statistics.median(seconds[name]),
+                    "ratio_best": min(pipe) / min(seconds[name]),
+                    "ratio_per_round": per_round,
+                    "ratio_per_round_median": statistics.median(per_round),
+                }
+    result["ratios_to_pipeline_float32"] = ratios
+    result["agreement_with_torch_float32"] = {}
+    if "torch_float32" in outputs:
+        from multitask.export import agreement
+        from multitask.predict import resolve_model_dir
+
+        config = json.loads((Path(resolve_model_dir(ours_dir)) / "config.json").read_text(encoding="utf-8"))
+        for name in ("onnx_float32", "onnx_int8"):
+            if name in outputs:
+                result["agreement_with_torch_float32"][name] = agreement(
+                    outputs["torch_float32"], outputs[name], config.get("gate_thresholds", {"default": 0.5})
+                )
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return None
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench_onnx_"))
+    ours_dir, pipeline_dir = build_models(args, workdir)
+    frame = load_rows(args.data_dir, args.rows)
+    texts = texts_of(frame)
+    info = machine()
+    print(
+        f"[bench] {len(texts)} rows, batch {args.batch_size}, max length {args.max_seq_length}\n"
+        f"[bench] {machine_line(info)}",
+        flush=True,
+    )
+    report = {"arguments": vars(args), "machine": info, "rows": len(texts), "ours_model": ours_dir}
+    report["export"] = export_models(args, ours_dir, workdir)
+    report["speed"] = measure_speed(args, ours_dir, pipeline_dir, workdir, texts)
+    if not args.skip_memory:
+        report["memory"] = measure_memory(args, ours_dir, workdir)
+    write_json(out / "onnx.json", report)
+
+    speed, ratios = report["speed"], report["speed"]["ratios_to_pipeline_float32"]
+    header = ["system", "rows/s (median)", "rows/s (best round)", "× pipeline fp32 (median)", "target"]
+    if "memory" in report:
+        header += ["peak RSS MiB", "RSS after load MiB"]
+    rows = []
+    for name in args.systems:
+        ratio = ratios.get(name, {}).get("ratio")
+        target = TARGETS.get(name)
+        row = [
+            name,
+            f"{speed[name]['rows_per_s']:.0f}",
+            f"{speed[name]['rows_per_s_best']:.0f}",
+            "—" if ratio is None else f"{ratio:.2f}",
+            "—"
+            if target is None or ratio is None
+            else f"≥ {target} ({'met' if ratio >= target else 'NOT met'})",
+        ]
+        if "memory" in report:
+            row += [
+                f"{report['memory'][name]['peak_rss_mib']:.0f}",
+                f"{report['memory'][name]['rss_after_load_mib']:.0f}",
+            ]
+        rows.append(row)
+    lines = [
+        f"## ONNX Runtime serving ({len(texts)} CLINC150 val rows, batch {args.batch_size}, max length "
+        f"{args.max_seq_length})",
+        f"\nMachine: {machine_line(info)}; {args.rounds} ABBA rounds; model {ours_dir}\n",
+        markdown_table(header, rows),
+        "\nExport: "
+        + ", ".join(
+            f"{name} {e['seconds']:.1f} s, {e['onnx_mib']:.1f} MiB" for name, e in report["export"].items()
+        ),
+    ]
+    for name, agreed in speed["agreement_with_torch_float32"].items():
+        changed = agreed.get("gate_decisions_changed", {})
+        line = (
+            f"\n{name} vs torch_float32 on the same rows: max |Δ pick_prob| "
+            f"{agreed.get('max_abs_pick_prob_diff', float('nan')):.2e}, top-1 category agreement "
+            f"{agreed.get('category_top1_agreement', float('nan')):.4%}, gate decisions changed at the stored "
+            f"thresholds: {changed} of {agreed['rows']}"
+        )
+        if name == "onnx_int8" and changed:
+            worst = max(changed.values()) / agreed["rows"]
+            met = (
+                worst <= INT8_MAX_GATE_CHANGED and agreed.get("category_top1_agreement", 1.0) >= INT8_MIN_TOP1
+            )
+            line += (
+                f" (target ≤ {INT8_MAX_GATE_CHANGED:.1%} changed and ≥ {INT8_MIN_TOP1:.1%} top-1: "
+                f"{'met' if met else 'NOT met'})"
+            )
+        lines.append(line)
+    publish(out, "onnx.md", lines)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,398 @@
+"""Export a trained multitask model to ONNX (optionally int8), and check it against the PyTorch model.
+
+    python -m multitask.export output/output_20260101_120000 --onnx                    # → <run dir>/onnx/
+    python -m multitask.export output/output_20260101_120000 --onnx --quantize int8    # → <run dir>/onnx_int8/
+    python -m multitask.export user/model --onnx --output_dir exported/ --check_file val.csv
+    python run_predict.py --model output/output_20260101_120000/onnx_int8 --input_files new.csv
+
+The graph comes from `torch.onnx.export(..., dynamo=True)` with dynamic batch and sequence axes (tested with
+torch 2.13 on DeBERTa-v2 and BERT; the TorchScript exporter, `dynamo=False`, gave graphs that disagreed with
+PyTorch at shapes other than the traced one for both, max |Δ feature| ≈ 0.3). int8 is ONNX Runtime's
+`quantize_dynamic` (int8 weights, activations quantized per batch at run time). The export directory's layout is
+described in `multitask.onnx_backend`.
+
+The check scores the same texts with both models through `multitask.predict.predict_scores` (same batching,
+same gate scores) and reports max |Δ pick_prob|, top-1 category agreement and the gate decisions changed at each
+threshold stored in the model; it is printed and written to `agreement.json`. Texts: `--check_file`, else the
+validation file named in a run directory's `run_config.json` when it still exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import HfArgumentParser
+
+from .hub import resolve_token
+from .modeling import MultitaskModel
+from .onnx_backend import (
+    AGREEMENT_FILE,
+    EXPORT_INFO_FILE,
+    GATE_STATISTICS_BUFFERS,
+    GATE_STATISTICS_FILE,
+    ONNX_FILE,
+    OnnxMultitaskModel,
+)
+from .predict import Scores, load_model, predict_scores, resolve_model_dir
+from .rundir import setup_logging, write_json
+
+logger = logging.getLogger("multitask.export")  # also when run as __main__
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+QUANTIZATIONS = ("int8",)
+# One ONNX protobuf file holds at most 2 GiB; above this the weights go to an external-data file next to it.
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+_EXAMPLE_TEXTS = ["an example input for tracing the graph", "a shorter one"]
+
+
+@dataclass
+class ExportArguments:
+    model: str = field(
+        metadata={
+            "help": "A run directory, its model/ directory, or a Hub model id (may also be "
+            "given as the first, unnamed argument)."
+        }
+    )
+    onnx: bool = field(default=True, metadata={"help": "Export to ONNX (the only format so far)."})
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": "int8: ONNX Runtime dynamic quantization (int8 weights; activations "
+            "quantized per batch). Empty: float32.",
+            "choices": list(QUANTIZATIONS),
+        },
+    )
+    per_channel: bool = field(
+        default=False,
+        metadata={"help": "With --quantize int8: one scale per output channel instead of per tensor."},
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the export goes. Empty: onnx/ (or onnx_int8/) next to the model/ "
+            "directory, i.e. inside the run directory."
+        },
+    )
+    check_file: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "CSV files (text columns as in training) to compare ONNX with PyTorch on. "
+            "Empty: the run's validation file when run_config.json names one that exists."
+        },
+    )
+    batch_size: int = field(default=64, metadata={"help": "Rows per forward pass in the agreement check."})
+    max_seq_length: int = field(default=256, metadata={"help": "Inputs are truncated to this many tokens."})
+    encoding: str | None = field(
+        default=None,
+        metadata={"help": "CSV encoding of --check_file. Empty: UTF-8 (with or without BOM), else CP932."},
+    )
+
+
+class _ExportedForward(nn.Module):
+    """The model as the exported graph sees it: token ids and mask in, a tuple of logits and features out."""
+
+    def __init__(self, model: MultitaskModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_features=True)
+        return tuple(getattr(outputs, name) for name in output_names(self.model.config))
+
+
+def output_names(config) -> list[str]:
+    """The graph's outputs: the heads the model has, then the pooled feature vector."""
+    names = ["gate_logits"] if config.has_gate else []
+    return [*names, *(["category_logits"] if config.has_category else []), "features"]
+
+
+def export_onnx(model: MultitaskModel, tokenizer, path: str | Path) -> Path:
+    """`torch.onnx.export` (dynamo) of the model in eval mode, with dynamic batch and sequence axes."""
+    path = Path(path)
+    # In place: a model loaded in bf16 exports in fp32, the precision the thresholds were tuned in.
+    model = model.float().eval()
+    example = tokenizer(_EXAMPLE_TEXTS, padding=True, return_tensors="pt")
+    example = tuple(example[name].to(model.device) for name in INPUT_NAMES)
+    axes = {0: "batch", 1: "sequence"}
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > _EXTERNAL_DATA_BYTES
+    with warnings.catch_warnings():
+        # Both inputs share the "sequence" axis; the exporter says so for the second one. Expected.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
+        # A deprecation inside torch.export itself, not in our code.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        torch.onnx.export(
+            _ExportedForward(model).eval(),
+            example,
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=output_names(model.config),
+            dynamic_shapes={name: axes for name in INPUT_NAMES},
+            dynamo=True,
+            external_data=external,
+            verbose=False,
+        )
+    return path
+
+
+def quantize_int8(source: str | Path, target: str | Path, per_channel: bool = False) -> Path:
+    """ONNX Runtime dynamic quantization: MatMul/Gemm/Gather weights to int8, activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(Path(source), Path(target), weight_type=QuantType.QInt8, per_channel=per_channel)
+    return Path(target)
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Iterator[None]:
+    """The exporter and its graph optimizer log every rewrite, and ORT's quantizer every tensor through the root
+    logger (with a hint to run its shape pre-processing, which fails on BERT's position ids and changes nothing
+    quantize_dynamic needs here); keep their errors, drop the rest."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.ERROR)
+    root = logging.getLogger()
+    root.addFilter(_drop_quantizer_notes)
+    try:
+        yield
+    finally:
+        root.removeFilter(_drop_quantizer_notes)
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)
+
+
+def _drop_quantizer_notes(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or record.name != "root"
+
+
+def export_model(
+    model: MultitaskModel,
+    tokenizer,
+    output_dir: str | Path,
+    quantize: str | None = None,
+    per_channel: bool = False,
+    source: str | None = None,
+) -> Path:
+    """Write a complete export directory (`multitask.onnx_backend`): graph, config, tokenizer, gate statistics."""
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ValueError(f"quantize: {quantize!r}; choose one of {QUANTIZATIONS} or None")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / ONNX_FILE).unlink(missing_ok=True)
+    (output_dir / f"{ONNX_FILE}.data").unlink(missing_ok=True)
+    with _quiet_exporter_logs():
+        if quantize is None:
+            export_onnx(model, tokenizer, output_dir / ONNX_FILE)
+        else:
+            with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
+                fp32 = export_onnx(model, tokenizer, Path(scratch) / ONNX_FILE)
+                quantize_int8(fp32, output_dir / ONNX_FILE, per_channel=per_channel)
+    model.config.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    buffers = {
+        name: getattr(model, name).detach().float().cpu().contiguous()
+        for name in GATE_STATISTICS_BUFFERS
+        if name in model._buffers
+    }
+    (output_dir / GATE_STATISTICS_FILE).unlink(missing_ok=True)
+    if buffers:
+        from safetensors.torch import save_file
+
+        save_file(buffers, output_dir / GATE_STATISTICS_FILE)
+    write_json(
+        output_dir / EXPORT_INFO_FILE,
+        {
+            "source": source,
+            "format": "onnx",
+            "precision": quantize or "float32",
+            "quantization": {
+                "method": "onnxruntime.quantization.quantize_dynamic",
+                "weight_type": "QInt8",
+                "per_channel": per_channel,
+            }
+            if quantize
+            else None,
+            "inputs": list(INPUT_NAMES),
+            "outputs": output_names(model.config),
+            "dynamic_axes": {"batch": 0, "sequence": 1},
+            "gate_score": model.config.gate_score,
+            "versions": {
+                name: _version(name)
+                for name in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
+            },
+        },
+    )
+    return output_dir
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def agreement(reference: Scores, other: Scores, thresholds: dict[str, float]) -> dict:
+    """How far `other` is from `reference` on the same rows: max |Δ pick_prob| (the score the thresholds apply
+    to), max |Δ| of every gate score and category probability, top-1 category agreement, and the gate decisions
+    and end-to-end decisions (Decline or the category) changed at each stored threshold."""
+    result: dict = {
+        "rows": int(len(reference.pick_prob if reference.pick_prob is not None else reference.category_probs))
+    }
+    if reference.pick_prob is not None:
+        result["max_abs_pick_prob_diff"] = float(np.abs(reference.pick_prob - other.pick_prob).max())
+        result["max_abs_gate_score_diff"] = {
+            name: float(np.abs(value - other.gate_scores[name]).max())
+            for name, value in reference.gate_scores.items()
+        }
+    if reference.category_probs is not None:
+        result["max_abs_category_prob_diff"] = float(
+            np.abs(reference.category_probs - other.category_probs).max()
+        )
+        result["category_top1_agreement"] = float(
+            (reference.category_probs.argmax(1) == other.category_probs.argmax(1)).mean()
+        )
+    if reference.pick_prob is not None:
+        gate_changed, decisions_changed = {}, {}
+        for name, threshold in thresholds.items():
+            picked, other_picked = reference.pick_prob >= threshold, other.pick_prob >= threshold
+            gate_changed[name] = int((picked != other_picked).sum())
+            if reference.category_probs is not None:
+                decision = np.where(picked, reference.category_probs.argmax(1), -1)
+                other_decision = np.where(other_picked, other.category_probs.argmax(1), -1)
+                decisions_changed[name] = int((decision != other_decision).sum())
+        result["thresholds"] = dict(thresholds)
+        result["gate_decisions_changed"] = gate_changed
+        if decisions_changed:
+            result["decisions_changed"] = decisions_changed
+    return result
+
+
+def check_agreement(
+    model: MultitaskModel,
+    tokenizer,
+    exported: OnnxMultitaskModel,
+    texts: list[str],
+    batch_size: int = 64,
+    max_length: int = 256,
+) -> dict:
+    """Score `texts` with the PyTorch model (fp32) and the exported one; `agreement` of the two."""
+    reference = predict_scores(model, tokenizer, texts, batch_size, max_length)
+    other = predict_scores(exported, tokenizer, texts, batch_size, max_length)
+    return {
+        "gate_score": model.config.gate_score,
+        "precision": exported.precision,
+        **agreement(reference, other, model.config.gate_thresholds),
+    }
+
+
+def format_agreement(result: dict) -> str:
+    lines = [f"agreement of the {result['precision']} ONNX model with PyTorch fp32 on {result['rows']} rows:"]
+    if "max_abs_pick_prob_diff" in result:
+        lines.append(f"  max |Δ pick_prob| ({result['gate_score']}): {result['max_abs_pick_prob_diff']:.2e}")
+    if "category_top1_agreement" in result:
+        lines.append(
+            f"  top-1 category agreement: {result['category_top1_agreement']:.4%}  "
+            f"(max |Δ category prob| {result['max_abs_category_prob_diff']:.2e})"
+        )
+    for name, changed in result.get("gate_decisions_changed", {}).items():
+        extra = (
+            f", decisions changed: {result['decisions_changed'][name]}"
+            if "decisions_changed" in result
+            else ""
+        )
+        lines.append(
+            f"  threshold {name} = {result['thresholds'][name]:.4f}: gate decisions changed: "
+            f"{changed} of {result['rows']}{extra}"
+        )
+    return "\n".join(lines)
+
+
+def default_output_dir(model_dir: str, quantize: str | None) -> Path:
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ValueError(f"{model_dir}: not a local directory; pass --output_dir for the export")
+    return path.parent / ("onnx" if quantize is None else f"onnx_{quantize}")
+
+
+def default_check_files(model: str) -> list[str]:
+    """The validation file a run directory was trained with, when its run_config.json names one that exists."""
+    run_dir = Path(model)
+    if (run_dir / "config.json").is_file() and not (run_dir / "run_config.json").is_file():
+        run_dir = run_dir.parent  # given <run dir>/model
+    run_config = run_dir / "run_config.json"
+    if not run_config.is_file():
+        return []
+    data_arguments = (
+        json.loads(run_config.read_text(encoding="utf-8")).get("arguments", {}).get("DataArguments", {})
+    )
+    validation_file = data_arguments.get("validation_file")
+    if validation_file and not data_arguments.get("dataset_repo") and Path(validation_file).is_file():
+        return [validation_file]
+    return []
+
+
+def check_texts(files: list[str], config, tokenizer, encoding: str | None = None) -> list[str]:
+    from .data import load_labeled_file
+
+    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
+    texts = []
+    for path in files:
+        labeled = load_labeled_file(
+            path,
+            config.text_columns,
+            separator,
+            config.category_label2id,
+            config.has_gate,
+            encoding,
+            allow_unknown_labels=True,
+        )
+        texts.extend(labeled.dataset["text"])
+    return texts
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--model", *argv]  # the model may come first, unnamed
+    (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
+    setup_logging()
+    if not args.onnx:
+        raise ValueError("nothing to export: --onnx is the only format so far")
+    model, tokenizer = load_model(args.model, "cpu", token=resolve_token())  # token only for private repos
+    model_dir = resolve_model_dir(args.model)
+    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_dir, args.quantize)
+    check_files = args.check_file or default_check_files(args.model)
+    # Read before exporting, so a bad file fails before anything is written.
+    texts = check_texts(check_files, model.config, tokenizer, args.encoding)
+
+    export_model(model, tokenizer, output_dir, args.quantize, args.per_channel, source=args.model)
+    logger.info("exported %s → %s (%s)", args.model, output_dir / ONNX_FILE, args.quantize or "float32")
+    exported = OnnxMultitaskModel(output_dir)
+    (output_dir / AGREEMENT_FILE).unlink(missing_ok=True)
+    if not texts:
+        logger.warning("agreement with PyTorch not checked: pass --check_file (e.g. the validation CSV)")
+        return {"output_dir": str(output_dir), "agreement": None}
+    result = {
+        "check_files": [str(path) for path in check_files],
+        **check_agreement(model, tokenizer, exported, texts, args.batch_size, args.max_seq_length),
+    }
+    write_json(output_dir / AGREEMENT_FILE, result)
+    print(format_agreement(result), flush=True)
+    return {"output_dir": str(output_dir), "agreement": result}
+
+
+if __name__ == "__main__":
+    main()
