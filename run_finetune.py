@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         if is_main and run.started:
             run.close(error)
         else:
-            run.discard(error)
+            run.discard(error, remove=is_main)
         raise
     if is_main:
         run.close()
@@ -275,6 +275,8 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         )
         run.write_json("label_map.json", {"category_id2label": model.config.category_id2label,
                                           "gate_id2label": model.config.gate_id2label})
+    else:
+        run.release_logs()  # other ranks write no run directory: their held lines go to the console now
 
     if resume and cartography is not None:
         cartography.restore(resume)

@@ -6,7 +6,9 @@
 
 Writes <output_dir>/predictions_<input stem>.csv (every input column kept, plus pick_prob, pick_pred,
 category_pred, category_prob, category_top<k>, decision) and, where the CSV carries gold labels,
-metrics_<input stem>.json.
+metrics_<input stem>.json. Every argument, the model and every input file are checked before anything is
+written; the files are written under temporary names and moved into place at the end, so a failed or killed
+run leaves no partial output. A mistake ends in one `error: …` line (exit status 2; `--debug` adds the traceback).
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
 
-from multitask.data import DataError, load_labeled_file
+from multitask.checks import check_predict_arguments, model_load_errors, resolve_model_source
+from multitask.configuration import MultitaskConfig
+from multitask.data import load_labeled_file
+from multitask.errors import ModelFileError, cli, parse_arguments, usage_errors
 from multitask.hub import resolve_token
 from multitask.metrics import compute_all
+from multitask.onnx_backend import BACKENDS, load_predictor, onnx_export_for
 from multitask.precision import cpu_has_native_bf16, precision_warnings, resolve_inference_dtype
-from multitask.predict import load_model, predict_scores, prediction_records, prediction_table
-from multitask.rundir import setup_logging, write_json
+from multitask.predict import predict_scores, prediction_records, prediction_table, select_device
+from multitask.rundir import check_output_dir, setup_logging, staged_files, write_json
 from multitask.thresholds import resolve_threshold
 
 logger = logging.getLogger("run_predict")
@@ -50,6 +56,12 @@ class PredictArguments:
                   "float32. bfloat16 on a CPU with AVX512-BF16/AMX is about 2.5x faster than float32 (bench/README).",
                   "choices": ["auto", "float32", "bfloat16", "float16"]},
     )
+    backend: str = field(
+        default="auto",
+        metadata={"help": "torch, or onnx: ONNX Runtime on a model exported with python -m multitask.export (an "
+                  "export directory, or a run directory's onnx/). auto: onnx when --model is an export directory.",
+                  "choices": list(BACKENDS)},
+    )
     text_columns: list[str] | None = field(
         default=None, metadata={"help": "Text columns; empty: the ones the model was trained with."}
     )
@@ -61,72 +73,87 @@ class PredictArguments:
         metadata={"help": "A gold category the model does not know: count and report it, leave the row unscored "
                   "(default: an error naming the row)."},
     )
+    debug: bool = field(
+        default=False, metadata={"help": "On an error, print the full traceback too (or set MULTITASK_DEBUG=1)."}
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
+    """Predict every input file; returns the metrics per file stem. Raises a `UserError` before writing anything
+    when an argument, the model or an input file is unusable; `cli(main)` turns it into one `error:` line."""
     parser = HfArgumentParser(PredictArguments)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        parse = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        (args,) = parse(argv[0])
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = parse_arguments(parser, sys.argv[1:] if argv is None else argv)
+    check_predict_arguments(args)
+    output_dir = check_output_dir(args.output_dir)
+    with usage_errors():
+        onnx_dir = onnx_export_for(args.model, args.backend, args.dtype)  # None: the PyTorch model
+    source = str(onnx_dir) if onnx_dir else resolve_model_source(args.model, "--model", multitask_only=True)
     setup_logging()
+    token = resolve_token()  # only for private Hub repos
 
-    model, tokenizer = load_model(args.model, args.device, token=resolve_token())  # token only for private repos
+    # Config and tokenizer first (small files): every input is checked before the weights are loaded.
+    with model_load_errors(args.model, "--model"):
+        config = AutoConfig.from_pretrained(source, token=token)
+        tokenizer = AutoTokenizer.from_pretrained(source, token=token)
+    if not isinstance(config, MultitaskConfig):
+        raise ModelFileError(f"--model {args.model}: a plain {config.model_type!r} encoder, not a trained multitask "
+                             "model; give a run directory of run_finetune.py or its model/ folder")
+    if not onnx_dir:
+        with usage_errors():
+            resolve_inference_dtype(args.dtype, select_device(args.device))
+    with usage_errors("--threshold: "):
+        threshold = resolve_threshold(args.threshold, config.gate_thresholds)
+    text_columns = args.text_columns or config.text_columns
+    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
+    # Validate every file before writing anything, so a bad file leaves no partial output behind.
+    labeled_files = [
+        load_labeled_file(input_file, text_columns, separator, config.category_label2id, config.has_gate,
+                          args.encoding, allow_unknown_labels=args.allow_unknown_labels)
+        for input_file in args.input_files
+    ]
+
+    with model_load_errors(args.model, "--model"):
+        model, tokenizer = load_predictor(source, args.backend, args.device, token=token)
     config = model.config
-    device = next(model.parameters()).device
-    dtype = resolve_inference_dtype(args.dtype, device)
-    dtype_name = str(dtype).removeprefix("torch.")
-    logger.info("predicting on %s in %s", device, dtype_name)
+    device = model.device
+    with usage_errors():
+        dtype = resolve_inference_dtype(args.dtype, device)
+    dtype_name = model.precision if onnx_dir else str(dtype).removeprefix("torch.")  # an export: float32 or int8
+    logger.info("predicting on %s in %s%s", device, dtype_name, " with ONNX Runtime" if onnx_dir else "")
     for message in precision_warnings(config.encoder_config.model_type, dtype == torch.float16,
                                       dtype == torch.bfloat16, device.type,
                                       flags=("--dtype float16", "--dtype bfloat16")):
         logger.warning(message)
-    if device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16():
+    if not onnx_dir and device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16():
         logger.info("this CPU has native bf16: --dtype bfloat16 predicts about 2.5x faster (bench/README)")
-    threshold = resolve_threshold(args.threshold, config.gate_thresholds)
-    text_columns = args.text_columns or config.text_columns
-    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
-    label2id = config.category_label2id
 
-    # Validate every file before writing anything, so a bad file leaves no partial output behind.
-    labeled_files = []
-    for input_file in args.input_files:
-        labeled_files.append(
-            load_labeled_file(input_file, text_columns, separator, label2id, config.has_gate, args.encoding,
-                              allow_unknown_labels=args.allow_unknown_labels)
-        )
-    stems = [labeled.path.stem for labeled in labeled_files]
-    if len(set(stems)) != len(stems):
-        raise DataError(f"input files share a name, their outputs would overwrite each other: {stems}")
-
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     all_metrics = {}
-    for labeled in labeled_files:
-        scores = predict_scores(model, tokenizer, list(labeled.dataset["text"]), args.batch_size, args.max_seq_length,
-                                progress=True, dtype=dtype)
-        table = prediction_table(labeled.frame, scores, config, threshold, args.top_k)
-        target = output_dir / f"predictions_{labeled.path.stem}.csv"
-        table.to_csv(target, index=False, encoding="utf-8")
-        logger.info("%s: %d rows → %s", labeled.path, len(table), target)
-        gate_labels, category_labels = list(labeled.dataset["gate_labels"]), list(labeled.dataset["category_labels"])
-        with (output_dir / f"predictions_{labeled.path.stem}.jsonl").open("w", encoding="utf-8") as handle:
-            for record in prediction_records(table, gate_labels, category_labels, config):
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        metrics = compute_all(scores.pick_prob, scores.category_probs, gate_labels, category_labels, threshold)
-        if labeled.unknown_categories:
-            logger.warning("%s: rows with categories the model does not know were not scored: %s",
-                           labeled.path, labeled.unknown_categories)
-        if metrics or labeled.unknown_categories:
-            metrics = {"threshold": threshold, "dtype": dtype_name, "label_maps_hash": config.label_maps_hash(),
-                       "unscored_unknown_categories": labeled.unknown_categories, **metrics}
-            write_json(output_dir / f"metrics_{labeled.path.stem}.json", metrics)
-            logger.info("%s: %s", labeled.path.stem, metrics)
-        all_metrics[labeled.path.stem] = metrics
+    with staged_files() as stage:  # every file appears at the end, or none does
+        for labeled in labeled_files:
+            stem = labeled.path.stem
+            scores = predict_scores(model, tokenizer, list(labeled.dataset["text"]), args.batch_size,
+                                    args.max_seq_length, progress=True, dtype=dtype)
+            table = prediction_table(labeled.frame, scores, config, threshold, args.top_k)
+            target = output_dir / f"predictions_{stem}.csv"
+            table.to_csv(stage.path(target), index=False, encoding="utf-8")
+            logger.info("%s: %d rows → %s", labeled.path, len(table), target)
+            gate_labels, category_labels = list(labeled.dataset["gate_labels"]), list(labeled.dataset["category_labels"])
+            with stage.path(output_dir / f"predictions_{stem}.jsonl").open("w", encoding="utf-8") as handle:
+                for record in prediction_records(table, gate_labels, category_labels, config):
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            metrics = compute_all(scores.pick_prob, scores.category_probs, gate_labels, category_labels, threshold)
+            if labeled.unknown_categories:
+                logger.warning("%s: rows with categories the model does not know were not scored: %s",
+                               labeled.path, labeled.unknown_categories)
+            if metrics or labeled.unknown_categories:
+                metrics = {"threshold": threshold, "dtype": dtype_name, "backend": "onnx" if onnx_dir else "torch",
+                           "label_maps_hash": config.label_maps_hash(),
+                           "unscored_unknown_categories": labeled.unknown_categories, **metrics}
+                write_json(stage.path(output_dir / f"metrics_{stem}.json"), metrics)
+                logger.info("%s: %s", stem, metrics)
+            all_metrics[stem] = metrics
     return all_metrics
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli(main))

@@ -129,6 +129,11 @@ class MultitaskTrainingArguments(TrainingArguments):
         default_factory=lambda: ["gate_labels", "category_labels"],
         metadata={"help": "Label arguments of the model's forward (both heads)."},
     )
+    hub_private_repo: bool | None = field(
+        default=None,
+        metadata={"help": "Visibility of the model repo --push_to_hub creates: private unless this is false (we push "
+                  "ourselves, privately by default, unlike the Trainer). An existing repo keeps its visibility."},
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "DDP's unused-parameter search. Off: every parameter gets a gradient on every batch (a head "

@@ -334,8 +334,11 @@ def check_predict_arguments(args: Any) -> None:
     check_encoding(args.encoding)
     if args.text_columns is not None:
         require(bool(args.text_columns), "--text_columns: give at least one column")
-    with contextlib.suppress(ValueError):
+    try:
         value = float(args.threshold)
+    except ValueError:
+        value = None  # a stored threshold name, checked once the model config is read
+    if value is not None:
         require(0.0 <= value <= 1.0, f"--threshold {args.threshold}: a number must be in [0, 1]")
     check_device(args.device)
     for path in args.input_files:

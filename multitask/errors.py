@@ -145,6 +145,9 @@ def raise_usage_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         raise UsageError(f"{message} (see --help)")
 
     parser.error = error  # type: ignore[method-assign]
+    # No prefix matching: `--dedup` is an unknown flag with a suggestion, not "ambiguous" between the --a_b and
+    # --a-b spellings of one option, and a shortened flag never silently means another one.
+    parser.allow_abbrev = False
     return parser
 
 

@@ -577,6 +577,9 @@ class PrepareArguments:
     fail_on_leakage: bool = field(
         default=False, metadata={"help": "With --leakage_check: exit with status 1 when any test row leaks."}
     )
+    debug: bool = field(
+        default=False, metadata={"help": "On an error, print the full traceback too (or set MULTITASK_DEBUG=1)."}
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> PrepareArguments:

@@ -233,15 +233,20 @@ class RunDirectory:
         self.started = True
         return self
 
-    def discard(self, error: BaseException | None = None) -> None:
-        """A run refused before it started: remove what this process created there, drop the held log lines.
+    def release_logs(self) -> None:
+        """Stop holding log lines and show the held ones (a process that writes no run directory, e.g. rank > 0)."""
+        if self._held is not None:
+            self._held.let_go(True)
+            self._held = None
 
-        The held lines are replayed to the console for a bug (not a `UserError`), where they help.
+    def discard(self, error: BaseException | None = None, remove: bool = True) -> None:
+        """A run refused before it started: remove what this process created there (with `remove`; only the main
+        process may), drop the held log lines. They are replayed for a bug (not a `UserError`), where they help.
         """
         if self._held is not None:
             self._held.let_go(error is not None and not isinstance(error, UserError))
             self._held = None
-        if self.started or not self.path.is_dir():
+        if self.started or not remove or not self.path.is_dir():
             return
         if self._entries_before is None:
             shutil.rmtree(self.path, ignore_errors=True)

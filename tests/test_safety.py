@@ -9,7 +9,6 @@ import pytest
 from analysis.__main__ import main
 from analysis.safety import category_safety, gate_safety, load_cost_matrix, mean_cost
 from multitask.errors import DataError, UsageError
-from multitask.stats import bootstrap_mean_interval, proportion_interval
 
 approx = pytest.approx
 
@@ -34,25 +33,6 @@ def test_critical_as_allowed_rate_and_interval():
     assert result["per_class_f1"]["DENY"] == approx(1 / 3)
     assert result["macro_f1"] == approx((result["per_class_f1"]["ALLOW"] + 1 / 3 + 0) / 3)
     assert result["mean_cost"] is None
-
-
-def test_proportion_intervals_stay_honest_at_the_edges():
-    # 0 of 17: a percentile bootstrap gives [0, 0]; the exact upper bound is 1 - 0.025^(1/17).
-    assert proportion_interval(0, 17) == approx([0.0, 1 - 0.025 ** (1 / 17)], abs=1e-9)
-    assert proportion_interval(17, 17) == approx([0.025 ** (1 / 17), 1.0], abs=1e-9)
-    assert proportion_interval(0, 17, "wilson") == approx([0.0, 1.959964**2 / (17 + 1.959964**2)], abs=1e-6)
-    assert proportion_interval(0, 0) is None
-    low, high = proportion_interval(30, 200)
-    assert low < 0.15 < high and proportion_interval(30, 200, "wilson")[0] > low  # exact is the wider
-    with pytest.raises(ValueError):
-        proportion_interval(3, 5, "percentile")
-
-
-def test_mean_cost_bootstrap_interval():
-    values = np.r_[np.full(30, 10.0), np.zeros(170)]
-    low, high = bootstrap_mean_interval(values, resamples=4000, seed=1)
-    assert low < 1.5 < high and high - low == approx(2 * 1.96 * np.sqrt(1.5 * 8.5 / 200), rel=0.15)
-    assert bootstrap_mean_interval([], 100) is None and bootstrap_mean_interval([1.0, 2.0], 0) is None
 
 
 def test_cost_matrix_mean_cost_by_hand(tmp_path):

@@ -254,6 +254,13 @@ def test_resume_restores_cartography_and_epoch_log(encoder_dir, csv_files, tmp_p
     logged = [json.loads(line)["epoch"] for line in (run_dir / "epoch_log.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
     assert json.loads((run_dir / "run_status.json").read_text())["status"] == "complete"
+    # The Trainer's train_loss covers only the resumed steps: labelled, and the whole run's mean given beside it.
+    train = json.loads((run_dir / "metrics.json").read_text())["train"]
+    assert train["train_loss_scope"].startswith("resumed part only: optimizer steps")
+    assert train["train_loss_resumed_part"] == train["train_loss"]
+    history = json.loads(next(run_dir.glob("checkpoint-*/trainer_state.json")).read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(losses) == 2 and train["train_loss_whole_run"] == pytest.approx(sum(losses) / 2, rel=1e-3)
 
 
 def test_auto_gate_score_cross_validated_and_applied_by_run_predict(encoder_dir, tmp_path):

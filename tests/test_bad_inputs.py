@@ -1,0 +1,460 @@
+"""The error contract, table-driven: every bad input to the four CLIs ends in one `error:` line on stderr, exit
+status 2, no traceback, and nothing written (no output directory, no partial file, no run marked complete).
+
+The CLIs run in-process through `multitask.errors.cli`, the same boundary their `__main__` blocks use; a few
+cases at the end run the real scripts in a subprocess, where every byte of stderr is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from transformers.trainer_utils import TrainOutput
+
+import analysis.__main__ as analysis_cli
+import run_finetune
+import run_predict
+from multitask import prepare
+from multitask.errors import UserError, cli, debug_requested
+from tests.conftest import CATEGORIES, SENTENCES, write_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+MAINS = {
+    "finetune": (run_finetune.main, True),  # (main, bare_debug_only) as each script's __main__ block passes it
+    "predict": (run_predict.main, False),
+    "prepare": (prepare.main, False),
+    "analysis": (analysis_cli.main, False),
+}
+
+
+def _rows(texts_labels, column):
+    return {column: [label for _, label in texts_labels], "title": [t for t, _ in texts_labels],
+            "body": [""] * len(texts_labels)}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
+    """Good and bad inputs, built once; tests must leave this folder exactly as it is."""
+    root = tmp_path_factory.mktemp("world")
+    data = root / "data"
+    data.mkdir()
+    pick_rows = [(t, "1") for c in CATEGORIES for t in SENTENCES[c]] + [(t, "0") for t in SENTENCES["junk"]]
+    cat_rows = [(t, c) for c in CATEGORIES for t in SENTENCES[c]]
+    eval_rows = [(SENTENCES[c][i], "1", c) for c in CATEGORIES for i in (0, 1)] + [(SENTENCES["junk"][0], "0", "")]
+    write_csv(data / "task1.csv", _rows(pick_rows, "pick"))
+    write_csv(data / "task2.csv", _rows(cat_rows, "category"))
+    write_csv(data / "clean_train.csv", _rows(cat_rows, "category"))
+    val = {"pick": [p for _, p, _ in eval_rows], "category": [c for _, _, c in eval_rows],
+           "title": [t for t, _, _ in eval_rows], "body": [""] * len(eval_rows)}
+    write_csv(data / "val.csv", val)
+    write_csv(data / "val_one_class.csv", {**val, "pick": ["1"] * len(eval_rows),
+                                           "category": [c or "sports" for c in val["category"]]})
+    write_csv(data / "val_unseen.csv", {**val, "category": ["culture"] + val["category"][1:]})
+    write_csv(data / "val_no_category.csv", {**val, "category": [""] * len(eval_rows)})
+    write_csv(data / "task1_all_pick.csv", _rows([(t, "1") for t, _ in pick_rows], "pick"))
+    write_csv(data / "task2_one_category.csv", _rows([(t, "sports") for t, _ in cat_rows], "category"))
+    write_csv(data / "task1_bad_pick.csv", _rows([(pick_rows[0][0], "1"), (pick_rows[1][0], "perhaps")], "pick"))
+    write_csv(data / "task1_capital_pick.csv", {"Pick": ["1", "0"], "title": ["a", "b"], "body": ["", ""]})
+    write_csv(data / "task1_empty_text.csv", {"pick": ["1", "0"], "title": ["a", " "], "body": ["", ""]})
+    (data / "header_only.csv").write_text("pick,title,body\n", encoding="utf-8")
+    (data / "empty.csv").write_text("", encoding="utf-8")
+    (data / "tab.csv").write_text("pick\ttitle\tbody\n1\ta\tb\n", encoding="utf-8")
+    (data / "tab.tsv").write_text("category\ttitle\tbody\nsports\ta\tb\n", encoding="utf-8")
+    (data / "semicolon.csv").write_text("pick;title;body\n1;a;b\n", encoding="utf-8")
+    (data / "ragged.csv").write_text("pick,title,body\n1,a,b\n0,c,d,e\n", encoding="utf-8")
+    (data / "workbook.csv").write_bytes(b"PK\x03\x04\x14\x00\x06\x00not really a csv")
+    (data / "duplicate_columns.csv").write_text("pick,title,title\n1,a,b\n", encoding="utf-8")
+    (data / "records.csv").write_text('{"pick": 1, "title": "a"}\n', encoding="utf-8")
+    (data / "a_folder.csv").mkdir()
+    (data / "sub").mkdir()
+    write_csv(data / "sub" / "val.csv", val)  # same stem as data/val.csv
+    write_csv(data / "predictions.csv", {"title": ["a", "b", "c"], "category": ["ALLOW", "DENY", "DENY"],
+                                         "category_pred": ["ALLOW", "ALLOW", "DENY"]})
+    (data / "costs_bad.csv").write_text("gold,ALLOW,DENY\nALLOW,0,x\nDENY,5,0\n", encoding="utf-8")
+    (data / "raw.jsonl").write_text('{"title": "fine"}\n{"title": oops}\n', encoding="utf-8")
+    (data / "empty_run").mkdir()
+    # Config files for run_finetune.py.
+    base = {"model_name_or_path": str(encoder_dir), "task1_file": str(data / "task1.csv"), "max_steps": 1}
+    (data / "typo.json").write_text(json.dumps({**base, "learning_rte": 1e-3}), encoding="utf-8")
+    (data / "typo.yaml").write_text("task1_file: x.csv\nnum_train_epoch: 3\n", encoding="utf-8")
+    (data / "broken.json").write_text('{"task1_file": "x.csv",\n "max_steps": }\n', encoding="utf-8")
+    (data / "broken.yaml").write_text("task1_file: [x.csv\nmax_steps: 1\n", encoding="utf-8")
+    (data / "wrong_type.yaml").write_text("num_train_epochs: three\n", encoding="utf-8")
+    (data / "bare_no.yaml").write_text("save_strategy: no\n", encoding="utf-8")
+    (data / "list.yaml").write_text("- task1_file\n", encoding="utf-8")
+    (data / "bad_choice.json").write_text(json.dumps({"pooling": "max"}), encoding="utf-8")
+
+    models = root / "models"
+    models.mkdir()
+    multitask = models / "multitask"
+    _base_model.save_pretrained(multitask)
+    tokenizer.save_pretrained(multitask)
+    truncated = models / "multitask_truncated"
+    shutil.copytree(multitask, truncated)
+    (truncated / "model.safetensors").write_bytes((multitask / "model.safetensors").read_bytes()[:-100])
+    run = models / "a_run"
+    shutil.copytree(multitask, run / "model")
+    (run / "run_status.json").write_text(json.dumps({"status": "complete"}), encoding="utf-8")
+
+    def broken(name, change):
+        path = models / name
+        shutil.copytree(encoder_dir, path)
+        change(path)
+        return path
+
+    weights = (Path(encoder_dir) / "model.safetensors").read_bytes()
+    broken("truncated", lambda p: (p / "model.safetensors").write_bytes(weights[: len(weights) // 2]))
+    broken("garbage", lambda p: (p / "model.safetensors").write_bytes(b"not a safetensors file"))
+    broken("bad_config", lambda p: (p / "config.json").write_text('{"model_type": "deberta-v2", "hidd'))
+    broken("no_config", lambda p: (p / "config.json").unlink())
+    broken("no_weights", lambda p: (p / "model.safetensors").unlink())
+    broken("no_model_type", lambda p: (p / "config.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((p / "config.json").read_text()).items() if k != "model_type"})))
+    broken("no_tokenizer", lambda p: [f.unlink() for f in p.glob("tokenizer*")])
+    broken("bad_tokenizer", lambda p: (p / "tokenizer.json").write_text('{"version": "1.0", "mod'))
+    (models / "weights.bin").write_bytes(b"\0" * 16)
+    return {"root": root, "data": data, "models": models, "enc": Path(encoder_dir)}
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")}
+
+
+def _format(argv: list[str], world: dict, out: Path) -> list[str]:
+    names = {"D": world["data"], "M": world["models"], "E": world["enc"], "O": out}
+    return [arg.format(**names) for arg in argv]
+
+
+FINETUNE = ["--model_name_or_path", "{E}", "--task1_file", "{D}/task1.csv", "--task2_file", "{D}/task2.csv",
+            "--validation_file", "{D}/val.csv", "--output_dir", "{O}", "--max_steps", "1", "--use_cpu", "true"]
+
+
+def finetune(*extra, drop=()):
+    """FINETUNE with some flags (and their values) removed and `extra` appended."""
+    argv, skip = [], False
+    for index, arg in enumerate(FINETUNE):
+        if skip:
+            skip = False
+            continue
+        if arg in drop:
+            skip = not FINETUNE[index + 1].startswith("--") if index + 1 < len(FINETUNE) else False
+            continue
+        argv.append(arg)
+    return [*argv, *extra]
+
+
+def replace(flag, value):
+    return finetune(flag, value, drop=(flag,))
+
+
+PREDICT = ["--model", "{M}/multitask", "--input_files", "{D}/val.csv", "--output_dir", "{O}"]
+PREPARE = ["--input_files", "{D}/task2.csv", "--output_prefix", "{O}/clean", "--label_column", "category"]
+
+# (id, cli, argv, pieces the one error line must contain)
+CASES = [
+    # ---------------------------------------------------------------- run_finetune.py: data files
+    ("ft-header-only", "finetune", replace("--task1_file", "{D}/header_only.csv"), ["header_only.csv", "no data rows"]),
+    ("ft-empty-file", "finetune", replace("--task1_file", "{D}/empty.csv"), ["empty.csv", "the file is empty"]),
+    ("ft-tsv-as-csv", "finetune", replace("--task1_file", "{D}/tab.csv"), ["tab.csv, row 1", "tabs"]),
+    ("ft-tsv-extension", "finetune", replace("--task2_file", "{D}/tab.tsv"), ["tab.tsv, row 1", "tabs"]),
+    ("ft-semicolons", "finetune", replace("--task1_file", "{D}/semicolon.csv"), ["semicolon.csv", "semicolons"]),
+    ("ft-ragged-row", "finetune", replace("--task1_file", "{D}/ragged.csv"), ["ragged.csv, row 3", "4 fields"]),
+    ("ft-xlsx-as-csv", "finetune", replace("--task1_file", "{D}/workbook.csv"), ["workbook.csv", "Excel"]),
+    ("ft-json-as-csv", "finetune", replace("--task1_file", "{D}/records.csv"), ["records.csv", "JSON"]),
+    ("ft-duplicate-columns", "finetune", replace("--task1_file", "{D}/duplicate_columns.csv"),
+     ["duplicate_columns.csv, row 1", "'title' appears twice"]),
+    ("ft-missing-file", "finetune", replace("--task1_file", "{D}/tsak1.csv"),
+     ["--task1_file", "tsak1.csv: file not found", "did you mean", "task1.csv"]),
+    ("ft-directory-as-file", "finetune", replace("--validation_file", "{D}/a_folder.csv"),
+     ["--validation_file", "is a directory"]),
+    ("ft-column-case", "finetune", replace("--task1_file", "{D}/task1_capital_pick.csv"),
+     ["missing column(s) 'pick'", "did you mean 'Pick'"]),
+    ("ft-bad-pick-value", "finetune", replace("--task1_file", "{D}/task1_bad_pick.csv"),
+     ["task1_bad_pick.csv, row 3, column 'pick'", "'perhaps'"]),
+    ("ft-empty-text", "finetune", replace("--task1_file", "{D}/task1_empty_text.csv"),
+     ["task1_empty_text.csv, row 3, column 'title/body'", "empty text"]),
+    ("ft-unseen-val-category", "finetune", replace("--validation_file", "{D}/val_unseen.csv"),
+     ["val_unseen.csv, row 2, column 'category'", "'culture'"]),
+    ("ft-missing-text-column", "finetune", finetune("--text_columns", "headline"), ["missing column(s) 'headline'"]),
+    ("ft-header-only-test", "finetune", finetune("--test_files", "{D}/header_only.csv"), ["header_only.csv", "no data rows"]),
+    ("ft-test-stems-clash", "finetune", finetune("--test_files", "{D}/val.csv", "{D}/sub/val.csv"),
+     ["--test_files", "'val'"]),
+    # ------------------------------------------------------ run_finetune.py: runs that would train nothing
+    ("ft-one-class-validation", "finetune", replace("--validation_file", "{D}/val_one_class.csv"),
+     ["val_one_class.csv, column 'pick'", "7 Pick and 0 Decline", "thresholds"]),
+    ("ft-gate-one-class", "finetune", replace("--task1_file", "{D}/task1_all_pick.csv"),
+     ["task1_all_pick.csv, column 'pick'", "every training row is Pick"]),
+    ("ft-one-category", "finetune", finetune("--task2_file", "{D}/task2_one_category.csv",
+                                             drop=("--task1_file", "--task2_file", "--validation_file")),
+     ["task2_one_category.csv, column 'category'", "only one category ('sports')"]),
+    ("ft-val-no-category", "finetune", replace("--validation_file", "{D}/val_no_category.csv"),
+     ["val_no_category.csv, column 'category'", "no row has a category"]),
+    ("ft-epochs-negative", "finetune", finetune("--num_train_epochs", "-1", drop=("--max_steps",)),
+     ["--num_train_epochs -1", "train nothing"]),
+    ("ft-epochs-zero", "finetune", finetune("--num_train_epochs", "0", drop=("--max_steps",)),
+     ["--num_train_epochs 0", "train nothing"]),
+    ("ft-max-steps-zero", "finetune", replace("--max_steps", "0"), ["--max_steps 0", "train nothing"]),
+    ("ft-batch-zero", "finetune", finetune("--per_device_train_batch_size", "0"), ["--per_device_train_batch_size 0"]),
+    ("ft-batch-negative", "finetune", finetune("--per_device_train_batch_size", "-8"), ["--per_device_train_batch_size -8"]),
+    ("ft-eval-batch-zero", "finetune", finetune("--per_device_eval_batch_size", "0"), ["--per_device_eval_batch_size 0"]),
+    ("ft-accumulation-zero", "finetune", finetune("--gradient_accumulation_steps", "0"), ["--gradient_accumulation_steps 0"]),
+    ("ft-learning-rate-negative", "finetune", finetune("--learning_rate", "-1e-3"), ["--learning_rate"]),
+    ("ft-zero-loss-weights", "finetune", finetune("--gate_loss_weight", "0", "--category_loss_weight", "0"),
+     ["loss would be zero"]),
+    ("ft-validation-split", "finetune", finetune("--validation_split", "1.5", drop=("--validation_file",)),
+     ["--validation_split 1.5"]),
+    ("ft-max-seq-length", "finetune", finetune("--max_seq_length", "0"), ["--max_seq_length 0"]),
+    ("ft-drop-last-no-batch", "finetune", finetune("--dataloader_drop_last", "true", "--per_device_train_batch_size",
+                                                   "512", drop=("--max_steps",)), ["dataloader_drop_last", "512"]),
+    # ------------------------------------------------------------ run_finetune.py: model paths and files
+    ("ft-model-missing-relative", "finetune", replace("--model_name_or_path", "./no/such/encoder"),
+     ["--model_name_or_path ./no/such/encoder", "no such directory"]),
+    ("ft-model-missing-absolute", "finetune", replace("--model_name_or_path", "{M}/gone"), ["no such directory"]),
+    ("ft-model-not-on-hub", "finetune", replace("--model_name_or_path", "nobody/no-such-model"),
+     ["nobody/no-such-model", "not a local directory", "Hub"]),
+    ("ft-model-truncated", "finetune", replace("--model_name_or_path", "{M}/truncated"),
+     ["truncated/model.safetensors", "truncated or corrupt", "re-download"]),
+    ("ft-model-garbage", "finetune", replace("--model_name_or_path", "{M}/garbage"),
+     ["garbage/model.safetensors", "re-download"]),
+    ("ft-config-corrupt", "finetune", replace("--model_name_or_path", "{M}/bad_config"),
+     ["bad_config/config.json", "not valid JSON", "re-download"]),
+    ("ft-config-missing", "finetune", replace("--model_name_or_path", "{M}/no_config"), ["no config.json"]),
+    ("ft-config-no-model-type", "finetune", replace("--model_name_or_path", "{M}/no_model_type"), ["'model_type'"]),
+    ("ft-weights-missing", "finetune", replace("--model_name_or_path", "{M}/no_weights"), ["no weights file"]),
+    ("ft-tokenizer-missing", "finetune", replace("--model_name_or_path", "{M}/no_tokenizer"),
+     ["no tokenizer files", "--tokenizer_name"]),
+    ("ft-tokenizer-corrupt", "finetune", replace("--model_name_or_path", "{M}/bad_tokenizer"),
+     ["bad_tokenizer/tokenizer.json", "re-download"]),
+    ("ft-model-is-a-file", "finetune", replace("--model_name_or_path", "{M}/weights.bin"), ["is a file"]),
+    ("ft-own-data-no-model", "finetune", finetune(drop=("--model_name_or_path",)), ["--model_name_or_path is required"]),
+    ("ft-4bit-on-cpu", "finetune", finetune("--lora_r", "4", "--load_in_4bit", "true"), ["--load_in_4bit", "CUDA GPU"]),
+    ("ft-lora-rank-negative", "finetune", finetune("--lora_r", "-1"), ["--lora_r -1"]),
+    # ------------------------------------------------------------- run_finetune.py: arguments and outputs
+    ("ft-output-is-a-file", "finetune", replace("--output_dir", "{D}/task1.csv"), ["--output_dir", "is a file"]),
+    ("ft-output-below-a-file", "finetune", replace("--output_dir", "{D}/task1.csv/run"), ["task1.csv is a file"]),
+    ("ft-output-complete-run", "finetune", replace("--output_dir", "{M}/a_run"), ["holds a complete run"]),
+    ("ft-unknown-flag", "finetune", finetune("--num_epochs", "3"), ["unknown argument --num_epochs",
+                                                                    "did you mean --num_train_epochs"]),
+    ("ft-bad-float", "finetune", finetune("--learning_rate", "fast"), ["--learning_rate", "'fast'"]),
+    ("ft-bad-choice", "finetune", finetune("--pooling", "max"), ["--pooling", "'max'"]),
+    ("ft-bad-bool", "finetune", finetune("--bf16", "maybe"), ["--bf16", "maybe"]),
+    ("ft-bad-strategy", "finetune", finetune("--eval_strategy", "sometimes"), ["--eval_strategy sometimes"]),
+    ("ft-bad-report-to", "finetune", finetune("--report_to", "wandbx"), ["--report_to wandbx", "did you mean wandb"]),
+    ("ft-bad-metric", "finetune", finetune("--metric_for_best_model", "category_macro_f"),
+     ["--metric_for_best_model", "did you mean category_macro_f1"]),
+    ("ft-push-no-repo", "finetune", finetune("--push_to_hub", "true"), ["--hub_model_id"]),
+    ("ft-resume-nothing", "finetune", finetune("--resume_from_checkpoint", "true"), ["no checkpoint-* folder"]),
+    ("ft-resume-missing-path", "finetune", finetune("--resume_from_checkpoint", "{O}/checkpoint-9"),
+     ["no such checkpoint directory"]),
+    ("ft-unknown-encoding", "finetune", finetune("--encoding", "utf-9"), ["--encoding 'utf-9'", "unknown encoding"]),
+    ("ft-early-stop-no-best", "finetune", finetune("--early_stopping_patience", "2", "--load_best_model_at_end", "false"),
+     ["--early_stopping_patience"]),
+    ("ft-positional-junk", "finetune", finetune("{D}/task1.csv"), ["unknown argument", "task1.csv"]),
+    ("ft-config-extra-args", "finetune", ["{D}/typo.json", "--max_steps", "2"], ["config file must be the only"]),
+    # ------------------------------------------------------------------ run_finetune.py: config files
+    ("cfg-json-typo", "finetune", ["{D}/typo.json"], ["typo.json", "'learning_rte'", "did you mean learning_rate"]),
+    ("cfg-yaml-typo", "finetune", ["{D}/typo.yaml"], ["typo.yaml", "'num_train_epoch'", "did you mean num_train_epochs"]),
+    ("cfg-json-syntax", "finetune", ["{D}/broken.json"], ["broken.json, line 2", "not valid JSON"]),
+    ("cfg-yaml-syntax", "finetune", ["{D}/broken.yaml"], ["broken.yaml, line", "not valid YAML"]),
+    ("cfg-wrong-type", "finetune", ["{D}/wrong_type.yaml"], ["key 'num_train_epochs'", "'three'"]),
+    ("cfg-yaml-bare-no", "finetune", ["{D}/bare_no.yaml"], ["key 'save_strategy'", "quote the value"]),
+    ("cfg-not-a-mapping", "finetune", ["{D}/list.yaml"], ["list.yaml", "mapping"]),
+    ("cfg-bad-choice", "finetune", ["{D}/bad_choice.json"], ["key 'pooling'", "'max'"]),
+    ("cfg-missing", "finetune", ["{D}/nope.yaml"], ["nope.yaml: config file not found"]),
+    # --------------------------------------------------------------------------------- run_predict.py
+    ("pr-header-only", "predict", ["--model", "{M}/multitask", "--input_files", "{D}/header_only.csv",
+                                   "--output_dir", "{O}"], ["header_only.csv", "no data rows"]),
+    ("pr-one-bad-of-two", "predict", ["--model", "{M}/multitask", "--input_files", "{D}/val.csv",
+                                      "{D}/task1_empty_text.csv", "--output_dir", "{O}"], ["task1_empty_text.csv, row 3"]),
+    ("pr-batch-zero", "predict", [*PREDICT, "--batch_size", "0"], ["--batch_size 0"]),
+    ("pr-batch-negative", "predict", [*PREDICT, "--batch_size", "-4"], ["--batch_size -4"]),
+    ("pr-top-k-zero", "predict", [*PREDICT, "--top_k", "0"], ["--top_k 0"]),
+    ("pr-max-length-zero", "predict", [*PREDICT, "--max_seq_length", "0"], ["--max_seq_length 0"]),
+    ("pr-threshold-name", "predict", [*PREDICT, "--threshold", "f2"], ["--threshold", "'f2'", "stored names"]),
+    ("pr-threshold-range", "predict", [*PREDICT, "--threshold", "1.5"], ["--threshold 1.5", "[0, 1]"]),
+    ("pr-model-missing", "predict", ["--model", "./runs/none", "--input_files", "{D}/val.csv", "--output_dir", "{O}"],
+     ["--model ./runs/none", "no such directory"]),
+    ("pr-model-plain-encoder", "predict", ["--model", "{E}", "--input_files", "{D}/val.csv", "--output_dir", "{O}"],
+     ["not a trained multitask model"]),
+    ("pr-model-truncated", "predict", ["--model", "{M}/multitask_truncated", "--input_files", "{D}/val.csv",
+                                       "--output_dir", "{O}"], ["multitask_truncated/model.safetensors", "truncated"]),
+    ("pr-model-empty-run", "predict", ["--model", "{D}/empty_run", "--input_files", "{D}/val.csv", "--output_dir",
+                                       "{O}"], ["no config.json"]),
+    ("pr-input-missing", "predict", ["--model", "{M}/multitask", "--input_files", "{D}/nope.csv", "--output_dir", "{O}"],
+     ["--input_files", "nope.csv: file not found"]),
+    ("pr-input-tsv", "predict", ["--model", "{M}/multitask", "--input_files", "{D}/tab.csv", "--output_dir", "{O}"],
+     ["tab.csv, row 1", "tabs"]),
+    ("pr-unknown-category", "predict", ["--model", "{M}/a_run", "--input_files", "{D}/val_unseen.csv",
+                                        "--output_dir", "{O}"], ["val_unseen.csv, row 2, column 'category'"]),
+    ("pr-stems-clash", "predict", ["--model", "{M}/multitask", "--input_files", "{D}/val.csv", "{D}/sub/val.csv",
+                                   "--output_dir", "{O}"], ["two files are named 'val'"]),
+    ("pr-output-is-a-file", "predict", ["--model", "{M}/multitask", "--input_files", "{D}/val.csv", "--output_dir",
+                                        "{D}/task1.csv"], ["--output_dir", "is a file"]),
+    ("pr-fp16-on-cpu", "predict", [*PREDICT, "--dtype", "float16"], ["--dtype float16"]),
+    ("pr-no-cuda", "predict", [*PREDICT, "--device", "cuda"], ["--device cuda", "no CUDA GPU"]),
+    ("pr-no-inputs", "predict", ["--model", "{M}/multitask", "--output_dir", "{O}"], ["--input_files"]),
+    ("pr-unknown-flag", "predict", [*PREDICT, "--treshold", "0.3"], ["--treshold", "did you mean --threshold"]),
+    ("pr-missing-text-column", "predict", [*PREDICT, "--text_columns", "headline"], ["missing column(s) 'headline'"]),
+    # ---------------------------------------------------------------------------- multitask.prepare
+    ("pp-header-only", "prepare", ["--input_files", "{D}/header_only.csv", "--output_prefix", "{O}/clean"],
+     ["header_only.csv", "no data rows"]),
+    ("pp-missing-input", "prepare", ["--input_files", "{D}/nope.csv", "--output_prefix", "{O}/clean"],
+     ["nope.csv: file not found"]),
+    ("pp-tsv", "prepare", ["--input_files", "{D}/tab.tsv", "--output_prefix", "{O}/clean"], ["tab.tsv", "tabs"]),
+    ("pp-bad-jsonl", "prepare", ["--input_files", "{D}/raw.jsonl", "--output_prefix", "{O}/clean", "--text_columns",
+                                 "title"], ["raw.jsonl, line 2", "not valid JSON"]),
+    ("pp-test-size", "prepare", [*PREPARE, "--test_size", "1.5"], ["--test_size 1.5"]),
+    ("pp-threshold", "prepare", [*PREPARE, "--dedup_threshold", "0"], ["--dedup_threshold 0"]),
+    ("pp-reduce-zero", "prepare", [*PREPARE, "--reduce_majority_to", "0"], ["--reduce_majority_to 0"]),
+    ("pp-no-prefix", "prepare", ["--input_files", "{D}/task2.csv"], ["--output_prefix is required"]),
+    ("pp-prefix-below-file", "prepare", ["--input_files", "{D}/task2.csv", "--output_prefix", "{D}/task1.csv/clean"],
+     ["task1.csv is a file"]),
+    ("pp-overwrite-input", "prepare", ["--input_files", "{D}/clean_train.csv", "--output_prefix", "{D}/clean",
+                                       "--label_column", "category", "--report_file", "{O}/r.json"],
+     ["clean_train.csv would overwrite an input"]),
+    ("pp-missing-label-column", "prepare", [*PREPARE[:4], "--label_column", "label"], ["missing column(s) 'label'"]),
+    ("pp-leakage-no-test", "prepare", ["--leakage_check", "--train_file", "{D}/task2.csv"], ["--test_file"]),
+    ("pp-unknown-flag", "prepare", [*PREPARE, "--dedup", "0.8"], ["unknown argument --dedup"]),
+    ("pp-shortened-flag", "prepare", [*PREPARE, "--text_column", "title"], ["--text_column",
+                                                                          "did you mean --text_columns"]),
+    # ---------------------------------------------------------------------------------- python -m analysis
+    ("an-missing-input", "analysis", ["{D}/nope.csv"], ["nope.csv: no such file"]),
+    ("an-not-predictions", "analysis", ["{D}/task2.csv", "--out", "{O}"], ["task2.csv", "not a predictions file"]),
+    ("an-header-only", "analysis", ["{D}/header_only.csv", "--out", "{O}"], ["no data rows"]),
+    ("an-empty-run", "analysis", ["{D}/empty_run", "--out", "{O}"], ["no predictions_*.csv"]),
+    ("an-tsv", "analysis", ["{D}/tab.csv", "--out", "{O}"], ["tab.csv, row 1", "tabs"]),
+    ("an-out-is-a-file", "analysis", ["{D}/predictions.csv", "--out", "{D}/task1.csv"], ["--out", "is a file"]),
+    ("an-allow-alone", "analysis", ["{D}/predictions.csv", "--allow_label", "ALLOW", "--out", "{O}"], ["go together"]),
+    ("an-allow-typo", "analysis", ["{D}/predictions.csv", "--allow_label", "ALOW", "--critical_labels", "DENY",
+                                   "--out", "{O}"], ["'ALOW'"]),
+    ("an-bands", "analysis", ["{D}/predictions.csv", "--bands", "0.7,0.2", "--out", "{O}"], ["--bands"]),
+    ("an-bootstrap-negative", "analysis", ["{D}/predictions.csv", "--bootstrap", "-1", "--out", "{O}"],
+     ["--bootstrap"]),
+    ("an-cost-missing", "analysis", ["{D}/predictions.csv", "--allow_label", "ALLOW", "--critical_labels", "DENY",
+                                     "--cost_matrix", "{D}/costs.csv", "--out", "{O}"], ["costs.csv: file not found"]),
+    ("an-cost-not-number", "analysis", ["{D}/predictions.csv", "--allow_label", "ALLOW", "--critical_labels", "DENY",
+                                        "--cost_matrix", "{D}/costs_bad.csv", "--out", "{O}"],
+     ["costs_bad.csv, row 2, column 'DENY'", "'x' is not a number"]),
+    ("an-interval", "analysis", ["{D}/predictions.csv", "--interval", "bootstrap", "--out", "{O}"], ["--interval"]),
+    ("an-no-input", "analysis", [], ["required"]),
+]
+
+
+def test_the_table_is_large_and_distinct():
+    assert len(CASES) >= 50
+    assert len({case[0] for case in CASES}) == len(CASES)
+    assert len({(case[1], tuple(case[2])) for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(("name", "tool", "argv", "pieces"), CASES, ids=[case[0] for case in CASES])
+def test_bad_input_ends_in_one_error_line(world, tmp_path, capsys, name, tool, argv, pieces):
+    out = tmp_path / "out"
+    before = _snapshot(world["root"])
+    main, bare_debug_only = MAINS[tool]
+    argv = _format(argv, world, out)
+    code = cli(main, argv, bare_debug_only=bare_debug_only)
+    captured = capsys.readouterr()
+    error_lines = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert code == 2, captured.err
+    assert len(error_lines) == 1 and captured.err.rstrip("\n").splitlines()[-1] == error_lines[0], captured.err
+    assert "Traceback" not in captured.err + captured.out
+    for piece in pieces:
+        assert piece.format(D=world["data"], M=world["models"]) in error_lines[0], error_lines[0]
+    # Nothing written: no output folder, no partial file, the world exactly as it was (a complete run stays so).
+    assert not out.exists()
+    assert _snapshot(world["root"]) == before
+    assert not list(tmp_path.rglob("*.partial*"))
+    status = world["models"] / "a_run" / "run_status.json"
+    assert json.loads(status.read_text())["status"] == "complete"
+
+
+def test_debug_flag_and_environment_add_the_traceback(world, tmp_path, capsys, monkeypatch):
+    argv = _format(["--model", "{M}/multitask", "--input_files", "{D}/val.csv", "--batch_size", "0"], world, tmp_path)
+    assert cli(run_predict.main, [*argv, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().splitlines()[-1] == "error: --batch_size 0: must be a whole number >= 1"
+    monkeypatch.setenv("MULTITASK_DEBUG", "1")
+    assert cli(run_predict.main, argv) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_finetune_keeps_its_own_debug_option(world, tmp_path):
+    """`--debug underflow_overflow` is TrainingArguments' option; only a bare --debug asks for tracebacks."""
+    argv = _format(finetune("--debug", "underflow_overflow"), world, tmp_path / "run")
+    kept, debug = debug_requested(argv, bare_only=True)
+    assert kept == argv and not debug
+    assert "underflow_overflow" in str(run_finetune.parse_args(kept)[2].debug)
+    assert debug_requested([*argv, "--debug"], bare_only=True) == (argv, True)
+    assert debug_requested(["--debug", "--max_steps", "1"], bare_only=True) == (["--max_steps", "1"], True)
+
+
+def test_a_bug_keeps_its_traceback(world, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a real bug")
+
+    monkeypatch.setattr(run_predict, "check_predict_arguments", broken)
+    with pytest.raises(ZeroDivisionError):
+        cli(run_predict.main, _format(PREDICT, world, tmp_path / "out"))
+
+
+def test_a_bug_before_the_run_starts_replays_the_held_log_lines(world, tmp_path, monkeypatch, caplog):
+    """Held log lines are dropped for a user error (only the error line), but shown for a bug."""
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a real bug")
+
+    monkeypatch.setattr(run_finetune, "check_training_steps", broken)
+    with caplog.at_level("INFO"), pytest.raises(ZeroDivisionError):
+        run_finetune.main(_format(FINETUNE, world, tmp_path / "run"))
+    assert "data: rows_in_both_files" in caplog.text
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_good_run_after_bad_ones_still_works(world, tmp_path):
+    """The boundary leaves no state behind (held logs, debug flag): the same CLIs then succeed."""
+    metrics = run_predict.main(_format(PREDICT, world, tmp_path / "preds"))
+    assert (tmp_path / "preds" / "predictions_val.csv").is_file() and "val" in metrics
+    assert not list(tmp_path.rglob("*.partial*"))
+    report = prepare.main(_format(PREPARE, world, tmp_path / "prep"))
+    assert Path(report["outputs"]["train"]).is_file()
+    removed = pd.read_csv(tmp_path / "prep" / "removed_rows.csv", dtype=str)
+    assert all("." not in value for value in removed["row"])  # row numbers as ints, never 2.0
+
+
+def test_zero_steps_after_training_is_never_complete(world, tmp_path, monkeypatch):
+    """If the Trainer still takes no step (a case the checks missed), the run is failed, not complete."""
+    monkeypatch.setattr(run_finetune.MultitaskTrainer, "train", lambda self, **kwargs: TrainOutput(0, 0.0, {}))
+    with pytest.raises(UserError, match="0 optimizer steps"):
+        run_finetune.main(_format(FINETUNE, world, tmp_path / "run"))
+    status = json.loads((tmp_path / "run" / "run_status.json").read_text())
+    assert status["status"] == "failed" and "0 optimizer steps" in status["error"]
+
+
+# ------------------------------------------------------------------------ the real scripts, in a subprocess
+SUBPROCESS_CASES = [
+    ("finetune", [sys.executable, "run_finetune.py", *finetune()[:-4]], "--task1_file", "{D}/header_only.csv",
+     "no data rows"),
+    ("predict", [sys.executable, "run_predict.py", *PREDICT], "--input_files", "{D}/header_only.csv", "no data rows"),
+    ("prepare", [sys.executable, "-m", "multitask.prepare", *PREPARE], "--test_size", "2", "--test_size 2"),
+    ("analysis", [sys.executable, "-m", "analysis", "{D}/predictions.csv", "--out", "{O}"], "--bootstrap", "-5",
+     "--bootstrap"),
+]
+
+
+@pytest.mark.parametrize(("tool", "command", "flag", "value", "piece"), SUBPROCESS_CASES,
+                         ids=[case[0] for case in SUBPROCESS_CASES])
+def test_real_script_prints_exactly_one_line(world, tmp_path, tool, command, flag, value, piece):
+    out = tmp_path / "out"
+    command = _format([*command, flag, value], world, out)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("MULTITASK_DEBUG", None)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and piece in done.stderr, done.stderr
+    assert not out.exists()
