@@ -21,13 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from transformers import AutoTokenizer, EarlyStoppingCallback, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoTokenizer, EarlyStoppingCallback, HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from multitask import demo, lora
 from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 from multitask.callbacks import CartographyCallback, EpochLogCallback, TrainingRecord
-from multitask.checks import check_finetune_arguments, check_training_steps, model_load_errors
+from multitask.checks import (
+    check_finetune_arguments,
+    check_optimizer,
+    check_sequence_length,
+    check_training_steps,
+    model_load_errors,
+)
 from multitask.data import (
     LabeledFile,
     MultitaskCollator,
@@ -155,6 +161,9 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     with model_load_errors(tokenizer_source, "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **hub_kwargs)
     separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
+    with model_load_errors(model_args.model_name_or_path, "--model_name_or_path"):
+        encoder_config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
+    check_sequence_length(getattr(encoder_config, "encoder_config", encoder_config), data_args.max_seq_length)
 
     data = load_training_data(
         data_args.task1_file,
@@ -209,6 +218,7 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         logger.info("gate-only run: best model chosen by eval_gate_f1")
 
     heads = tuple(head for head, present in (("gate", data.has_gate), ("category", data.has_category)) if present)
+    check_optimizer(training_args, model)
     bands = None
     if data.has_category:
         bands = category_bands(

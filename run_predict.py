@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
 
-from multitask.checks import check_predict_arguments, model_load_errors, resolve_model_source
+from multitask.checks import check_predict_arguments, check_sequence_length, model_load_errors, resolve_model_source
 from multitask.configuration import MultitaskConfig
 from multitask.data import load_labeled_file
 from multitask.errors import ModelFileError, cli, parse_arguments, usage_errors
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     if not isinstance(config, MultitaskConfig):
         raise ModelFileError(f"--model {args.model}: a plain {config.model_type!r} encoder, not a trained multitask "
                              "model; give a run directory of run_finetune.py or its model/ folder")
+    check_sequence_length(config.encoder_config, args.max_seq_length)
     if not onnx_dir:
         with usage_errors():
             resolve_inference_dtype(args.dtype, select_device(args.device))

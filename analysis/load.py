@@ -134,7 +134,15 @@ def read_predictions(
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({error}); the run directory is damaged") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object; the run directory is damaged")
+    return value
 
 
 def load_input(path: str | Path) -> list[Predictions]:

@@ -249,6 +249,11 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
         check_positive(model_args.lora_alpha, "--lora_alpha")
         check_fraction(model_args.lora_dropout, "--lora_dropout", high_open=True)
     _check_report_to(args.report_to)
+    for flag in ("seed", "data_seed"):
+        value = getattr(args, flag, None)
+        require(value is None or 0 <= value < 2**32, f"--{flag} {value}: must be in [0, 2**32)")
+    require(args.dataloader_num_workers >= 0, f"--dataloader_num_workers {args.dataloader_num_workers}: must be >= 0 "
+                                              "(0 loads batches in the main process)")
     for flag, low in (("knn_k", 1), ("knn_bank_size", 1), ("threshold_cv", 0)):
         value = getattr(args, flag, low)
         require(isinstance(value, int) and value >= low, f"--{flag} {value}: must be a whole number >= {low}")
@@ -262,6 +267,7 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
         raise UsageError("--push_to_hub needs --hub_model_id user/name (the model repo to create or update)")
     require(bool(data_args.text_columns), "--text_columns: give at least one column")
     check_encoding(data_args.encoding)
+    check_optimizer(args)
 
     own_data = any([data_args.task1_file, data_args.task2_file, data_args.validation_file])
     if model_args.model_name_or_path is None and own_data:
@@ -304,6 +310,34 @@ def _check_report_to(report_to: Any) -> None:
         if name not in ("all", "none") and name not in INTEGRATION_TO_CALLBACK:
             raise UsageError(f"--report_to {name}: unknown integration{closest(name, INTEGRATION_TO_CALLBACK)}; "
                              f"choose from none, all, {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+
+
+def check_optimizer(training_args: Any, model: Any = None) -> None:
+    """A --optim whose package is missing (bitsandbytes, galore, …) fails before training, not at its first step.
+
+    Without the model only the missing packages are checked (some optimizers need the model for the rest).
+    """
+    from transformers import Trainer
+
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+    except (ImportError, ValueError) as error:
+        if model is None and not isinstance(error, ImportError):
+            return
+        name = getattr(training_args.optim, "value", training_args.optim)
+        raise UsageError(f"--optim {name}: {one_line(str(error))}") from error
+
+
+def check_sequence_length(encoder_config: Any, max_seq_length: int, flag: str = "--max_seq_length") -> None:
+    """An encoder with absolute position embeddings cannot read past them: refuse before the first batch fails."""
+    limit = getattr(encoder_config, "max_position_embeddings", None)
+    if not limit or getattr(encoder_config, "position_biased_input", True) is False:
+        return  # relative positions only (DeBERTa-v3): any length works, only slower
+    if getattr(encoder_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        limit -= 2  # position ids start after the padding index
+    if max_seq_length > limit:
+        raise UsageError(f"{flag} {max_seq_length}: the encoder ({encoder_config.model_type}) has position embeddings "
+                         f"for {limit} tokens; use at most {limit}")
 
 
 def check_training_steps(train_rows: int, training_args: Any) -> int:

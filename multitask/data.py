@@ -301,6 +301,11 @@ def check_trainable(data: TrainingData, task1_file: str | None, task2_file: str 
     Each head needs labelled training rows of at least two classes; validation needs Pick and Decline rows
     (the gate thresholds are tuned there) and, with a category head, rows with a category.
     """
+    if validation_file and any(path and Path(path).resolve() == Path(validation_file).resolve()
+                               for path in (task1_file, task2_file)):
+        logger.warning("--validation_file %s is also a training file: validation metrics, the best checkpoint and "
+                       "the gate thresholds are then measured on training rows and will look better than they are",
+                       validation_file)
     validation = validation_file or f"the {validation_split:.0%} validation split of the training rows"
     fix = ("give a --validation_file with both" if validation_file
            else "give a --validation_file, or a larger --validation_split")

@@ -40,7 +40,7 @@ from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.model_selection import train_test_split
 
 from .configuration import DEFAULT_TEXT_COLUMNS
-from .errors import UsageError, cli, parse_arguments
+from .errors import UsageError, cli, closest, parse_arguments
 from .labels import CATEGORY_COLUMN, PICK_COLUMN, PICK_VALUES
 from .rundir import StagedFiles, check_output_dir, check_output_file, staged_files
 from .tables import DataError, check_encoding, check_readable_file, read_csv
@@ -768,6 +768,15 @@ def prepare(args: PrepareArguments) -> dict:
         steps.apply("near_dedup", keep, near, threshold=args.dedup_threshold)
 
     if args.labels_to_filter:
+        # A typo would otherwise filter nothing and say nothing.
+        seen = {str(label) for label in labels if _is_labelled(label)}
+        unknown = [label for label in args.labels_to_filter if str(label) not in seen]
+        if unknown:
+            raise UsageError(
+                f"--labels_to_filter: {', '.join(map(repr, unknown))} "
+                f"{'is' if len(unknown) == 1 else 'are'} not a label of the input"
+                f"{closest(str(unknown[0]), sorted(seen))} (labels: {', '.join(sorted(seen)[:20])})"
+            )
         steps.apply(
             "filter_labels",
             filter_labels(steps.current_labels(), args.labels_to_filter),
@@ -781,6 +790,9 @@ def prepare(args: PrepareArguments) -> dict:
         steps.apply("reduce_majority", keep, fraction=args.reduce_majority_to, cap_per_class=cap)
 
     final = steps.alive
+    if len(final) == 0:
+        raise DataError(f"no row is left after step '{steps.log[-1]['step']}' (counts per step: "
+                        f"{', '.join(str(step['rows_after']) for step in steps.log)}); nothing would be written")
     final_labels = steps.current_labels()
     split_info: dict[str, Any] = {"test_size": args.test_size, "seed": args.seed}
     if args.test_size > 0:

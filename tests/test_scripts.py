@@ -305,3 +305,12 @@ def test_auto_gate_score_cross_validated_and_applied_by_run_predict(encoder_dir,
     # the same chosen score and threshold in the run and in run_predict: the same decisions
     assert table["decision"].tolist() == run_table["decision"].tolist()
     assert table["pick_prob"].to_numpy() == pytest.approx(run_table["pick_prob"].to_numpy(), abs=1e-5)
+
+
+def test_stage2_from_a_stage1_model_says_what_it_reused(trained_run, tmp_path):
+    run_dir, files, _ = trained_run
+    stage2 = tmp_path / "stage2"
+    run_finetune.main(finetune_args(run_dir / "model", files, stage2, "--max_steps", "1"))
+    log = (stage2 / "train.log").read_text(encoding="utf-8")
+    assert f"loaded the saved multitask model {run_dir / 'model'}" in log
+    assert "reused encoder, gate head, category head; new: none" in log
