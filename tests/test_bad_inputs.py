@@ -80,6 +80,9 @@ def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
     (data / "costs_bad.csv").write_text("gold,ALLOW,DENY\nALLOW,0,x\nDENY,5,0\n", encoding="utf-8")
     (data / "raw.jsonl").write_text('{"title": "fine"}\n{"title": oops}\n', encoding="utf-8")
     (data / "empty_run").mkdir()
+    (data / "damaged_run").mkdir()
+    shutil.copy(data / "predictions.csv", data / "damaged_run" / "predictions_validation.csv")
+    (data / "damaged_run" / "label_map.json").write_text('{"category_id2label": {"0": "ALL', encoding="utf-8")
     # Config files for run_finetune.py.
     base = {"model_name_or_path": str(encoder_dir), "task1_file": str(data / "task1.csv"), "max_steps": 1}
     (data / "typo.json").write_text(json.dumps({**base, "learning_rte": 1e-3}), encoding="utf-8")
@@ -110,6 +113,8 @@ def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
         return path
 
     weights = (Path(encoder_dir) / "model.safetensors").read_bytes()
+    broken("absolute_positions", lambda p: (p / "config.json").write_text(json.dumps(
+        {**json.loads((p / "config.json").read_text()), "position_biased_input": True})))
     broken("truncated", lambda p: (p / "model.safetensors").write_bytes(weights[: len(weights) // 2]))
     broken("garbage", lambda p: (p / "model.safetensors").write_bytes(b"not a safetensors file"))
     broken("bad_config", lambda p: (p / "config.json").write_text('{"model_type": "deberta-v2", "hidd'))
@@ -236,6 +241,12 @@ CASES = [
     ("ft-own-data-no-model", "finetune", finetune(drop=("--model_name_or_path",)), ["--model_name_or_path is required"]),
     ("ft-4bit-on-cpu", "finetune", finetune("--lora_r", "4", "--load_in_4bit", "true"), ["--load_in_4bit", "CUDA GPU"]),
     ("ft-lora-rank-negative", "finetune", finetune("--lora_r", "-1"), ["--lora_r -1"]),
+    ("ft-longer-than-positions", "finetune", finetune("--max_seq_length", "256", drop=("--model_name_or_path",))
+     + ["--model_name_or_path", "{M}/absolute_positions"], ["--max_seq_length 256", "for 128 tokens"]),
+    ("ft-optimizer-package-missing", "finetune", finetune("--optim", "adamw_bnb_8bit"),
+     ["--optim adamw_bnb_8bit", "bitsandbytes"]),
+    ("ft-seed-negative", "finetune", finetune("--seed", "-1"), ["--seed -1"]),
+    ("ft-workers-negative", "finetune", finetune("--dataloader_num_workers", "-1"), ["--dataloader_num_workers -1"]),
     # ------------------------------------------------------------- run_finetune.py: arguments and outputs
     ("ft-output-is-a-file", "finetune", replace("--output_dir", "{D}/task1.csv"), ["--output_dir", "is a file"]),
     ("ft-output-below-a-file", "finetune", replace("--output_dir", "{D}/task1.csv/run"), ["task1.csv is a file"]),
@@ -322,6 +333,9 @@ CASES = [
     ("pp-missing-label-column", "prepare", [*PREPARE[:4], "--label_column", "label"], ["missing column(s) 'label'"]),
     ("pp-leakage-no-test", "prepare", ["--leakage_check", "--train_file", "{D}/task2.csv"], ["--test_file"]),
     ("pp-unknown-flag", "prepare", [*PREPARE, "--dedup", "0.8"], ["unknown argument --dedup"]),
+    ("pp-filter-label-typo", "prepare", [*PREPARE, "--labels_to_filter", "sport"], ["'sport' is not a label",
+                                                                                   "did you mean sports"]),
+    ("pp-nothing-left", "prepare", [*PREPARE, "--min_class_count", "1000"], ["no row is left", "min_class_count"]),
     ("pp-shortened-flag", "prepare", [*PREPARE, "--text_column", "title"], ["--text_column",
                                                                           "did you mean --text_columns"]),
     # ---------------------------------------------------------------------------------- python -m analysis
@@ -344,6 +358,7 @@ CASES = [
      ["costs_bad.csv, row 2, column 'DENY'", "'x' is not a number"]),
     ("an-interval", "analysis", ["{D}/predictions.csv", "--interval", "bootstrap", "--out", "{O}"], ["--interval"]),
     ("an-no-input", "analysis", [], ["required"]),
+    ("an-damaged-run", "analysis", ["{D}/damaged_run", "--out", "{O}"], ["damaged_run/label_map.json", "not valid JSON"]),
 ]
 
 
