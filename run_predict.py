@@ -17,12 +17,16 @@ import json
 import logging
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
 
-from multitask.checks import check_predict_arguments, check_sequence_length, model_load_errors, resolve_model_source
+from multitask.checks import (
+    check_predict_arguments,
+    check_sequence_length,
+    model_load_errors,
+    resolve_model_source,
+)
 from multitask.configuration import MultitaskConfig
 from multitask.data import load_labeled_file
 from multitask.errors import ModelFileError, cli, parse_arguments, usage_errors

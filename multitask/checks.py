@@ -254,6 +254,11 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
         require(value is None or 0 <= value < 2**32, f"--{flag} {value}: must be in [0, 2**32)")
     require(args.dataloader_num_workers >= 0, f"--dataloader_num_workers {args.dataloader_num_workers}: must be >= 0 "
                                               "(0 loads batches in the main process)")
+    require(not args.dataloader_persistent_workers or args.dataloader_num_workers > 0,
+            "--dataloader_persistent_workers needs --dataloader_num_workers > 0")
+    for flag in ("logging_steps", "eval_steps", "save_steps"):
+        value = getattr(args, flag)
+        require(value is None or (_finite(value) and value >= 0), f"--{flag} {value}: must be >= 0")
     for flag, low in (("knn_k", 1), ("knn_bank_size", 1), ("threshold_cv", 0)):
         value = getattr(args, flag, low)
         require(isinstance(value, int) and value >= low, f"--{flag} {value}: must be a whole number >= {low}")
