@@ -178,6 +178,11 @@ def test_cli_pipeline_writes_splits_and_a_complete_report(tmp_path):
         abs(counts["test"] - 0.25 * (counts["train"] + counts["test"])) <= 1 for counts in per_class.values()
     )
     assert set(removed["step"]) == {"exact_dedup", "near_dedup", "filter_labels"}
+    # Row numbers are whole numbers even where a filtered row leaves duplicate_of_row empty (never "2.0").
+    raw = pd.read_csv(tmp_path / "out" / "removed_rows.csv", dtype=str, keep_default_na=False)
+    assert all(value.isdigit() for value in raw["row"]) and "" in set(raw["duplicate_of_row"])
+    assert all(value.isdigit() for value in raw["duplicate_of_row"] if value)
+    assert not [path for path in (tmp_path / "out").iterdir() if ".partial-" in path.name]
 
 
 def test_cli_jsonl_in_jsonl_out_with_line_numbers(tmp_path):
