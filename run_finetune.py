@@ -52,6 +52,7 @@ from multitask.precision import precision_warnings
 from multitask.predict import Scores, fit_gate_statistics, predict_scores
 from multitask.reporting import (
     category_bands,
+    calibrate_heads,
     summarize_gate_cv,
     tune_gate,
     write_predictions,
@@ -160,10 +161,10 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
     with model_load_errors(tokenizer_source, "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **hub_kwargs)
-    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
     with model_load_errors(model_args.model_name_or_path, "--model_name_or_path"):
         encoder_config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
     check_sequence_length(getattr(encoder_config, "encoder_config", encoder_config), data_args.max_seq_length)
+    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
 
     data = load_training_data(
         data_args.task1_file,
@@ -217,8 +218,8 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         training_args.metric_for_best_model = "gate_f1"
         logger.info("gate-only run: best model chosen by eval_gate_f1")
 
-    heads = tuple(head for head, present in (("gate", data.has_gate), ("category", data.has_category)) if present)
     check_optimizer(training_args, model)
+    heads = tuple(head for head, present in (("gate", data.has_gate), ("category", data.has_category)) if present)
     bands = None
     if data.has_category:
         bands = category_bands(
@@ -312,6 +313,16 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
             )
             logger.info("gate statistics fitted on %d training rows (kNN bank %d, k %d)",
                         fitted["rows"], fitted["bank_size"], fitted["knn_k"])
+        if training_args.calibration == "temperature":
+            raw = predict_scores(trained, tokenizer, list(validation.dataset["text"]),
+                                 training_args.per_device_eval_batch_size, data_args.max_seq_length, return_features=True)
+            calibration = calibrate_heads(raw, validation.dataset)
+            trained.config.calibration = calibration["temperatures"] or None
+            metrics["calibration"] = {head: calibration[head] for head in ("gate", "category") if head in calibration}
+            logger.info("calibration (validation): %s", {
+                head: {"temperature": round(entry["temperature"], 3), "ece_before": round(entry["before"]["ece"], 4),
+                       "ece_after": round(entry["after"]["ece"], 4)} for head, entry in metrics["calibration"].items()})
+            draw_reliability(run.path, calibration["reliability"])
         scores = score_file(trained, tokenizer, validation, training_args, data_args)
         if data.has_gate:
             # Score and thresholds are chosen on validation only, stored in the model, and applied unchanged to test.
@@ -343,7 +354,7 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         card = build_model_card(
             trained.config, training_args, model_args.model_name_or_path, data_files, validation_metrics,
             json.loads(per_class_path.read_text(encoding="utf-8")) if per_class_path.is_file() else None,
-            training_args.hub_model_id, metrics.get("gate_cv"),
+            training_args.hub_model_id, metrics.get("gate_cv"), metrics.get("calibration"),
         )
         card.save(model_dir / "README.md")
         run.write_json("metrics.json", metrics)
@@ -418,6 +429,16 @@ def draw_plots(run_dir: Path) -> None:
         redraw(run_dir)
     except Exception as error:  # a figure must never cost the user a finished run
         logger.warning("plots not drawn: %s", error)
+
+
+def draw_reliability(run_dir: Path, curves: dict) -> None:
+    try:
+        from multitask.plots import plot_reliability
+
+        for head, curve in curves.items():
+            plot_reliability(curve, run_dir / "plots" / f"reliability_{head}.png", f"{head} head (validation)")
+    except Exception as error:  # a figure must never cost the user a finished run
+        logger.warning("reliability diagrams not drawn: %s", error)
 
 
 def _check_metric_name(training_args, compute_metrics, data, heads: tuple[str, ...]) -> None:

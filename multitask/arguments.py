@@ -229,6 +229,14 @@ class MultitaskTrainingArguments(TrainingArguments):
         metadata={"help": "At most this many training rows (a seeded sample) are stored in the model for the knn "
                   "score (bank_size x hidden floats)."},
     )
+    calibration: str = field(
+        default="temperature",
+        metadata={"help": "temperature: after training, one temperature per head is fitted on validation (NLL) and "
+                  "stored in the model, so the probabilities run_predict reports are calibrated; thresholds are "
+                  "searched on the calibrated scores. none: raw softmax. metrics.json['calibration'] holds ECE "
+                  "(15 equal-mass bins), Brier and NLL per head before/after.",
+                  "choices": ["temperature", "none"]},
+    )
     threshold_cv: int = field(
         default=5,
         metadata={"help": "Honest gate figures: K-fold over validation rows (stratified by Pick/Decline); score and "

@@ -30,7 +30,7 @@ _EVAL_KEYS = (
     "eval_loss", "eval_gate_loss", "eval_category_loss", "eval_hierarchy_loss",
     "eval_gate_accuracy", "eval_gate_precision", "eval_gate_recall", "eval_gate_f1", "eval_gate_decline_leak",
     "eval_category_accuracy", "eval_category_macro_f1", "eval_category_weighted_f1", "eval_category_top3_accuracy",
-    "eval_joint_accuracy", "eval_joint_macro_f1",
+    "eval_joint_accuracy", "eval_joint_macro_f1", "eval_gate_ece", "eval_category_ece",
     "eval_category_recall_high", "eval_category_recall_mid", "eval_category_recall_low",
 )  # fmt: skip
 

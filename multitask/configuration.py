@@ -45,6 +45,9 @@ class MultitaskConfig(PretrainedConfig):
             decision; `"msp"` = max_c P(c|Pick); `"energy"`, `"maha"` (Mahalanobis to the nearest category mean),
             `"knn"` (cosine to the k-th nearest training row), each squashed into (0, 1); `"pick_maha"` and
             `"pick_knn"` = P(Pick) times that feature score. See `multitask/ood.py`.
+        calibration (`dict`): `{"gate_temperature": T1, "category_temperature": T2}` fitted on validation after
+            training (`multitask.calibration`): every probability the model reports divides that head's logits by
+            its temperature first. Absent: temperature 1.
         gate_statistics (`dict`): set once feature scores were fitted after training: `bank_size`, `knn_k`,
             `hidden_size`, and `squash` = {score: [center, scale]}. The class means, shared precision matrix and
             kNN bank themselves are model buffers (`gate_class_means`, `gate_precision`, `gate_bank`).
@@ -66,6 +69,7 @@ class MultitaskConfig(PretrainedConfig):
         uncertainty_weighting: bool = False,
         gate_score: str = "pick",
         gate_statistics: dict | None = None,
+        calibration: dict | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -93,6 +97,7 @@ class MultitaskConfig(PretrainedConfig):
         self.uncertainty_weighting = bool(uncertainty_weighting)
         self.gate_score = gate_score
         self.gate_statistics = dict(gate_statistics) if gate_statistics else None
+        self.calibration = {str(k): float(v) for k, v in calibration.items()} if calibration else None
         # Mirror the category map into the standard fields so Hub widgets and pipelines show names.
         if self.category_id2label and "id2label" not in kwargs:
             kwargs["id2label"] = dict(self.category_id2label)
@@ -102,6 +107,10 @@ class MultitaskConfig(PretrainedConfig):
         super().__init__(**kwargs)
         if encoder_attention is not None and self.encoder_config._attn_implementation is None:
             self.encoder_config._attn_implementation_internal = encoder_attention
+
+    def head_temperature(self, head: str) -> float:
+        """The calibration temperature of ``head`` (`"gate"` or `"category"`); 1.0 when not calibrated."""
+        return float((self.calibration or {}).get(f"{head}_temperature", 1.0))
 
     @property
     def num_categories(self) -> int:

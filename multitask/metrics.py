@@ -22,6 +22,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from .calibration import expected_calibration_error
 from .labels import IGNORE_INDEX
 
 HEADS = ("gate", "category")
@@ -323,6 +324,12 @@ def gate_pick_prob(gate_logits: np.ndarray) -> np.ndarray:
     raise ValueError(f"gate logits must have shape (n,), (n, 1) or (n, 2), got {gate_logits.shape}")
 
 
+def gate_two_class(gate_logits: np.ndarray) -> np.ndarray:
+    """(n, 2) probabilities [P(Decline), P(Pick)] from gate logits of any shape `gate_pick_prob` accepts."""
+    pick = gate_pick_prob(gate_logits)
+    return np.stack([1.0 - pick, pick], axis=1)
+
+
 def _as_tuple(value: Any) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
@@ -430,6 +437,14 @@ def build_compute_metrics(
         )
         if category_bands is not None and category_probs is not None and labels.get("category") is not None:
             results.update(band_recall_metrics(category_probs, labels["category"], category_bands))
+        # Uncalibrated ECE per epoch (15 equal-mass bins); run_finetune calibrates the final model once.
+        for head, probs in (("gate", None if gate_logits is None else gate_two_class(gate_logits)),
+                            ("category", category_probs)):
+            if probs is not None and labels.get(head) is not None:
+                gold = _to_numpy(labels[head]).reshape(-1)
+                labelled = gold != IGNORE_INDEX
+                if labelled.any():
+                    results[f"{head}_ece"] = expected_calibration_error(probs[labelled], gold[labelled])
         return results
 
     return compute_metrics

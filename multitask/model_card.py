@@ -55,6 +55,13 @@ python run_predict.py --model {{ repo_id }} --input_files items.csv --threshold 
 Gate score: `{{ gate_score }}` (Pick iff score >= threshold; see `multitask/ood.py`).
 
 {{ thresholds_table }}
+{% endif %}{% if calibration_table %}
+## Calibration (validation)
+
+The probabilities this model reports divide each head's logits by a temperature fitted on validation (NLL).
+ECE over 15 equal-mass bins of the top-1 probability; Brier score; NLL.
+
+{{ calibration_table }}
 {% endif %}{% if gate_cv_table %}
 ### What to expect on new data: held-out folds of validation
 
@@ -96,6 +103,7 @@ def build_model_card(
     per_class: list[dict] | None = None,
     repo_id: str | None = None,
     gate_cv: dict | None = None,
+    calibration: dict | None = None,
 ) -> ModelCard:
     """Card data + text from what the run already computed. Tokens are never part of any input here."""
     gate_labels = "/".join(config.gate_id2label.values()) if config.has_gate else None
@@ -127,6 +135,11 @@ def build_model_card(
             gate_cv_rows.append((kind, label, _fmt(figure["held_out"]),
                                  f"{_fmt(figure['interval_95'][0])}–{_fmt(figure['interval_95'][1])}",
                                  f"{_fmt(figure['fold_mean_sd'][0])} ± {_fmt(figure['fold_mean_sd'][1])}"))
+    calibration_rows = [
+        (head, _fmt(entry["temperature"]), *(f"{_fmt(entry['before'][k])} → {_fmt(entry['after'][k])}"
+                                             for k in ("ece", "brier", "nll")))
+        for head, entry in (calibration or {}).items()
+    ]
     return ModelCard.from_template(
         card_data,
         template_str=_TEMPLATE,
@@ -148,6 +161,8 @@ def build_model_card(
         if config.has_gate
         else "",
         gate_score=config.gate_score,
+        calibration_table=_table(("head", "temperature", "ECE before → after", "Brier", "NLL"), calibration_rows)
+        if calibration_rows else "",
         gate_cv_folds=(gate_cv or {}).get("folds"),
         gate_cv_table=_table(("threshold", "figure", "held out", "95 % interval", "fold mean ± sd"), gate_cv_rows)
         if gate_cv_rows else "",

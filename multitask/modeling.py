@@ -149,7 +149,8 @@ class MultitaskModel(PreTrainedModel):
         if stats and getattr(self, "gate_bank", None) is not None:
             fitted = {"class_means": self.gate_class_means, "precision": self.gate_precision,
                       "bank": self.gate_bank, "knn_k": stats["knn_k"], "squash": stats["squash"]}
-        return in_scope_scores(outputs.gate_logits, outputs.category_logits, outputs.features, fitted)
+        return in_scope_scores(outputs.gate_logits, outputs.category_logits, outputs.features, fitted,
+                               self.config.head_temperature("gate"), self.config.head_temperature("category"))
 
 
 def build_config(

@@ -177,6 +177,8 @@ def in_scope_scores(
     category_logits: torch.Tensor | None,
     features: torch.Tensor | None = None,
     fitted: dict | None = None,
+    gate_temperature: float = 1.0,
+    category_temperature: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Every in-scope score in [0, 1] the inputs allow, by name (see ``ALL_SCORES``), shape (rows,) each.
 
@@ -184,12 +186,13 @@ def in_scope_scores(
     probability, Hendrycks & Gimpel 2017); ``joint`` = pick · msp, the probability of the best Pick-and-category
     decision. ``energy``, ``maha`` and ``knn`` are squashed with the training constants in ``fitted["squash"]``
     and need ``fitted`` (``class_means``, ``precision``, ``bank``, ``knn_k``); combined scores multiply their parts.
+    The probabilities use the calibration temperatures; ``energy`` keeps the raw logits its constants were fitted on.
     """
     scores: dict[str, torch.Tensor] = {}
     if gate_logits is not None:
-        scores["pick"] = torch.softmax(gate_logits.float(), dim=-1)[:, 1]
+        scores["pick"] = torch.softmax(gate_logits.float() / gate_temperature, dim=-1)[:, 1]
     if category_logits is not None:
-        scores["msp"] = torch.softmax(category_logits.float(), dim=-1).max(dim=-1).values
+        scores["msp"] = torch.softmax(category_logits.float() / category_temperature, dim=-1).max(dim=-1).values
         if "pick" in scores:
             scores["joint"] = scores["pick"] * scores["msp"]
     if fitted is None or category_logits is None or features is None:

@@ -198,6 +198,25 @@ def plot_confusion_heatmap(
         return _save(fig, path)
 
 
+def plot_reliability(curve: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str) -> Path:
+    """Reliability diagram: accuracy against mean confidence per equal-mass bin, before and after calibration."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with plt.rc_context(_font_rc()):
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+        for name, style in (("before", "o-"), ("after", "s-")):
+            if name in curve:
+                confidence, accuracy = curve[name]
+                ax.plot(confidence, accuracy, style, markersize=4, label=f"{name} temperature scaling")
+        ax.set_xlabel("mean top-1 probability (equal-mass bins)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+        return _save(fig, path)
+
+
 def redraw(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Redraw a run's learning curves (from `epoch_log.jsonl`) and cartography scatters (from
     `cartography.csv`, when present) into ``out_dir`` (default: `<run dir>/plots`)."""

@@ -62,6 +62,7 @@ class Scores:
     gate_scores: dict[str, np.ndarray] = field(default_factory=dict)
     features: np.ndarray | None = None
     category_logits: np.ndarray | None = None
+    gate_logits: np.ndarray | None = None
 
 
 @torch.inference_mode()
@@ -92,6 +93,8 @@ def predict_scores(
     )
     features = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32) if return_features else None
     category_logits = np.zeros_like(category_probs) if return_features and category_probs is not None else None
+    gate_logits = np.zeros((len(texts), 2), np.float32) if return_features and model.config.has_gate else None
+    category_temperature = model.config.head_temperature("category")
     starts = range(0, len(texts), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -108,16 +111,19 @@ def predict_scores(
                 for name, value in model.in_scope_scores(outputs).items():
                     gate_scores.setdefault(name, np.zeros(len(texts), dtype=np.float32))[rows] = value.cpu().numpy()
             if category_probs is not None:
-                category_probs[rows] = torch.softmax(outputs.category_logits.float(), dim=-1).cpu().numpy()
+                category_probs[rows] = torch.softmax(outputs.category_logits.float() / category_temperature,
+                                                     dim=-1).cpu().numpy()
             if features is not None:
                 features[rows] = outputs.features.float().cpu().numpy()
             if category_logits is not None:
                 category_logits[rows] = outputs.category_logits.float().cpu().numpy()
+            if gate_logits is not None:
+                gate_logits[rows] = outputs.gate_logits.float().cpu().numpy()
     model.train(was_training)
     pick_prob = None
     if model.config.has_gate:  # a gate-only model has no joint score: its gate scores P(Pick)
         pick_prob = gate_scores.get(model.config.gate_score, gate_scores.get("pick", np.zeros(len(texts), np.float32)))
-    return Scores(pick_prob, category_probs, gate_scores, features, category_logits)
+    return Scores(pick_prob, category_probs, gate_scores, features, category_logits, gate_logits)
 
 
 def prediction_table(

@@ -14,6 +14,7 @@ from .data import IGNORE_INDEX, LabeledFile
 from .metrics import compute_all, confusion_top, frequency_bands, hierarchy_stats, per_class_metrics
 from .predict import Scores, prediction_table
 from .rundir import write_json
+from .calibration import calibration_figures, fit_temperature, reliability_curve, softmax_with_temperature
 from .gate_selection import choose_gate, cross_validate_gate
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,34 @@ def tune_gate(
     if folds >= 2:
         cv = cross_validate_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, folds, seed)
     return {"gate_score": name, "search": search, "cv": cv}
+
+
+def calibrate_heads(scores: Scores, dataset: Dataset, bins: int = 15) -> dict:
+    """Temperature per head fitted on validation logits (``scores`` from ``predict_scores(..., return_features=True)``
+    with the model uncalibrated), and each head's ECE / Brier / NLL before and after (`multitask.calibration`).
+
+    Returns ``{"temperatures": {"gate_temperature", "category_temperature"}, "gate": {...}, "category": {...},
+    "reliability": {head: {"before": (confidence, accuracy), "after": ...}}}`` for the heads with labelled rows.
+    """
+    report: dict = {"temperatures": {}, "reliability": {}}
+    for head, logits, labels in (("gate", scores.gate_logits, dataset["gate_labels"]),
+                                 ("category", scores.category_logits, dataset["category_labels"])):
+        if logits is None:
+            continue
+        labels = np.asarray(labels)
+        labelled = labels != IGNORE_INDEX
+        if not labelled.any():
+            continue
+        temperature = fit_temperature(logits[labelled], labels[labelled])
+        before = softmax_with_temperature(logits[labelled], 1.0)
+        after = softmax_with_temperature(logits[labelled], temperature)
+        report["temperatures"][f"{head}_temperature"] = temperature
+        report[head] = {"temperature": temperature,
+                        "before": calibration_figures(before, labels[labelled], bins),
+                        "after": calibration_figures(after, labels[labelled], bins)}
+        report["reliability"][head] = {"before": reliability_curve(before, labels[labelled], bins),
+                                       "after": reliability_curve(after, labels[labelled], bins)}
+    return report
 
 
 def summarize_gate_cv(cv: dict) -> dict:

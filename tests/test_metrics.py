@@ -239,6 +239,9 @@ def test_build_compute_metrics_tuple_predictions():
     gate_labels = np.array([1, 0, 1, -100])
     category_labels = np.array([0, -100, 0, 2])
     expected = compute_all(pick, category_probs, gate_labels, category_labels, threshold=0.5)
+    # Per-epoch ECE, one row per bin with 3 labelled rows: gate top-1 confidences 0.8, 0.7, 0.6, all right ->
+    # (0.2 + 0.3 + 0.4) / 3; category: 0.5 right, 0.6 wrong, 0.5 right -> (0.5 + 0.6 + 0.5) / 3.
+    expected.update(gate_ece=0.3, category_ece=1.6 / 3)
 
     two_class_gate = np.stack([np.zeros(4), _logit(pick)], axis=1)  # softmax column 1 = sigmoid(logit)
     eval_pred = EvalPrediction(

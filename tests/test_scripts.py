@@ -294,8 +294,13 @@ def test_auto_gate_score_cross_validated_and_applied_by_run_predict(encoder_dir,
     config = json.loads((run_dir / "model/config.json").read_text())
     assert config["gate_score"] in ALL_SCORES and config["gate_statistics"]["knn_k"] == 3
     assert json.loads((run_dir / "thresholds.json").read_text())["gate_score"] == config["gate_score"]
+    assert set(config["calibration"]) == {"gate_temperature", "category_temperature"}
+    assert metrics["calibration"]["gate"]["after"]["nll"] <= metrics["calibration"]["gate"]["before"]["nll"] + 1e-9
+    assert (run_dir / "plots" / "reliability_category.png").is_file()
+    assert "eval_category_ece" in json.loads((run_dir / "epoch_log.jsonl").read_text().splitlines()[0])
     card = (run_dir / "model" / "README.md").read_text(encoding="utf-8")
     assert f"Gate score: `{config['gate_score']}`" in card and "held-out folds of validation" in card
+    assert "## Calibration (validation)" in card
 
     out = tmp_path / "preds"
     run_predict.main(["--model", str(run_dir), "--input_files", str(files["val"]), "--output_dir", str(out),
