@@ -208,7 +208,7 @@ class MultitaskTrainingArguments(TrainingArguments):
     )
     worst_k: int = field(default=50, metadata={"help": "Rows in worst_k.csv (lowest-confidence training rows)."})
     gate_score: str = field(
-        default="pick",
+        default="auto",
         metadata={"help": "What the gate thresholds apply to (stored in the model; used by run_predict): pick = P(Pick); "
                   "joint = P(Pick)·max P(category|Pick); msp = max P(category|Pick); energy = logsumexp of the "
                   "category logits; maha = Mahalanobis distance to the nearest category mean (shared covariance); "
