@@ -140,6 +140,13 @@ def resolve_model_source(name: str, flag: str, need_tokenizer: bool = True, mult
             raise ModelFileError(f"{flag} {name}: is a file; give the model directory (config.json and weights)")
         if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
             path = path / "model"
+        elif not (path / "config.json").is_file() and (path / "run_status.json").is_file():
+            try:
+                status = json.loads((path / "run_status.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                status = {}
+            said = f"status {status.get('status', 'unknown')}" + (f": {status['error']}" if status.get("error") else "")
+            raise ModelFileError(f"{flag} {name}: a run directory without a saved model ({one_line(said)})")
         check_model_dir(path, flag, need_tokenizer, multitask_only)
         return str(path)
     if _looks_local(name):

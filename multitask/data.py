@@ -7,6 +7,7 @@ column. Rows dropped on purpose (exact duplicates) are counted in the `report` t
 from __future__ import annotations
 
 import logging
+import math
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -170,6 +171,9 @@ def _stratified_split(
     # Too few rows per stratum for the requested size: stratify by the gate label alone (so thresholds can
     # still be tuned on both classes), then fall back to a plain seeded split.
     gate_keys = [f"g{g}" for g in gate]
+    if len(keys) - math.ceil(len(keys) * validation_split) < 1:  # sklearn rounds the held-out share up
+        raise DataError(f"{len(keys)} distinct training row(s): too few to hold out a {validation_split:.0%} "
+                        "validation split; give a --validation_file (or more rows)")
     for candidate in (keys, gate_keys, None):
         if candidate is not None and Counter(candidate).most_common()[-1][1] < 2:
             continue

@@ -80,6 +80,9 @@ def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
     (data / "costs_bad.csv").write_text("gold,ALLOW,DENY\nALLOW,0,x\nDENY,5,0\n", encoding="utf-8")
     (data / "raw.jsonl").write_text('{"title": "fine"}\n{"title": oops}\n', encoding="utf-8")
     (data / "empty_run").mkdir()
+    (data / "failed_run").mkdir()
+    (data / "failed_run" / "run_status.json").write_text(json.dumps({"status": "failed", "error": "DataError: x"}))
+    (data / "one_text.csv").write_text("pick,title,body\n1,same,\n1,same,\n", encoding="utf-8")
     (data / "damaged_run").mkdir()
     shutil.copy(data / "predictions.csv", data / "damaged_run" / "predictions_validation.csv")
     (data / "damaged_run" / "label_map.json").write_text('{"category_id2label": {"0": "ALL', encoding="utf-8")
@@ -201,6 +204,9 @@ CASES = [
      ["task2_one_category.csv, column 'category'", "only one category ('sports')"]),
     ("ft-val-no-category", "finetune", replace("--validation_file", "{D}/val_no_category.csv"),
      ["val_no_category.csv, column 'category'", "no row has a category"]),
+    ("ft-too-few-rows-to-split", "finetune", finetune("--task1_file", "{D}/one_text.csv",
+                                                      drop=("--task1_file", "--task2_file", "--validation_file")),
+     ["1 distinct training row(s)", "--validation_file"]),
     ("ft-epochs-negative", "finetune", finetune("--num_train_epochs", "-1", drop=("--max_steps",)),
      ["--num_train_epochs -1", "train nothing"]),
     ("ft-epochs-zero", "finetune", finetune("--num_train_epochs", "0", drop=("--max_steps",)),
@@ -296,6 +302,8 @@ CASES = [
      ["not a trained multitask model"]),
     ("pr-model-truncated", "predict", ["--model", "{M}/multitask_truncated", "--input_files", "{D}/val.csv",
                                        "--output_dir", "{O}"], ["multitask_truncated/model.safetensors", "truncated"]),
+    ("pr-model-failed-run", "predict", ["--model", "{D}/failed_run", "--input_files", "{D}/val.csv", "--output_dir",
+                                        "{O}"], ["a run directory without a saved model", "status failed"]),
     ("pr-model-empty-run", "predict", ["--model", "{D}/empty_run", "--input_files", "{D}/val.csv", "--output_dir",
                                        "{O}"], ["no config.json"]),
     ("pr-input-missing", "predict", ["--model", "{M}/multitask", "--input_files", "{D}/nope.csv", "--output_dir", "{O}"],
