@@ -376,6 +376,8 @@ def check_predict_arguments(args: Any) -> None:
     require(bool(args.input_files), "--input_files: give at least one CSV file")
     for flag in ("batch_size", "top_k", "max_seq_length"):
         value = getattr(args, flag)
+        if flag == "max_seq_length" and value is None:
+            continue  # the length stored in the model
         require(isinstance(value, int) and value >= 1, f"--{flag} {value}: must be a whole number >= 1")
     check_encoding(args.encoding)
     if args.text_columns is not None:

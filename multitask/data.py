@@ -22,6 +22,7 @@ from sklearn.model_selection import train_test_split
 
 from .labels import CATEGORY_COLUMN, IGNORE_INDEX, PICK_COLUMN
 from .tables import DataError, parse_pick, read_csv, require_columns, where
+from .text_encoding import encode_texts
 
 logger = logging.getLogger(__name__)
 
@@ -350,11 +351,16 @@ def label_counts(labels: list[int] | np.ndarray, num_classes: int) -> list[int]:
     return np.bincount(labels[labels != IGNORE_INDEX], minlength=num_classes).tolist()
 
 
-def tokenize(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
-    """Add input_ids/attention_mask (unpadded) and a `length` column for length-grouped batching."""
+def tokenize(dataset: Dataset, tokenizer, max_length: int, truncation: str = "head",
+             head_tokens: int | None = None) -> Dataset:
+    """Add input_ids/attention_mask (unpadded) and a `length` column for length-grouped batching.
+
+    Long texts are cut as `multitask.text_encoding.encode_texts` does (`head`, `tail` or `head_tail`), the same
+    function prediction uses.
+    """
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        encoded = encode_texts(tokenizer, batch["text"], max_length, truncation, head_tokens)
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
         return encoded
 

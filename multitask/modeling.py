@@ -230,6 +230,28 @@ def load_for_training(
     return MultitaskModel(config, encoder=encoder)
 
 
+def freeze_word_embeddings(model: nn.Module) -> int:
+    """Stop training the encoder's word-embedding matrix (position/token-type embeddings and LayerNorm still train).
+
+    Works on a `MultitaskModel` or a peft wrapper of one. Returns the number of parameter elements frozen. The
+    optimizer then leaves the matrix out (LLRD groups and the Trainer's own skip parameters without gradients).
+    """
+    embeddings = model.get_input_embeddings()
+    frozen = 0
+    for parameter in embeddings.parameters():
+        if parameter.requires_grad:
+            parameter.requires_grad_(False)
+            frozen += parameter.numel()
+    return frozen
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter elements; a tensor shared under two names counts once."""
+    seen: dict[int, torch.nn.Parameter] = {id(p): p for p in model.parameters()}
+    trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
+    return trainable, sum(p.numel() for p in seen.values())
+
+
 def register_auto_classes() -> None:
     """Make `AutoConfig`/`AutoModel` resolve `model_type="multitask"` (idempotent)."""
     try:

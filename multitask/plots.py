@@ -7,9 +7,10 @@ Learning curves are drawn from the run's `epoch_log.jsonl`, so any run can be re
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,12 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 from matplotlib import font_manager  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-# Fallbacks for Japanese labels, used only when installed; without one, CJK glyphs render as boxes.
+# Fallbacks for Japanese labels, used when installed; without one, CJK glyphs render as boxes. IPAexGothic comes
+# with the `matplotlib-fontja` package (requirements.txt), so every machine has at least that one.
 _CJK_FONTS = (
+    "IPAexGothic",
     "Noto Sans CJK JP",
     "Noto Sans JP",
-    "IPAexGothic",
     "IPAGothic",
     "Hiragino Sans",
     "Yu Gothic",
@@ -52,7 +54,24 @@ _CURVES = (
 )  # fmt: skip
 
 
+@functools.cache
+def _register_packaged_font() -> Path | None:
+    """Add the font file of `matplotlib-fontja` to matplotlib's font list; the path, or None when not installed.
+
+    The file is found without importing the package: its import sets the process-wide default font family.
+    """
+    spec = importlib.util.find_spec("matplotlib_fontja")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    fonts = sorted(Path(next(iter(spec.submodule_search_locations)), "fonts").glob("*.ttf"))
+    for path in fonts:
+        font_manager.fontManager.addfont(str(path))
+    return fonts[0] if fonts else None
+
+
 def _font_rc() -> dict[str, Any]:
+    """Latin text in DejaVu Sans; matplotlib falls back glyph by glyph to the CJK fonts listed after it."""
+    _register_packaged_font()
     installed = {font.name for font in font_manager.fontManager.ttflist}
     return {"font.family": ["DejaVu Sans", *(name for name in _CJK_FONTS if name in installed)]}
 
@@ -178,8 +197,8 @@ def plot_confusion_heatmap(
     sub = matrix[np.ix_(keep, keep)]
     names = [id2label[ids[i]] for i in keep]
     size = max(4.0, 0.55 * len(keep) + 2.5)
-    with plt.rc_context(_font_rc()), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Glyph .* missing")
+    # No filter on matplotlib's "Glyph … missing" warning: a label the fonts cannot draw should be seen.
+    with plt.rc_context(_font_rc()):
         fig, ax = plt.subplots(figsize=(size + 1.5, size))
         # Shade only the errors: the diagonal would otherwise swamp the colour scale.
         errors = np.ma.masked_array(sub, mask=np.eye(len(keep), dtype=bool))
