@@ -74,6 +74,9 @@ def check_truncation(truncation: str, head_tokens: int | None, max_length: int, 
         raise UsageError(f"--max_seq_length {max_length}: leaves no room for text next to the tokenizer's "
                          f"{special_tokens} special tokens")
     if truncation != "head_tail":
+        if head_tokens is not None:
+            raise UsageError(f"--head_tokens {head_tokens}: applies only with --truncation head_tail (this run cuts "
+                             f"with --truncation {truncation})")
         return None
     head = default_head_tokens(max_length) if head_tokens is None else head_tokens
     if head < 1 or head >= budget:

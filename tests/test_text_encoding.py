@@ -106,6 +106,8 @@ def test_check_truncation_names_the_flag():
         check_truncation("head_tail", 14, 16, 2)  # no room left for the tail
     with pytest.raises(UsageError, match="--truncation 'middle'"):
         check_truncation("middle", None, 16, 2)
+    with pytest.raises(UsageError, match="only with --truncation head_tail"):  # not silently ignored
+        check_truncation("tail", 64, 512, 2)
     with pytest.raises(UsageError, match="--max_seq_length 2"):
         check_truncation("head", None, 2, 2)
 
