@@ -184,3 +184,36 @@ def publish(out: Path, name: str, lines: list[str]) -> str:
     (out / name).write_text(text, encoding="utf-8")
     print("\n" + text)
     return text
+
+
+def time_abba(systems: dict, texts: list[str], args) -> tuple[dict, dict]:
+    """Time each system's full pass over ``texts`` in ABBA rounds (``args.rounds``), after an untimed warm-up.
+
+    ``systems``: name -> callable(texts, args). Every other round runs them in reverse order, so drift hits all
+    alike. Returns ({name: {"seconds", "rows_per_s" (median round), "rows_per_s_best"}}, {name: last output}).
+    """
+    import statistics
+    import time
+
+    for run in systems.values():  # untimed warm-up
+        run(texts[: args.batch_size * 2], args)
+    seconds: dict[str, list[float]] = {name: [] for name in systems}
+    outputs = {}
+    for round_index in range(args.rounds):
+        order = list(systems) if round_index % 2 == 0 else list(reversed(systems))
+        for name in order:
+            start = time.perf_counter()
+            outputs[name] = systems[name](texts, args)
+            seconds[name].append(time.perf_counter() - start)
+        print(
+            f"[speed] round {round_index + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {len(texts) / seconds[n][-1]:.0f} rows/s" for n in seconds),
+            flush=True,
+        )
+    # Median: the figure to report. Best (fastest round): less sensitive to other load on a shared machine.
+    result = {
+        name: {"seconds": values, "rows_per_s": len(texts) / statistics.median(values),
+               "rows_per_s_best": len(texts) / min(values)}
+        for name, values in seconds.items()
+    }
+    return result, outputs

@@ -42,7 +42,16 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
-from _common import ROOT, add_data_arguments, machine, machine_line, markdown_table, publish, write_json
+from _common import (
+    ROOT,
+    add_data_arguments,
+    machine,
+    machine_line,
+    markdown_table,
+    publish,
+    time_abba,
+    write_json,
+)
 from bench_predict import build_models, load_rows, load_system, peak_rss_mib, rss_mib, texts_of
 
 SYSTEMS = ("onnx_float32", "onnx_int8", "torch_float32", "pipeline_float32")
@@ -170,29 +179,8 @@ def measure_memory(args, ours_dir: str, workdir: Path) -> dict:
 
 def measure_speed(args, ours_dir: str, pipeline_dir: str, workdir: Path, texts: list[str]) -> dict:
     systems = {name: load(name, args, ours_dir, pipeline_dir, workdir) for name in args.systems}
-    for run in systems.values():  # untimed warm-up
-        run(texts[: args.batch_size * 2], args)
-    seconds: dict[str, list[float]] = {name: [] for name in systems}
-    outputs = {}
-    for round_index in range(args.rounds):
-        order = list(systems) if round_index % 2 == 0 else list(reversed(systems))
-        for name in order:
-            start = time.perf_counter()
-            outputs[name] = systems[name](texts, args)
-            seconds[name].append(time.perf_counter() - start)
-        print(
-            f"[speed] round {round_index + 1}/{args.rounds}: "
-            + ", ".join(f"{n} {len(texts) / seconds[n][-1]:.0f} rows/s" for n in seconds),
-            flush=True,
-        )
-    result = {
-        name: {
-            "seconds": values,
-            "rows_per_s": len(texts) / statistics.median(values),
-            "rows_per_s_best": len(texts) / min(values),
-        }
-        for name, values in seconds.items()
-    }
+    result, outputs = time_abba(systems, texts, args)
+    seconds = {name: entry["seconds"] for name, entry in result.items()}
     ratios = {}
     if "pipeline_float32" in seconds:
         pipe = seconds["pipeline_float32"]

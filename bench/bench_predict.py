@@ -49,6 +49,7 @@ from _common import (
     machine_line,
     markdown_table,
     publish,
+    time_abba,
     write_json,
 )
 
@@ -231,31 +232,8 @@ def measure_speed(args, ours_dir: str, pipeline_dir: str, texts: list[str]) -> d
     for dtype in args.dtypes:
         systems[f"ours/{dtype}"] = load_system("ours", ours_dir, dtype)
         systems[f"pipeline/{dtype}"] = load_system("pipeline", pipeline_dir, dtype)
-    for run in systems.values():  # untimed warm-up
-        run(texts[: args.batch_size * 2], args)
-    seconds: dict[str, list[float]] = {name: [] for name in systems}
-    outputs = {}
-    for round_index in range(args.rounds):
-        # ABBA: every other round runs the systems in reverse order, so drift hits all of them alike.
-        order = list(systems) if round_index % 2 == 0 else list(reversed(systems))
-        for name in order:
-            start = time.perf_counter()
-            outputs[name] = systems[name](texts, args)
-            seconds[name].append(time.perf_counter() - start)
-        print(
-            f"[speed] round {round_index + 1}/{args.rounds}: "
-            + ", ".join(f"{n} {len(texts) / seconds[n][-1]:.0f} rows/s" for n in seconds),
-            flush=True,
-        )
-    # Median: the figure to report. Best (fastest round): less sensitive to other load on a shared machine.
-    result = {
-        name: {
-            "seconds": values,
-            "rows_per_s": len(texts) / statistics.median(values),
-            "rows_per_s_best": len(texts) / min(values),
-        }
-        for name, values in seconds.items()
-    }
+    result, outputs = time_abba(systems, texts, args)
+    seconds = {name: entry["seconds"] for name, entry in result.items()}
     ratios = {}
     for dtype in args.dtypes:  # ours in each dtype against the pipeline in the same dtype and in fp32
         for baseline in dict.fromkeys([dtype, "float32"]):
