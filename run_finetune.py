@@ -42,23 +42,26 @@ from multitask.data import (
     load_training_data,
     tokenize,
 )
+from multitask.distributed import full_model, parallelism
 from multitask.errors import UsageError, UserError, cli, closest, parse_arguments, usage_errors
 from multitask.hub import push_model, resolve_token
 from multitask.losses import inverse_frequency_weights
 from multitask.metrics import build_compute_metrics
 from multitask.model_card import build_model_card
-from multitask.modeling import load_for_training
+from multitask.modeling import freeze_word_embeddings, load_for_training, parameter_counts
+from multitask.ood import PROBABILITY_SCORES
 from multitask.precision import precision_warnings
 from multitask.predict import Scores, fit_gate_statistics, predict_scores
 from multitask.reporting import (
-    category_bands,
     calibrate_heads,
+    category_bands,
     summarize_gate_cv,
     tune_gate,
     write_predictions,
     write_validation_reports,
 )
 from multitask.rundir import RunDirectory, arguments_record, file_sha256, library_versions, setup_logging
+from multitask.text_encoding import check_truncation, special_template
 from multitask.trainer import MultitaskTrainer
 
 logger = logging.getLogger("run_finetune")
@@ -73,10 +76,11 @@ def parse_args(argv: list[str] | None):
     return parse_arguments(parser, sys.argv[1:] if argv is None else argv)
 
 
-def resolve_inputs(model_args, data_args, training_args, run_dir: Path) -> None:
-    """Fill in the demo default, or fetch the data files from a Hub dataset repo."""
+def resolve_inputs(model_args, data_args, training_args, run_dir: Path):
+    """Fill in the demo default, or fetch the data from a Hub dataset repo: the named files inside it, or (no file
+    named) its splits through `datasets.load_dataset`, returned as a `HubData` (else None)."""
     if model_args.model_name_or_path is None:
-        if data_args.task1_file or data_args.task2_file:
+        if data_args.task1_file or data_args.task2_file or data_args.train_file or data_args.dataset_repo:
             raise UsageError("--model_name_or_path is required with your own data (the demo encoder knows only demo text)")
         paths = demo.default_demo_paths()
         data_args.task1_file, data_args.task2_file = str(paths["task1"]), str(paths["task2"])
@@ -89,15 +93,26 @@ def resolve_inputs(model_args, data_args, training_args, run_dir: Path) -> None:
                 setattr(training_args, name, value)
         logger.info("No model given: demo run (data/demo, tiny DeBERTa-v2 from scratch) with %s", DEMO_OVERRIDES)
     elif data_args.dataset_repo:
-        from multitask.hub import download_data_files
+        from multitask.hub import download_data_files, resolve_dataset_repo
 
-        names = [data_args.task1_file, data_args.task2_file, data_args.validation_file, *data_args.test_files]
-        wanted = [name for name in names if name]
-        local = dict(zip(wanted, download_data_files(data_args.dataset_repo, wanted, data_args.dataset_revision)))
+        data_args.dataset_repo = resolve_dataset_repo(data_args.dataset_repo, "--dataset_repo")
+        names = [data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,
+                 *data_args.test_files]
+        wanted = list(dict.fromkeys(name for name in names if name))
+        if not wanted:  # no file named: the repo is a dataset, loaded with datasets.load_dataset
+            from multitask.data import load_hub_dataset
+
+            return load_hub_dataset(data_args.dataset_repo, data_args.dataset_config_name, data_args.dataset_revision,
+                                    resolve_token(), model_args.cache_dir, data_args.train_split_name,
+                                    data_args.validation_split_name, data_args.test_split_names)
+        local = dict(zip(wanted, map(str, download_data_files(data_args.dataset_repo, wanted,
+                                                                data_args.dataset_revision))))
+        data_args.train_file = local.get(data_args.train_file)
         data_args.task1_file = local.get(data_args.task1_file)
         data_args.task2_file = local.get(data_args.task2_file)
         data_args.validation_file = local.get(data_args.validation_file)
         data_args.test_files = [local[name] for name in data_args.test_files]
+    return None
 
 
 def class_weights(labels, num_classes: int, enabled: bool, args) -> torch.Tensor | None:
@@ -152,7 +167,7 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
                                             torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32)
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     with training_args.main_process_first(desc="demo encoder / Hub data"):  # other ranks reuse what rank 0 built
-        resolve_inputs(model_args, data_args, training_args, run.path)
+        hub_data = resolve_inputs(model_args, data_args, training_args, run.path)
     push_repo = _take_over_push(training_args)
     token = resolve_token(training_args.hub_token)  # explicit, HF_TOKEN, or .env; for private models
     # The Trainer pickles its arguments into every checkpoint (training_args.bin): keep the token out of them.
@@ -164,26 +179,38 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     with model_load_errors(model_args.model_name_or_path, "--model_name_or_path"):
         encoder_config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
     check_sequence_length(getattr(encoder_config, "encoder_config", encoder_config), data_args.max_seq_length)
+    head_tokens = check_truncation(data_args.truncation, data_args.head_tokens, data_args.max_seq_length,
+                                   special_template(tokenizer).size)
     separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
 
+    train_source = hub_data.train if hub_data else data_args.train_file
+    validation_source = hub_data.validation if hub_data else data_args.validation_file
     data = load_training_data(
         data_args.task1_file,
         data_args.task2_file,
-        data_args.validation_file,
-        data_args.test_files,
+        validation_source,
+        hub_data.tests if hub_data else data_args.test_files,
         data_args.text_columns,
         separator,
         data_args.validation_split,
         training_args.seed,
         data_args.encoding,
+        train_file=train_source,
+        pick_column=data_args.pick_column,
+        category_column=data_args.category_column,
+        file_format=data_args.format,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
     )
+    if hub_data:
+        data.report["hub_dataset"] = hub_data.record
     for key, value in data.report.items():
         if key != "label_conflicts":
             logger.info("data: %s = %s", key, value)
     for conflict in data.report["label_conflicts"]:
         logger.warning("data: label conflict: %s", conflict)
-    check_trainable(data, data_args.task1_file, data_args.task2_file, data_args.validation_file,
-                    data_args.validation_split)
+    check_trainable(data, data_args.task1_file, data_args.task2_file, validation_source,
+                    data_args.validation_split, train_file=train_source)
     planned_steps = check_training_steps(len(data.train), training_args)
 
     with model_load_errors(model_args.model_name_or_path, "--model_name_or_path"):
@@ -199,6 +226,13 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
                 "uncertainty_weighting": training_args.uncertainty_weighting,
                 # Feature scores exist only once fitted after training: until then the config holds a logit score.
                 "gate_score": training_args.gate_score if training_args.gate_score in ("pick", "joint", "msp") else "pick",
+                # Stored so prediction cuts long texts exactly as training did.
+                "max_seq_length": data_args.max_seq_length,
+                "truncation": data_args.truncation,
+                "head_tokens": head_tokens,
+                # Stored so run_predict.py and analysis read gold labels from the same columns.
+                "pick_column": data_args.pick_column,
+                "category_column": data_args.category_column,
             },
             encoder_kwargs=quantization,
             **hub_kwargs,
@@ -206,11 +240,15 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     for message in precision_warnings(model.config.encoder_config.model_type, training_args.fp16,
                                       training_args.bf16, training_args.device.type):
         logger.warning(message)
+    if model_args.freeze_embeddings:
+        logger.info("--freeze_embeddings: %d word-embedding parameters frozen", freeze_word_embeddings(model))
     if model_args.lora_r:
         model = lora.apply_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
                                 model_args.lora_target_modules, model_args.model_name_or_path,
                                 quantized=quantization is not None,
                                 gradient_checkpointing=bool(training_args.activation_checkpointing))
+    trainable, total = parameter_counts(model)
+    logger.info("trainable parameters: %d of %d (%.1f%%)", trainable, total, 100.0 * trainable / max(total, 1))
     if not data.has_gate or not data.has_category:
         # Single-head run: the missing head's labels are not model outputs.
         training_args.label_names = ["gate_labels"] if data.has_gate else ["category_labels"]
@@ -227,8 +265,8 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         )
     compute_metrics = build_compute_metrics(heads=heads, category_bands=bands)
     _check_metric_name(training_args, compute_metrics, data, heads)
-    train_dataset = tokenize(data.train, tokenizer, data_args.max_seq_length)
-    eval_dataset = tokenize(data.validation, tokenizer, data_args.max_seq_length)
+    train_dataset = tokenize(data.train, tokenizer, data_args.max_seq_length, data_args.truncation, head_tokens)
+    eval_dataset = tokenize(data.validation, tokenizer, data_args.max_seq_length, data_args.truncation, head_tokens)
 
     record = TrainingRecord()
     loss_weights = {"gate": training_args.gate_loss_weight, "category": training_args.category_loss_weight}
@@ -269,9 +307,14 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
                        training_args.device.type, training_args.world_size)
     data_files = {
         str(path): file_sha256(path)
-        for path in [data_args.task1_file, data_args.task2_file, data_args.validation_file, *data_args.test_files]
+        for path in [data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,
+                     *data_args.test_files]
         if path
     }
+    if hub_data:  # a Hub dataset's splits, by the fingerprint `datasets` gives the loaded data
+        revision = hub_data.record["revision"] or "main"
+        data_files.update({f"{data_args.dataset_repo}@{revision} split {name}": split["fingerprint"]
+                           for name, split in hub_data.record["splits"].items()})
     if is_main:
         run.start()  # inputs validated: from here on the run directory exists and says running/complete/failed
         logger.info("training: %d optimizer steps planned over %d training rows", planned_steps, len(data.train))
@@ -294,10 +337,10 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     train_result = trainer.train(resume_from_checkpoint=resume)
     _check_trained(trainer, train_result, resume, run)
     if is_main:
-        logger.info("parallelism: %s", trainer.parallelism())
+        logger.info("parallelism: %s", parallelism(trainer))
     validation_metrics = trainer.evaluate()  # on every rank: evaluate() is collective under DDP
     metrics = {"train": train_result.metrics, "validation": validation_metrics, "test": {}}
-    trained = trainer.full_model()  # on every rank: gathers FSDP/ZeRO-3 shards (a no-op under DDP)
+    trained = full_model(trainer)  # on every rank: gathers FSDP/ZeRO-3 shards (a no-op under DDP)
     if model_args.lora_r and is_main:
         # Adapter (heads included) to model/adapter/; from here on a plain merged MultitaskModel is scored and saved.
         trained = trainer.model = lora.save_adapter_and_merge(trained, run.path / "model", quantization is not None,
@@ -326,12 +369,21 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         scores = score_file(trained, tokenizer, validation, training_args, data_args)
         if data.has_gate:
             # Score and thresholds are chosen on validation only, stored in the model, and applied unchanged to test.
+            costs = None if training_args.leak_cost is None else {
+                "leak": training_args.leak_cost, "miss": training_args.miss_cost,
+                "wrong": training_args.wrong_category_cost, "oos_share": training_args.cost_oos_share}
             gate = tune_gate(scores, validation.dataset, training_args.gate_score, training_args.gate_score_candidates,
-                             training_args.max_decline_leak, training_args.threshold_cv, training_args.seed)
+                             training_args.max_decline_leak, training_args.threshold_cv, training_args.seed,
+                             costs, training_args.review_share)
             trained.config.gate_score = gate["gate_score"]
             scores.pick_prob = scores.gate_scores[gate["gate_score"]]
             trained.config.gate_thresholds.update({kind: entry["threshold"] for kind, entry in gate["search"].items()})
-            run.write_json("thresholds.json", {"gate_score": gate["gate_score"], **gate["search"]})
+            if gate["gate_score"] not in PROBABILITY_SCORES:
+                # 0.5 on a squashed feature score is the median training item, not a decision boundary.
+                trained.config.gate_thresholds["default"] = gate["search"]["leak"]["threshold"]
+            trained.config.review_bands = {kind: entry["band"] for kind, entry in gate["review_bands"].items()} or None
+            run.write_json("thresholds.json", {"gate_score": gate["gate_score"], **gate["search"],
+                                               **({"review": gate["review_bands"]} if gate["review_bands"] else {})})
             logger.info("gate score %s; gate thresholds (validation): %s", gate["gate_score"], trained.config.gate_thresholds)
             if gate["cv"] is not None:
                 run.write_json("gate_cv.json", gate["cv"])

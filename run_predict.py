@@ -29,13 +29,20 @@ from multitask.checks import (
 )
 from multitask.configuration import MultitaskConfig
 from multitask.data import load_labeled_file
-from multitask.errors import ModelFileError, cli, parse_arguments, usage_errors
+from multitask.errors import ModelFileError, UsageError, cli, parse_arguments, usage_errors
 from multitask.hub import resolve_token
 from multitask.metrics import compute_all
 from multitask.onnx_backend import BACKENDS, load_predictor, onnx_export_for
 from multitask.precision import cpu_has_native_bf16, precision_warnings, resolve_inference_dtype
-from multitask.predict import predict_scores, prediction_records, prediction_table, select_device
+from multitask.predict import (
+    predict_scores,
+    prediction_records,
+    prediction_table,
+    select_device,
+    stored_max_length,
+)
 from multitask.rundir import check_output_dir, setup_logging, staged_files, write_json
+from multitask.text_encoding import check_truncation, special_template
 from multitask.thresholds import resolve_threshold
 
 logger = logging.getLogger("run_predict")
@@ -50,9 +57,19 @@ class PredictArguments:
         default="default",
         metadata={"help": "Gate threshold on P(Pick): a name stored in the model (default, f1, acc, leak) or a number."},
     )
+    review: bool = field(
+        default=False,
+        metadata={"help": "Items whose gate score falls in the review band the model stores for --threshold (trained "
+                  "with --review_share) get the decision 'review' instead of a Pick/Decline decision."},
+    )
     top_k: int = field(default=3, metadata={"help": "How many categories the category_top<k> column lists."})
     batch_size: int = field(default=64, metadata={"help": "Rows per forward pass."})
-    max_seq_length: int = field(default=256, metadata={"help": "Inputs are truncated to this many tokens."})
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Inputs are cut to this many tokens, the way the model was trained to (its stored "
+                  "--truncation: head, tail or head_tail). Empty: the length the model was trained with (256 for "
+                  "models saved before it was stored)."},
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps.", "choices": ["auto", "cpu", "cuda", "mps"]})
     dtype: str = field(
         default="auto",
@@ -102,12 +119,22 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     if not isinstance(config, MultitaskConfig):
         raise ModelFileError(f"--model {args.model}: a plain {config.model_type!r} encoder, not a trained multitask "
                              "model; give a run directory of run_finetune.py or its model/ folder")
-    check_sequence_length(config.encoder_config, args.max_seq_length)
+    max_seq_length = args.max_seq_length or stored_max_length(config)
+    check_sequence_length(config.encoder_config, max_seq_length)
+    # Long texts are cut as in training; an overriding --max_seq_length must still leave room for the tail.
+    check_truncation(config.truncation, config.head_tokens, max_seq_length, special_template(tokenizer).size)
     if not onnx_dir:
         with usage_errors():
             resolve_inference_dtype(args.dtype, select_device(args.device))
     with usage_errors("--threshold: "):
         threshold = resolve_threshold(args.threshold, config.gate_thresholds)
+    band = None
+    if args.review:
+        band = (getattr(config, "review_bands", None) or {}).get(args.threshold)
+        if band is None:
+            raise UsageError(f"--review: the model stores no review band for --threshold {args.threshold}; bands "
+                             f"exist for: {sorted(getattr(config, 'review_bands', None) or {}) or 'none'} (train "
+                             "with --review_share 0.05)")
     text_columns = args.text_columns or config.text_columns
     separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
     # Validate every file before writing anything, so a bad file leaves no partial output behind.
@@ -137,8 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         for labeled in labeled_files:
             stem = labeled.path.stem
             scores = predict_scores(model, tokenizer, list(labeled.dataset["text"]), args.batch_size,
-                                    args.max_seq_length, progress=True, dtype=dtype)
-            table = prediction_table(labeled.frame, scores, config, threshold, args.top_k)
+                                    max_seq_length, progress=True, dtype=dtype)
+            table = prediction_table(labeled.frame, scores, config, threshold, args.top_k, band)
             target = output_dir / f"predictions_{stem}.csv"
             table.to_csv(stage.path(target), index=False, encoding="utf-8")
             logger.info("%s: %d rows → %s", labeled.path, len(table), target)

@@ -53,43 +53,115 @@ class ModelArguments:
     load_in_8bit: bool = field(
         default=False, metadata={"help": "Load the encoder in 8-bit (bitsandbytes, CUDA GPU only; needs --lora_r)."}
     )
+    freeze_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Keep the encoder's word-embedding matrix fixed (position/token-type embeddings, LayerNorm, "
+                  "layers and heads still train): multilingual encoders spend most parameters there "
+                  "(multilingual-e5-small: 96M of 118M), and dense AdamW over them dominates a CPU step."},
+    )
 
 
 @dataclass
 class DataArguments:
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Training data with the text columns and a category column and/or a pick column, either "
+                  "may be empty per row (e.g. prepare's <prefix>_train output). Any format: CSV, TSV, JSON Lines, "
+                  "JSON or Parquet (by extension, or --format). May be combined with --task1_file/--task2_file."},
+    )
     task1_file: str | None = field(
         default=None,
-        metadata={"help": "Task1 (gate) CSV: a 'pick' column (1/0, true/false, Pick/Decline) and the text columns."},
+        metadata={"help": "Task1 (gate) data (any format): a pick column (1/0, true/false, Pick/Decline; see "
+                  "--pick_column) and the text columns."},
     )
     task2_file: str | None = field(
-        default=None, metadata={"help": "Task2 (category) CSV: a 'category' column and the text columns."}
+        default=None,
+        metadata={"help": "Task2 (category) data (any format): a category column (see --category_column) and the "
+                  "text columns."},
     )
     validation_file: str | None = field(
         default=None,
-        metadata={"help": "Validation CSV with 'pick' and/or 'category'. Empty: a stratified split of training."},
+        metadata={"help": "Validation data (any format) with a pick and/or category column. Empty: a Hub dataset's "
+                  "validation split, else a stratified split of training (--validation_split)."},
     )
     test_files: list[str] = field(
         default_factory=list,
-        metadata={"help": "Test CSVs to predict (and score where they carry labels) after training."},
+        metadata={"help": "Test files (any format) to predict (and score where they carry labels) after training."},
+    )
+    format: str | None = field(
+        default=None,
+        metadata={"help": "Format of the data files when their extension does not say it. Empty: by extension (.csv, "
+                  ".tsv, .jsonl, .json, .parquet; others are read as CSV).",
+                  "choices": ["csv", "tsv", "jsonl", "json", "parquet"]},
     )
     dataset_repo: str | None = field(
         default=None,
         metadata={
-            "help": "A Hub dataset repo (user/name): the file arguments are then paths inside it, downloaded with "
-            "huggingface_hub (token from HF_TOKEN or a .env file)."
+            "help": "A Hub dataset repo (user/name; HF_DATASET_REPO: the id in that environment variable or .env "
+            "entry). Without file arguments it is loaded with datasets.load_dataset (CSV, JSON Lines, Parquet repos; "
+            "splits --train_split_name, --validation_split_name, --test_split_names); with them, the file arguments "
+            "are paths inside the repo, downloaded with huggingface_hub. Token: HF_TOKEN or HF_AUTH_TOKEN "
+            "(environment or .env)."
         },
     )
-    dataset_revision: str | None = field(default=None, metadata={"help": "Revision of --dataset_repo."})
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Configuration (subset) of --dataset_repo, for datasets.load_dataset."}
+    )
+    dataset_revision: str | None = field(default=None, metadata={"help": "Revision (branch, tag, commit) of --dataset_repo."})
+    train_split_name: str = field(default="train", metadata={"help": "The --dataset_repo split to train on."})
+    validation_split_name: str | None = field(
+        default=None,
+        metadata={"help": "The --dataset_repo split to validate on. Empty: validation, valid, dev or val when the "
+                  "dataset has one, else a stratified --validation_split of the training split."},
+    )
+    test_split_names: list[str] = field(
+        default_factory=list,
+        metadata={"help": "--dataset_repo splits predicted and scored after training. Empty: test, when the dataset "
+                  "has it."},
+    )
     text_columns: list[str] = field(
         default_factory=lambda: list(DEFAULT_TEXT_COLUMNS),
-        metadata={"help": "Columns joined (empty parts skipped) with the tokenizer's separator into the input."},
+        metadata={"help": "Columns joined (empty parts skipped) with the tokenizer's separator into the input; stored "
+                  "in the model, so run_predict.py and analysis read the same columns."},
+    )
+    category_column: str = field(
+        default="category",
+        metadata={"help": "Column of the category labels (stored in the model, like the other column names).",
+                  "aliases": ["--label_column"]},
+    )
+    pick_column: str = field(
+        default="pick", metadata={"help": "Column of the gate labels: 1/0, true/false or Pick/Decline (any case)."}
     )
     max_seq_length: int = field(default=256, metadata={"help": "Inputs are truncated to this many tokens."})
+    truncation: str = field(
+        default="head",
+        metadata={"help": "Which part of a longer text is kept, in training, evaluation and prediction alike (stored "
+                  "in the model): head (the beginning), tail (the end), or head_tail (the first --head_tokens and "
+                  "the last tokens that fit; Sun et al. 2019: head 128 + tail 382 at 512 tokens).",
+                  "choices": ["head", "tail", "head_tail"]},
+    )
+    head_tokens: int | None = field(
+        default=None,
+        metadata={"help": "--truncation head_tail: tokens kept from the beginning; the rest of --max_seq_length (less "
+                  "the special tokens) goes to the end. Empty: a quarter of --max_seq_length (128 of 512)."},
+    )
     validation_split: float = field(
         default=0.1, metadata={"help": "Share of training rows held out (stratified) when no validation file is given."}
     )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Train on a stratified, seeded sample of this many training rows (after the validation "
+                  "split), for quick runs; logged and recorded in run_config.json. Empty: all rows."},
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Validate on a stratified, seeded sample of this many validation rows (the gate thresholds "
+                  "are then tuned on it too). Empty: all rows."},
+    )
     encoding: str | None = field(
-        default=None, metadata={"help": "CSV encoding. Empty: UTF-8 (with or without BOM), else CP932/Shift-JIS."}
+        default=None,
+        metadata={"help": "Encoding of text data files (CSV, TSV, JSON Lines, JSON). Empty: UTF-8 (with or without "
+                  "BOM), else CP932/Shift-JIS."},
     )
 
 
@@ -249,10 +321,42 @@ class MultitaskTrainingArguments(TrainingArguments):
         metadata={"help": "Same as --max_decline_leak 1-X: the 'leak' threshold keeps at least this share of "
                   "validation Decline rows declined. Recall does not depend on the Decline share of the data."},
     )
+    leak_cost: float | None = field(
+        default=None,
+        metadata={"help": "Adds the 'cost' gate threshold: the one minimising expected cost per item on validation, "
+                  "with this cost for a Decline item let through, --miss_cost for a Pick item declined and "
+                  "--wrong_category_cost for a Pick item let through with the wrong category. Unset: no cost point."},
+    )
+    miss_cost: float = field(default=1.0, metadata={"help": "Cost of declining a Pick item (see --leak_cost)."})
+    wrong_category_cost: float = field(
+        default=1.0, metadata={"help": "Cost of a Pick item let through with the wrong category (see --leak_cost)."}
+    )
+    cost_oos_share: float | None = field(
+        default=None,
+        metadata={"help": "Decline share expected in use, for the cost point (default: validation's own share)."},
+    )
+    review_share: float = field(
+        default=0.0,
+        metadata={"help": "Store, per gate threshold, a band of scores around it holding this share of validation "
+                  "rows; run_predict.py --review sends items in it to a person (decision 'review'). thresholds.json "
+                  "reports the share sent and the accuracy on the rest. 0 = none."},
+    )
     max_decline_leak: float = field(
         default=0.05,
         metadata={"help": "Target share of Decline rows let through as Pick, for the 'leak' gate threshold."},
     )
+
+    def loss_term_weights(self) -> dict[str, float]:
+        """The weight of every loss term `MultitaskTrainer` may compute, by the name it logs the term under."""
+        return {
+            "gate_loss": self.gate_loss_weight,
+            "category_loss": self.category_loss_weight,
+            "hierarchy_loss": self.hierarchy_weight,
+            "pick_consistency_loss": self.pick_consistency_weight,
+            "rdrop_category_kl": self.rdrop_alpha_category,
+            "rdrop_gate_kl": self.rdrop_alpha_gate,
+            "contrastive_loss": self.contrastive_weight,
+        }
 
     def __post_init__(self) -> None:
         if self.output_dir is None:

@@ -35,7 +35,11 @@ class MultitaskConfig(PretrainedConfig):
         classifier_dropout (`float`): dropout before both heads.
         gate_thresholds (`dict[str, float]`): named P(Pick) thresholds; `"default"` is 0.5 and the
             validation threshold search adds `"f1"`, `"acc"`, `"leak"`.
-        text_columns (`list[str]`): the CSV columns joined into the model input, in order.
+        text_columns (`list[str]`): the data columns joined into the model input, in order.
+        pick_column (`str`): the column holding gold gate labels in the training data (`"pick"` by default);
+            prediction and analysis read gold labels from the same column unless told otherwise.
+        category_column (`str`): the column holding gold categories in the training data (`"category"` by
+            default; e.g. `"label"` for a Hub dataset with `text`/`label` columns).
         msd_samples (`int`): multi-sample dropout: in training, head logits are averaged over this many
             dropout masks (1 = plain dropout).
         uncertainty_weighting (`bool`): the model carries learned per-task log-variances (Kendall et al.)
@@ -48,6 +52,15 @@ class MultitaskConfig(PretrainedConfig):
         calibration (`dict`): `{"gate_temperature": T1, "category_temperature": T2}` fitted on validation after
             training (`multitask.calibration`): every probability the model reports divides that head's logits by
             its temperature first. Absent: temperature 1.
+        review_bands (`dict`): per gate threshold name, the score band [low, high) whose items
+            `run_predict.py --review` sends to a person (decision "review"); set with `--review_share`.
+        max_seq_length (`int`): the input length in tokens (special tokens included) the model was trained with;
+            prediction uses it unless told otherwise. `None` in models saved before it was stored (prediction
+            then uses 256).
+        truncation (`str`): how a longer text is cut, in training and prediction alike
+            (`multitask.text_encoding`): `"head"` keeps the beginning (the tokenizer's default), `"tail"` the end,
+            `"head_tail"` the first `head_tokens` and the last tokens that fit.
+        head_tokens (`int`): the head kept by `"head_tail"`; `None`: a quarter of the length.
         gate_statistics (`dict`): set once feature scores were fitted after training: `bank_size`, `knn_k`,
             `hidden_size`, and `squash` = {score: [center, scale]}. The class means, shared precision matrix and
             kNN bank themselves are model buffers (`gate_class_means`, `gate_precision`, `gate_bank`).
@@ -70,6 +83,12 @@ class MultitaskConfig(PretrainedConfig):
         gate_score: str = "pick",
         gate_statistics: dict | None = None,
         calibration: dict | None = None,
+        review_bands: dict | None = None,
+        max_seq_length: int | None = None,
+        truncation: str = "head",
+        head_tokens: int | None = None,
+        pick_column: str = "pick",
+        category_column: str = "category",
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -93,11 +112,19 @@ class MultitaskConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.gate_thresholds = {str(k): float(v) for k, v in (gate_thresholds or {"default": 0.5}).items()}
         self.text_columns = list(text_columns or DEFAULT_TEXT_COLUMNS)
+        self.pick_column = str(pick_column or "pick")
+        self.category_column = str(category_column or "category")
         self.msd_samples = int(msd_samples)
         self.uncertainty_weighting = bool(uncertainty_weighting)
         self.gate_score = gate_score
         self.gate_statistics = dict(gate_statistics) if gate_statistics else None
         self.calibration = {str(k): float(v) for k, v in calibration.items()} if calibration else None
+        self.review_bands = {str(k): [float(v[0]), float(v[1])] for k, v in (review_bands or {}).items()} or None
+        if truncation not in ("head", "tail", "head_tail"):
+            raise ValueError(f"truncation must be 'head', 'tail' or 'head_tail'; got {truncation!r}")
+        self.max_seq_length = int(max_seq_length) if max_seq_length else None
+        self.truncation = truncation
+        self.head_tokens = int(head_tokens) if head_tokens is not None else None
         # Mirror the category map into the standard fields so Hub widgets and pipelines show names.
         if self.category_id2label and "id2label" not in kwargs:
             kwargs["id2label"] = dict(self.category_id2label)

@@ -20,6 +20,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from .labels import IGNORE_INDEX
 from .ood import ood_metrics
+from .stats import proportion_interval
 from .thresholds import THRESHOLD_NAMES, search_gate_thresholds
 
 # The out-of-scope shares `reweighted_figures` reports besides validation's own (CLINC150's test split: 18 %).
@@ -48,7 +49,12 @@ def decision_figures(pick: np.ndarray, gold: np.ndarray, correct: np.ndarray) ->
 
 
 def choose_gate(
-    scores: dict[str, np.ndarray], gold: np.ndarray, correct: np.ndarray, candidates: list[str], max_decline_leak: float
+    scores: dict[str, np.ndarray],
+    gold: np.ndarray,
+    correct: np.ndarray,
+    candidates: list[str],
+    max_decline_leak: float,
+    costs: dict | None = None,
 ) -> tuple[str, dict]:
     """The candidate score whose `leak` threshold gives the best in-scope accuracy, and its threshold search.
 
@@ -58,7 +64,7 @@ def choose_gate(
     """
     best_key, best = None, None
     for name in candidates:
-        search = search_gate_thresholds(scores[name], gold, correct, max_decline_leak)
+        search = search_gate_thresholds(scores[name], gold, correct, max_decline_leak, costs=costs)
         leak = search["leak"]
         key = (leak["met_target"], leak.get("category_accuracy_end_to_end", leak["gate_recall"]) if leak["met_target"]
                else -leak["gate_decline_leak"])
@@ -110,6 +116,7 @@ def cross_validate_gate(
     seed: int = 0,
     bootstrap_rounds: int = 1000,
     shares: tuple[float, ...] = DEFAULT_SHARES,
+    costs: dict | None = None,
 ) -> dict:
     """Held-out-fold estimate of the gate's operating points; see the module docstring.
 
@@ -132,16 +139,17 @@ def cross_validate_gate(
         return {"note": f"cross-validation needs at least 2 Pick and 2 Decline validation rows; the smaller class "
                         f"has {smallest}"}
     folds = min(folds, smallest)
+    kinds = (*THRESHOLD_NAMES, "cost") if costs else THRESHOLD_NAMES
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    out_of_fold = {kind: np.zeros(gold.size, dtype=bool) for kind in THRESHOLD_NAMES}
+    out_of_fold = {kind: np.zeros(gold.size, dtype=bool) for kind in kinds}
     per_score_leak = {name: np.zeros(gold.size, dtype=bool) for name in candidates}
-    fold_figures: dict[str, list[dict]] = {kind: [] for kind in THRESHOLD_NAMES}
+    fold_figures: dict[str, list[dict]] = {kind: [] for kind in kinds}
     chosen_per_fold = []
     for fit, held in splitter.split(np.zeros(gold.size), gold):
         name, search = choose_gate({n: kept[n][fit] for n in candidates}, gold[fit], correct[fit], candidates,
-                                   max_decline_leak)
+                                   max_decline_leak, costs)
         chosen_per_fold.append(name)
-        for kind in THRESHOLD_NAMES:
+        for kind in kinds:
             pick = kept[name][held] >= search[kind]["threshold"]
             out_of_fold[kind][held] = pick
             fold_figures[kind].append(decision_figures(pick, gold[held], correct[held]))
@@ -150,12 +158,19 @@ def cross_validate_gate(
             per_score_leak[other][held] = kept[other][held] >= own["threshold"]
 
     operating_points, reweighted = {}, {}
-    for kind in THRESHOLD_NAMES:
+    for kind in kinds:
         pooled = decision_figures(out_of_fold[kind], gold, correct)
         table = {key: [row[key] for row in fold_figures[kind]] for key in pooled}
+        pick, is_pick = out_of_fold[kind], gold == 1
         operating_points[kind] = {
             "pooled": pooled,
             "interval": _bootstrap_interval(out_of_fold[kind], gold, correct, bootstrap_rounds, seed),
+            # Clopper–Pearson on the pooled held-out counts, treating each held-out decision as one trial.
+            "exact_interval": {
+                "in_scope_accuracy": proportion_interval(int((pick & correct & is_pick).sum()), int(is_pick.sum())),
+                "oos_recall": proportion_interval(int((~pick & ~is_pick).sum()), int((~is_pick).sum())),
+                "false_decline_rate": proportion_interval(int((~pick & is_pick).sum()), int(is_pick.sum())),
+            },
             "fold_mean": {key: float(np.nanmean(values)) for key, values in table.items()},
             "fold_sd": {key: float(np.nanstd(values, ddof=1)) for key, values in table.items()},
         }
@@ -175,5 +190,6 @@ def cross_validate_gate(
         "operating_points": operating_points,
         "per_score": per_score,
         "reweighted": reweighted,
-        "bootstrap": f"percentile, {bootstrap_rounds} resamples of the out-of-fold decisions, stratified by gold gate",
+        "intervals": f"interval: percentile bootstrap, {bootstrap_rounds} resamples of the out-of-fold decisions, "
+                     "stratified by gold gate; exact_interval: Clopper–Pearson 95 % on the pooled held-out counts",
     }

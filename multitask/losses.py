@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from .labels import IGNORE_INDEX
 
 
-def _graph_zero(*tensors: torch.Tensor | None) -> torch.Tensor:
+def graph_zero(*tensors: torch.Tensor | None) -> torch.Tensor:
+    """An exact 0 connected to the graph of ``tensors`` (None entries skipped): every input gets a zero gradient."""
     total = None
     for tensor in tensors:
         if tensor is not None:
@@ -36,7 +37,7 @@ def masked_cross_entropy(
     """
     labelled = labels != IGNORE_INDEX
     if not bool(labelled.any()):
-        return _graph_zero(logits)
+        return graph_zero(logits)
     return F.cross_entropy(
         logits[labelled].float(),
         labels[labelled],
@@ -67,7 +68,7 @@ def hierarchy_kl_to_uniform(category_logits: torch.Tensor, gate_labels: torch.Te
     """
     declined = gate_labels == 0
     if not bool(declined.any()):
-        return _graph_zero(category_logits)
+        return graph_zero(category_logits)
     log_probs = F.log_softmax(category_logits[declined].float(), dim=-1)
     num_categories = category_logits.size(-1)
     kl = (log_probs.exp() * log_probs).sum(dim=-1) + torch.log(torch.tensor(float(num_categories)))
@@ -87,7 +88,7 @@ def pick_consistency(
     """
     rows = (category_labels != IGNORE_INDEX) & (gate_labels != 0)
     if not bool(rows.any()):
-        return _graph_zero(gate_logits, category_logits)
+        return graph_zero(gate_logits, category_logits)
     log_pick = F.log_softmax(gate_logits[rows].float(), dim=-1)[:, 1]
     log_category = F.log_softmax(category_logits[rows].float(), dim=-1)
     log_true_category = log_category.gather(1, category_labels[rows].unsqueeze(1)).squeeze(1)
@@ -98,7 +99,7 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Ten
     """R-Drop consistency: ½·(KL(p_a ‖ p_b) + KL(p_b ‖ p_a)), averaged over the rows in `mask` (all if None)."""
     if mask is not None:
         if not bool(mask.any()):
-            return _graph_zero(logits_a, logits_b)
+            return graph_zero(logits_a, logits_b)
         logits_a, logits_b = logits_a[mask], logits_b[mask]
     log_p = F.log_softmax(logits_a.float(), dim=-1)
     log_q = F.log_softmax(logits_b.float(), dim=-1)
@@ -138,6 +139,24 @@ def supervised_contrastive(
     positives = (category_labels[:, None] == category_labels[None, :]) & labelled[:, None] & ~self_pairs
     anchors = positives.any(dim=1)
     if not bool(anchors.any()):
-        return _graph_zero(features)
+        return graph_zero(features)
     positive_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)
     return -(positive_log_prob[anchors] / positives.sum(dim=1)[anchors]).mean()
+
+
+def combine_terms(
+    terms: dict[str, torch.Tensor], weights: dict[str, float], log_variances: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """The training loss from named terms: Σ weights[name] · term, or, with learned ``log_variances`` (gate,
+    category), Kendall weighting of the two cross-entropies (`uncertainty_weighted`) plus the weighted rest.
+
+    ``weights`` must name every term. Returns None when there is no term (the caller supplies a graph zero).
+    """
+    if not terms:
+        return None
+    if log_variances is None:
+        return sum(weights[name] * value for name, value in terms.items())
+    tasks = [name for name in ("gate_loss", "category_loss") if name in terms]
+    indices = [0 if name == "gate_loss" else 1 for name in tasks]
+    loss = uncertainty_weighted([terms[name] for name in tasks], log_variances[indices])
+    return loss + sum(weights[name] * value for name, value in terms.items() if name not in tasks)

@@ -34,6 +34,9 @@ LOGIT_SCORES = ("pick", "joint", "msp", "energy")
 # the feature score knows how far an item is from every category.
 COMBINED_SCORES = {"pick_maha": ("pick", "maha"), "pick_knn": ("pick", "knn")}
 ALL_SCORES = (*LOGIT_SCORES, *FEATURE_SCORES, *COMBINED_SCORES)
+# Scores that are probabilities, for which the stored "default" threshold 0.5 means something; on the squashed
+# scores 0.5 is the median training item, so their "default" becomes the `leak` threshold.
+PROBABILITY_SCORES = ("pick", "joint", "msp")
 # A robust scale of exactly 0 (all training rows alike) would divide by zero.
 _MIN_SCALE = 1e-6
 

@@ -14,6 +14,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from .configuration import MultitaskConfig
 from .modeling import MultitaskModel
+from .text_encoding import encode_texts
 
 logger = logging.getLogger(__name__)
 
@@ -65,26 +66,35 @@ class Scores:
     gate_logits: np.ndarray | None = None
 
 
+def stored_max_length(config: MultitaskConfig) -> int:
+    """The input length the model was trained with; 256 (the old default) for models saved before it was stored."""
+    return getattr(config, "max_seq_length", None) or 256
+
+
 @torch.inference_mode()
 def predict_scores(
     model: MultitaskModel,
     tokenizer,
     texts: list[str],
     batch_size: int = 64,
-    max_length: int = 256,
+    max_length: int | None = None,
     progress: bool = False,
     dtype: torch.dtype = torch.float32,
     return_features: bool = False,
 ) -> Scores:
     """Score texts in batches of similar length (less padding), then restore the input order.
 
+    Texts are cut as in training (`multitask.text_encoding.encode_texts` with the model config's `truncation` and
+    `head_tokens`) to `max_length` tokens; None: the length stored in the config (256 for older models).
     A `dtype` other than float32 runs the forward under autocast (weights stay fp32); the gate scores are computed
     in float32 from its outputs. `return_features` also returns the pooled vectors and category logits.
     """
     device = model.device  # also an ONNX model (multitask.onnx_backend), which has no parameters
     was_training = model.training
     model.eval()  # dropout off, whatever state the caller left the model in
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    config = model.config  # an ONNX model's config may come from an older export: read the fields with defaults
+    encoded = encode_texts(tokenizer, texts, max_length or stored_max_length(config),
+                           getattr(config, "truncation", "head"), getattr(config, "head_tokens", None))["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     with_features = return_features or bool(model.config.gate_statistics)
     gate_scores: dict[str, np.ndarray] = {}
@@ -127,9 +137,17 @@ def predict_scores(
 
 
 def prediction_table(
-    frame: pd.DataFrame, scores: Scores, config: MultitaskConfig, threshold: float = 0.5, top_k: int = 3
+    frame: pd.DataFrame,
+    scores: Scores,
+    config: MultitaskConfig,
+    threshold: float = 0.5,
+    top_k: int = 3,
+    review_band: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
-    """Input columns kept, plus pick_prob, pick_pred, category_pred, category_prob, category_top{k}, decision."""
+    """Input columns kept, plus pick_prob, pick_pred, category_pred, category_prob, category_top{k}, decision.
+
+    With ``review_band`` (low, high), rows whose gate score lies in [low, high) get the decision ``review``.
+    """
     table = frame.copy()
     if scores.pick_prob is not None:
         table["pick_prob"] = np.round(scores.pick_prob, 6)
@@ -150,6 +168,9 @@ def prediction_table(
         table["decision"] = np.where(table["pick_pred"] == 1, "Pick", "Decline")
     else:
         table["decision"] = table["category_pred"]
+    if review_band is not None and scores.pick_prob is not None:
+        low, high = review_band
+        table.loc[(scores.pick_prob >= low) & (scores.pick_prob < high), "decision"] = "review"
     return table
 
 
@@ -192,7 +213,7 @@ def fit_gate_statistics(
     texts: list[str],
     category_labels: list[int] | np.ndarray,
     batch_size: int = 64,
-    max_length: int = 256,
+    max_length: int | None = None,
     bank_size: int = 10000,
     knn_k: int = 10,
     seed: int = 0,

@@ -16,6 +16,7 @@ from .predict import Scores, prediction_table
 from .rundir import write_json
 from .calibration import calibration_figures, fit_temperature, reliability_curve, softmax_with_temperature
 from .gate_selection import choose_gate, cross_validate_gate
+from .thresholds import review_band
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +43,17 @@ def tune_gate(
     max_decline_leak: float,
     folds: int = 5,
     seed: int = 0,
+    costs: dict | None = None,
+    review_share: float = 0.0,
 ) -> dict:
     """Choose the gate score and its thresholds on validation, with a held-out-fold estimate of how they hold.
 
     ``gate_score="auto"`` chooses among the ``candidates`` the model can give (`gate_selection.choose_gate`);
     a named score that the model cannot give (e.g. ``maha`` on a gate-only model) falls back to ``pick`` with a
-    warning. Returns ``{"gate_score", "search" (thresholds fitted on all of validation), "cv" (or None)}``.
+    warning. ``costs`` adds the cost-chosen ``cost`` threshold; ``review_share`` > 0 adds, per threshold, the band
+    of scores around it holding that share of validation rows (``review_bands``) with the share of rows sent to
+    review and the end-to-end accuracy on the rest. Returns ``{"gate_score", "search" (thresholds fitted on all of
+    validation), "cv" (or None), "review_bands"}``.
     """
     available = list(scores.gate_scores)
     if gate_score == "auto":
@@ -59,11 +65,25 @@ def tune_gate(
         names = ["pick"]
     gate_labels = np.asarray(dataset["gate_labels"])
     correct = _category_correct(scores, dataset)
-    name, search = choose_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak)
+    name, search = choose_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, costs)
     cv = None
     if folds >= 2:
-        cv = cross_validate_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, folds, seed)
-    return {"gate_score": name, "search": search, "cv": cv}
+        cv = cross_validate_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, folds, seed,
+                                 costs=costs)
+    bands = {}
+    if review_share > 0:
+        chosen = scores.gate_scores[name]
+        labelled = gate_labels != IGNORE_INDEX
+        for kind, entry in search.items():
+            low, high = review_band(chosen[labelled], entry["threshold"], review_share)
+            review = (chosen >= low) & (chosen < high)
+            decided = labelled & ~review
+            pick = chosen >= entry["threshold"]
+            right = np.where(gate_labels == 1, pick & (correct if correct is not None else True), ~pick)
+            bands[kind] = {"band": [low, high], "review_share": float(review[labelled].mean()),
+                           "accuracy_on_rest": float(right[decided].mean()) if decided.any() else float("nan"),
+                           "accuracy_without_review": float(right[labelled].mean())}
+    return {"gate_score": name, "search": search, "cv": cv, "review_bands": bands}
 
 
 def calibrate_heads(scores: Scores, dataset: Dataset, bins: int = 15) -> dict:

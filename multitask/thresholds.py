@@ -50,6 +50,7 @@ def search_gate_thresholds(
     category_correct: np.ndarray | None = None,
     max_decline_leak: float = 0.05,
     grid: np.ndarray | None = None,
+    costs: Mapping[str, float | None] | None = None,
 ) -> dict[str, dict]:
     """Search gate thresholds on validation scores; rows whose gate label is -100 are ignored.
 
@@ -67,6 +68,12 @@ def search_gate_thresholds(
       threshold met the target; if none did, the lowest-leak threshold is returned (ties → higher
       end-to-end accuracy → higher F1 → lower threshold).
 
+    - ``cost`` (only with ``costs``): minimises the expected cost per item,
+      ``p·leak·(Decline rows let through) + (1-p)·(miss·(Pick rows declined) + wrong·(Pick rows let through with
+      the wrong category))`` as rates, where ``p`` is ``costs["oos_share"]`` (the Decline share expected in use;
+      None = validation's own) and ``leak``, ``miss``, ``wrong`` are ``costs``' per-item costs. Ties → lower
+      threshold. The entry adds ``expected_cost``.
+
     "Lower threshold" as the last tie rule lets more rows through when nothing measured distinguishes
     the candidates.
     """
@@ -78,9 +85,8 @@ def search_gate_thresholds(
 
     if scores.size == 0:
         entry = {"threshold": 0.5, "note": "no gate-labelled rows; threshold left at 0.5"}
-        return {
-            name: dict(entry, met_target=False) if name == "leak" else dict(entry) for name in THRESHOLD_NAMES
-        }
+        names = (*THRESHOLD_NAMES, "cost") if costs else THRESHOLD_NAMES
+        return {name: dict(entry, met_target=False) if name == "leak" else dict(entry) for name in names}
 
     thresholds = (
         candidate_thresholds(scores) if grid is None else np.clip(np.asarray(grid, dtype=np.float64), 0, 1)
@@ -108,6 +114,17 @@ def search_gate_thresholds(
     else:
         chosen["leak"] = _best([-leak, end_to_end, f1, lower_first])
 
+    if costs:
+        share = costs.get("oos_share")
+        share = n_decline / scores.size if share is None else float(share)
+        through_right = _count_at_least(np.sort(scores[is_pick][hits]), thresholds)
+        expected_cost = (
+            share * costs["leak"] * leak
+            + (1 - share) * (costs["miss"] * _ratio(n_pick - true_pick, n_pick)
+                             + costs["wrong"] * _ratio(true_pick - through_right, n_pick))
+        )
+        chosen["cost"] = _best([-expected_cost, lower_first])
+
     note = None
     if n_decline == 0:
         note = "no gold-Decline rows: decline leak is 0 by definition and every threshold meets the target"
@@ -125,6 +142,9 @@ def search_gate_thresholds(
         if name == "leak":
             entry["max_decline_leak"] = float(max_decline_leak)
             entry["met_target"] = met_target
+        if name == "cost":
+            entry["expected_cost"] = float(expected_cost[index])
+            entry["costs"] = {key: value for key, value in costs.items()}
         if note:
             entry["note"] = note
         result[name] = entry
@@ -158,3 +178,21 @@ def resolve_threshold(spec: str | float, stored: Mapping[str, float] | None) -> 
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(f"{source} must be in [0, 1], got {value}")
     return value
+
+
+def review_band(scores: np.ndarray, threshold: float, share: float) -> tuple[float, float]:
+    """The score interval [low, high) around ``threshold`` holding about ``share`` of ``scores``, half on each side.
+
+    Items whose score falls in it are the least certain ones at that operating point: `run_predict.py --review`
+    sends them to a person (decision ``review``) instead of deciding. Bounds are midpoints between neighbouring
+    validation scores, as thresholds are. ``share`` 0 gives an empty band ``(threshold, threshold)``.
+    """
+    ordered = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
+    if share <= 0 or ordered.size == 0:
+        return float(threshold), float(threshold)
+    half = max(1, int(round(share * ordered.size / 2)))
+    split = int(np.searchsorted(ordered, threshold, side="left"))  # rows below the threshold: [0, split)
+    low_index, high_index = max(split - half, 0), min(split + half, ordered.size)
+    low = ordered[low_index] if low_index == 0 else (ordered[low_index - 1] + ordered[low_index]) / 2
+    high = np.inf if high_index >= ordered.size else (ordered[high_index - 1] + ordered[high_index]) / 2
+    return float(low), float(min(high, 1.0 + 1e-9))

@@ -1,6 +1,8 @@
-"""`MultitaskTrainer`: a `transformers.Trainer` whose loss is λ1·gate + λ2·category (+ hierarchy, R-Drop).
+"""`MultitaskTrainer`: a `transformers.Trainer` whose loss is λ1·gate + λ2·category (+ optional terms).
 
-Every term is a function in `losses.py`; this class only composes them, logs them, and builds LLRD groups.
+Every term is a pure function in `losses.py` and their weighting is `losses.combine_terms`; this class runs the
+forward pass(es), names the terms, logs them, and builds the LLRD optimizer groups. How a finished run was
+distributed (and a whole copy of a sharded model) is `distributed.py`'s business, not this class's.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from transformers import Trainer
 from . import losses
 from .awp import AdversarialWeightPerturbation
 from .callbacks import TrainingRecord
+from .distributed import shards_parameters
 from .modeling import MultitaskOutput
 from .optim import llrd_parameter_groups
 
 
 def _split_halves(outputs: MultitaskOutput) -> tuple[MultitaskOutput, MultitaskOutput]:
+    """The two R-Drop passes of a forward on the batch stacked twice."""
     def half(logits: torch.Tensor | None, index: int) -> torch.Tensor | None:
         return None if logits is None else logits.chunk(2)[index]
 
@@ -29,6 +33,12 @@ def _split_halves(outputs: MultitaskOutput) -> tuple[MultitaskOutput, MultitaskO
 
 
 class MultitaskTrainer(Trainer):
+    """A Trainer for `MultitaskModel`: per-head masked losses with class weights, per-term logs, LLRD, AWP.
+
+    `gate_class_weights` / `category_class_weights`: one weight per class (None: unweighted). `training_record`
+    collects each training step's terms and predictions for the epoch log and cartography callbacks.
+    """
+
     def __init__(
         self,
         *args,
@@ -48,10 +58,11 @@ class MultitaskTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self._logged_terms: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
-        if self._shards_parameters() and hasattr(self.model, "get_base_model"):  # see full_model()
+        if shards_parameters(self) and hasattr(self.model, "get_base_model"):  # see distributed.full_model()
             raise NotImplementedError("LoRA with FSDP or ZeRO-3 is not supported here; use DDP (torchrun) with --lora_r")
 
     def _task_losses(self, outputs, gate_labels, category_labels) -> dict[str, torch.Tensor]:
+        """The per-head cross-entropies and the two hierarchy terms of one forward pass."""
         args = self.args
         terms = {}
         per_task = (
@@ -73,74 +84,69 @@ class MultitaskTrainer(Trainer):
         return terms
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        gate_labels = inputs.get("gate_labels")
-        category_labels = inputs.get("category_labels")
-        row_ids = inputs.get("row_id")
+        """λ1·gate CE + λ2·category CE + the optional terms, on the rows that carry each label.
+
+        Overridden because the model has two heads and a label may be missing per row (-100); every term is a pure
+        function in `losses.py`. `num_items_in_batch` is ignored: each term is already a mean over its labelled
+        rows, and the Trainer divides by the gradient-accumulation steps (see `__init__`).
+        """
+        gate_labels, category_labels = inputs.get("gate_labels"), inputs.get("category_labels")
         model_inputs = {k: v for k, v in inputs.items() if k not in ("gate_labels", "category_labels", "row_id")}
-        args = self.args
-
-        rdrop = args.rdrop and model.training
-        contrastive = args.contrastive_weight > 0 and model.training and category_labels is not None
-        if contrastive:
-            model_inputs["output_features"] = True
-        if rdrop:
-            # R-Drop: two dropout passes, run as one forward on the batch stacked twice (dropout masks are drawn
-            # per element, so the halves differ); cheaper than two forwards.
-            both = model(**{key: torch.cat([value, value]) if torch.is_tensor(value) else value
-                            for key, value in model_inputs.items()})
-            outputs, second = _split_halves(both)
-        else:
-            outputs = model(**model_inputs)
-        terms = self._task_losses(outputs, gate_labels, category_labels)
-        if contrastive:
-            terms["contrastive_loss"] = losses.supervised_contrastive(
-                outputs.features, category_labels, args.contrastive_temperature)
-        if rdrop:
-            # CE averaged over both passes, plus the symmetric KL between them.
-            second_terms = self._task_losses(second, gate_labels, category_labels)
-            terms = {name: 0.5 * (value + second_terms[name]) if name in second_terms else value
-                     for name, value in terms.items()}
-            if outputs.category_logits is not None and args.rdrop_alpha_category > 0:
-                mask = category_labels != losses.IGNORE_INDEX if category_labels is not None else None
-                terms["rdrop_category_kl"] = losses.symmetric_kl(
-                    outputs.category_logits, second.category_logits, mask
-                )
-            if outputs.gate_logits is not None and args.rdrop_alpha_gate > 0:
-                terms["rdrop_gate_kl"] = losses.symmetric_kl(outputs.gate_logits, second.gate_logits)
-
-        weights = {
-            "gate_loss": args.gate_loss_weight,
-            "category_loss": args.category_loss_weight,
-            "hierarchy_loss": args.hierarchy_weight,
-            "pick_consistency_loss": args.pick_consistency_weight,
-            "rdrop_category_kl": args.rdrop_alpha_category,
-            "rdrop_gate_kl": args.rdrop_alpha_gate,
-            "contrastive_loss": args.contrastive_weight,
-        }
+        outputs, second = self._forward(model, model_inputs, with_features=self._wants_contrastive(model, inputs))
+        terms = self._loss_terms(outputs, second, gate_labels, category_labels)
         log_variances = getattr(self.accelerator.unwrap_model(model), "task_log_variances", None)
-        if log_variances is not None:
-            # Learned per-task weights replace λ1/λ2 for the two cross-entropies.
-            task_names = [name for name in ("gate_loss", "category_loss") if name in terms]
-            indices = [0 if name == "gate_loss" else 1 for name in task_names]
-            loss = losses.uncertainty_weighted([terms[n] for n in task_names], log_variances[indices])
-            loss = loss + sum(weights[n] * v for n, v in terms.items() if n not in task_names)
-        else:
-            loss = sum(weights[name] * value for name, value in terms.items())
-        if not terms:  # a batch with no label for any head present: exact zero, still on the graph
-            loss = sum(logits.sum() * 0.0 for logits in (outputs.gate_logits, outputs.category_logits) if logits is not None)
-
-        mode = "train" if model.training else "eval"
-        detached = {name: value.detach().float().item() for name, value in terms.items()}
-        for name, value in detached.items():
-            self._logged_terms[mode][name].append(value)
-        if model.training and not self._adversarial_pass:
-            record = self.training_record
-            record.add_terms({"loss": loss.detach().float().item(), **detached})
-            record.add_predictions("gate", outputs.gate_logits, gate_labels, row_ids)
-            record.add_predictions("category", outputs.category_logits, category_labels, row_ids)
+        loss = losses.combine_terms(terms, self.args.loss_term_weights(), log_variances)
+        if loss is None:  # a batch with no label for any head present: exact zero, still on the graph
+            loss = losses.graph_zero(outputs.gate_logits, outputs.category_logits)
+        self._record(model, loss, terms, outputs, gate_labels, category_labels, inputs.get("row_id"))
         return (loss, outputs) if return_outputs else loss
 
+    def _wants_contrastive(self, model, inputs) -> bool:
+        return self.args.contrastive_weight > 0 and model.training and inputs.get("category_labels") is not None
+
+    def _forward(self, model, model_inputs: dict, with_features: bool) -> tuple[MultitaskOutput, MultitaskOutput | None]:
+        """One forward, or for R-Drop (in training) one forward on the batch stacked twice, split into two passes
+        (dropout masks are drawn per element, so the halves differ; cheaper than two forwards)."""
+        if with_features:
+            model_inputs = {**model_inputs, "output_features": True}
+        if not (self.args.rdrop and model.training):
+            return model(**model_inputs), None
+        stacked = {key: torch.cat([value, value]) if torch.is_tensor(value) else value
+                   for key, value in model_inputs.items()}
+        return _split_halves(model(**stacked))
+
+    def _loss_terms(self, outputs, second, gate_labels, category_labels) -> dict[str, torch.Tensor]:
+        """Every unweighted term of this batch, by the name its weight and its log line use."""
+        args = self.args
+        terms = self._task_losses(outputs, gate_labels, category_labels)
+        if second is not None:
+            # R-Drop: CE averaged over both passes, plus the symmetric KL between them.
+            second_terms = self._task_losses(second, gate_labels, category_labels)
+            terms = {name: 0.5 * (value + second_terms[name]) for name, value in terms.items()}
+            if outputs.category_logits is not None and args.rdrop_alpha_category > 0:
+                mask = category_labels != losses.IGNORE_INDEX if category_labels is not None else None
+                terms["rdrop_category_kl"] = losses.symmetric_kl(outputs.category_logits, second.category_logits, mask)
+            if outputs.gate_logits is not None and args.rdrop_alpha_gate > 0:
+                terms["rdrop_gate_kl"] = losses.symmetric_kl(outputs.gate_logits, second.gate_logits)
+        if outputs.features is not None and category_labels is not None:
+            terms["contrastive_loss"] = losses.supervised_contrastive(
+                outputs.features, category_labels, args.contrastive_temperature)
+        return terms
+
+    def _record(self, model, loss, terms, outputs, gate_labels, category_labels, row_ids) -> None:
+        """Per-term values for the logs; in training also the step's predictions for the epoch log and cartography
+        (not for the adversarial AWP pass, which sees perturbed weights)."""
+        detached = {name: value.detach().float().item() for name, value in terms.items()}
+        for name, value in detached.items():
+            self._logged_terms["train" if model.training else "eval"][name].append(value)
+        if model.training and not self._adversarial_pass:
+            self.training_record.add_terms({"loss": loss.detach().float().item(), **detached})
+            self.training_record.add_predictions("gate", outputs.gate_logits, gate_labels, row_ids)
+            self.training_record.add_predictions("category", outputs.category_logits, category_labels, row_ids)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step, plus (with `--awp_lr`) a second backward at adversarially perturbed weights
+        (AWP), whose gradient adds to the first before the optimizer step."""
         loss = super().training_step(model, inputs, num_items_in_batch)
         args = self.args
         if args.awp_lr > 0 and (self.state.epoch or 0) >= args.awp_start_epoch:
@@ -174,64 +180,18 @@ class MultitaskTrainer(Trainer):
         self._logged_terms[mode].clear()
         super().log(logs, start_time)
 
-    def _shards_parameters(self) -> bool:
-        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        return self.is_fsdp_enabled or zero3
-
-    def parallelism(self) -> str:
-        """How training ran, for the run log: engine, process count, and this rank's share of the parameters."""
-        world = self.args.world_size
-        if self.is_fsdp_enabled:
-            engine = f"FSDP{getattr(self.accelerator.state.fsdp_plugin, 'fsdp_version', '')}"
-        elif self.is_deepspeed_enabled:
-            engine = f"DeepSpeed ZeRO-{self.accelerator.state.deepspeed_plugin.zero_stage}"
-        else:
-            engine = "DDP" if world > 1 else "single process"
-        # FSDP2 parameters are DTensors (to_local() is this rank's shard, numel() the whole); ZeRO-3 keeps the
-        # shard in ds_tensor and the whole size in ds_numel.
-        local = total = 0
-        for param in self.model_wrapped.parameters():
-            total += getattr(param, "ds_numel", param.numel())
-            if hasattr(param, "to_local"):
-                local += param.to_local().numel()
-            else:
-                local += param.ds_tensor.numel() if hasattr(param, "ds_tensor") else param.numel()
-        share = f"; this rank holds {local / total:.1%} of the parameter elements" if total else ""
-        return f"{engine} over {world} process(es){share}"
-
-    def full_model(self):
-        """The trained model with whole parameters, for scoring on the main process after training.
-
-        DDP and ZeRO-1/2 keep whole parameters on every rank. FSDP and ZeRO-3 shard them, so a forward pass on
-        one rank would wait forever for the others: gather a full state dict (a collective, so every rank calls
-        this) into an unsharded copy on the main process that shares the config (thresholds set on it are saved).
-        """
-        model = self.accelerator.unwrap_model(self.model)
-        if not self._shards_parameters():
-            return model
-        state_dict = self.accelerator.get_state_dict(self.deepspeed if self.is_deepspeed_enabled else self.model_wrapped)
-        if not self.is_world_process_zero():
-            return model
-        whole = type(model)(model.config)
-        whole.load_state_dict(state_dict)
-        return whole.to(self.args.device).eval()
-
     def create_optimizer(self, model=None):
+        """The `--optim` optimizer over layer-wise decayed learning-rate groups (`optim.llrd_parameter_groups`);
+        the Trainer's own when `--layerwise_lr_decay 1.0`."""
         if self.optimizer is not None or self.args.layerwise_lr_decay == 1.0:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         unwrapped = self.accelerator.unwrap_model(opt_model)
         # Under LoRA (peft) parameter names gain a prefix; LLRD reads them relative to the MultitaskModel.
         base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
-        num_layers = base.config.encoder_config.num_hidden_layers
-        groups = llrd_parameter_groups(
-            base,
-            self.args.learning_rate,
-            self.args.layerwise_lr_decay,
-            self.args.weight_decay,
-            self.get_decay_parameter_names(base),
-            num_layers,
-        )
+        groups = llrd_parameter_groups(base, self.args.learning_rate, self.args.layerwise_lr_decay,
+                                       self.args.weight_decay, self.get_decay_parameter_names(base),
+                                       base.config.encoder_config.num_hidden_layers)
         for group in groups:
             group.pop("param_names")
         # The optimizer class still comes from --optim, so any Trainer optimizer works with LLRD.

@@ -42,7 +42,9 @@ def common_args(encoder_dir, csv_files, run_dir):
     return ["--model_name_or_path", str(encoder_dir), "--task1_file", str(csv_files["task1"]),
             "--task2_file", str(csv_files["task2"]), "--validation_file", str(csv_files["val"]),
             "--test_files", str(csv_files["test"]), "--output_dir", str(run_dir), "--use_cpu", "true",
-            "--learning_rate", "1e-3", "--per_device_eval_batch_size", "2"]
+            "--learning_rate", "1e-3", "--per_device_eval_batch_size", "2",
+            # The checks below compare the Trainer's P(Pick) metrics with the prediction files.
+            "--gate_score", "pick"]
 
 
 def test_two_process_run_writes_once_and_correctly(encoder_dir, csv_files, tmp_path):
@@ -142,12 +144,14 @@ def test_distributed_launch_needs_output_dir(monkeypatch):
 def test_full_model_gathers_a_whole_copy_only_when_sharded(model, tokenizer, csv_files, tmp_path, monkeypatch):
     from tests.test_trainer import make_trainer
 
+    from multitask import distributed
+
     trainer = make_trainer(model, tokenizer, csv_files, tmp_path)
-    assert trainer.full_model() is model  # DDP and one process: the trained model itself
+    assert distributed.full_model(trainer) is model  # DDP and one process: the trained model itself
     # FSDP/ZeRO-3 need GPUs (use_cpu turns FSDP off); stand in for their gathered state dict.
-    monkeypatch.setattr(type(trainer), "_shards_parameters", lambda self: True)
+    monkeypatch.setattr(distributed, "shards_parameters", lambda trainer: True)
     monkeypatch.setattr(trainer.accelerator, "get_state_dict", lambda wrapped: model.state_dict())
-    whole = trainer.full_model()
+    whole = distributed.full_model(trainer)
     assert whole is not model and whole.config is model.config and not whole.training
     for name, tensor in model.state_dict().items():
         assert torch.equal(whole.state_dict()[name], tensor), name

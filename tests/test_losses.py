@@ -127,3 +127,13 @@ def test_supervised_contrastive_without_positive_pair_is_graph_zero():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(features.grad, torch.zeros_like(features))
+
+
+def test_combine_terms_weighted_sum_and_uncertainty():
+    terms = {"gate_loss": torch.tensor(2.0), "category_loss": torch.tensor(1.0), "hierarchy_loss": torch.tensor(4.0)}
+    weights = {"gate_loss": 0.4, "category_loss": 1.0, "hierarchy_loss": 0.5}
+    assert losses.combine_terms(terms, weights).item() == pytest.approx(0.8 + 1.0 + 2.0)
+    # log σ² = (0, ln 2): gate 2·1 + 0; category 1·½ + ½·ln 2; hierarchy keeps its λ
+    learned = losses.combine_terms(terms, weights, torch.tensor([0.0, math.log(2.0)]))
+    assert learned.item() == pytest.approx(2.0 + 0.5 + 0.5 * math.log(2.0) + 2.0)
+    assert losses.combine_terms({}, weights) is None

@@ -286,7 +286,7 @@ def test_auto_gate_score_cross_validated_and_applied_by_run_predict(encoder_dir,
          str(files["task2"]), "--validation_file", str(files["val"]), "--text_columns", "title",
          "--output_dir", str(run_dir), "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
          "--use_cpu", "true", "--gate_score", "auto", "--threshold_cv", "2", "--target_oos_recall", "0.75",
-         "--knn_k", "3", "--cartography", "false"])
+         "--knn_k", "3", "--cartography", "false", "--leak_cost", "5", "--review_share", "0.3"])
     cv = json.loads((run_dir / "gate_cv.json").read_text())
     assert cv["folds"] == 2 and len(cv["chosen_per_fold"]) == 2 and cv["max_decline_leak"] == pytest.approx(0.25)
     assert set(cv["per_score"]) == set(ALL_SCORES)
@@ -301,6 +301,18 @@ def test_auto_gate_score_cross_validated_and_applied_by_run_predict(encoder_dir,
     card = (run_dir / "model" / "README.md").read_text(encoding="utf-8")
     assert f"Gate score: `{config['gate_score']}`" in card and "held-out folds of validation" in card
     assert "## Calibration (validation)" in card
+
+    thresholds = json.loads((run_dir / "thresholds.json").read_text())
+    assert "expected_cost" in thresholds["cost"] and set(config["review_bands"]) >= {"leak", "cost"}
+    assert 0 < thresholds["review"]["leak"]["review_share"] <= 0.5
+
+    reviewed = tmp_path / "reviewed"
+    run_predict.main(["--model", str(run_dir), "--input_files", str(files["val"]), "--output_dir", str(reviewed),
+                      "--threshold", "leak", "--review", "true"])
+    assert "review" in set(pd.read_csv(reviewed / "predictions_val.csv")["decision"])
+    with pytest.raises(ValueError, match="no review band for --threshold 0.5"):
+        run_predict.main(["--model", str(run_dir), "--input_files", str(files["val"]), "--output_dir",
+                          str(tmp_path / "none"), "--threshold", "0.5", "--review", "true"])
 
     out = tmp_path / "preds"
     run_predict.main(["--model", str(run_dir), "--input_files", str(files["val"]), "--output_dir", str(out),

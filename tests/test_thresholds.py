@@ -120,3 +120,36 @@ def test_resolve_threshold():
             resolve_threshold(bad, stored)
     with pytest.raises(ValueError, match="stored threshold"):
         resolve_threshold("f1", {"f1": 1.2})
+
+
+def test_cost_threshold_minimises_expected_cost_hand_checked():
+    from multitask.thresholds import review_band  # noqa: F401  (same module)
+
+    scores = np.array([0.9, 0.8, 0.6, 0.4, 0.7, 0.3])
+    gold = np.array([1, 1, 1, 1, 0, 0])
+    correct = np.array([True, True, False, True, False, False])
+    # leak 10 per Decline let through, miss 1, wrong 1, share = validation's 2/6:
+    # t=0.65 (Pick 0.9, 0.8, 0.7): leak 1/2, miss 2/4, wrong 0 -> 1/3*10*0.5 + 2/3*(0.5) = 2.0
+    # t=0.75 (Pick 0.9, 0.8):      leak 0,   miss 2/4, wrong 0 -> 2/3*0.5 = 0.333
+    # t=0.5  (0.9 0.8 0.6 0.7):    leak 1/2, miss 1/4, wrong 1/4 -> 1.667 + 2/3*0.5 = 2.0
+    # t=0.85 (0.9):                leak 0, miss 3/4 -> 0.5
+    result = search_gate_thresholds(scores, gold, correct, costs={"leak": 10.0, "miss": 1.0, "wrong": 1.0,
+                                                                  "oos_share": None})
+    assert result["cost"]["threshold"] == approx(0.75)
+    assert result["cost"]["expected_cost"] == approx(1 / 3)
+    # with Decline items rarer in use (share 1 %), letting 0.7 through is cheaper than declining 0.6
+    cheap = search_gate_thresholds(scores, gold, correct, costs={"leak": 10.0, "miss": 1.0, "wrong": 0.0,
+                                                                 "oos_share": 0.01})
+    assert cheap["cost"]["threshold"] < 0.6
+    assert "cost" not in search_gate_thresholds(scores, gold, correct)
+
+
+def test_review_band_holds_the_share_around_the_threshold():
+    from multitask.thresholds import review_band
+
+    scores = np.arange(10) / 10  # 0.0 ... 0.9
+    low, high = review_band(scores, 0.5, 0.4)  # 2 rows below 0.5 (0.3, 0.4) and 2 from it (0.5, 0.6)
+    assert (low, high) == approx((0.25, 0.65))
+    assert ((scores >= low) & (scores < high)).sum() == 4
+    assert review_band(scores, 0.5, 0.0) == (0.5, 0.5)
+    assert review_band(scores, 0.05, 0.4)[0] == 0.0  # clipped at the lowest score
