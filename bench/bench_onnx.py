@@ -37,7 +37,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,14 +44,13 @@ import _common  # noqa: F401  (puts the repository root on sys.path)
 from _common import (
     ROOT,
     add_data_arguments,
-    machine,
     machine_line,
     markdown_table,
     publish,
     time_abba,
     write_json,
 )
-from bench_predict import build_models, load_rows, load_system, peak_rss_mib, rss_mib, texts_of
+from bench_predict import load_rows, load_system, peak_rss_mib, rss_mib, start_run, texts_of
 
 SYSTEMS = ("onnx_float32", "onnx_int8", "torch_float32", "pipeline_float32")
 TARGETS = {"onnx_float32": 2.0, "onnx_int8": 3.5}  # rows/s ratio to pipeline_float32
@@ -213,19 +211,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.child:
         child(args)
         return None
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench_onnx_"))
-    ours_dir, pipeline_dir = build_models(args, workdir)
-    frame = load_rows(args.data_dir, args.rows)
-    texts = texts_of(frame)
-    info = machine()
-    print(
-        f"[bench] {len(texts)} rows, batch {args.batch_size}, max length {args.max_seq_length}\n"
-        f"[bench] {machine_line(info)}",
-        flush=True,
-    )
-    report = {"arguments": vars(args), "machine": info, "rows": len(texts), "ours_model": ours_dir}
+    out, workdir, ours_dir, pipeline_dir, _, texts, report = start_run(args, "bench_onnx_")
     report["export"] = export_models(args, ours_dir, workdir)
     report["speed"] = measure_speed(args, ours_dir, pipeline_dir, workdir, texts)
     if not args.skip_memory:
@@ -258,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     lines = [
         f"## ONNX Runtime serving ({len(texts)} CLINC150 val rows, batch {args.batch_size}, max length "
         f"{args.max_seq_length})",
-        f"\nMachine: {machine_line(info)}; {args.rounds} ABBA rounds; model {ours_dir}\n",
+        f"\nMachine: {machine_line(report['machine'])}; {args.rounds} ABBA rounds; model {ours_dir}\n",
         markdown_table(header, rows),
         "\nExport: "
         + ", ".join(

@@ -326,14 +326,11 @@ def measure_e2e(args, ours_dir: str, pipeline_dir: str, frame: pd.DataFrame, wor
     }
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    args = parse_args(argv)
-    if args.child:
-        child(args)
-        return None
+def start_run(args, prefix: str) -> tuple:
+    """What every prediction bench does first: output and work folders, the two models, the rows, the report head."""
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     ours_dir, pipeline_dir = build_models(args, workdir)
     frame = load_rows(args.data_dir, args.rows)
     texts = texts_of(frame)
@@ -344,6 +341,15 @@ def main(argv: list[str] | None = None) -> dict | None:
         flush=True,
     )
     report = {"arguments": vars(args), "machine": info, "rows": len(texts), "ours_model": ours_dir}
+    return out, workdir, ours_dir, pipeline_dir, frame, texts, report
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return None
+    out, workdir, ours_dir, pipeline_dir, frame, texts, report = start_run(args, "bench_predict_")
     report["speed"] = measure_speed(args, ours_dir, pipeline_dir, texts)
     if not args.skip_memory:
         report["memory"] = measure_memory(args, ours_dir, workdir)
@@ -382,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     lines = [
         f"## Prediction ({len(texts)} CLINC150 val rows, batch {args.batch_size}, max length "
         f"{args.max_seq_length})",
-        f"\nMachine: {machine_line(info)}; {args.rounds} ABBA rounds\n",
+        f"\nMachine: {machine_line(report['machine'])}; {args.rounds} ABBA rounds\n",
         markdown_table(header, rows),
         "",
         markdown_table(["speed ratio", "median", "best round", "per-round median"], ratio_rows),
