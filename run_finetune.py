@@ -99,14 +99,15 @@ def resolve_inputs(model_args, data_args, training_args, run_dir: Path):
         names = [data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,
                  *data_args.test_files]
         wanted = list(dict.fromkeys(name for name in names if name))
+        token = resolve_token(training_args.hub_token)
         if not wanted:  # no file named: the repo is a dataset, loaded with datasets.load_dataset
             from multitask.data import load_hub_dataset
 
             return load_hub_dataset(data_args.dataset_repo, data_args.dataset_config_name, data_args.dataset_revision,
-                                    resolve_token(), model_args.cache_dir, data_args.train_split_name,
+                                    token, model_args.cache_dir, data_args.train_split_name,
                                     data_args.validation_split_name, data_args.test_split_names)
-        local = dict(zip(wanted, map(str, download_data_files(data_args.dataset_repo, wanted,
-                                                                data_args.dataset_revision))))
+        downloaded = download_data_files(data_args.dataset_repo, wanted, data_args.dataset_revision, token)
+        local = dict(zip(wanted, map(str, downloaded)))
         data_args.train_file = local.get(data_args.train_file)
         data_args.task1_file = local.get(data_args.task1_file)
         data_args.task2_file = local.get(data_args.task2_file)

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Run a trained multitask model on CSV files.
+"""Run a trained multitask model on data files (CSV, TSV, JSON Lines, JSON or Parquet).
 
     python run_predict.py --model output/output_20260101_120000 --input_files x.csv y.csv --output_dir preds/
     python run_predict.py --model user/my-model --input_files x.csv --threshold f1
 
 Writes <output_dir>/predictions_<input stem>.csv (every input column kept, plus pick_prob, pick_pred,
-category_pred, category_prob, category_top<k>, decision) and, where the CSV carries gold labels,
+category_pred, category_prob, category_top<k>, decision) and, where the file carries gold labels (in the columns
+the model was trained with, or --pick_column / --category_column),
 metrics_<input stem>.json. Every argument, the model and every input file are checked before anything is
 written; the files are written under temporary names and moved into place at the end, so a failed or killed
 run leaves no partial output. A mistake ends in one `error: …` line (exit status 2; `--debug` adds the traceback).
@@ -51,7 +52,10 @@ logger = logging.getLogger("run_predict")
 @dataclass
 class PredictArguments:
     model: str = field(metadata={"help": "A run directory, its model/ directory, or a Hub model id."})
-    input_files: list[str] = field(metadata={"help": "CSV files to predict (text columns as in training)."})
+    input_files: list[str] = field(
+        metadata={"help": "Files to predict (text columns as in training): CSV, TSV, JSON Lines, JSON or Parquet, by "
+                  "extension or --format."}
+    )
     output_dir: str = field(default="predictions", metadata={"help": "Where predictions_<stem>.csv are written."})
     threshold: str = field(
         default="default",
@@ -86,8 +90,22 @@ class PredictArguments:
     text_columns: list[str] | None = field(
         default=None, metadata={"help": "Text columns; empty: the ones the model was trained with."}
     )
+    pick_column: str | None = field(
+        default=None, metadata={"help": "Column of gold gate labels; empty: the one the model was trained with."}
+    )
+    category_column: str | None = field(
+        default=None,
+        metadata={"help": "Column of gold categories; empty: the one the model was trained with.",
+                  "aliases": ["--label_column"]},
+    )
+    format: str | None = field(
+        default=None,
+        metadata={"help": "Format of the input files when the extension does not say it.",
+                  "choices": ["csv", "tsv", "jsonl", "json", "parquet"]},
+    )
     encoding: str | None = field(
-        default=None, metadata={"help": "CSV encoding. Empty: UTF-8 (with or without BOM), else CP932/Shift-JIS."}
+        default=None,
+        metadata={"help": "Encoding of text input files. Empty: UTF-8 (with or without BOM), else CP932/Shift-JIS."},
     )
     allow_unknown_labels: bool = field(
         default=False,
@@ -136,11 +154,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                              f"exist for: {sorted(getattr(config, 'review_bands', None) or {}) or 'none'} (train "
                              "with --review_share 0.05)")
     text_columns = args.text_columns or config.text_columns
+    # Gold labels are read from the columns the model was trained with unless named; recorded in metrics_<stem>.json
+    # so `python -m analysis` reads the same ones.
+    columns = {"text_columns": list(text_columns),
+               "pick_column": args.pick_column or getattr(config, "pick_column", "pick"),
+               "category_column": args.category_column or getattr(config, "category_column", "category")}
     separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
     # Validate every file before writing anything, so a bad file leaves no partial output behind.
     labeled_files = [
         load_labeled_file(input_file, text_columns, separator, config.category_label2id, config.has_gate,
-                          args.encoding, allow_unknown_labels=args.allow_unknown_labels)
+                          args.encoding, allow_unknown_labels=args.allow_unknown_labels, file_format=args.format,
+                          pick_column=columns["pick_column"], category_column=columns["category_column"],
+                          flag="--input_files")
         for input_file in args.input_files
     ]
 
@@ -180,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             if metrics or labeled.unknown_categories:
                 metrics = {"threshold": threshold, "dtype": dtype_name, "backend": "onnx" if onnx_dir else "torch",
                            "label_maps_hash": config.label_maps_hash(),
-                           "unscored_unknown_categories": labeled.unknown_categories, **metrics}
+                           "unscored_unknown_categories": labeled.unknown_categories, "columns": columns, **metrics}
                 write_json(stage.path(output_dir / f"metrics_{stem}.json"), metrics)
                 logger.info("%s: %s", stem, metrics)
             all_metrics[stem] = metrics

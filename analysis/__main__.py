@@ -1,4 +1,7 @@
-"""`python -m analysis <run dir or predictions CSV> [more…]`: per-class tables, confusions, bands, comparison.
+"""`python -m analysis <run dir or predictions file> [more…]`: per-class tables, confusions, bands, comparison.
+
+A predictions file may be CSV, TSV, JSON Lines, JSON or Parquet (e.g. run_predict.py's predictions_<stem>.jsonl, or
+another tool's evaluation file with gold and predicted columns named by --category_column/--prediction_column).
 
 Writes analysis.md / analysis.json / a confusion PNG (and safety.json) in a run directory, or
 `<stem>_analysis.*` beside a CSV, or everything in --out; prints the Markdown. Every input is read and
@@ -28,7 +31,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # argparse rather than HfArgumentParser: positional inputs, and no transformers import for a CSV report.
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
     parser.add_argument(
-        "inputs", nargs="+", help="Run directories and/or predictions CSVs; the first is the baseline."
+        "inputs", nargs="+",
+        help="Run directories and/or predictions files (CSV, TSV, JSONL, JSON, Parquet); the first is the baseline.",
+    )
+    parser.add_argument(
+        "--category_column", "--label_column", default=None,
+        help="Column of gold categories. Empty: the run's model column (run directories), else category, else "
+        "gold_category (run_predict.py's JSON Lines records).",
+    )
+    parser.add_argument(
+        "--pick_column", default=None,
+        help="Column of gold gate labels. Empty: the run's model column, else pick, else gold_pick.",
+    )
+    parser.add_argument(
+        "--prediction_column", default=None, help="Column of predicted categories. Empty: category_pred."
+    )
+    parser.add_argument(
+        "--format", default=None, choices=["csv", "tsv", "jsonl", "json", "parquet"],
+        help="Format of predictions files whose extension does not say it.",
     )
     parser.add_argument("--out", default=None, help="Write every output here instead of next to each input.")
     parser.add_argument(
@@ -130,7 +150,7 @@ def _analyse_all(
         prefix = f"{source.stem}_" if not is_run else (f"{name}_" if out and len(args.inputs) > 1 else "")
         folder = out or (source if is_run else source.parent)
         splits, safety, sections = {}, {}, [f"# Analysis of {source}"]
-        for pred in load_input(source):
+        for pred in load_input(source, args.pick_column, args.category_column, args.prediction_column, args.format):
             report = analyse(pred, args.bands)
             title = name if name == pred.name else f"{name} — {pred.name}"
             if pred.category_labels is not None and (pred.category_labels != IGNORE_INDEX).any():

@@ -1,4 +1,9 @@
-"""Read prediction CSVs and run directories into label-id arrays that `multitask.metrics` understands.
+"""Read prediction files (any format `multitask.tables` reads) and run directories into label-id arrays that
+`multitask.metrics` understands.
+
+Gold labels are read from the columns the model was trained with (a run directory's `model/config.json`), or the
+ones named (`--pick_column`, `--category_column`), else `pick`/`category`, else run_predict.py's JSON Lines
+records (`gold_pick`, `gold_category`). Predicted categories from `category_pred` (or `--prediction_column`).
 
 Deliberately does not import `multitask.data` (it pulls in torch and datasets): analysing a CSV should take
 a second, on a machine without a GPU stack.
@@ -14,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from multitask.labels import IGNORE_INDEX
-from multitask.tables import DataError, parse_pick, read_csv
+from multitask.tables import DataError, parse_pick, read_table
 
 _TOP_K = re.compile(r"category_top(\d+)$")
 
@@ -54,8 +59,18 @@ def _missing(path: Path, column: str, why: str) -> InputError:
 
 
 def _parse_top_k(cell: str) -> list[str]:
-    # "label:prob|label:prob"; rsplit keeps labels that themselves contain ':'.
+    # "label:prob|label:prob" (rsplit keeps labels that themselves contain ':'), or run_predict.py's JSON Lines
+    # records: [{"label": …, "prob": …}, …].
+    if cell.startswith("["):
+        try:
+            return [str(item["label"]) for item in json.loads(cell) if isinstance(item, dict) and "label" in item]
+        except (ValueError, TypeError):
+            return []
     return [part.rsplit(":", 1)[0] for part in cell.split("|") if part]
+
+
+def _first_present(columns: set[str], *candidates: str | None) -> str | None:
+    return next((column for column in candidates if column and column in columns), None)
 
 
 def read_predictions(
@@ -63,44 +78,54 @@ def read_predictions(
     name: str | None = None,
     id2label: dict[int, str] | None = None,
     train_counts: dict[str, int] | None = None,
+    pick_column: str | None = None,
+    category_column: str | None = None,
+    prediction_column: str | None = None,
+    file_format: str | None = None,
 ) -> Predictions:
-    """Parse one predictions CSV. Raises `InputError` naming the file and the missing column."""
+    """Parse one predictions file (CSV, TSV, JSON Lines, JSON or Parquet). Raises `InputError` naming the file
+    and the missing column."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    frame = read_csv(path)
+    table = read_table(path, file_format)
+    frame = table.frame
     columns = set(frame.columns)
+    predicted_column = prediction_column or "category_pred"
     top_column = next((c for c in frame.columns if _TOP_K.match(c)), None)
+    if top_column is None and "category_top" in columns:  # run_predict.py's JSON Lines records
+        top_column = "category_top"
     has_gate = bool(columns & {"pick_pred", "pick_prob"})
-    has_category = bool(columns & {"category_pred", "category_prob"}) or top_column is not None
+    has_category = bool(columns & {predicted_column, "category_prob"}) or top_column is not None
     if not has_gate and not has_category:
-        raise _missing(path, "pick_pred' or 'category_pred", "not a predictions file")
+        raise _missing(path, f"pick_pred' or '{predicted_column}", "not a predictions file")
     if has_gate and "pick_pred" not in columns:
         raise _missing(path, "pick_pred", "the file has gate scores")
-    if has_category and "category_pred" not in columns:
-        raise _missing(path, "category_pred", "the file has category scores")
-    gate_scored = has_gate and "pick" in columns
-    category_scored = has_category and "category" in columns
+    if has_category and predicted_column not in columns:
+        raise _missing(path, predicted_column, "the file has category scores")
+    gold_pick = _first_present(columns, pick_column, "pick", "gold_pick")
+    gold_category = _first_present(columns, category_column, "category", "gold_category")
+    gate_scored = has_gate and gold_pick is not None
+    category_scored = has_category and gold_category is not None
     if not gate_scored and not category_scored:
         raise _missing(
-            path, "pick" if has_gate else "category", "gold labels are needed to score predictions"
+            path, (pick_column or "pick") if has_gate else (category_column or "category"),
+            "gold labels are needed to score predictions",
         )
 
     gate_labels = pick_pred = category_labels = category_pred = category_scores = None
     if gate_scored:
-        gate_labels = np.asarray(parse_pick(frame["pick"], path, required=False), dtype=int)
-        pick_pred = np.asarray(parse_pick(frame["pick_pred"], path, required=False, column="pick_pred"), dtype=int)
+        gate_labels = np.asarray(parse_pick(frame[gold_pick], table, required=False, column=gold_pick), dtype=int)
+        pick_pred = np.asarray(parse_pick(frame["pick_pred"], table, required=False, column="pick_pred"), dtype=int)
         if (pick_pred == IGNORE_INDEX).any():
-            raise InputError(
-                f"{path}, row {int(np.argmax(pick_pred == IGNORE_INDEX)) + 2}: empty 'pick_pred'"
-            )
+            raise InputError(f"{table.where(int(np.argmax(pick_pred == IGNORE_INDEX)))}: empty 'pick_pred'")
     top_k_listed = 1
     id2label = dict(id2label or {})
     if category_scored:
-        gold = frame["category"].str.strip()
-        predicted = frame["category_pred"].str.strip()
+        gold = frame[gold_category].str.strip()
+        predicted = frame[predicted_column].str.strip()
         if (predicted == "").any():
-            raise InputError(f"{path}, row {int(np.argmax(predicted == '')) + 2}: empty 'category_pred'")
+            raise InputError(f"{table.where(int(np.argmax(predicted == '')))}: empty '{predicted_column}'")
         top_lists = [_parse_top_k(cell) for cell in frame[top_column]] if top_column else []
         seen = set(gold[gold != ""]) | set(predicted) | {label for top in top_lists for label in top}
         if not id2label:
@@ -111,7 +136,11 @@ def read_predictions(
         label2id = {label: i for i, label in id2label.items()}
         category_labels = np.array([label2id[g] if g else IGNORE_INDEX for g in gold], dtype=int)
         category_pred = np.array([label2id[p] for p in predicted], dtype=int)
-        top_k_listed = int(_TOP_K.match(top_column).group(1)) if top_column else 1
+        top_k_listed = 1
+        if top_column and _TOP_K.match(top_column):
+            top_k_listed = int(_TOP_K.match(top_column).group(1))
+        elif top_lists:
+            top_k_listed = max(1, max(len(top) for top in top_lists))
         category_scores = np.zeros((frame.shape[0], len(id2label)))
         for row, top in enumerate(top_lists):
             for rank, label in enumerate(top):
@@ -145,19 +174,42 @@ def _json(path: Path) -> dict:
     return value
 
 
-def load_input(path: str | Path) -> list[Predictions]:
-    """A predictions CSV, or every `predictions_*.csv` of a run directory (validation first)."""
+def load_input(
+    path: str | Path,
+    pick_column: str | None = None,
+    category_column: str | None = None,
+    prediction_column: str | None = None,
+    file_format: str | None = None,
+) -> list[Predictions]:
+    """A predictions file, or every `predictions_*` file of a run (or run_predict.py output) directory, validation
+    first: the CSVs, else the files of another supported format. Gold columns not named are the ones the run's
+    model was trained with (`model/config.json`)."""
     path = Path(path)
+    columns = {"pick_column": pick_column, "category_column": category_column,
+               "prediction_column": prediction_column, "file_format": file_format}
     if path.is_file():
-        return [read_predictions(path)]
+        # run_predict.py records the gold columns it read in metrics_<stem>.json beside predictions_<stem>.*
+        recorded = {}
+        if path.name.startswith("predictions_"):
+            metrics = _json(path.with_name(f"metrics_{path.stem.removeprefix('predictions_')}.json"))
+            recorded = metrics.get("columns") or {}
+        columns["pick_column"] = pick_column or recorded.get("pick_column")
+        columns["category_column"] = category_column or recorded.get("category_column")
+        return [read_predictions(path, **columns)]
     if not path.is_dir():
         raise InputError(f"{path}: no such file or directory")
-    files = sorted(path.glob("predictions_*.csv"), key=lambda p: (p.stem != "predictions_validation", p.name))
+    files = sorted(path.glob("predictions_*.csv"))
+    for suffix in ("jsonl", "parquet", "json", "tsv"):
+        files = files or sorted(path.glob(f"predictions_*.{suffix}"))
+    files.sort(key=lambda p: (p.stem != "predictions_validation", p.name))
     if not files:
-        raise InputError(f"{path}: no predictions_*.csv in this run directory")
+        raise InputError(f"{path}: no predictions_*.csv (or .jsonl, .parquet) in this run directory")
     label_map = _json(path / "label_map.json").get("category_id2label") or {}
     id2label = {int(key): value for key, value in label_map.items()}
     counts = _json(path / "run_config.json").get("data_report", {}).get("category_counts")
+    model_config = _json(path / "model" / "config.json")
+    columns["pick_column"] = pick_column or model_config.get("pick_column")
+    columns["category_column"] = category_column or model_config.get("category_column")
     return [
-        read_predictions(file, file.stem.removeprefix("predictions_"), id2label, counts) for file in files
+        read_predictions(file, file.stem.removeprefix("predictions_"), id2label, counts, **columns) for file in files
     ]

@@ -24,7 +24,6 @@ import argparse
 import json
 import shlex
 import time
-import unicodedata
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
@@ -182,11 +181,12 @@ def argmax_point(scores: np.ndarray, gate_labels, category_labels) -> dict:
 
 
 def val_labels(val_path: Path, label2id: dict[str, int]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Texts (NFKC, as data.build_texts), gate labels and category ids (-100 where none) of val.csv."""
-    import pandas as pd
+    """Texts (built as training builds them), gate labels and category ids (-100 where none) of val.csv."""
+    from multitask.tables import build_texts, read_table
 
-    frame = pd.read_csv(val_path, dtype=str, keep_default_na=False)
-    texts = [unicodedata.normalize("NFKC", text).strip() for text in frame["title"]]
+    table = read_table(val_path)
+    frame = table.frame
+    texts = build_texts(table, ["title"], " ")
     gate = frame["pick"].astype(int).to_numpy()
     category = np.array([label2id[name] if name else IGNORE_INDEX for name in frame["category"]])
     return texts, gate, category
@@ -195,14 +195,11 @@ def val_labels(val_path: Path, label2id: dict[str, int]) -> tuple[list[str], np.
 def training_rows(paths: dict[str, Path]) -> tuple[list[str], list[str]]:
     """The 151-way training set of baseline and svm: task2 rows (intent) + task1 Decline rows (oos), one row
     per distinct text (first label kept), as run_finetune merges its files."""
-    import pandas as pd
+    from multitask.tables import build_text, read_table
 
-    task1 = pd.read_csv(paths["task1"], dtype=str, keep_default_na=False)
-    task2 = pd.read_csv(paths["task2"], dtype=str, keep_default_na=False)
-    texts = [
-        unicodedata.normalize("NFKC", t).strip()
-        for t in list(task2["title"]) + list(task1["title"][task1["pick"] == "0"])
-    ]
+    task1 = read_table(paths["task1"]).frame
+    task2 = read_table(paths["task2"]).frame
+    texts = [build_text([t], " ") for t in list(task2["title"]) + list(task1["title"][task1["pick"] == "0"])]
     labels = list(task2["category"]) + [OOS] * int((task1["pick"] == "0").sum())
     seen, kept_texts, kept_labels = set(), [], []
     for text, label in zip(texts, labels):

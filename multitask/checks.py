@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelFileError, UsageError, UserError, closest, one_line
-from .tables import check_encoding, check_readable_file
+from .tables import check_encoding, check_format, check_readable_file
 
 TOKENIZER_FILES = ("tokenizer.json", "spm.model", "vocab.txt", "vocab.json", "sentencepiece.bpe.model",
                    "tokenizer.model", "spiece.model")
@@ -278,15 +278,35 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
     if args.push_to_hub and not args.hub_model_id:
         raise UsageError("--push_to_hub needs --hub_model_id user/name (the model repo to create or update)")
     require(bool(data_args.text_columns), "--text_columns: give at least one column")
+    check_columns(data_args.text_columns, data_args.pick_column, data_args.category_column)
     check_encoding(data_args.encoding)
+    check_format(data_args.format)
+    for flag in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data_args, flag)
+        require(value is None or (isinstance(value, int) and value >= 1),
+                f"--{flag} {value}: must be a whole number >= 1 (leave it out to use every row)")
     check_optimizer(args)
 
-    own_data = any([data_args.task1_file, data_args.task2_file, data_args.validation_file])
+    own_data = any([data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,
+                    data_args.dataset_repo])
     if model_args.model_name_or_path is None and own_data:
         raise UsageError("--model_name_or_path is required with your own data (the demo encoder knows only demo text)")
+    hub_only = [flag for flag, given in (
+        ("--dataset_config_name", data_args.dataset_config_name), ("--dataset_revision", data_args.dataset_revision),
+        ("--train_split_name", data_args.train_split_name != "train"),
+        ("--validation_split_name", data_args.validation_split_name), ("--test_split_names", data_args.test_split_names),
+    ) if given]
+    if hub_only and not data_args.dataset_repo:
+        raise UsageError(f"{hub_only[0]} applies to a Hub dataset: give --dataset_repo user/name too")
+    file_arguments = [data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,
+                      *data_args.test_files]
+    split_flags = [flag for flag in hub_only if flag not in ("--dataset_revision",)]
+    if data_args.dataset_repo and split_flags and any(file_arguments):
+        raise UsageError(f"{split_flags[0]} names a split of a dataset loaded with datasets.load_dataset, but file "
+                         "arguments were given (they are paths inside --dataset_repo); drop one or the other")
     if not data_args.dataset_repo:
-        for flag, path in (("--task1_file", data_args.task1_file), ("--task2_file", data_args.task2_file),
-                           ("--validation_file", data_args.validation_file)):
+        for flag, path in (("--train_file", data_args.train_file), ("--task1_file", data_args.task1_file),
+                           ("--task2_file", data_args.task2_file), ("--validation_file", data_args.validation_file)):
             if path:
                 check_input_file(path, flag)
         for path in data_args.test_files:
@@ -309,6 +329,18 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
     if resume and resume.lower() not in ("true", "last", "false") and not Path(resume).is_dir():
         raise UsageError(f"--resume_from_checkpoint {resume}: no such checkpoint directory (or pass true for the "
                          "newest checkpoint-* in --output_dir)")
+
+
+def check_columns(text_columns: list[str] | None, pick_column: str | None, category_column: str | None) -> None:
+    """The column mapping: names given, distinct roles, and no label column fed to the model as text."""
+    for flag, name in (("--pick_column", pick_column), ("--category_column", category_column)):
+        require(name is None or bool(str(name).strip()), f"{flag}: give a column name")
+        if name and text_columns and name in text_columns:
+            raise UsageError(f"{flag} {name} is also one of --text_columns: the label would be part of the model input")
+    if pick_column and category_column:
+        require(pick_column != category_column,
+                f"--pick_column and --category_column are both {pick_column!r}: the gate and category labels need "
+                "their own columns")
 
 
 def _check_report_to(report_to: Any) -> None:
@@ -373,15 +405,17 @@ def check_training_steps(train_rows: int, training_args: Any) -> int:
 # ----------------------------------------------------------------------------------------- run_predict.py
 def check_predict_arguments(args: Any) -> None:
     """run_predict.py's arguments that can be checked before the model is loaded."""
-    require(bool(args.input_files), "--input_files: give at least one CSV file")
+    require(bool(args.input_files), "--input_files: give at least one data file (CSV, TSV, JSONL, JSON or Parquet)")
     for flag in ("batch_size", "top_k", "max_seq_length"):
         value = getattr(args, flag)
         if flag == "max_seq_length" and value is None:
             continue  # the length stored in the model
         require(isinstance(value, int) and value >= 1, f"--{flag} {value}: must be a whole number >= 1")
     check_encoding(args.encoding)
+    check_format(getattr(args, "format", None))
     if args.text_columns is not None:
         require(bool(args.text_columns), "--text_columns: give at least one column")
+    check_columns(args.text_columns, getattr(args, "pick_column", None), getattr(args, "category_column", None))
     try:
         value = float(args.threshold)
     except ValueError:

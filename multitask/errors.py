@@ -280,15 +280,21 @@ def parse_config_file(parser: Any, path: Any) -> tuple:
     """The dataclasses from a JSON/YAML config file, every key checked against the parser's arguments."""
     values = _load_config(path)
     actions = {}
+    aliases = {}  # e.g. label_column -> category_column (a field's "aliases" metadata)
     for action in parser._actions:  # a bool field's --no_x action comes after --x and is skipped
         if action.dest != "help" and action.option_strings:
             actions.setdefault(action.dest, action)
-    unknown = [key for key in values if key not in actions]
+            for option in action.option_strings:
+                name = option.lstrip("-")
+                if name != action.dest and "-" not in name and not name.startswith("no_"):
+                    aliases.setdefault(name, action.dest)
+    unknown = [key for key in values if key not in actions and key not in aliases]
     if unknown:
         parts = [f"'{key}'{closest(str(key), actions)}" for key in unknown]
         noun = "key" if len(parts) == 1 else "keys"
         raise UsageError(f"{path}: unknown {noun} {', '.join(parts)} (every key is a flag of --help, without the --)")
-    converted = {key: _convert(path, key, value, actions[key]) for key, value in values.items()}
+    converted = {aliases.get(key, key): _convert(path, key, value, actions[aliases.get(key, key)])
+                 for key, value in values.items()}
     try:
         return tuple(parser.parse_dict(converted, allow_extra_keys=False))
     except ValueError as error:

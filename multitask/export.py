@@ -358,6 +358,8 @@ def check_texts(files: list[str], config, tokenizer, encoding: str | None = None
             config.has_gate,
             encoding,
             allow_unknown_labels=True,
+            pick_column=getattr(config, "pick_column", "pick"),
+            category_column=getattr(config, "category_column", "category"),
         )
         texts.extend(labeled.dataset["text"])
     return texts

@@ -1,11 +1,13 @@
 """Hugging Face Hub I/O: data files up to a dataset repo (no empty commits) and back, with clear errors.
 
-    python -m multitask.hub upload-data --repo user/name data/clean_train.csv data/clean_test.csv
+    python -m multitask.hub upload-data --repo user/name data/train data/test     # keeps train/…, test/…
     python -m multitask.hub fetch-data --repo user/name --dest data/
 
 All traffic goes through `huggingface_hub` (its `HfApi`, `hf_hub_download`, `snapshot_download`), so
-`HF_ENDPOINT`, proxies and caching behave as everywhere else. The token comes from the argument, else
-`HF_TOKEN`, else a `.env` file in the working directory, else `hf auth login`'s store (`resolve_token`).
+`HF_ENDPOINT`, proxies and caching behave as everywhere else; Hub datasets are loaded with
+`datasets.load_dataset` (`load_dataset_splits`). The token comes from the argument, else `HF_TOKEN` (or the
+seed pipeline's `HF_AUTH_TOKEN`), else the same names in a `.env` file in the working directory, else
+`hf auth login`'s store (`resolve_token`); `--repo` may be left to `HF_DATASET_REPO` the same way.
 Hub failures become a `HubError` that says what to fix and never contains the token.
 
 `upload_files` is generic (any repo type, any files): pushing a model folder can reuse it, and `hub_errors`
@@ -40,15 +42,17 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
-from .errors import MissingInputError, UsageError, UserError, cli, raise_usage_errors
+from .errors import DataError, MissingInputError, UsageError, UserError, cli, one_line, raise_usage_errors
 
 logger = logging.getLogger(__name__)
 
-DATA_PATTERNS = ("*.csv", "*.jsonl")
+DATA_PATTERNS = ("*.csv", "*.tsv", "*.jsonl", "*.ndjson", "*.json", "*.parquet", "*.csv.gz", "*.jsonl.gz")
 TOKEN_HELP = (
-    "set HF_TOKEN in the environment or in a .env file in the working directory (see .env.example), "
-    "or run `hf auth login`"
+    "set HF_TOKEN (or HF_AUTH_TOKEN) in the environment or in a .env file in the working directory (see "
+    ".env.example), or run `hf auth login`"
 )
+TOKEN_NAMES = ("HF_TOKEN", "HF_AUTH_TOKEN")  # HF_AUTH_TOKEN: the seed pipeline's .env name
+REPO_NAME = "HF_DATASET_REPO"  # the seed pipeline's .env name of the dataset repo
 _PATHS_INFO_BATCH = 500  # the Hub answers at most 1,000 paths per paths-info request
 
 
@@ -56,21 +60,53 @@ class HubError(UserError, RuntimeError):
     """A Hub operation failed; the message says what to check and never contains the token."""
 
 
-def resolve_token(token: str | None = None, env_file: str | Path = ".env") -> str | None:
-    """The token to use: `token`, else `HF_TOKEN`, else `HF_TOKEN` in `env_file`, else the login store.
+def _setting(names: Sequence[str], env_file: str | Path = ".env") -> str | None:
+    """The first of `names` set in the environment, else in `env_file` (read without exporting anything)."""
+    for name in names:
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
+    env_path = Path(env_file)
+    if env_path.is_file():
+        values = dotenv_values(env_path)
+        for name in names:
+            value = values.get(name)
+            if value and value.strip():
+                return value.strip()
+    return None
 
-    The `.env` file is read without exporting anything into `os.environ`.
+
+def resolve_token(token: str | None = None, env_file: str | Path = ".env") -> str | None:
+    """The token to use: `token`, else `HF_TOKEN` or `HF_AUTH_TOKEN` (environment first, then `env_file`), else
+    the login store. The `.env` file is read without exporting anything into `os.environ`.
     """
     if token:
         return token.strip()
-    if os.environ.get("HF_TOKEN", "").strip():
-        return os.environ["HF_TOKEN"].strip()
-    env_path = Path(env_file)
-    if env_path.is_file():
-        value = dotenv_values(env_path).get("HF_TOKEN")
-        if value and value.strip():
-            return value.strip()
-    return get_token()  # `hf auth login`'s stored token, if any
+    return _setting(TOKEN_NAMES, env_file) or get_token()  # `hf auth login`'s stored token, if any
+
+
+def resolve_dataset_repo(repo_id: str | None, flag: str = "--repo", env_file: str | Path = ".env") -> str:
+    """`repo_id`, or the id in `HF_DATASET_REPO` (environment or `env_file`) when it is empty or literally
+    "HF_DATASET_REPO"; a `UsageError` when neither names one."""
+    if repo_id and repo_id != REPO_NAME:
+        return repo_id
+    value = _setting([REPO_NAME], env_file)
+    if not value:
+        raise UsageError(f"{flag}: give a dataset repo id (user/name), or set {REPO_NAME} in the environment or .env")
+    return value
+
+
+def check_push_target(repo_id: str | None, flag: str) -> str:
+    """Before anything is written: the repo id to upload to (resolved, well-formed) and a token to do it with."""
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id = resolve_dataset_repo(repo_id, flag)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise UsageError(f"{flag} {repo_id}: not a valid repo id, expected user/name ({one_line(str(error))})") from None
+    if resolve_token() is None:
+        raise UsageError(f"{flag} {repo_id}: uploading needs a Hugging Face write token: {TOKEN_HELP}")
+    return repo_id
 
 
 def _scrub(message: str, token: str | None) -> str:
@@ -137,24 +173,34 @@ def _first_line(error: BaseException) -> str:
 def collect_files(
     paths: Sequence[str | Path], prefix: str = "", patterns: Sequence[str] = DATA_PATTERNS
 ) -> dict[str, Path]:
-    """`{path in repo: local file}`: files as given (by name), directories' matching files (relative to them)."""
+    """`{path in repo: local file}`, keeping the folder layout: every path is placed relative to the deepest
+    folder holding all of them (`data/train data/test` → `train/…`, `test/…`; one folder → its contents at the
+    root, as `hf upload` does); a folder contributes its files matching `patterns`."""
+    resolved = [Path(path) for path in paths]
+    for path in resolved:
+        if not path.exists():
+            raise MissingInputError(f"{path}: no such file or directory")
+    anchors = [str(path.absolute() if path.is_dir() else path.absolute().parent) for path in resolved]
+    try:
+        base = Path(os.path.commonpath(anchors)) if anchors else Path(".")
+    except ValueError:  # different drives: no common folder, every file by its name
+        base = None
     files: dict[str, Path] = {}
-    for path in map(Path, paths):
+    for path in resolved:
         if path.is_file():
-            found = {path.name: path}
-        elif path.is_dir():
-            found = {
-                file.relative_to(path).as_posix(): file
+            found = [path]
+        else:
+            found = [
+                file
                 for file in sorted(path.rglob("*"))
                 if file.is_file()
                 and any(fnmatch.fnmatch(file.name, pattern) for pattern in patterns)
                 and ".cache" not in file.relative_to(path).parts  # huggingface_hub's download metadata
-            }
+            ]
             if not found:
                 raise MissingInputError(f"{path}: no {'/'.join(patterns)} files in this directory")
-        else:
-            raise MissingInputError(f"{path}: no such file or directory")
-        for name, file in found.items():
+        for file in found:
+            name = file.absolute().relative_to(base).as_posix() if base is not None else file.name
             in_repo = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
             if in_repo in files and files[in_repo].resolve() != file.resolve():
                 raise UsageError(f"{files[in_repo]} and {file} would both be uploaded as '{in_repo}'")
@@ -255,7 +301,8 @@ def upload_data(
     path_in_repo_prefix: str = "",
     commit_message: str | None = None,
 ) -> dict[str, Any]:
-    """Upload CSV/JSONL files (or directories of them) to a dataset repo; see `upload_files`."""
+    """Upload data files (or directories of them) to a dataset repo, keeping their layout (`collect_files`); see
+    `upload_files`."""
     files = collect_files(paths, path_in_repo_prefix)
     return upload_files(
         repo_id, files, repo_type="dataset", token=token, private=private, commit_message=commit_message
@@ -324,17 +371,66 @@ def download_data_files(
     return paths
 
 
+def load_dataset_splits(
+    repo_id: str,
+    config_name: str | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Any:
+    """Every split of a Hub dataset, loaded with `datasets.load_dataset` (CSV, JSON Lines, Parquet, … repos; a
+    dataset card's `configs`; `datasets`' cache), as a `DatasetDict`. Failures are a `HubError` or, for a config
+    name the repo lacks, a `UsageError` listing the ones it has."""
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    token = resolve_token(token)
+    where = f"dataset repo '{repo_id}'"
+    with hub_errors(repo_id, "dataset", token):
+        try:
+            loaded = datasets.load_dataset(repo_id, name=config_name, revision=revision, token=token,
+                                           cache_dir=str(cache_dir) if cache_dir else None)
+        except DatasetNotFoundError as error:
+            message = one_line(str(error))
+            if revision and "revision" in message.lower():
+                raise HubError(f"--dataset_revision {revision}: not found in {where} ({message})") from error
+            raise HubError(f"{where} was not found, or the token cannot see it (a private repo needs its owner's "
+                           f"token: {TOKEN_HELP})") from error
+        except ValueError as error:
+            message = one_line(str(error))
+            if "config" in message.lower():
+                raise UsageError(f"--dataset_config_name {config_name}: {message}") from error
+            raise HubError(f"{where}: cannot be loaded with datasets.load_dataset ({message[:300]})") from error
+        except (FileNotFoundError, datasets.exceptions.DataFilesNotFoundError) as error:
+            raise HubError(f"{where}: no data files that datasets.load_dataset can read ({one_line(str(error))[:300]})"
+                           ) from error
+        except datasets.exceptions.DatasetGenerationError as error:
+            cause = one_line(str(error.__cause__ or error))
+            raise HubError(f"{where}: its files do not build a dataset ({cause[:300]})") from error
+        except ConnectionError as error:
+            raise HubError(f"cannot reach the Hub for {where} ({one_line(str(error))[:200]}); check the network, "
+                           "HF_ENDPOINT and that HF_HUB_OFFLINE is not set") from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise DataError(f"{where}: expected a dataset with splits, got {type(loaded).__name__}")
+    return loaded
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[Path]:
     # argparse rather than HfArgumentParser: subcommands with positional paths, as `hf upload` has.
     parser = argparse.ArgumentParser(prog="python -m multitask.hub", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     upload = commands.add_parser(
-        "upload-data", help="Upload CSV/JSONL files (or directories of them) to a dataset repo."
+        "upload-data", help="Upload data files (or directories of them) to a dataset repo, keeping their layout."
     )
     upload.add_argument(
-        "--repo", required=True, help="Dataset repo id, user/name (created private if absent)."
+        "--repo", default=None,
+        help=f"Dataset repo id, user/name (created private if absent). Empty: {REPO_NAME} (environment or .env).",
     )
-    upload.add_argument("paths", nargs="+", help="Files, or directories whose *.csv/*.jsonl are uploaded.")
+    upload.add_argument(
+        "paths", nargs="+",
+        help="Files, or directories whose data files (CSV, TSV, JSONL, JSON, Parquet) are uploaded; placed relative "
+        "to the deepest folder holding them all (data/train data/test -> train/..., test/...).",
+    )
     upload.add_argument(
         "--public",
         action="store_true",
@@ -344,13 +440,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[Path]:
         "--path_in_repo", default="", help="Folder in the repo to upload into (default: the root)."
     )
     upload.add_argument("--message", default=None, help="Commit message.")
-    fetch = commands.add_parser("fetch-data", help="Download a dataset repo's CSV/JSONL files.")
-    fetch.add_argument("--repo", required=True, help="Dataset repo id, user/name.")
+    fetch = commands.add_parser("fetch-data", help="Download a dataset repo's data files.")
+    fetch.add_argument("--repo", default=None, help=f"Dataset repo id, user/name. Empty: {REPO_NAME}.")
     fetch.add_argument("--dest", required=True, help="Local directory (the repo's layout is kept).")
     fetch.add_argument("--revision", default=None, help="Branch, tag or commit (default: main).")
     for command in (parser, upload, fetch):
         raise_usage_errors(command)
     args = parser.parse_args(argv)
+    args.repo = resolve_dataset_repo(args.repo)
 
     if args.command == "upload-data":
         result = upload_data(

@@ -37,13 +37,25 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
-from sklearn.model_selection import train_test_split
 
 from .configuration import DEFAULT_TEXT_COLUMNS
 from .errors import UsageError, cli, closest, parse_arguments
-from .labels import CATEGORY_COLUMN, PICK_COLUMN, PICK_VALUES
+from .labels import CATEGORY_COLUMN, PICK_COLUMN
 from .rundir import StagedFiles, check_output_dir, check_output_file, staged_files
-from .tables import DataError, check_encoding, check_readable_file, read_csv
+from .splits import stratified_split
+from .tables import (
+    FORMATS,
+    PLAIN_SEPARATOR,
+    DataError,
+    check_encoding,
+    check_format,
+    check_readable_file,
+    pick_value,
+    table_format,
+)
+from .tables import Table as InputTable
+from .tables import build_texts as build_row_texts
+from .tables import read_table as read_input
 
 logger = logging.getLogger(__name__)
 
@@ -333,130 +345,61 @@ def reduce_majority(labels: Sequence[Label], fraction: float, seed: int = 42) ->
     return keep, cap
 
 
-def stratified_split(
-    labels: Sequence[Label], test_size: float, seed: int = 42
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Seeded train/test split keeping label proportions (sklearn `train_test_split(stratify=…)`).
-
-    Classes with a single row cannot be in both splits: they go to train and are listed in the returned
-    info's `too_small_to_stratify`. If sklearn still cannot stratify (e.g. fewer test rows than classes), the
-    split is plain seeded random and `stratified` is False with the `reason`. Indices are sorted.
-    """
-    if not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
-    keys = np.array([str(label) if _is_labelled(label) else "(unlabelled)" for label in labels], dtype=object)
-    counts = Counter(keys.tolist())
-    too_small = {key: count for key, count in sorted(counts.items()) if count < 2}
-    splittable = np.array([counts[key] >= 2 for key in keys], dtype=bool)
-    rows = np.flatnonzero(splittable)
-    info: dict[str, Any] = {"stratified": True, "too_small_to_stratify": too_small, "reason": None}
-    if len(rows) < 2:
-        info.update(stratified=False, reason="fewer than 2 rows in classes that can be split")
-        return np.arange(len(keys)), np.array([], dtype=np.int64), info
-    try:
-        train_rows, test_rows = train_test_split(
-            rows, test_size=test_size, random_state=seed, stratify=keys[rows]
-        )
-    except ValueError as error:  # too few rows for the requested size per class: a plain seeded split
-        info.update(stratified=False, reason=str(error))
-        train_rows, test_rows = train_test_split(rows, test_size=test_size, random_state=seed)
-    train_rows = np.concatenate([train_rows, np.flatnonzero(~splittable)])
-    return np.sort(train_rows), np.sort(test_rows), info
-
-
 # ------------------------------------------------------------------------------------------------------ files
 @dataclass
 class Table:
-    """Rows of one or more input files: the original columns (for the output) and where each row came from."""
+    """Rows of one or more input tables (concatenated in order): the original columns (for the output) and where
+    each row came from, as the user sees it (`multitask.tables.Table.where`)."""
 
     frame: pd.DataFrame
-    files: list[str]
-    rows: np.ndarray  # the row number a person sees: spreadsheet row (header = 1) for CSV, line for JSONL
-    is_jsonl: np.ndarray
+    parts: list[InputTable]
+    owner: np.ndarray  # index into `parts` of each row
+    local: np.ndarray  # the row's position inside its part
+    files: list[str]  # the file of each row
+    rows: np.ndarray  # each row's number as the user sees it: spreadsheet row, JSONL line or record
 
-    def where(self, index: int, column: str | None = None) -> str:
-        unit = "line" if self.is_jsonl[index] else "row"
-        text = f"{self.files[index]}, {unit} {self.rows[index]}"
-        return f"{text}, column '{column}'" if column else text
+    @property
+    def columns(self) -> list[str]:
+        return [str(column) for column in self.frame.columns]
 
+    def where(self, index: int | None = None, column: str | None = None) -> str:
+        if index is None:
+            return ", ".join(part.source for part in self.parts)
+        return self.parts[self.owner[index]].where(int(self.local[index]), column)
 
-def _read_jsonl(path: Path, encoding: str | None) -> tuple[pd.DataFrame, list[int]]:
-    encodings = [encoding] if encoding else ["utf-8-sig", "cp932"]
-    for candidate in encodings:
-        try:
-            lines = path.read_text(encoding=candidate).splitlines()
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        raise DataError(f"{path}: cannot decode as {' or '.join(encodings)}; pass --encoding")
-    if not any(line.strip() for line in lines):
-        raise DataError(f"{path}: the file is empty (expected one JSON object per line)")
-    records, line_numbers = [], []
-    for line_number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from error
-        if not isinstance(record, dict):
-            raise DataError(
-                f"{path}, line {line_number}: expected a JSON object, got {type(record).__name__}"
-            )
-        records.append(record)
-        line_numbers.append(line_number)
-    return pd.DataFrame.from_records(records), line_numbers
+    def require_columns(self, columns: Sequence[str], flags: dict[str, str] | None = None) -> None:
+        for part in self.parts:
+            part.require_columns(columns, flags)
+
+    def column(self, name: str) -> list[str]:
+        return self.frame[name].tolist()
 
 
 def read_table(
-    paths: Sequence[str | Path], required_columns: Sequence[str], encoding: str | None = None
+    paths: Sequence[str | Path], required_columns: Sequence[str], encoding: str | None = None,
+    file_format: str | None = None, flags: dict[str, str] | None = None,
 ) -> Table:
-    """Read and concatenate CSV/JSONL files; a missing file or column is a `DataError` naming it."""
+    """Read and concatenate data files of any supported format (`multitask.tables.read_table`); a missing file
+    or column is a `DataError` naming it."""
     if not paths:
-        raise DataError("no input files: give --input_files (CSV or JSONL)")
-    frames, files, rows, is_jsonl = [], [], [], []
-    for path in map(Path, paths):
-        check_readable_file(path)
-        if path.suffix.lower() in (".jsonl", ".ndjson"):
-            frame, numbers = _read_jsonl(path, encoding)
-        else:
-            frame = read_csv(path, encoding)
-            numbers = list(range(2, len(frame) + 2))  # header is row 1
-        missing = [column for column in required_columns if column not in frame.columns]
-        if missing:
-            unit = "line 1" if path.suffix.lower() in (".jsonl", ".ndjson") else "row 1"
-            raise DataError(
-                f"{path}, {unit}: missing column(s) {', '.join(repr(c) for c in missing)} "
-                f"(found: {', '.join(map(repr, map(str, frame.columns))) or 'none'})"
-            )
-        frames.append(frame)
-        files += [str(path)] * len(frame)
-        rows += numbers
-        is_jsonl += [path.suffix.lower() in (".jsonl", ".ndjson")] * len(frame)
-    frame = pd.concat(frames, ignore_index=True, sort=False)
-    return Table(frame, files, np.array(rows, dtype=np.int64), np.array(is_jsonl, dtype=bool))
-
-
-def _cell(value: Any) -> str:
-    """A cell as text: missing (NaN/None) is empty, whole floats lose ".0" (JSONL numbers, pandas upcasts)."""
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
+        raise DataError("no input files: give --input_files (CSV, TSV, JSONL, JSON or Parquet)")
+    parts = []
+    for path in paths:
+        part = read_input(path, file_format, encoding, flag="--input_files")
+        part.require_columns(list(required_columns), flags)
+        parts.append(part)
+    frame = pd.concat([part.frame for part in parts], ignore_index=True, sort=False).fillna("")
+    owner = np.concatenate([np.full(len(part), index, dtype=np.int64) for index, part in enumerate(parts)])
+    local = np.concatenate([np.arange(len(part), dtype=np.int64) for part in parts])
+    files = [parts[part].source for part in owner]
+    rows = np.concatenate([part.numbers for part in parts]).astype(np.int64)
+    return Table(frame, parts, owner, local, files, rows)
 
 
 def build_texts(table: Table, text_columns: Sequence[str]) -> list[str]:
-    """Text columns joined with a newline (empty parts skipped); an empty text is a `DataError` naming rows."""
-    parts = [table.frame[column].map(_cell) for column in text_columns]
-    texts = ["\n".join(part for part in row if part) for row in zip(*parts)]
-    empty = [index for index, text in enumerate(texts) if not text.strip()]
-    if empty:
-        listed = "; ".join(table.where(index) for index in empty[:5])
-        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
-        raise DataError(f"empty text in column(s) {'/'.join(text_columns)}: {listed}{more}")
-    return texts
+    """The texts that are deduplicated: `multitask.tables.build_text`, the builder training and prediction use
+    (NFKC, empty parts skipped), joined with a newline here; an empty text is a `DataError` naming the row."""
+    return build_row_texts(table, list(text_columns), PLAIN_SEPARATOR)
 
 
 def build_labels(
@@ -464,19 +407,21 @@ def build_labels(
 ) -> list[str | None]:
     """One label per row: `label_column`'s value, else the joint gate/category label (see `--help`)."""
     if label_column is not None:
-        return [_cell(value) or None for value in table.frame[label_column]]
-    has_pick, has_category = pick_column in table.frame.columns, category_column in table.frame.columns
+        return [value.strip() or None for value in table.column(label_column)]
+    has_pick, has_category = pick_column in table.columns, category_column in table.columns
+    picks = table.column(pick_column) if has_pick else [""] * len(table.frame)
+    categories = table.column(category_column) if has_category else [""] * len(table.frame)
     labels: list[str | None] = []
-    for index in range(len(table.frame)):
-        pick = _cell(table.frame[pick_column].iat[index]) if has_pick else ""
-        category = _cell(table.frame[category_column].iat[index]) if has_category else ""
-        if pick:
-            if pick.lower() not in PICK_VALUES:
-                raise DataError(
-                    f"{table.where(index, pick_column)}: {pick!r} is not a pick label "
-                    "(expected 1/0, true/false or Pick/Decline)"
-                )
-            pick = str(PICK_VALUES[pick.lower()])
+    for index, (raw_pick, raw_category) in enumerate(zip(picks, categories)):
+        category = raw_category.strip()
+        try:
+            value = pick_value(raw_pick)
+        except KeyError:
+            raise DataError(
+                f"{table.where(index, pick_column)}: {raw_pick.strip()!r} is not a pick label "
+                "(expected 1/0, true/false or Pick/Decline)"
+            ) from None
+        pick = "" if value is None else str(value)
         if category and pick == "0":
             raise DataError(
                 f"{table.where(index, category_column)}: category {category!r} on a Decline row (pick=0); "
@@ -499,11 +444,18 @@ def joint_labels_compatible(label: str, other: str) -> bool:
 class PrepareArguments:
     input_files: list[str] = field(
         default_factory=list,
-        metadata={"help": "CSV or JSONL file(s) to prepare, concatenated in order (earlier rows win ties)."},
+        metadata={"help": "Data file(s) to prepare (CSV, TSV, JSONL, JSON or Parquet, by extension or --format), "
+                  "concatenated in order (earlier rows win ties)."},
+    )
+    format: str | None = field(
+        default=None,
+        metadata={"help": "Format of every input file when the extension does not say it.", "choices": list(FORMATS)},
     )
     output_prefix: str | None = field(
         default=None,
-        metadata={"help": "Writes <prefix>_train.<ext> and <prefix>_test.<ext> (e.g. data/clean)."},
+        metadata={"help": "Writes <prefix>_train.<ext>, <prefix>_test.<ext> (and <prefix>_validation.<ext>) with the "
+                  "input's columns, which run_finetune.py reads as they are (--train_file, or --dataset_repo after "
+                  "--push_to_hub), e.g. data/clean."},
     )
     text_columns: list[str] = field(
         default_factory=lambda: list(DEFAULT_TEXT_COLUMNS),
@@ -545,14 +497,19 @@ class PrepareArguments:
     )
     test_size: float = field(
         default=0.2,
-        metadata={"help": "Share of rows in the stratified test split; 0 writes only <prefix>_train."},
+        metadata={"help": "Share of rows in the stratified test split; 0 writes no <prefix>_test."},
+    )
+    validation_size: float = field(
+        default=0.0,
+        metadata={"help": "Share of rows (of all kept rows) in a stratified validation split, written as "
+                  "<prefix>_validation.<ext>; 0: none (training then holds out its own --validation_split)."},
     )
     seed: int = field(default=42, metadata={"help": "Seed of the split and of majority reduction."})
     output_format: str | None = field(
         default=None,
         metadata={
-            "help": "csv or jsonl. Empty: the format of the first input file.",
-            "choices": ["csv", "jsonl"],
+            "help": "Format of the outputs. Empty: the format of the first input file.",
+            "choices": list(FORMATS),
         },
     )
     report_file: str | None = field(
@@ -572,10 +529,20 @@ class PrepareArguments:
             "help": "Only check --test_file against --train_file: list test rows near-duplicating train rows."
         },
     )
-    train_file: str | None = field(default=None, metadata={"help": "Training CSV/JSONL of --leakage_check."})
-    test_file: str | None = field(default=None, metadata={"help": "Test CSV/JSONL of --leakage_check."})
+    train_file: str | None = field(default=None, metadata={"help": "Training file of --leakage_check (any format)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test file of --leakage_check (any format)."})
     fail_on_leakage: bool = field(
         default=False, metadata={"help": "With --leakage_check: exit with status 1 when any test row leaks."}
+    )
+    push_to_hub: str | None = field(
+        default=None,
+        metadata={"help": "Upload the result to this Hub dataset repo (user/name; HF_DATASET_REPO: the id in that "
+                  "environment variable or .env entry): the splits under data/ as written here, the report and "
+                  "removed rows beside them, and a dataset card (counts per class and split, the deduplication and "
+                  "filter steps, how to train on it). Token: HF_TOKEN or HF_AUTH_TOKEN (environment or .env)."},
+    )
+    hub_private_repo: bool = field(
+        default=True, metadata={"help": "Create the --push_to_hub repo private (an existing repo keeps its visibility)."}
     )
     debug: bool = field(
         default=False, metadata={"help": "On an error, print the full traceback too (or set MULTITASK_DEBUG=1)."}
@@ -595,10 +562,11 @@ def parse_args(argv: Sequence[str] | None = None) -> PrepareArguments:
 
 
 def _output_paths(args: PrepareArguments) -> dict[str, Path]:
-    first_suffix = Path(args.input_files[0]).suffix.lower()
-    output_format = args.output_format or ("jsonl" if first_suffix in (".jsonl", ".ndjson") else "csv")
+    output_format = args.output_format or table_format(args.input_files[0], args.format)
     prefix = Path(args.output_prefix)
     paths = {"train": prefix.parent / f"{prefix.name}_train.{output_format}"}
+    if args.validation_size > 0:
+        paths["validation"] = prefix.parent / f"{prefix.name}_validation.{output_format}"
     if args.test_size > 0:
         paths["test"] = prefix.parent / f"{prefix.name}_test.{output_format}"
     paths["report"] = Path(args.report_file) if args.report_file else prefix.parent / "prepare_report.json"
@@ -609,6 +577,7 @@ def _output_paths(args: PrepareArguments) -> dict[str, Path]:
 def check_arguments(args: PrepareArguments) -> None:
     """Refuse unusable arguments before any file is read or written."""
     check_encoding(args.encoding)
+    check_format(args.format)
     if not 0.0 < args.dedup_threshold <= 1.0:
         raise UsageError(f"--dedup_threshold {args.dedup_threshold}: must be in (0, 1]")
     if args.leakage_check:
@@ -620,11 +589,14 @@ def check_arguments(args: PrepareArguments) -> None:
             check_output_file(args.report_file, "--report_file")
         return
     if not args.input_files:
-        raise UsageError("no input files: give --input_files (CSV or JSONL)")
+        raise UsageError("no input files: give --input_files (CSV, TSV, JSONL, JSON or Parquet)")
     if args.output_prefix is None:
         raise UsageError("--output_prefix is required (e.g. data/clean → data/clean_train.csv)")
     if not 0.0 <= args.test_size < 1.0:
         raise UsageError(f"--test_size {args.test_size}: must be in [0, 1)")
+    if not 0.0 <= args.validation_size < 1.0 or args.test_size + args.validation_size >= 1.0:
+        raise UsageError(f"--validation_size {args.validation_size}: must be in [0, 1) and leave training rows "
+                         f"beside --test_size {args.test_size}")
     if args.min_class_count < 0:
         raise UsageError(f"--min_class_count {args.min_class_count}: must be >= 0")
     if args.reduce_majority_to is not None and not args.reduce_majority_to > 0:
@@ -644,6 +616,10 @@ def check_arguments(args: PrepareArguments) -> None:
         if path.resolve() in inputs:
             raise UsageError(f"{flag}: the output {path} would overwrite an input file; choose another prefix")
     check_output_dir(Path(args.output_prefix).parent, "--output_prefix")
+    if args.push_to_hub:
+        from .hub import check_push_target
+
+        args.push_to_hub = check_push_target(args.push_to_hub, "--push_to_hub")
 
 
 class _Steps:
@@ -708,11 +684,20 @@ class _Steps:
         )
 
 
-def _write_rows(frame: pd.DataFrame, path: Path, output_format: str) -> None:
-    if output_format == "jsonl":
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+def write_rows(frame: pd.DataFrame, path: Path, output_format: str) -> None:
+    """The rows with their original columns (cells as the reader gives them: strings) in any supported format."""
+    if output_format in ("jsonl", "json"):
+        records = frame.to_dict(orient="records")
+        with path.open("w", encoding="utf-8") as handle:
+            if output_format == "jsonl":
+                handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+            else:
+                json.dump(records, handle, ensure_ascii=False, indent=1)
+                handle.write("\n")
+    elif output_format == "parquet":
+        frame.reset_index(drop=True).to_parquet(path, index=False)
     else:
-        frame.to_csv(path, index=False, encoding="utf-8")
+        frame.to_csv(path, index=False, encoding="utf-8", sep="\t" if output_format == "tsv" else ",")
 
 
 def _write_report(report: dict, removed: list[dict], report_path: Path, stage: StagedFiles) -> None:
@@ -749,7 +734,9 @@ def prepare(args: PrepareArguments) -> dict:
     """
     check_arguments(args)
     label_columns = [args.label_column] if args.label_column else []
-    table = read_table(args.input_files, list(args.text_columns) + label_columns, args.encoding)
+    flags = {column: "--text_columns" for column in args.text_columns}
+    flags.update({column: "--label_column" for column in label_columns})
+    table = read_table(args.input_files, list(args.text_columns) + label_columns, args.encoding, args.format, flags)
     texts = build_texts(table, args.text_columns)
     labels = build_labels(table, args.label_column, args.pick_column, args.category_column)
     compatible = None if args.label_column else joint_labels_compatible
@@ -794,22 +781,19 @@ def prepare(args: PrepareArguments) -> dict:
         raise DataError(f"no row is left after step '{steps.log[-1]['step']}' (counts per step: "
                         f"{', '.join(str(step['rows_after']) for step in steps.log)}); nothing would be written")
     final_labels = steps.current_labels()
-    split_info: dict[str, Any] = {"test_size": args.test_size, "seed": args.seed}
-    if args.test_size > 0:
-        train_pos, test_pos, info = stratified_split(final_labels, args.test_size, args.seed)
-        split_info.update(info)
-    else:
-        train_pos, test_pos = np.arange(len(final)), np.array([], dtype=np.int64)
-    train_rows, test_rows = final[train_pos], final[test_pos]
+    positions = _split(final_labels, args)
+    split_rows = {name: final[rows] for name, rows in positions.items() if name != "info"}
     per_class: dict[str, dict[str, int]] = {}
-    for name, rows in (("train", train_rows), ("test", test_rows)):
+    for name, rows in split_rows.items():
         for label, count in class_counts([labels[i] for i in rows]).items():
-            per_class.setdefault(label, {"train": 0, "test": 0})[name] = count
-    split_info.update(train_rows=int(len(train_rows)), test_rows=int(len(test_rows)), per_class=per_class)
+            per_class.setdefault(label, dict.fromkeys(split_rows, 0))[name] = count
+    split_info = {"test_size": args.test_size, "validation_size": args.validation_size, "seed": args.seed,
+                  **positions["info"], **{f"{name}_rows": int(len(rows)) for name, rows in split_rows.items()},
+                  "per_class": per_class}
 
     paths = _output_paths(args)
-    output_format = paths["train"].suffix.lstrip(".")
-    outputs = {name: str(paths[name]) for name in ("train", "test") if name in paths}
+    output_format = table_format(paths["train"])
+    outputs = {name: str(paths[name]) for name in SPLITS if name in paths}
 
     conflicts = [record for record in exact + near if record["label_conflict"]]
     report = {
@@ -833,29 +817,145 @@ def prepare(args: PrepareArguments) -> dict:
         "near_duplicates": _listed(near),
         "exact_duplicates": _listed(exact),
         "listed_at_most": MAX_LISTED,
+        "columns": [str(column) for column in table.frame.columns],
     }
     with staged_files() as stage:
-        _write_rows(table.frame.iloc[train_rows], stage.path(paths["train"]), output_format)
-        if "test" in paths:
-            _write_rows(table.frame.iloc[test_rows], stage.path(paths["test"]), output_format)
+        for name, rows in split_rows.items():
+            write_rows(table.frame.iloc[rows], stage.path(paths[name]), output_format)
         _write_report(report, steps.removed, paths["report"], stage)
     logger.info(
-        "prepare: %d rows read, %d exact and %d near duplicates (%d label conflicts), %d train, %d test",
+        "prepare: %d rows read, %d exact and %d near duplicates (%d label conflicts), %s",
         len(labels),
         len(exact),
         len(near),
         len(conflicts),
-        len(train_rows),
-        len(test_rows),
+        ", ".join(f"{len(rows)} {name}" for name, rows in split_rows.items()),
     )
+    if args.push_to_hub:
+        report["hub"] = push_prepared(args, report, paths)
     return report
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def _split(labels: list[Label], args: PrepareArguments) -> dict[str, Any]:
+    """Positions (among the kept rows) of train, validation and test: stratified, seeded; test first, then
+    validation from the rest, each the asked share of all kept rows."""
+    info: dict[str, Any] = {}
+    train = np.arange(len(labels))
+    parts: dict[str, Any] = {}
+    if args.test_size > 0:
+        train, test, test_info = stratified_split(labels, args.test_size, args.seed)
+        parts["test"] = test
+        info.update(test_info)
+    if args.validation_size > 0:
+        size = min(max(1, round(args.validation_size * len(labels))), len(train) - 1)  # keep a training row
+        if size < 1:
+            raise DataError(f"{len(train)} training row(s): too few to hold out a validation split; lower "
+                            "--validation_size or --test_size")
+        # Every class with two rows gets one into validation (the gate thresholds and the best checkpoint are
+        # chosen there): `cover` may make it slightly larger than asked.
+        rest_labels = [labels[i] for i in train]
+        rest, validation, validation_info = stratified_split(rest_labels, size, args.seed, cover=rest_labels)
+        train, parts["validation"] = train[rest], train[validation]
+        info["validation_split"] = validation_info
+    ordered = {"train": train, **{name: parts[name] for name in ("validation", "test") if name in parts}}
+    return {**ordered, "info": info}
+
+
+def _training_flags(args: PrepareArguments, columns: Sequence[str]) -> list[str]:
+    """The run_finetune.py column flags that read these outputs (defaults left out)."""
+    flags = []
+    if list(args.text_columns) != list(DEFAULT_TEXT_COLUMNS):
+        flags += ["--text_columns", *args.text_columns]
+    category = args.label_column or args.category_column
+    if category != CATEGORY_COLUMN and category in columns:
+        flags += ["--category_column", category]
+    if args.pick_column != PICK_COLUMN and args.pick_column in columns:
+        flags += ["--pick_column", args.pick_column]
+    return flags
+
+
+def dataset_card(report: dict, args: PrepareArguments, repo_id: str, data_files: dict[str, str],
+                 columns: Sequence[str]) -> str:
+    """The dataset card (README.md) of a prepared dataset: `configs` naming the split files (so
+    `datasets.load_dataset(repo_id)` finds them), counts per class and split, and the cleaning steps."""
+    import yaml
+
+    metadata = {
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": split, "path": path} for split, path in data_files.items()]}],
+        "task_categories": ["text-classification"],
+        "tags": ["multitask-prepared"],
+    }
+    splits = list(data_files)
+    lines = ["---", yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).strip(), "---", "",
+             f"# {repo_id.split('/')[-1]}", "",
+             f"Prepared with `python -m multitask.prepare` from {sum(i['rows'] for i in report['inputs'])} rows of "
+             f"{', '.join('`' + Path(i['file']).name + '`' for i in report['inputs'])}: exact and near-duplicate "
+             "removal, label steps, and a stratified, seeded split (seed "
+             f"{args.seed}). Text columns: {', '.join('`' + c + '`' for c in args.text_columns)}; label: "
+             + (f"`{args.label_column}`." if args.label_column
+                else f"`{args.category_column}` (category) and `{args.pick_column}` (Pick/Decline)."), "",
+             "## Splits and classes", "",
+             "| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    per_class = report["split"]["per_class"]
+    names = {"pick=0": "Decline (pick=0)", "pick=1": "Pick, no category (pick=1)"}
+    for label, counts in per_class.items():
+        lines.append(f"| {names.get(label, label)} | " + " | ".join(str(counts.get(split, 0)) for split in splits) + " |")
+    totals = [str(report["split"].get(f"{split}_rows", 0)) for split in splits]
+    lines += ["| **all** | " + " | ".join(totals) + " |", "", "## What was removed", "",
+              "| step | rows before | removed | rows after | settings |", "|---|---:|---:|---:|---|"]
+    for step in report["steps"][1:]:
+        settings = ", ".join(f"{key}={value}" for key, value in step.items()
+                             if key not in ("step", "rows_before", "rows_after", "removed", "per_class_before",
+                                            "per_class_after"))
+        lines.append(f"| {step['step']} | {step['rows_before']} | {step['removed']} | {step['rows_after']} | "
+                     f"{settings} |")
+    duplicates = report["duplicates_count"]
+    lines += ["", f"Exact duplicates (after NFKC and whitespace normalisation): {duplicates['exact']}; near duplicates "
+              f"(character n-gram TF-IDF cosine >= {args.dedup_threshold}): {duplicates['near']}; duplicates whose "
+              f"labels disagree (label noise): {report['label_conflicts_count']}. Every removed row, the step that "
+              "removed it and what it duplicated: `data/removed_rows.csv`; the full report: "
+              f"`data/{Path(report['removed_rows_file']).with_name('prepare_report.json').name}`.", "",
+              "## Train on it", "", "```bash",
+              " ".join(["python run_finetune.py --dataset_repo", repo_id,
+                        "--model_name_or_path microsoft/deberta-v3-base", *_training_flags(args, columns)]),
+              "```", "",
+              "The splits load with `datasets.load_dataset(\"" + repo_id + "\")`; without a validation split, "
+              "run_finetune.py holds out a stratified `--validation_split` of train.", ""]
+    return "\n".join(lines)
+
+
+def push_prepared(args: PrepareArguments, report: dict, paths: dict[str, Path]) -> dict:
+    """Upload the written splits, report and removed rows under `data/` with a dataset card; one commit, or none
+    when nothing changed."""
+    import tempfile
+
+    from .hub import upload_files
+
+    data_files = {split: f"data/{paths[split].name}" for split in SPLITS if split in paths}
+    files = {path: paths[split] for split, path in data_files.items()}
+    files[f"data/{paths['report'].name}"] = paths["report"]
+    files[f"data/{paths['removed'].name}"] = paths["removed"]
+    with tempfile.TemporaryDirectory() as folder:
+        card = Path(folder) / "README.md"
+        card.write_text(dataset_card(report, args, args.push_to_hub, data_files, list(report.get("columns", []))),
+                        encoding="utf-8")
+        files["README.md"] = card
+        result = upload_files(args.push_to_hub, files, repo_type="dataset", private=args.hub_private_repo,
+                              commit_message=f"Prepared data: {', '.join(data_files)}")
+    print(result["message"])
+    return {key: result[key] for key in ("repo_id", "url", "commit", "added", "modified", "unchanged", "message")}
 
 
 def check_leakage(args: PrepareArguments) -> dict:
     """`--leakage_check`: test rows that near-duplicate training rows, written to a JSON report."""
     check_arguments(args)
-    train = read_table([args.train_file], list(args.text_columns), args.encoding)
-    test = read_table([args.test_file], list(args.text_columns), args.encoding)
+    flags = {column: "--text_columns" for column in args.text_columns}
+    train = read_table([args.train_file], list(args.text_columns), args.encoding, args.format, flags)
+    test = read_table([args.test_file], list(args.text_columns), args.encoding, args.format, flags)
     train_texts, test_texts = build_texts(train, args.text_columns), build_texts(test, args.text_columns)
     leaks = leakage_check(train_texts, test_texts, args.dedup_threshold)
     # Labels are compared only when both files carry them: a test row copying a training row with another

@@ -1,22 +1,57 @@
-"""Reading labelled CSVs: the error type, encodings, the gate label's spellings.
+"""The one reader of labelled tables, the one text builder, and the gate label's spellings.
 
-Only pandas here, so tools that just read CSVs (the analysis CLI) stay light; `data.py` builds on it.
+Every command (training, prediction, prepare, analysis) reads its data here:
+
+- **Formats** by extension, or named with `--format`: CSV (`.csv`), TSV (`.tsv`, `.tab`), JSON Lines (`.jsonl`,
+  `.ndjson`), JSON (`.json`: a list of objects, `{"data": [...]}`, or columns of equal length) and Parquet
+  (`.parquet`, `.pq`); a `.gz`/`.bz2`/`.xz` suffix is decompressed. Any other extension is read as CSV.
+- **Encodings**: UTF-8 with or without BOM, then CP932/Shift-JIS (Japanese Excel exports); or `--encoding`.
+- **Cells** become strings, as a CSV shows them: a missing value is "", `1.0` is "1", `true` is "true".
+- **Where** (`Table.where`) is said as the user sees the file: the spreadsheet row for CSV/TSV (header = row 1),
+  the line for JSON Lines, the record (1-based) for JSON, Parquet and Hub datasets.
+
+Only pandas here (pyarrow for Parquet), so tools that just read tables (the analysis CLI) stay light; `data.py`
+builds training data on it and `prepare.py` deduplicates with the same texts.
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import csv
 import difflib
+import gzip
+import io
+import json
+import lzma
+import math
 import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import DataError, UsageError, one_line
 from .labels import IGNORE_INDEX, PICK_COLUMN, PICK_VALUES
 
-__all__ = ["DataError", "where", "read_csv", "require_columns", "parse_pick", "check_encoding"]
+__all__ = [
+    "DataError", "FORMATS", "Table", "where", "read_table", "read_csv", "table_format", "require_columns",
+    "parse_pick", "pick_value", "check_encoding", "check_format", "build_text", "build_texts", "cell_text",
+]  # fmt: skip
+
+FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
+_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+             ".parquet": "parquet", ".pq": "parquet"}  # fmt: skip
+_DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {".gz": gzip.decompress, ".bz2": bz2.decompress,
+                                                    ".xz": lzma.decompress}  # fmt: skip
+DEFAULT_ENCODINGS = ("utf-8-sig", "cp932")
+# The separator of texts built outside a tokenizer (prepare's deduplication, reports); training and prediction
+# pass the tokenizer's own (" [SEP] ").
+PLAIN_SEPARATOR = "\n"
 
 # Leading bytes of files people save as ".csv" by mistake, and what they are.
 _MAGIC = {
@@ -25,13 +60,57 @@ _MAGIC = {
     b"%PDF": "a PDF document",
     b"\x1f\x8b": "gzip-compressed: name it .csv.gz or decompress it",
     b"SQLite format 3": "an SQLite database",
+    b"PAR1": "a Parquet file: name it .parquet (or pass --format parquet)",
 }
-_DELIMITERS = {"\t": "tabs (a TSV file)", ";": "semicolons", "|": "vertical bars"}
+_DELIMITERS = {",": "commas", "\t": "tabs (a TSV file)", ";": "semicolons", "|": "vertical bars"}
 _FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 
+# ------------------------------------------------------------------------------------------------ the table
+@dataclass
+class Table:
+    """One input as strings (every cell a `str`, "" when missing) and where each row came from.
+
+    `numbers[i]` is row i's number as the user sees it, in `unit`: "row" (CSV/TSV, header = row 1), "line"
+    (JSON Lines) or "record" (JSON, Parquet, Hub datasets; 1-based).
+    """
+
+    frame: pd.DataFrame
+    source: str
+    format: str
+    numbers: np.ndarray
+    unit: str = "row"
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def columns(self) -> list[str]:
+        return [str(column) for column in self.frame.columns]
+
+    def where(self, index: int | None = None, column: str | None = None) -> str:
+        parts = [self.source]
+        if index is not None:
+            parts.append(f"{self.unit} {int(self.numbers[index])}")
+        if column is not None:
+            parts.append(f"column '{column}'")
+        return ", ".join(parts)
+
+    def require_columns(self, columns: Sequence[str], flags: Mapping[str, str] | None = None) -> None:
+        """A `DataError` naming the missing columns, the ones found, the closest match, and the flag that maps it."""
+        require_columns(self.frame, self.source, columns, flags)
+
+    def column(self, name: str) -> list[str]:
+        return self.frame[name].tolist()
+
+    def take(self, positions: Sequence[int] | np.ndarray) -> Table:
+        positions = np.asarray(positions, dtype=np.int64)
+        return Table(self.frame.iloc[positions].reset_index(drop=True), self.source, self.format,
+                     self.numbers[positions], self.unit)
+
+
 def where(path: str | Path, row_index: int | None = None, column: str | None = None) -> str:
-    # row_index is the 0-based data row; +2 turns it into the spreadsheet row (header is row 1).
+    """File, spreadsheet row and column of a CSV cell: `row_index` is the 0-based data row (header = row 1)."""
     parts = [str(path)]
     if row_index is not None:
         parts.append(f"row {row_index + 2}")
@@ -40,6 +119,7 @@ def where(path: str | Path, row_index: int | None = None, column: str | None = N
     return ", ".join(parts)
 
 
+# ----------------------------------------------------------------------------------------------- arguments
 def check_encoding(encoding: str | None, flag: str = "--encoding") -> None:
     """A `UsageError` for an encoding name Python does not know."""
     if encoding:
@@ -49,12 +129,28 @@ def check_encoding(encoding: str | None, flag: str = "--encoding") -> None:
             raise UsageError(f"{flag} {encoding!r}: unknown encoding (e.g. utf-8, utf-8-sig, cp932, latin-1)") from None
 
 
+def check_format(file_format: str | None, flag: str = "--format") -> None:
+    if file_format and file_format.lower() not in FORMATS:
+        raise UsageError(f"{flag} {file_format!r}: unknown format; choose one of {', '.join(FORMATS)}")
+
+
+def table_format(path: str | Path, file_format: str | None = None) -> str:
+    """`file_format` if given, else the format named by the extension (a compression suffix skipped); CSV otherwise."""
+    if file_format:
+        check_format(file_format)
+        return file_format.lower()
+    suffixes = [suffix.lower() for suffix in Path(path).suffixes]
+    if suffixes and suffixes[-1] in _DECOMPRESS:
+        suffixes = suffixes[:-1]
+    return _SUFFIXES.get(suffixes[-1] if suffixes else "", "csv")
+
+
 def check_readable_file(path: str | Path, flag: str | None = None) -> Path:
     """The path of an existing, readable regular file, else a `DataError` saying what is there instead."""
     path = Path(path)
     label = f"{flag} {path}" if flag else str(path)
     if path.is_dir():
-        raise DataError(f"{label}: is a directory, expected a CSV file")
+        raise DataError(f"{label}: is a directory, expected a data file ({', '.join(FORMATS)})")
     if not path.exists():
         hint = ""
         if path.parent.is_dir():
@@ -71,33 +167,127 @@ def check_readable_file(path: str | Path, flag: str | None = None) -> Path:
     return path
 
 
-def _sniff(path: Path, encoding: str | None) -> str:
-    """Refuse files that are not comma-separated text before pandas misreads them; returns the header line."""
-    with path.open("rb") as handle:
-        head = handle.read(65536)
+# ---------------------------------------------------------------------------------------------------- cells
+def cell_text(value: Any) -> str:
+    """A cell as text, the way a CSV shows it: missing is "", 1.0 is "1", True is "true", lists/objects as JSON."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return ""
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+def _as_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.columns = [str(column) for column in frame.columns]
+    for column in frame.columns:
+        frame[column] = [cell_text(value) for value in frame[column].tolist()]
+    return frame.astype(str)  # the dtype pandas gives a CSV read with dtype=str
+
+
+# ------------------------------------------------------------------------------------------------- reading
+def read_table(
+    path: str | Path,
+    file_format: str | None = None,
+    encoding: str | None = None,
+    allow_empty: bool = False,
+    flag: str | None = None,
+) -> Table:
+    """Read one data file (format by extension or `file_format`) into a `Table` of strings.
+
+    Every way a file can be unreadable is a `DataError` naming the file and, where it applies, the row or line:
+    missing, a directory, empty, no data rows (unless `allow_empty`), another format than its name says (a
+    spreadsheet, JSON given as CSV, a TSV named .csv, …), a row with more fields than the header, duplicate
+    columns, invalid JSON, undecodable bytes.
+    """
+    path = check_readable_file(path, flag)
+    check_encoding(encoding)
+    kind = table_format(path, file_format)
+    if kind in ("csv", "tsv"):
+        frame = _read_delimited(path, encoding, kind, allow_empty)
+        return Table(frame, str(path), kind, np.arange(2, len(frame) + 2), "row")
+    if kind == "parquet":
+        frame = _read_parquet(path, allow_empty)
+        return Table(frame, str(path), kind, np.arange(1, len(frame) + 1), "record")
+    text = _decode(path, _read_bytes(path), encoding)
+    if kind == "jsonl":
+        records, numbers = _parse_jsonl(path, text)
+        unit = "line"
+    else:
+        records, numbers, unit = _parse_json(path, text)
+    if not records and not allow_empty:
+        raise DataError(f"{path}: no records (expected one JSON object per {'line' if unit == 'line' else 'record'})")
+    frame = _as_strings(pd.DataFrame.from_records(records)) if records else pd.DataFrame()
+    return Table(frame, str(path), kind, np.asarray(numbers, dtype=np.int64), unit)
+
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    decompress = _DECOMPRESS.get(path.suffix.lower())
+    if decompress is None:
+        return data
+    try:
+        return decompress(data)
+    except (OSError, EOFError, lzma.LZMAError, ValueError) as error:
+        raise DataError(f"{path}: cannot decompress ({one_line(str(error))})") from error
+
+
+def _decode(path: Path, data: bytes, encoding: str | None) -> str:
+    encodings = [encoding] if encoding else list(DEFAULT_ENCODINGS)
+    for candidate in encodings:
+        try:
+            return data.decode(candidate).lstrip("\ufeff")
+        except UnicodeDecodeError:
+            continue
+    raise DataError(f"{path}: cannot decode as {' or '.join(encodings)}; pass --encoding")
+
+
+def _sniff(path: Path, head: bytes, encoding: str | None, kind: str) -> str:
+    """Refuse files that are not delimited text of the expected kind before pandas misreads them; the header."""
+    name = "TSV" if kind == "tsv" else "CSV"
     if not head.strip():
         raise DataError(f"{path}: the file is empty (expected a header row, then one row per item)")
     for magic, what in _MAGIC.items():
-        if head.startswith(magic) and not (magic == b"\x1f\x8b" and path.suffix == ".gz"):
-            raise DataError(f"{path}: not a CSV file: this looks like {what}")
+        if head.startswith(magic):
+            raise DataError(f"{path}: not a {name} file: this looks like {what}")
     if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(f"{path}: not a CSV text file (it contains NUL bytes); save it as CSV (UTF-8)")
+        raise DataError(f"{path}: not a {name} text file (it contains NUL bytes); save it as {name} (UTF-8)")
     text = head.decode(encoding or "utf-8", errors="replace").lstrip("\ufeff")
     header = text.splitlines()[0] if text.splitlines() else ""
     if header.lstrip().startswith(("{", "[")):
-        raise DataError(f"{path}: this looks like JSON or JSON Lines; a CSV file with a header row is expected")
-    if "," not in header:
-        for delimiter, name in _DELIMITERS.items():
-            if delimiter in header:
+        raise DataError(f"{path}: this looks like JSON or JSON Lines; name it .jsonl or .json (or pass --format "
+                        f"jsonl), or give a {name} file with a header row")
+    expected = "\t" if kind == "tsv" else ","
+    if expected not in header:
+        for delimiter, what in _DELIMITERS.items():
+            if delimiter != expected and delimiter in header:
+                if kind == "tsv":
+                    fix = "name the file .csv (or pass --format csv)" if delimiter == "," else "save it tab-separated"
+                    raise DataError(f"{path}, row 1: the header is separated by {what}, not tabs; {fix}")
+                hint = " (name it .tsv or pass --format tsv)" if delimiter == "\t" else ""
                 raise DataError(
-                    f"{path}, row 1: the header is separated by {name}, not commas; save the file as "
-                    "comma-separated CSV (e.g. pandas: pd.read_csv(path, sep=...).to_csv(new_path, index=False))"
+                    f"{path}, row 1: the header is separated by {what}, not commas; save the file as comma-separated "
+                    f"CSV{hint} (e.g. pandas: pd.read_csv(path, sep=...).to_csv(new_path, index=False))"
                 )
     return header
 
 
-def _duplicate_columns(path: Path, header: str) -> None:
-    names = next(csv.reader([header]), [])
+def _duplicate_columns(path: Path, header: str, delimiter: str) -> None:
+    names = next(csv.reader([header], delimiter=delimiter), [])
     seen: dict[str, int] = {}
     for index, name in enumerate(names, start=1):
         key = name.strip().lstrip("\ufeff")
@@ -106,20 +296,14 @@ def _duplicate_columns(path: Path, header: str) -> None:
         seen.setdefault(key, index)
 
 
-def read_csv(path: str | Path, encoding: str | None = None, allow_empty: bool = False) -> pd.DataFrame:
-    """Read a CSV as strings (empty cells stay ""). Without `encoding`: UTF-8 (BOM or not), then CP932.
-
-    Every way a file can be unreadable is a `DataError` naming the file (and the row where pandas stopped):
-    missing, a directory, empty, only a header (unless `allow_empty`), a spreadsheet or JSON file, another
-    delimiter than commas (the one seen is named), a row with more fields than the header, undecodable bytes.
-    """
-    path = check_readable_file(path)
-    check_encoding(encoding)
-    header = _sniff(path, encoding)
-    encodings = [encoding] if encoding else ["utf-8-sig", "cp932"]
+def _read_delimited(path: Path, encoding: str | None, kind: str, allow_empty: bool) -> pd.DataFrame:
+    raw = _read_bytes(path)
+    header = _sniff(path, raw[:65536], encoding, kind)
+    delimiter = "\t" if kind == "tsv" else ","
+    encodings = [encoding] if encoding else list(DEFAULT_ENCODINGS)
     for candidate in encodings:
         try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=candidate)
+            frame = pd.read_csv(io.BytesIO(raw), sep=delimiter, dtype=str, keep_default_na=False, encoding=candidate)
             break
         except UnicodeDecodeError:
             continue
@@ -129,50 +313,186 @@ def read_csv(path: str | Path, encoding: str | None = None, allow_empty: bool = 
             fields = _FIELDS.search(str(error))
             if fields:
                 expected, line, seen = fields.groups()
+                quote = "\"like, this\"" if kind == "csv" else "\"like\tthis\""
                 raise DataError(
                     f"{path}, row {line}: {seen} fields where the header has {expected}; quote text cells that "
-                    "contain commas (\"like, this\")"
+                    f"contain the delimiter ({quote})"
                 ) from error
-            raise DataError(f"{path}: not a readable CSV ({one_line(str(error))})") from error
+            raise DataError(f"{path}: not a readable {kind.upper()} ({one_line(str(error))})") from error
     else:
         raise DataError(f"{path}: cannot decode as {' or '.join(encodings)}; pass --encoding")
-    _duplicate_columns(path, header)
+    _duplicate_columns(path, header, delimiter)
     if frame.empty and not allow_empty:
         raise DataError(f"{path}: no data rows, only the header row ({', '.join(map(str, frame.columns))})")
+    frame.columns = [str(column) for column in frame.columns]
     return frame
 
 
-def require_columns(frame: pd.DataFrame, path: str | Path, columns: list[str]) -> None:
-    """A `DataError` naming the missing columns, the ones found, and the closest match for each."""
+def read_csv(path: str | Path, encoding: str | None = None, allow_empty: bool = False) -> pd.DataFrame:
+    """A CSV as strings (empty cells stay ""): `read_table` for a file that must be CSV (e.g. a cost matrix)."""
+    path = check_readable_file(path)
+    check_encoding(encoding)
+    return _read_delimited(path, encoding, "csv", allow_empty)
+
+
+def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], list[int]]:
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty (expected one JSON object per line)")
+    records, numbers = [], []
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters splitlines() breaks on.
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from error
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {line_number}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+        numbers.append(line_number)
+    return records, numbers
+
+
+def _parse_json(path: Path, text: str) -> tuple[list[dict], list[int], str]:
+    """Records of a .json file: a list of objects, one key holding such a list, or columns of equal length.
+
+    A file of one object per line (JSON Lines named .json) is read as JSON Lines, with line numbers.
+    """
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty (expected a JSON list of objects)")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":
+            try:
+                records, numbers = _parse_jsonl(path, text)
+                return records, numbers, "line"
+            except DataError:
+                pass
+        raise DataError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from error
+    if isinstance(value, dict):
+        lists = {key: item for key, item in value.items() if isinstance(item, list)}
+        record_lists = [key for key, item in lists.items() if item and all(isinstance(x, dict) for x in item)]
+        if len(record_lists) == 1 and len(value) <= 2:
+            value = value[record_lists[0]]  # {"data": [...]} (load_dataset's `field`), maybe beside a "version"
+        elif lists and len(lists) == len(value) and len({len(item) for item in lists.values()}) == 1:
+            length = len(next(iter(lists.values())))
+            value = [{key: item[index] for key, item in lists.items()} for index in range(length)]
+        else:
+            raise DataError(f"{path}: expected a list of objects (one per item), {{\"data\": [objects]}}, or columns "
+                            "of equal length; found an object of another shape")
+    if not isinstance(value, list):
+        raise DataError(f"{path}: expected a list of objects (one per item), got {type(value).__name__}")
+    for index, record in enumerate(value, start=1):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, record {index}: expected a JSON object, got {type(record).__name__}")
+    return value, list(range(1, len(value) + 1)), "record"
+
+
+def _read_parquet(path: Path, allow_empty: bool) -> pd.DataFrame:
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head != b"PAR1":
+        raise DataError(f"{path}: not a Parquet file (it does not start with PAR1); name it by its format (.csv, "
+                        ".jsonl, …) or pass --format")
+    try:
+        frame = pd.read_parquet(path)
+    except ImportError as error:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from error
+    except Exception as error:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError subclasses for damaged files
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(str(error))[:300]})") from error
+    if frame.empty and not allow_empty:
+        raise DataError(f"{path}: no data rows (columns: {', '.join(map(str, frame.columns)) or 'none'})")
+    return _as_strings(frame.reset_index(drop=True))
+
+
+def table_from_frame(frame: pd.DataFrame, source: str, file_format: str = "records", unit: str = "record") -> Table:
+    """A `Table` over an in-memory frame (a Hub dataset split): cells as strings, records numbered from 1."""
+    return Table(_as_strings(frame.reset_index(drop=True)), source, file_format, np.arange(1, len(frame) + 1), unit)
+
+
+# ------------------------------------------------------------------------------------------------- columns
+def require_columns(frame: pd.DataFrame, path: str | Path, columns: Sequence[str],
+                    flags: Mapping[str, str] | None = None) -> None:
+    """A `DataError` naming the missing columns, the ones found, the closest match for each, and the flag that
+    maps another column to that role (`flags`: column → e.g. "--category_column")."""
     missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        found = [str(c) for c in frame.columns]
-        hints = []
-        for column in missing:
-            near = [c for c in found if c.strip().lower() == column.lower()] or difflib.get_close_matches(
-                column, found, n=1, cutoff=0.7
-            )
-            if near:
-                hints.append(f"{near[0]!r} for {column!r}")
-        hint = f"; did you mean {', '.join(hints)}?" if hints else ""
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
-            f"(found: {', '.join(repr(c) for c in found)}){hint}"
+    if not missing:
+        return
+    found = [str(c) for c in frame.columns]
+    hints = []
+    for column in missing:
+        near = [c for c in found if c.strip().lower() == column.lower()] or difflib.get_close_matches(
+            column, found, n=1, cutoff=0.7
         )
+        if near:
+            hints.append(f"{near[0]!r} for {column!r}")
+    hint = f"; did you mean {', '.join(hints)}?" if hints else ""
+    mapped = sorted({flags[column] for column in missing if flags and column in flags})
+    mapping = f" (name the column(s) to use with {', '.join(mapped)})" if mapped else ""
+    raise DataError(
+        f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
+        f"(found: {', '.join(repr(c) for c in found) or 'none'}){hint}{mapping}"
+    )
 
 
-def parse_pick(values: pd.Series, path: str | Path, required: bool, column: str = PICK_COLUMN) -> list[int]:
-    """Gate labels (1/0); an empty cell is -100 unless `required`, anything else unknown an error naming the row."""
+# ------------------------------------------------------------------------------------------------- labels
+def pick_value(raw: str) -> int | None:
+    """1 or 0 for a gate label (1/0, true/false, Pick/Decline, any case), None for an empty cell; a `KeyError`
+    for anything else."""
+    value = str(raw).strip().lower()
+    if not value:
+        return None
+    return PICK_VALUES[value]
+
+
+def _locator(source: Table | str | Path) -> Callable[[int, str], str]:
+    if isinstance(source, Table) or hasattr(source, "where"):
+        return lambda index, column: source.where(index, column)
+    return lambda index, column: where(source, index, column)
+
+
+def parse_pick(values: Iterable[str], source: Table | str | Path, required: bool, column: str = PICK_COLUMN) -> list[int]:
+    """Gate labels (1/0); an empty cell is -100 unless `required`, anything else unknown an error naming the row.
+
+    `source` says where a row is: a `Table` (its own row numbers), or a CSV path (spreadsheet rows).
+    """
+    locate = _locator(source)
     labels = []
     for row_index, raw in enumerate(values):
-        value = raw.strip().lower()
-        if value == "" and not required:
-            labels.append(IGNORE_INDEX)
-        elif value in PICK_VALUES:
-            labels.append(PICK_VALUES[value])
-        else:
+        try:
+            value = pick_value(raw)
+        except KeyError:
             raise DataError(
-                f"{where(path, row_index, column)}: {raw!r} is not a pick label "
-                "(expected 1/0, true/false or Pick/Decline)"
-            )
+                f"{locate(row_index, column)}: {raw!r} is not a pick label (expected 1/0, true/false or Pick/Decline)"
+            ) from None
+        if value is None and required:
+            raise DataError(f"{locate(row_index, column)}: empty pick label (expected 1/0, true/false or Pick/Decline)")
+        labels.append(IGNORE_INDEX if value is None else value)
     return labels
+
+
+# --------------------------------------------------------------------------------------------------- texts
+def build_text(parts: Iterable[str], separator: str) -> str:
+    """The model input of one row: each part NFKC-normalised and stripped, empty parts skipped, joined by
+    `separator`.
+
+    NFKC here, once, for training, prediction and prepare alike: v5's DeBERTa-v2 tokenizer drops SentencePiece's
+    own NFKC step (see PITFALLS), and deduplication must compare what training will see.
+    """
+    kept = (unicodedata.normalize("NFKC", part).strip() for part in parts)
+    return separator.join(part for part in kept if part)
+
+
+def build_texts(table: Table, text_columns: Sequence[str], separator: str,
+                flags: Mapping[str, str] | None = None) -> list[str]:
+    """`build_text` over every row of `table`; a missing column or an empty text is a `DataError` naming the row
+    (the first one, and how many more there are)."""
+    table.require_columns(list(text_columns), flags or {column: "--text_columns" for column in text_columns})
+    texts = [build_text(parts, separator) for parts in table.frame[list(text_columns)].itertuples(index=False, name=None)]
+    empty = [index for index, text in enumerate(texts) if not text]
+    if empty:
+        more = f" (and {len(empty) - 1} more row(s))" if len(empty) > 1 else ""
+        raise DataError(f"{table.where(empty[0], '/'.join(text_columns))}: empty text{more}")
+    return texts

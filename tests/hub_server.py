@@ -5,8 +5,8 @@ It answers exactly what huggingface_hub 2.4 sends for: `whoami` (and its agent-r
 `create_commit` (preupload + NDJSON commit; every file is answered "regular", so contents travel base64 inside
 the commit and no LFS/Xet transfer is needed), README metadata validation, and file downloads (`/resolve/`,
 GET and HEAD with the `X-Repo-Commit`, `ETag` and `Content-Length` headers that `hf_hub_download` requires).
-Model and dataset repos both work, so `push_to_hub`/`upload_folder` and `from_pretrained("user/name")` run
-against it too. Not implemented: branches/tags/PRs, LFS/Xet uploads, Spaces.
+Model and dataset repos both work, so `push_to_hub`/`upload_folder`, `from_pretrained("user/name")` and
+`datasets.load_dataset("user/name")` (Parquet, JSON Lines, CSV repos; revisions by commit id) run against it too. Not implemented: branches/tags/PRs, LFS/Xet uploads, Spaces.
 
 Requests with a wrong bearer token get 401; private repos are invisible (404) without the right token.
 Every commit made through the API is recorded in `FakeHub.commits`.
@@ -180,6 +180,21 @@ class FakeHub:
         monkeypatch.setattr(hf_api.api, "endpoint", self.url)
         if "transformers.utils.hub" in sys.modules:  # transformers caches its own HfApi
             monkeypatch.setattr(sys.modules["transformers.utils.hub"], "_hf_api", None)
+        try:  # `datasets` reads its endpoint, offline switch and cache folder at import, like huggingface_hub
+            from datasets import config as datasets_config
+        except ImportError:
+            datasets_config = None
+        if datasets_config is not None:
+            for name, value in {
+                "HF_ENDPOINT": self.url,
+                "HUB_DATASETS_URL": self.url + "/datasets/{repo_id}/resolve/{revision}/{path}",
+                "HF_HUB_OFFLINE": False,
+                "HF_DATASETS_OFFLINE": False,
+                "HF_DATASETS_CACHE": hf_home / "datasets",
+                "HF_MODULES_CACHE": hf_home / "modules",
+            }.items():
+                if hasattr(datasets_config, name):
+                    monkeypatch.setattr(datasets_config, name, value)
 
     # ---------------------------------------------------------------------------------------- inspection
     def repo(self, repo_id: str, repo_type: str = "dataset") -> FakeRepo:

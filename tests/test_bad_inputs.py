@@ -66,7 +66,15 @@ def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
     (data / "header_only.csv").write_text("pick,title,body\n", encoding="utf-8")
     (data / "empty.csv").write_text("", encoding="utf-8")
     (data / "tab.csv").write_text("pick\ttitle\tbody\n1\ta\tb\n", encoding="utf-8")
-    (data / "tab.tsv").write_text("category\ttitle\tbody\nsports\ta\tb\n", encoding="utf-8")
+    (data / "comma.tsv").write_text("category,title,body\nsports,a,b\n", encoding="utf-8")
+    (data / "no_labels.jsonl").write_text('{"title": "a", "body": ""}\n{"title": "b", "body": ""}\n', encoding="utf-8")
+    (data / "list.json").write_text('[{"pick": 1, "title": "a"}, "oops"]', encoding="utf-8")
+    (data / "table.parquet").write_text("pick,title\n1,a\n", encoding="utf-8")  # a CSV named .parquet
+    pd.DataFrame({"pick": ["1"], "title": ["a"], "body": [""]}).to_parquet(data / "parquet.csv")
+    (data / "val_unseen.jsonl").write_text("".join(
+        json.dumps({"pick": int(p), "category": c, "title": t, "body": ""}, ensure_ascii=False) + "\n" for t, p, c in
+        [(SENTENCES["economy"][0], "1", "economy"), (SENTENCES["junk"][0], "0", ""),
+         (SENTENCES["sports"][0], "1", "culture")]), encoding="utf-8")
     (data / "semicolon.csv").write_text("pick;title;body\n1;a;b\n", encoding="utf-8")
     (data / "ragged.csv").write_text("pick,title,body\n1,a,b\n0,c,d,e\n", encoding="utf-8")
     (data / "workbook.csv").write_bytes(b"PK\x03\x04\x14\x00\x06\x00not really a csv")
@@ -171,7 +179,31 @@ CASES = [
     ("ft-header-only", "finetune", replace("--task1_file", "{D}/header_only.csv"), ["header_only.csv", "no data rows"]),
     ("ft-empty-file", "finetune", replace("--task1_file", "{D}/empty.csv"), ["empty.csv", "the file is empty"]),
     ("ft-tsv-as-csv", "finetune", replace("--task1_file", "{D}/tab.csv"), ["tab.csv, row 1", "tabs"]),
-    ("ft-tsv-extension", "finetune", replace("--task2_file", "{D}/tab.tsv"), ["tab.tsv, row 1", "tabs"]),
+    ("ft-tsv-extension", "finetune", replace("--task2_file", "{D}/comma.tsv"),
+     ["comma.tsv, row 1", "commas, not tabs", "name the file .csv"]),
+    ("ft-parquet-as-csv", "finetune", replace("--task1_file", "{D}/parquet.csv"), ["parquet.csv", "Parquet", ".parquet"]),
+    ("ft-not-parquet", "finetune", replace("--task1_file", "{D}/table.parquet"), ["table.parquet", "not a Parquet file"]),
+    ("ft-json-not-records", "finetune", replace("--task1_file", "{D}/list.json"),
+     ["list.json, record 2", "expected a JSON object"]),
+    ("ft-bad-jsonl-train", "finetune", finetune("--train_file", "{D}/raw.jsonl", drop=("--task1_file", "--task2_file")),
+     ["raw.jsonl, line 2", "not valid JSON"]),
+    ("ft-train-file-no-labels", "finetune", finetune("--train_file", "{D}/no_labels.jsonl",
+                                                     drop=("--task1_file", "--task2_file")),
+     ["no_labels.jsonl", "missing column(s) 'category', 'pick'", "--category_column", "--pick_column"]),
+    ("ft-unseen-val-category-jsonl", "finetune", replace("--validation_file", "{D}/val_unseen.jsonl"),
+     ["val_unseen.jsonl, line 3, column 'category'", "'culture'"]),
+    ("ft-bad-format", "finetune", finetune("--format", "xlsx"), ["--format", "'xlsx'"]),
+    ("ft-label-is-text", "finetune", finetune("--label_column", "title"),
+     ["--category_column title", "--text_columns", "model input"]),
+    ("ft-same-label-columns", "finetune", finetune("--pick_column", "label", "--category_column", "label"),
+     ["--pick_column and --category_column", "'label'"]),
+    ("ft-max-train-samples-zero", "finetune", finetune("--max_train_samples", "0"), ["--max_train_samples 0"]),
+    ("ft-split-name-without-repo", "finetune", finetune("--validation_split_name", "dev"),
+     ["--validation_split_name", "--dataset_repo"]),
+    ("ft-split-name-with-files", "finetune", finetune("--dataset_repo", "user/data", "--test_split_names", "test"),
+     ["--test_split_names", "file arguments"]),
+    ("ft-renamed-category-column", "finetune", finetune("--category_column", "label"),
+     ["task2.csv: missing column(s) 'label'", "--category_column"]),
     ("ft-semicolons", "finetune", replace("--task1_file", "{D}/semicolon.csv"), ["semicolon.csv", "semicolons"]),
     ("ft-ragged-row", "finetune", replace("--task1_file", "{D}/ragged.csv"), ["ragged.csv, row 3", "4 fields"]),
     ("ft-xlsx-as-csv", "finetune", replace("--task1_file", "{D}/workbook.csv"), ["workbook.csv", "Excel"]),
@@ -313,6 +345,9 @@ CASES = [
      ["tab.csv, row 1", "tabs"]),
     ("pr-unknown-category", "predict", ["--model", "{M}/a_run", "--input_files", "{D}/val_unseen.csv",
                                         "--output_dir", "{O}"], ["val_unseen.csv, row 2, column 'category'"]),
+    ("pr-unknown-category-jsonl", "predict", ["--model", "{M}/a_run", "--input_files", "{D}/val_unseen.jsonl",
+                                              "--output_dir", "{O}"], ["val_unseen.jsonl, line 3, column 'category'"]),
+    ("pr-bad-format", "predict", [*PREDICT, "--format", "excel"], ["--format", "'excel'"]),
     ("pr-stems-clash", "predict", ["--model", "{M}/multitask", "--input_files", "{D}/val.csv", "{D}/sub/val.csv",
                                    "--output_dir", "{O}"], ["two files are named 'val'"]),
     ("pr-output-is-a-file", "predict", ["--model", "{M}/multitask", "--input_files", "{D}/val.csv", "--output_dir",
@@ -327,7 +362,12 @@ CASES = [
      ["header_only.csv", "no data rows"]),
     ("pp-missing-input", "prepare", ["--input_files", "{D}/nope.csv", "--output_prefix", "{O}/clean"],
      ["nope.csv: file not found"]),
-    ("pp-tsv", "prepare", ["--input_files", "{D}/tab.tsv", "--output_prefix", "{O}/clean"], ["tab.tsv", "tabs"]),
+    ("pp-tsv", "prepare", ["--input_files", "{D}/comma.tsv", "--output_prefix", "{O}/clean"],
+     ["comma.tsv, row 1", "not tabs"]),
+    ("pp-validation-size", "prepare", [*PREPARE, "--validation_size", "0.9"], ["--validation_size 0.9"]),
+    ("pp-bad-repo-id", "prepare", [*PREPARE, "--push_to_hub", "not/a/repo"], ["--push_to_hub not/a/repo",
+                                                                              "not a valid repo id"]),
+    ("pp-bad-output-format", "prepare", [*PREPARE, "--output_format", "xlsx"], ["--output_format", "'xlsx'"]),
     ("pp-bad-jsonl", "prepare", ["--input_files", "{D}/raw.jsonl", "--output_prefix", "{O}/clean", "--text_columns",
                                  "title"], ["raw.jsonl, line 2", "not valid JSON"]),
     ("pp-test-size", "prepare", [*PREPARE, "--test_size", "1.5"], ["--test_size 1.5"]),
@@ -353,6 +393,8 @@ CASES = [
     ("an-header-only", "analysis", ["{D}/header_only.csv", "--out", "{O}"], ["no data rows"]),
     ("an-empty-run", "analysis", ["{D}/empty_run", "--out", "{O}"], ["no predictions_*.csv"]),
     ("an-tsv", "analysis", ["{D}/tab.csv", "--out", "{O}"], ["tab.csv, row 1", "tabs"]),
+    ("an-bad-jsonl", "analysis", ["{D}/raw.jsonl", "--out", "{O}"], ["raw.jsonl, line 2", "not valid JSON"]),
+    ("an-bad-format", "analysis", ["{D}/predictions.csv", "--format", "xls", "--out", "{O}"], ["--format"]),
     ("an-out-is-a-file", "analysis", ["{D}/predictions.csv", "--out", "{D}/task1.csv"], ["--out", "is a file"]),
     ("an-allow-alone", "analysis", ["{D}/predictions.csv", "--allow_label", "ALLOW", "--out", "{O}"], ["go together"]),
     ("an-allow-typo", "analysis", ["{D}/predictions.csv", "--allow_label", "ALOW", "--critical_labels", "DENY",
