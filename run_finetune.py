@@ -266,8 +266,11 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         )
     compute_metrics = build_compute_metrics(heads=heads, category_bands=bands)
     _check_metric_name(training_args, compute_metrics, data, heads)
-    train_dataset = tokenize(data.train, tokenizer, data_args.max_seq_length, data_args.truncation, head_tokens)
-    eval_dataset = tokenize(data.validation, tokenizer, data_args.max_seq_length, data_args.truncation, head_tokens)
+    workers = data_args.preprocessing_num_workers
+    train_dataset = tokenize(data.train, tokenizer, data_args.max_seq_length, data_args.truncation, head_tokens,
+                             workers)
+    eval_dataset = tokenize(data.validation, tokenizer, data_args.max_seq_length, data_args.truncation, head_tokens,
+                            workers)
 
     record = TrainingRecord()
     loss_weights = {"gate": training_args.gate_loss_weight, "category": training_args.category_loss_weight}

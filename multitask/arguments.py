@@ -148,6 +148,11 @@ class DataArguments:
     validation_split: float = field(
         default=0.1, metadata={"help": "Share of training rows held out (stratified) when no validation file is given."}
     )
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Processes that tokenize the data (datasets.Dataset.map num_proc), for large sets. Empty: "
+                  "the main process."},
+    )
     max_train_samples: int | None = field(
         default=None,
         metadata={"help": "Train on a stratified, seeded sample of this many training rows (after the validation "

@@ -281,6 +281,8 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
     check_columns(data_args.text_columns, data_args.pick_column, data_args.category_column)
     check_encoding(data_args.encoding)
     check_format(data_args.format)
+    workers = data_args.preprocessing_num_workers
+    require(workers is None or workers >= 1, f"--preprocessing_num_workers {workers}: must be >= 1 (or left out)")
     for flag in ("max_train_samples", "max_eval_samples"):
         value = getattr(data_args, flag)
         require(value is None or (isinstance(value, int) and value >= 1),

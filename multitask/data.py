@@ -529,11 +529,11 @@ def label_counts(labels: list[int] | np.ndarray, num_classes: int) -> list[int]:
 
 
 def tokenize(dataset: Dataset, tokenizer, max_length: int, truncation: str = "head",
-             head_tokens: int | None = None) -> Dataset:
+             head_tokens: int | None = None, num_proc: int | None = None) -> Dataset:
     """Add input_ids/attention_mask (unpadded) and a `length` column for length-grouped batching.
 
     Long texts are cut as `multitask.text_encoding.encode_texts` does (`head`, `tail` or `head_tail`), the same
-    function prediction uses.
+    function prediction uses. `num_proc` worker processes tokenize large sets (`datasets.Dataset.map`).
     """
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
@@ -541,7 +541,8 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int, truncation: str = "he
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
         return encoded
 
-    return dataset.map(encode, batched=True, desc="Tokenizing")
+    num_proc = num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None
+    return dataset.map(encode, batched=True, num_proc=num_proc, desc="Tokenizing")
 
 
 class MultitaskCollator:

@@ -86,7 +86,7 @@ def test_column_mapping_is_stored_and_reused(tmp_path, encoder_dir, capsys):
     config_file.write_text(
         f"model_name_or_path: {encoder_dir}\ntrain_file: {train}\ntext_columns: [headline]\nlabel_column: topic\n"
         f"output_dir: {tmp_path / 'run'}\nvalidation_split: 0.4\nmax_steps: 1\nuse_cpu: true\nreport_to: none\n"
-        "threshold_cv: 0\nmax_train_samples: 6\n", encoding="utf-8")
+        "threshold_cv: 0\nmax_train_samples: 6\npreprocessing_num_workers: 2\n", encoding="utf-8")
     run_finetune.main([str(config_file)])
     config = json.loads((tmp_path / "run" / "model" / "config.json").read_text(encoding="utf-8"))
     assert config["category_column"] == "topic" and config["gate_id2label"] is None
