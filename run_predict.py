@@ -196,7 +196,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             logger.info("%s: %d rows → %s", labeled.path, len(table), target)
             gate_labels, category_labels = list(labeled.dataset["gate_labels"]), list(labeled.dataset["category_labels"])
             with stage.path(output_dir / f"predictions_{stem}.jsonl").open("w", encoding="utf-8") as handle:
-                for record in prediction_records(table, gate_labels, category_labels, config):
+                numbers = labeled.table.numbers if labeled.table is not None else None
+                unit = labeled.table.unit if labeled.table is not None else "row"
+                for record in prediction_records(table, gate_labels, category_labels, config, numbers, unit):
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             metrics = compute_all(scores.pick_prob, scores.category_probs, gate_labels, category_labels, threshold)
             if labeled.unknown_categories:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,16 +176,26 @@ def prediction_table(
 
 
 def prediction_records(
-    table: pd.DataFrame, gate_labels: list[int], category_labels: list[int], config: MultitaskConfig
+    table: pd.DataFrame,
+    gate_labels: list[int],
+    category_labels: list[int],
+    config: MultitaskConfig,
+    row_numbers: Sequence[int] | None = None,
+    row_unit: str = "row",
 ) -> list[dict]:
-    """One JSON-ready record per row: decisions, scores, and correctness flags where a gold label exists."""
+    """One JSON-ready record per row: decisions, scores, and correctness flags where a gold label exists.
+
+    ``row_numbers``: each row's number as the user sees it in its input file (``row_unit``: "row" for CSV/TSV,
+    "line" for JSON Lines, "record" otherwise; `tables.Table.numbers`); None: spreadsheet rows of a CSV (header = 1).
+    """
     id2label = config.category_id2label
     top_column = next((c for c in table.columns if c.startswith("category_top")), None)
     label_maps_hash = config.label_maps_hash()
     records = []
     for position, (gold_pick, gold_category) in enumerate(zip(gate_labels, category_labels)):
         row = table.iloc[position]
-        record: dict = {"row": position + 2, "decision": row["decision"], "label_maps_hash": label_maps_hash}
+        number = int(row_numbers[position]) if row_numbers is not None else position + 2
+        record: dict = {row_unit: number, "decision": row["decision"], "label_maps_hash": label_maps_hash}
         if "pick_prob" in table:
             record.update(pick_prob=float(row["pick_prob"]), pick_pred=int(row["pick_pred"]))
         if "category_pred" in table:

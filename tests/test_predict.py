@@ -37,6 +37,12 @@ def test_prediction_table_and_records(model):
     assert records[2]["decision_correct"] is False and records[2]["gold_category"] == "economy"
     assert records[0]["category_top"][0] == {"label": "sports", "prob": 0.7}
     assert records[0]["label_maps_hash"] == config.label_maps_hash() and records[0]["row"] == 2
+    # a JSON Lines input names its lines, as the reader numbered them (blank lines skipped)
+    lines = prediction_records(table, [1, 0, 1], [2, -100, 0], config, row_numbers=[1, 3, 4], row_unit="line")
+    assert [record["line"] for record in lines] == [1, 3, 4] and "row" not in lines[0]
+    # a review band turns the rows whose score lies in it into "review"
+    reviewed = prediction_table(frame, scores, config, threshold=0.5, review_band=(0.55, 0.95))
+    assert reviewed["decision"].tolist() == ["review", "Decline", "review"]
 
 
 def test_joint_gate_score(model, tokenizer):
