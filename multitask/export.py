@@ -93,7 +93,11 @@ class ExportArguments:
         },
     )
     batch_size: int = field(default=64, metadata={"help": "Rows per forward pass in the agreement check."})
-    max_seq_length: int = field(default=256, metadata={"help": "Inputs are truncated to this many tokens."})
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Agreement check: inputs are cut to this many tokens as in training (the model's stored "
+                  "truncation). Empty: the length the model was trained with."},
+    )
     encoding: str | None = field(
         default=None,
         metadata={"help": "CSV encoding of --check_file. Empty: UTF-8 (with or without BOM), else CP932."},
@@ -286,7 +290,7 @@ def check_agreement(
     exported: OnnxMultitaskModel,
     texts: list[str],
     batch_size: int = 64,
-    max_length: int = 256,
+    max_length: int | None = None,
 ) -> dict:
     """Score `texts` with the PyTorch model (fp32) and the exported one; `agreement` of the two."""
     reference = predict_scores(model, tokenizer, texts, batch_size, max_length)
