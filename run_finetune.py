@@ -49,7 +49,6 @@ from multitask.losses import inverse_frequency_weights
 from multitask.metrics import build_compute_metrics
 from multitask.model_card import build_model_card
 from multitask.modeling import freeze_word_embeddings, load_for_training, parameter_counts
-from multitask.ood import PROBABILITY_SCORES
 from multitask.precision import precision_warnings
 from multitask.predict import Scores, fit_gate_statistics, predict_scores
 from multitask.reporting import (
@@ -355,7 +354,7 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         if data.has_gate and data.has_category:
             fitted = fit_gate_statistics(
                 trained, tokenizer, list(data.train["text"]), list(data.train["category_labels"]),
-                training_args.per_device_eval_batch_size, data_args.max_seq_length,
+                list(data.train["gate_labels"]), training_args.per_device_eval_batch_size, data_args.max_seq_length,
                 training_args.knn_bank_size, training_args.knn_k, training_args.seed,
             )
             logger.info("gate statistics fitted on %d training rows (kNN bank %d, k %d)",
@@ -382,11 +381,10 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
             trained.config.gate_score = gate["gate_score"]
             scores.pick_prob = scores.gate_scores[gate["gate_score"]]
             trained.config.gate_thresholds.update({kind: entry["threshold"] for kind, entry in gate["search"].items()})
-            if gate["gate_score"] not in PROBABILITY_SCORES:
-                # 0.5 on a squashed feature score is the median training item, not a decision boundary.
-                trained.config.gate_thresholds["default"] = gate["search"]["leak"]["threshold"]
+            trained.config.gate_thresholds["default"] = gate["default_threshold"]
             trained.config.review_bands = {kind: entry["band"] for kind, entry in gate["review_bands"].items()} or None
-            run.write_json("thresholds.json", {"gate_score": gate["gate_score"], **gate["search"],
+            run.write_json("thresholds.json", {"gate_score": gate["gate_score"], "default": gate["default_source"],
+                                               **gate["search"],
                                                **({"review": gate["review_bands"]} if gate["review_bands"] else {})})
             logger.info("gate score %s; gate thresholds (validation): %s", gate["gate_score"], trained.config.gate_thresholds)
             if gate["cv"] is not None:
@@ -404,8 +402,11 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
             cartography.write(run.path, training_args.worst_k)
         draw_plots(run.path)
     model_dir = run.path / "model"
-    trainer.save_model(str(model_dir))  # model, config (with thresholds) and tokenizer; main rank writes
     if is_main:
+        # `trained` itself, not trainer.save_model(): under FSDP/ZeRO-3 it is the gathered whole copy and after LoRA
+        # the merged model, and only it carries the gate statistics, calibration and thresholds set above.
+        trained.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
         per_class_path = run.path / "val_per_class_metrics.json"
         card = build_model_card(
             trained.config, training_args, model_args.model_name_or_path, data_files, validation_metrics,

@@ -59,7 +59,10 @@ class PredictArguments:
     output_dir: str = field(default="predictions", metadata={"help": "Where predictions_<stem>.csv are written."})
     threshold: str = field(
         default="default",
-        metadata={"help": "Gate threshold on P(Pick): a name stored in the model (default, f1, acc, leak) or a number."},
+        metadata={"help": "Gate threshold on the model's gate score (config gate_score; Pick iff score >= threshold): a "
+                  "name stored in the model (default, f1, acc, leak, cost) or a number in [0, 1]. 'default' is 0.5 "
+                  "on a probability score (pick, joint, msp) and the leak threshold on a squashed feature score, "
+                  "where 0.5 is only the median training item."},
     )
     review: bool = field(
         default=False,

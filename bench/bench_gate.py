@@ -16,8 +16,8 @@ held-out in-scope accuracy and OOS recall at the `leak` point (OOS recall >= --t
 folds), OOS AUROC / AUPR-out / FPR at 95 % TPR on all of val (threshold-free), and, for contrast, the figure the
 old protocol reported (threshold chosen and reported on the same rows). Mean ± sd over seeds.
 
-With --write_model, each seed's ours model is saved back with its fitted statistics and the `auto` choice
-(refitted on all of val), so `run_predict.py --threshold leak` applies it (bench/README: hidden split).
+Nothing is written back into the runs: a model to deploy comes from `run_finetune.py --gate_score auto`, which does
+the same fitting and choice and stores them.
 
     python bench/bench_gate.py bench/results/gate_seed42 bench/results/gate_seed43 bench/results/gate_seed44
 """
@@ -45,7 +45,6 @@ def parse_args(argv=None):
     parser.add_argument("--target_oos_recall", type=float, default=0.70)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max_seq_length", type=int, default=64)
-    parser.add_argument("--write_model", action="store_true", help="save ours back with statistics + auto choice")
     parser.add_argument("--output_dir", default=None)
     return parser.parse_args(argv)
 
@@ -62,14 +61,14 @@ def ours_scores(run: Path, paths: dict, args) -> tuple:
     data = load_training_data(str(paths["task1"]), str(paths["task2"]), str(paths["val"]), [], ["title"], separator,
                               0.1, seed, None)
     started = time.perf_counter()
-    fit_gate_statistics(model, tokenizer, list(data.train["text"]), list(data.train["category_labels"]), 64,
-                        args.max_seq_length, 10000, 10, seed)
+    fit_gate_statistics(model, tokenizer, list(data.train["text"]), list(data.train["category_labels"]),
+                        list(data.train["gate_labels"]), 64, args.max_seq_length, 10000, 10, seed)
     fit_seconds = time.perf_counter() - started
     scores = predict_scores(model, tokenizer, list(data.validation["text"]), 64, args.max_seq_length)
     gate = np.asarray(data.validation["gate_labels"])
     category = np.asarray(data.validation["category_labels"])
     correct = (scores.category_probs.argmax(axis=1) == category) & (category != IGNORE_INDEX)
-    return scores.gate_scores, gate, category, correct, (model, tokenizer, fit_seconds)
+    return scores.gate_scores, gate, category, correct, fit_seconds
 
 
 def baseline_scores(run: Path, gate: np.ndarray, category: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -121,17 +120,9 @@ def main(argv=None) -> dict:
     per_seed = {}
     for run in map(Path, args.runs):
         seed = json.loads((run / "ours" / "run_config.json").read_text())["arguments"]["MultitaskTrainingArguments"]["seed"]
-        scores, gate, category, correct, (model, tokenizer, fit_seconds) = ours_scores(run, paths, args)
+        scores, gate, category, correct, fit_seconds = ours_scores(run, paths, args)
         result = {"ours": evaluate(scores, gate, correct, [n for n in ALL_SCORES if n in scores], args, seed),
                   "fit_seconds": fit_seconds}
-        if args.write_model:
-            name, search = choose_gate(scores, gate, correct, [n for n in ALL_SCORES if n in scores],
-                                       1.0 - args.target_oos_recall)
-            model.config.gate_score = name
-            model.config.gate_thresholds.update({kind: entry["threshold"] for kind, entry in search.items()})
-            model.save_pretrained(run / "ours" / "model")
-            tokenizer.save_pretrained(run / "ours" / "model")
-            result["written"] = {"gate_score": name, "thresholds": model.config.gate_thresholds}
         if (run / "baseline" / "val_logits.npy").is_file():
             base_scores, base_correct = baseline_scores(run, gate, category)
             result["baseline"] = evaluate(base_scores, gate, base_correct, list(base_scores), args, seed)

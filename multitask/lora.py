@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from .errors import UsageError
+from .errors import ModelFileError, UsageError
 from .modeling import MultitaskModel
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,22 @@ def load_adapter(
     base_name = base_model_name_or_path or peft.PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
     if not base_name:
         raise UsageError(f"{adapter_dir}: no base model recorded; pass base_model_name_or_path")
-    return _with_adapter(config, base_name, adapter_dir, **hub_kwargs)
+    model = _with_adapter(config, base_name, adapter_dir, **hub_kwargs)
+    if getattr(config, "gate_statistics", None):
+        # Fitted after training, so they are in the merged model's weights beside adapter/, not in the adapter.
+        _load_gate_buffers(model.get_base_model(), Path(config_dir or adapter_dir.parent) / "model.safetensors")
+    return model
+
+
+def _load_gate_buffers(model: MultitaskModel, weights: Path) -> None:
+    from safetensors import safe_open
+
+    if not weights.is_file():
+        raise ModelFileError(f"{weights}: missing; the gate statistics named in config.json live there")
+    with safe_open(str(weights), framework="pt") as handle:
+        for name in ("gate_class_means", "gate_precision", "gate_bank"):
+            getattr(model, name).copy_(handle.get_tensor(name))
+    model.check_gate_statistics(str(weights))
 
 
 def save_adapter_and_merge(peft_model, model_dir: str | Path, quantized: bool = False, **hub_kwargs) -> MultitaskModel:

@@ -142,6 +142,24 @@ class MultitaskModel(PreTrainedModel):
             "squash": {name: [float(c), float(s)] for name, (c, s) in fitted["squash"].items()},
         }
 
+    def check_gate_statistics(self, source: str = "model") -> None:
+        """Raise if the config names fitted gate statistics but the buffers are missing or were never loaded.
+
+        transformers fills a buffer missing from a checkpoint with uninitialised memory (or zeros) and only logs
+        it; a squashed feature score would then be constant or NaN and every item get the same decision.
+        """
+        if not self.config.gate_statistics or not self.config.has_category:
+            return
+        buffers = [getattr(self, name, None) for name in ("gate_class_means", "gate_precision", "gate_bank")]
+        broken = any(buffer is None or not bool(torch.isfinite(buffer).all()) for buffer in buffers)
+        if not broken:
+            norms = torch.linalg.vector_norm(buffers[2].float(), dim=1)
+            broken = not bool(buffers[1].abs().sum() > 0) or not bool(((norms - 1).abs() < 1e-3).all())
+        if broken:
+            raise ValueError(f"{source}: config.json names fitted gate statistics ({self.config.gate_score!r} gate "
+                             "score) but the weights hold none, or damaged ones; re-save the model from its run, or "
+                             "re-download it")
+
     def in_scope_scores(self, outputs: MultitaskOutput) -> dict[str, torch.Tensor]:
         """Every gate score this model can give for a forward output (`multitask.ood.in_scope_scores`)."""
         fitted = None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.special import expit
 from sklearn.covariance import LedoitWolf
 
 # Raw in-scope scores the fitted statistics make available, and those that need no fitting.
@@ -76,7 +77,7 @@ def knn_similarity(features: torch.Tensor, bank: torch.Tensor, k: int, skip_self
 def squash(raw: torch.Tensor | np.ndarray, center: float, scale: float):
     """``sigmoid((raw - center) / scale)``: a raw in-scope score mapped monotonically into (0, 1)."""
     if isinstance(raw, np.ndarray):
-        return 1.0 / (1.0 + np.exp(-(raw - center) / scale))
+        return expit((raw - center) / scale)
     return torch.sigmoid((raw.float() - center) / scale)
 
 

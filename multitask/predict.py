@@ -15,6 +15,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from .configuration import MultitaskConfig
 from .modeling import MultitaskModel
+from .ood import PROBABILITY_SCORES
 from .text_encoding import encode_texts
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def load_model(model: str, device: str = "auto", **hub_kwargs) -> tuple[Multitas
     multitask_model = AutoModel.from_pretrained(source, **hub_kwargs)
     if not isinstance(multitask_model, MultitaskModel):
         raise ValueError(f"{model}: not a multitask model (model_type {multitask_model.config.model_type!r})")
+    multitask_model.check_gate_statistics(str(model))
     tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
     multitask_model.to(select_device(device)).eval()
     return multitask_model, tokenizer
@@ -132,8 +134,14 @@ def predict_scores(
                 gate_logits[rows] = outputs.gate_logits.float().cpu().numpy()
     model.train(was_training)
     pick_prob = None
-    if model.config.has_gate:  # a gate-only model has no joint score: its gate scores P(Pick)
-        pick_prob = gate_scores.get(model.config.gate_score, gate_scores.get("pick", np.zeros(len(texts), np.float32)))
+    if model.config.has_gate:
+        name = model.config.gate_score
+        if name not in gate_scores and texts:
+            if model.config.has_category or name not in PROBABILITY_SCORES:
+                # Thresholds were tuned on this score: applying them to another would decide wrongly, silently.
+                raise ValueError(f"the model's gate score {name!r} cannot be computed (it gives {sorted(gate_scores)})")
+            name = "pick"  # a gate-only model: its only probability score is P(Pick)
+        pick_prob = gate_scores.get(name, np.zeros(len(texts), np.float32))
     return Scores(pick_prob, category_probs, gate_scores, features, category_logits, gate_logits)
 
 
@@ -223,6 +231,7 @@ def fit_gate_statistics(
     tokenizer,
     texts: list[str],
     category_labels: list[int] | np.ndarray,
+    gate_labels: list[int] | np.ndarray | None = None,
     batch_size: int = 64,
     max_length: int | None = None,
     bank_size: int = 10000,
@@ -231,13 +240,15 @@ def fit_gate_statistics(
 ) -> dict:
     """Fit the feature gate scores (energy, Mahalanobis, kNN) on training rows and attach them to ``model``.
 
-    Only rows with a category label are used (the Pick rows the categories describe); each is scored once with
-    dropout off, as at prediction. Returns the fitted squash constants and row counts for the run log.
+    Only rows with a category label and not labelled Decline are used (the Pick rows the categories describe;
+    a Decline row the data kept with a category is left out); each is scored once with dropout off, as at
+    prediction. Returns the fitted squash constants and row counts for the run log.
     """
     from .ood import fit_gate_statistics as fit
 
     labels = np.asarray(category_labels)
-    keep = np.flatnonzero(labels != -100)
+    declined = np.asarray(gate_labels) == 0 if gate_labels is not None else np.zeros(labels.size, dtype=bool)
+    keep = np.flatnonzero((labels != -100) & ~declined)
     scores = predict_scores(model, tokenizer, [texts[i] for i in keep], batch_size, max_length, return_features=True)
     fitted = fit(scores.features, scores.category_logits, labels[keep], model.config.num_categories,
                  bank_size=bank_size, knn_k=knn_k, seed=seed)

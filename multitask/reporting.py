@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
+from .calibration import calibration_figures, fit_temperature, reliability_curve, softmax_with_temperature
 from .configuration import MultitaskConfig
 from .data import IGNORE_INDEX, LabeledFile
+from .gate_selection import choose_gate, cross_validate_gate
 from .metrics import compute_all, confusion_top, frequency_bands, hierarchy_stats, per_class_metrics
+from .ood import PROBABILITY_SCORES
 from .predict import Scores, prediction_table
 from .rundir import write_json
-from .calibration import calibration_figures, fit_temperature, reliability_curve, softmax_with_temperature
-from .gate_selection import choose_gate, cross_validate_gate
 from .thresholds import review_band
 
 logger = logging.getLogger(__name__)
@@ -29,10 +30,14 @@ def category_bands(train_category_labels: list[int], num_categories: int, quanti
 
 
 def _category_correct(scores: Scores, dataset: Dataset) -> np.ndarray | None:
+    """Per row: the category head's argmax is the gold category. A Pick row without a category label cannot be
+    judged: it counts as right when let through (its in-scope accuracy is then its Pick recall)."""
     if scores.category_probs is None:
         return None
     category_labels = np.asarray(dataset["category_labels"])
-    return (scores.category_probs.argmax(axis=1) == category_labels) & (category_labels != IGNORE_INDEX)
+    unlabelled_pick = (np.asarray(dataset["gate_labels"]) == 1) & (category_labels == IGNORE_INDEX)
+    return ((scores.category_probs.argmax(axis=1) == category_labels) & (category_labels != IGNORE_INDEX)
+            | unlabelled_pick)
 
 
 def tune_gate(
@@ -53,7 +58,9 @@ def tune_gate(
     warning. ``costs`` adds the cost-chosen ``cost`` threshold; ``review_share`` > 0 adds, per threshold, the band
     of scores around it holding that share of validation rows (``review_bands``) with the share of rows sent to
     review and the end-to-end accuracy on the rest. Returns ``{"gate_score", "search" (thresholds fitted on all of
-    validation), "cv" (or None), "review_bands"}``.
+    validation), "cv" (or None), "review_bands", "default_threshold", "default_source"}``. The ``default``
+    threshold stays 0.5 on a probability score (`ood.PROBABILITY_SCORES`) and is the ``leak`` one on a squashed
+    score, where 0.5 is the median training item, not a decision boundary.
     """
     available = list(scores.gate_scores)
     if gate_score == "auto":
@@ -70,20 +77,24 @@ def tune_gate(
     if folds >= 2:
         cv = cross_validate_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, folds, seed,
                                  costs=costs)
+    probability = name in PROBABILITY_SCORES
+    default = 0.5 if probability else search["leak"]["threshold"]
     bands = {}
     if review_share > 0:
         chosen = scores.gate_scores[name]
         labelled = gate_labels != IGNORE_INDEX
-        for kind, entry in search.items():
-            low, high = review_band(chosen[labelled], entry["threshold"], review_share)
+        thresholds = {kind: entry["threshold"] for kind, entry in search.items()} | {"default": default}
+        for kind, threshold in thresholds.items():
+            low, high = review_band(chosen[labelled], threshold, review_share)
             review = (chosen >= low) & (chosen < high)
             decided = labelled & ~review
-            pick = chosen >= entry["threshold"]
+            pick = chosen >= threshold
             right = np.where(gate_labels == 1, pick & (correct if correct is not None else True), ~pick)
             bands[kind] = {"band": [low, high], "review_share": float(review[labelled].mean()),
                            "accuracy_on_rest": float(right[decided].mean()) if decided.any() else float("nan"),
                            "accuracy_without_review": float(right[labelled].mean())}
-    return {"gate_score": name, "search": search, "cv": cv, "review_bands": bands}
+    return {"gate_score": name, "search": search, "cv": cv, "review_bands": bands, "default_threshold": default,
+            "default_source": "0.5 (a probability score)" if probability else "the leak threshold (a squashed score)"}
 
 
 def calibrate_heads(scores: Scores, dataset: Dataset, bins: int = 15) -> dict:

@@ -114,3 +114,19 @@ def test_feature_score_without_statistics_is_refused(model):
 
     with pytest.raises(ValueError, match="fitted gate statistics"):
         MultitaskConfig(encoder_config=model.config.encoder_config, gate_score="maha")
+
+
+def test_missing_or_damaged_statistics_are_refused(model, tokenizer, tmp_path):
+    texts = ["stock market rally lifts shares", "home team wins the championship", "election results announced",
+             "inflation slows as prices fall"]
+    fit_gate_statistics(model, tokenizer, texts, [0, 2, 1, 0], bank_size=4, knn_k=1)
+    model.check_gate_statistics()  # fitted: fine
+    model.gate_bank.fill_(float("nan"))  # what a checkpoint without the buffers loads as
+    with pytest.raises(ValueError, match="gate statistics"):
+        model.check_gate_statistics("m")
+
+
+def test_a_gate_score_that_cannot_be_computed_is_an_error(model, tokenizer):
+    model.config.gate_score = "maha"  # thresholds tuned on maha; no statistics to compute it
+    with pytest.raises(ValueError, match="cannot be computed"):
+        predict_scores(model, tokenizer, ["stock market rally"])
