@@ -102,8 +102,26 @@ def read_epoch_log(path: str | Path) -> list[dict]:
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def plot_learning_curves(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Write the per-epoch curves whose data exist (task1_*, task2_*, band_recall); return the written paths."""
+def kept_step(run_dir: str | Path) -> int | None:
+    """The global step of the checkpoint the run kept as its model (`best_global_step` in the newest
+    `checkpoint-*/trainer_state.json`); None without checkpoints or without a best-model choice."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(run_dir)) if Path(run_dir).is_dir() else None
+    state = Path(last) / "trainer_state.json" if last else None
+    if state is None or not state.is_file():
+        return None
+    step = json.loads(state.read_text(encoding="utf-8")).get("best_global_step")
+    return int(step) if isinstance(step, int) else None
+
+
+def plot_learning_curves(
+    rows: Sequence[Mapping[str, Any]], out_dir: str | Path, kept_global_step: int | None = None
+) -> list[Path]:
+    """Write the per-epoch curves whose data exist (task1_*, task2_*, band_recall); return the written paths.
+
+    ``kept_global_step``: the step of the checkpoint the run kept; its epoch gets a dashed vertical line.
+    """
     out_dir = Path(out_dir)
     rows = [row for row in rows if _number(row.get("epoch")) is not None]
     if not rows:
@@ -123,6 +141,10 @@ def plot_learning_curves(rows: Sequence[Mapping[str, Any]], out_dir: str | Path)
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for label, xs, ys in lines:
             ax.plot(xs, ys, marker="o", label=label)
+        kept = [epoch for epoch, row in zip(epochs, rows) if kept_global_step is not None
+                and _number(row.get("step")) == kept_global_step]
+        if kept:
+            ax.axvline(kept[0], color="grey", linestyle="--", linewidth=1, label=f"kept checkpoint (epoch {kept[0]})")
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         if max(epochs) - min(epochs) <= 20:
             ax.set_xticks(range(min(epochs), max(epochs) + 1))
@@ -245,7 +267,7 @@ def redraw(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]
     if not log.is_file():
         raise FileNotFoundError(f"{log} not found: is {run_dir} a training run directory?")
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = plot_learning_curves(read_epoch_log(log), out_dir)
+    paths = plot_learning_curves(read_epoch_log(log), out_dir, kept_step(run_dir))
     cartography = run_dir / "cartography.csv"
     if cartography.is_file():
         frame = pd.read_csv(cartography)

@@ -124,3 +124,19 @@ def test_redraw_and_cli(tmp_path, capsys):
     assert all(path.is_file() and path.parent == tmp_path / "elsewhere" for path in printed)
     with pytest.raises(FileNotFoundError, match="epoch_log.jsonl"):
         redraw(tmp_path)
+
+
+def test_kept_checkpoint_is_marked(tmp_path, monkeypatch):
+    from multitask import plots
+
+    run = tmp_path / "run"
+    (run / "checkpoint-4").mkdir(parents=True)
+    (run / "checkpoint-4" / "trainer_state.json").write_text(json.dumps({"best_global_step": 2}))
+    assert plots.kept_step(run) == 2
+    assert plots.kept_step(tmp_path / "none") is None
+    drawn = []
+    monkeypatch.setattr(plots.plt.Axes, "axvline", lambda self, x, **kw: drawn.append((x, kw["label"])))
+    rows = [{"epoch": 1, "step": 2, "train_gate_loss": 1.0, "eval_gate_loss": 1.1},
+            {"epoch": 2, "step": 4, "train_gate_loss": 0.5, "eval_gate_loss": 1.2}]
+    assert plots.plot_learning_curves(rows, tmp_path / "plots", plots.kept_step(run))
+    assert drawn and drawn[0] == (1, "kept checkpoint (epoch 1)")
