@@ -43,14 +43,21 @@ from pathlib import Path
 import _common  # noqa: F401  (puts the repository root on sys.path)
 from _common import (
     ROOT,
-    add_data_arguments,
     machine_line,
     markdown_table,
     publish,
     time_abba,
     write_json,
 )
-from bench_predict import load_rows, load_system, peak_rss_mib, rss_mib, start_run, texts_of
+from bench_predict import (
+    add_serving_arguments,
+    load_rows,
+    load_system,
+    peak_rss_mib,
+    rss_mib,
+    start_run,
+    texts_of,
+)
 
 SYSTEMS = ("onnx_float32", "onnx_int8", "torch_float32", "pipeline_float32")
 TARGETS = {"onnx_float32": 2.0, "onnx_int8": 3.5}  # rows/s ratio to pipeline_float32
@@ -61,16 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_data_arguments(parser)
-    parser.add_argument(
-        "--model", default=None, help="a trained multitask run/model dir (default: build one)"
-    )
-    parser.add_argument("--rows", type=int, default=None, help="rows per pass (default: the 3,100 val rows)")
-    parser.add_argument(
-        "--batch_size", type=int, default=64, help="rows per forward pass (run_predict default)"
-    )
-    parser.add_argument("--max_seq_length", type=int, default=256, help="token limit (run_predict default)")
-    parser.add_argument("--rounds", type=int, default=4, help="ABBA rounds of the speed measurement")
+    add_serving_arguments(parser, rounds=4)
     parser.add_argument(
         "--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {', '.join(SYSTEMS)}"
     )

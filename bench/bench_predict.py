@@ -54,10 +54,8 @@ from _common import (
 )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_serving_arguments(parser: argparse.ArgumentParser, rounds: int) -> None:
+    """The flags every prediction bench takes: data and encoder, model, rows, batch, length, ABBA rounds."""
     add_data_arguments(parser)
     parser.add_argument(
         "--model", default=None, help="a trained multitask model/run dir (default: build one untrained)"
@@ -67,7 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch_size", type=int, default=64, help="rows per forward pass (run_predict default)"
     )
     parser.add_argument("--max_seq_length", type=int, default=256, help="token limit (run_predict default)")
-    parser.add_argument("--rounds", type=int, default=3, help="ABBA rounds of the speed measurement")
+    parser.add_argument("--rounds", type=int, default=rounds, help="ABBA rounds of the speed measurement")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_serving_arguments(parser, rounds=3)
     parser.add_argument(
         "--dtypes", default="float32,bfloat16", help="precisions to measure, comma-separated (float32, bfloat16)"
     )
