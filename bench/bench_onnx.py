@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -55,6 +53,7 @@ from bench_predict import (
     load_system,
     peak_rss_mib,
     rss_mib,
+    run_child,
     start_run,
     texts_of,
 )
@@ -149,26 +148,7 @@ def child(args) -> None:
 def measure_memory(args, ours_dir: str, workdir: Path) -> dict:
     result = {}
     for name in args.systems:
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--child",
-            name,
-            "--model",
-            ours_dir,
-            "--workdir",
-            str(workdir),
-            "--data_dir",
-            args.data_dir,
-            "--batch_size",
-            str(args.batch_size),
-            "--max_seq_length",
-            str(args.max_seq_length),
-        ]
-        if args.rows:
-            command += ["--rows", str(args.rows)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        result[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        result[name] = run_child(Path(__file__), args, ours_dir, workdir, ["--child", name])
         print(f"[memory] {name}: {result[name]}", flush=True)
     return result
 

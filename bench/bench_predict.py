@@ -205,29 +205,8 @@ def measure_memory(args, ours_dir: str, workdir: Path) -> dict:
     result = {}
     for dtype in args.dtypes:
         for name in ("ours", "pipeline"):
-            command = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--child",
-                name,
-                "--dtypes",
-                dtype,
-                "--model",
-                ours_dir,
-                "--workdir",
-                str(workdir),
-                "--data_dir",
-                args.data_dir,
-                "--batch_size",
-                str(args.batch_size),
-                "--max_seq_length",
-                str(args.max_seq_length),
-            ]
-            if args.rows:
-                command += ["--rows", str(args.rows)]
-            done = subprocess.run(command, capture_output=True, text=True, check=True)
             key = f"{name}/{dtype}"
-            result[key] = json.loads(done.stdout.strip().splitlines()[-1])
+            result[key] = run_child(Path(__file__), args, ours_dir, workdir, ["--child", name, "--dtypes", dtype])
             print(f"[memory] {key}: {result[key]}", flush=True)
     return result
 
@@ -329,6 +308,18 @@ def measure_e2e(args, ours_dir: str, pipeline_dir: str, frame: pd.DataFrame, wor
         "pipeline_seconds": pipeline_seconds,
         "ratio": pipeline_seconds / ours_seconds,
     }
+
+
+def run_child(script: Path, args, ours_dir: str, workdir: Path, extra: list[str]) -> dict:
+    """Run ``script`` again as a fresh process (``extra`` picks the system) and return the JSON its last line prints:
+    peak memory is measured per process, so each system gets its own."""
+    command = [sys.executable, str(Path(script).resolve()), *extra, "--model", ours_dir, "--workdir", str(workdir),
+               "--data_dir", args.data_dir, "--batch_size", str(args.batch_size),
+               "--max_seq_length", str(args.max_seq_length)]
+    if args.rows:
+        command += ["--rows", str(args.rows)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def start_run(args, prefix: str) -> tuple:
