@@ -35,6 +35,8 @@ import torch
 from torch import nn
 from transformers import HfArgumentParser
 
+from .checks import model_load_errors, resolve_model_source
+from .errors import UsageError, cli, parse_arguments
 from .hub import resolve_token
 from .modeling import MultitaskModel
 from .onnx_backend import (
@@ -327,7 +329,7 @@ def format_agreement(result: dict) -> str:
 def default_output_dir(model_dir: str, quantize: str | None) -> Path:
     path = Path(model_dir)
     if not path.is_dir():
-        raise ValueError(f"{model_dir}: not a local directory; pass --output_dir for the export")
+        raise UsageError(f"--model {model_dir}: not a local directory; pass --output_dir for the export")
     return path.parent / ("onnx" if quantize is None else f"onnx_{quantize}")
 
 
@@ -373,11 +375,13 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--model", *argv]  # the model may come first, unnamed
-    (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_arguments(HfArgumentParser(ExportArguments), argv)
     setup_logging()
     if not args.onnx:
-        raise ValueError("nothing to export: --onnx is the only format so far")
-    model, tokenizer = load_model(args.model, "cpu", token=resolve_token())  # token only for private repos
+        raise UsageError("nothing to export: --onnx is the only format so far")
+    source = resolve_model_source(args.model, "--model", multitask_only=True)
+    with model_load_errors(args.model, "--model"):
+        model, tokenizer = load_model(source, "cpu", token=resolve_token())  # token only for private repos
     model_dir = resolve_model_dir(args.model)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_dir, args.quantize)
     check_files = args.check_file or default_check_files(args.model)
@@ -401,4 +405,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli(main))
