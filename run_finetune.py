@@ -60,7 +60,7 @@ from multitask.reporting import (
     write_validation_reports,
 )
 from multitask.rundir import RunDirectory, arguments_record, file_sha256, library_versions, setup_logging
-from multitask.text_encoding import check_truncation, special_template
+from multitask.text_encoding import check_truncation, special_template, text_separator
 from multitask.trainer import MultitaskTrainer
 
 logger = logging.getLogger("run_finetune")
@@ -181,7 +181,7 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     check_sequence_length(getattr(encoder_config, "encoder_config", encoder_config), data_args.max_seq_length)
     head_tokens = check_truncation(data_args.truncation, data_args.head_tokens, data_args.max_seq_length,
                                    special_template(tokenizer).size)
-    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
+    separator = text_separator(tokenizer)
 
     train_source = hub_data.train if hub_data else data_args.train_file
     validation_source = hub_data.validation if hub_data else data_args.validation_file

@@ -43,7 +43,8 @@ from multitask.predict import (
     stored_max_length,
 )
 from multitask.rundir import check_output_dir, setup_logging, staged_files, write_json
-from multitask.text_encoding import check_truncation, special_template
+from multitask.tables import FORMATS
+from multitask.text_encoding import check_truncation, special_template, text_separator
 from multitask.thresholds import resolve_threshold
 
 logger = logging.getLogger("run_predict")
@@ -104,7 +105,7 @@ class PredictArguments:
     format: str | None = field(
         default=None,
         metadata={"help": "Format of the input files when the extension does not say it.",
-                  "choices": ["csv", "tsv", "jsonl", "json", "parquet"]},
+                  "choices": list(FORMATS)},
     )
     encoding: str | None = field(
         default=None,
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     columns = {"text_columns": list(text_columns),
                "pick_column": args.pick_column or getattr(config, "pick_column", "pick"),
                "category_column": args.category_column or getattr(config, "category_column", "category")}
-    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
+    separator = text_separator(tokenizer)
     # Validate every file before writing anything, so a bad file leaves no partial output behind.
     labeled_files = [
         load_labeled_file(input_file, text_columns, separator, config.category_label2id, config.has_gate,

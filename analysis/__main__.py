@@ -20,6 +20,7 @@ from typing import Any
 from multitask.errors import cli, raise_usage_errors
 from multitask.rundir import StagedFiles, check_output_dir, staged_files
 from multitask.stats import PROPORTION_METHODS
+from multitask.tables import FORMATS
 
 from .load import IGNORE_INDEX, Predictions, load_input
 from .plots import confusion_heatmap
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prediction_column", default=None, help="Column of predicted categories. Empty: category_pred."
     )
     parser.add_argument(
-        "--format", default=None, choices=["csv", "tsv", "jsonl", "json", "parquet"],
+        "--format", default=None, choices=list(FORMATS),
         help="Format of predictions files whose extension does not say it.",
     )
     parser.add_argument("--out", default=None, help="Write every output here instead of next to each input.")

@@ -36,6 +36,7 @@ from _common import CLINC_FILES, ROOT, add_data_arguments, machine, machine_line
 from multitask.gate_selection import choose_gate, cross_validate_gate
 from multitask.metrics import IGNORE_INDEX, softmax
 from multitask.ood import ALL_SCORES
+from multitask.text_encoding import text_separator
 
 
 def parse_args(argv=None):
@@ -57,7 +58,7 @@ def ours_scores(run: Path, paths: dict, args) -> tuple:
     model, tokenizer = load_model(str(run / "ours"), "cpu")
     arguments = json.loads((run / "ours" / "run_config.json").read_text())["arguments"]
     seed = arguments["MultitaskTrainingArguments"]["seed"]
-    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
+    separator = text_separator(tokenizer)
     data = load_training_data(str(paths["task1"]), str(paths["task2"]), str(paths["val"]), [], ["title"], separator,
                               0.1, seed, None)
     started = time.perf_counter()

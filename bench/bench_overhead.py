@@ -54,6 +54,7 @@ from multitask.arguments import MultitaskTrainingArguments
 from multitask.data import IGNORE_INDEX, MultitaskCollator, label_counts, load_training_data, tokenize
 from multitask.losses import inverse_frequency_weights
 from multitask.modeling import load_for_training
+from multitask.text_encoding import text_separator
 from multitask.trainer import MultitaskTrainer
 
 
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         encoder = _common.require_encoder(args.encoder or minilm_dir())
     tokenizer = AutoTokenizer.from_pretrained(encoder)
-    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
+    separator = text_separator(tokenizer)
     paths, description = clinc_files(args.data_dir, workdir / "data", None, None, args.seed)
     # The project's own loading: merged Task1/Task2 rows, label map, tokenization with a length column.
     data = load_training_data(

@@ -15,6 +15,7 @@ import torch
 from transformers import TrainingArguments
 
 from .configuration import DEFAULT_TEXT_COLUMNS
+from .tables import FORMATS
 
 
 @dataclass
@@ -92,7 +93,7 @@ class DataArguments:
         default=None,
         metadata={"help": "Format of the data files when their extension does not say it. Empty: by extension (.csv, "
                   ".tsv, .jsonl, .json, .parquet; others are read as CSV).",
-                  "choices": ["csv", "tsv", "jsonl", "json", "parquet"]},
+                  "choices": list(FORMATS)},
     )
     dataset_repo: str | None = field(
         default=None,

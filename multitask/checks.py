@@ -46,11 +46,6 @@ def check_fraction(value: float, flag: str, low_open: bool = False, high_open: b
     require(_finite(value) and low_ok and high_ok, f"{flag} {value}: must be in {interval}")
 
 
-def check_input_file(path: str | Path, flag: str) -> None:
-    """A `DataError` naming the flag when an input file is missing, a directory, or unreadable."""
-    check_readable_file(path, flag)
-
-
 # --------------------------------------------------------------------------------------------- model sources
 def _looks_local(name: str) -> bool:
     """True when `name` can only be a local path (huggingface_hub would reject it as a repo id)."""
@@ -310,9 +305,9 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
         for flag, path in (("--train_file", data_args.train_file), ("--task1_file", data_args.task1_file),
                            ("--task2_file", data_args.task2_file), ("--validation_file", data_args.validation_file)):
             if path:
-                check_input_file(path, flag)
+                check_readable_file(path, flag)
         for path in data_args.test_files:
-            check_input_file(path, "--test_files")
+            check_readable_file(path, "--test_files")
         stems = [Path(path).stem for path in data_args.test_files]
         duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
         if duplicate is not None:
@@ -426,7 +421,7 @@ def check_predict_arguments(args: Any) -> None:
         require(0.0 <= value <= 1.0, f"--threshold {args.threshold}: a number must be in [0, 1]")
     check_device(args.device)
     for path in args.input_files:
-        check_input_file(path, "--input_files")
+        check_readable_file(path, "--input_files")
     stems = [Path(path).stem for path in args.input_files]
     duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
     if duplicate is not None:

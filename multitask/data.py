@@ -28,7 +28,7 @@ from datasets import Dataset
 
 from .labels import CATEGORY_COLUMN, IGNORE_INDEX, PICK_COLUMN
 from .splits import strata, stratified_sample, stratified_split
-from .tables import DataError, Table, build_texts, parse_pick, read_csv, read_table  # noqa: F401 (read_csv: re-export)
+from .tables import DataError, Table, build_texts, parse_pick, read_table
 from .text_encoding import encode_texts
 
 logger = logging.getLogger(__name__)

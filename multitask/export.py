@@ -49,6 +49,7 @@ from .onnx_backend import (
 )
 from .predict import Scores, load_model, predict_scores, resolve_model_dir
 from .rundir import setup_logging, write_json
+from .text_encoding import text_separator
 
 logger = logging.getLogger("multitask.export")  # also when run as __main__
 
@@ -353,7 +354,7 @@ def default_check_files(model: str) -> list[str]:
 def check_texts(files: list[str], config, tokenizer, encoding: str | None = None) -> list[str]:
     from .data import load_labeled_file
 
-    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
+    separator = text_separator(tokenizer)
     texts = []
     for path in files:
         labeled = load_labeled_file(

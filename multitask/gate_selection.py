@@ -67,15 +67,21 @@ def choose_gate(
     end-to-end in-scope accuracy wins; ties go to the earlier candidate. Among scores that all miss the target,
     the one with the lowest leak wins.
     """
-    best_key, best = None, None
-    for name in candidates:
-        search = search_gate_thresholds(scores[name], gold, correct, max_decline_leak, costs=costs)
-        leak = search["leak"]
-        key = (leak["met_target"], leak.get("category_accuracy_end_to_end", leak["gate_recall"]) if leak["met_target"]
-               else -leak["gate_decline_leak"])
-        if best_key is None or key > best_key:
-            best_key, best = key, (name, search)
-    return best
+    searches = {name: search_gate_thresholds(scores[name], gold, correct, max_decline_leak, costs=costs)
+                for name in candidates}
+    name = best_of(searches)
+    return name, searches[name]
+
+
+def best_of(searches: dict[str, dict]) -> str:
+    """The `choose_gate` rule applied to threshold searches already run, one per candidate (in candidate order)."""
+    def key(name: str) -> tuple:
+        leak = searches[name]["leak"]
+        if leak["met_target"]:
+            return True, leak.get("category_accuracy_end_to_end", leak["gate_recall"])
+        return False, -leak["gate_decline_leak"]
+
+    return max(searches, key=key)  # max keeps the first of equal keys: ties go to the earlier candidate
 
 
 def _bootstrap_interval(
@@ -151,16 +157,18 @@ def cross_validate_gate(
     fold_figures: dict[str, list[dict]] = {kind: [] for kind in kinds}
     chosen_per_fold = []
     for fit, held in splitter.split(np.zeros(gold.size), gold):
-        name, search = choose_gate({n: kept[n][fit] for n in candidates}, gold[fit], correct[fit], candidates,
-                                   max_decline_leak, costs)
+        # Every candidate's search on the fitting folds, once: the choice and the per-score table both use it.
+        searches = {other: search_gate_thresholds(kept[other][fit], gold[fit], correct[fit], max_decline_leak,
+                                                  costs=costs) for other in candidates}
+        name = best_of(searches)
+        search = searches[name]
         chosen_per_fold.append(name)
         for kind in kinds:
             pick = kept[name][held] >= search[kind]["threshold"]
             out_of_fold[kind][held] = pick
             fold_figures[kind].append(decision_figures(pick, gold[held], correct[held]))
         for other in candidates:  # each score on its own, for the per-score table
-            own = search_gate_thresholds(kept[other][fit], gold[fit], correct[fit], max_decline_leak)["leak"]
-            per_score_leak[other][held] = kept[other][held] >= own["threshold"]
+            per_score_leak[other][held] = kept[other][held] >= searches[other]["leak"]["threshold"]
 
     operating_points, reweighted = {}, {}
     for kind in kinds:

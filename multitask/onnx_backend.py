@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .configuration import MultitaskConfig
+from .errors import UsageError
 from .modeling import MultitaskModel, MultitaskOutput
 
 ONNX_FILE = "model.onnx"
@@ -59,7 +60,7 @@ def onnx_providers(device: str) -> list[str]:
         return ["CPUExecutionProvider"]
     if device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise ValueError(
+    raise UsageError(
         f"--device {device} with the ONNX backend: this onnxruntime offers "
         f"{onnxruntime.get_available_providers()} (CUDA needs the onnxruntime-gpu package)"
     )

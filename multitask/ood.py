@@ -63,15 +63,19 @@ def mahalanobis(features: torch.Tensor, class_means: torch.Tensor, precision: to
     return -squared.min(dim=1).values
 
 
-def knn_similarity(features: torch.Tensor, bank: torch.Tensor, k: int, skip_self: bool = False) -> torch.Tensor:
+def knn_similarity(
+    features: torch.Tensor, bank: torch.Tensor, k: int, skip_self: bool = False, all_up_to_k: bool = False
+) -> torch.Tensor:
     """Cosine similarity to the k-th nearest row of ``bank`` (rows of the bank already L2-normalised).
 
     ``skip_self``: the rows are themselves in the bank, so their own entry (similarity 1) is passed over.
+    ``all_up_to_k``: return the sorted similarities of every neighbour up to that one, shape (rows, k[+1]).
     """
     normalised = torch.nn.functional.normalize(features.float(), dim=1)
     similarity = normalised @ bank.float().T
     k = min(k + int(skip_self), bank.shape[0])
-    return similarity.topk(k, dim=1).values[:, -1]
+    nearest = similarity.topk(k, dim=1).values
+    return nearest if all_up_to_k else nearest[:, -1]
 
 
 def squash(raw: torch.Tensor | np.ndarray, center: float, scale: float):
@@ -146,9 +150,9 @@ def fit_gate_statistics(
             chunk = torch.as_tensor(features[rows], dtype=torch.float32)
             raw["energy"].append(energy(torch.as_tensor(category_logits[rows])).numpy())
             raw["maha"].append(mahalanobis(chunk, fitted["class_means"], fitted["precision"]).numpy())
-            with_self = knn_similarity(chunk, fitted["bank"], knn_k, skip_self=True).numpy()
-            without_self = knn_similarity(chunk, fitted["bank"], knn_k).numpy()
-            raw["knn"].append(np.where(in_bank[rows], with_self, without_self))
+            # One top-(k+1): a row in the bank skips its own entry (the (k+1)-th), any other row takes the k-th.
+            nearest = knn_similarity(chunk, fitted["bank"], knn_k, skip_self=True, all_up_to_k=True).numpy()
+            raw["knn"].append(np.where(in_bank[rows], nearest[:, -1], nearest[:, min(knn_k, nearest.shape[1]) - 1]))
     fitted["squash"] = {name: robust_center_scale(np.concatenate(values)) for name, values in raw.items()}
     fitted["knn_k"] = int(knn_k)
     return fitted

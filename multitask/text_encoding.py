@@ -131,3 +131,8 @@ def encode_texts(
             encoded["token_type_ids"].append(template.prefix_types + [template.content_type] * len(kept)
                                              + template.suffix_types)
     return encoded
+
+
+def text_separator(tokenizer) -> str:
+    """What joins the text columns of one item: the tokenizer's separator token with spaces, or one space."""
+    return f" {tokenizer.sep_token} " if tokenizer.sep_token else " "

@@ -97,7 +97,8 @@ def search_gate_thresholds(
     true_pick = _count_at_least(np.sort(scores[is_pick]), thresholds)
     false_pick = _count_at_least(np.sort(scores[~is_pick]), thresholds)
     hits = correct[is_pick] if correct is not None else np.ones(n_pick, dtype=bool)
-    end_to_end = _ratio(_count_at_least(np.sort(scores[is_pick][hits]), thresholds), n_pick)
+    through_right = _count_at_least(np.sort(scores[is_pick][hits]), thresholds)  # let through, right category
+    end_to_end = _ratio(through_right, n_pick)
     f1 = _ratio(2 * true_pick, 2 * true_pick + false_pick + (n_pick - true_pick))
     accuracy = (true_pick + (n_decline - false_pick)) / scores.size
     leak = _ratio(false_pick, n_decline)
@@ -117,7 +118,6 @@ def search_gate_thresholds(
     if costs:
         share = costs.get("oos_share")
         share = n_decline / scores.size if share is None else float(share)
-        through_right = _count_at_least(np.sort(scores[is_pick][hits]), thresholds)
         expected_cost = (
             share * costs["leak"] * leak
             + (1 - share) * (costs["miss"] * _ratio(n_pick - true_pick, n_pick)
