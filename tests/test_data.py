@@ -9,8 +9,8 @@ from multitask.data import (
     MultitaskCollator,
     load_labeled_file,
     load_training_data,
-    read_csv,
 )
+from multitask.tables import read_csv
 
 
 def write_csv(path, rows, encoding="utf-8"):
