@@ -54,13 +54,14 @@ from multitask.predict import Scores, fit_gate_statistics, predict_scores
 from multitask.reporting import (
     calibrate_heads,
     category_bands,
+    choose_chunk_aggregation,
     summarize_gate_cv,
     tune_gate,
     write_predictions,
     write_validation_reports,
 )
 from multitask.rundir import RunDirectory, arguments_record, file_sha256, library_versions, setup_logging
-from multitask.text_encoding import check_truncation, special_template, text_separator
+from multitask.text_encoding import check_chunking, check_truncation, special_template, text_separator
 from multitask.trainer import MultitaskTrainer
 
 logger = logging.getLogger("run_finetune")
@@ -179,8 +180,14 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     with model_load_errors(model_args.model_name_or_path, "--model_name_or_path"):
         encoder_config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
     check_sequence_length(getattr(encoder_config, "encoder_config", encoder_config), data_args.max_seq_length)
+    special_tokens = special_template(tokenizer).size
     head_tokens = check_truncation(data_args.truncation, data_args.head_tokens, data_args.max_seq_length,
-                                   special_template(tokenizer).size)
+                                   special_tokens)
+    chunk_stride = check_chunking(data_args.long_text, data_args.chunk_stride, data_args.max_chunks,
+                                  data_args.max_seq_length, special_tokens, data_args.truncation)
+    chunked = data_args.long_text == "chunk"
+    # Per-epoch evaluation needs one aggregation before validation can choose (`auto`): the mean.
+    chunk_aggregation = "mean" if data_args.chunk_aggregation == "auto" else data_args.chunk_aggregation
     separator = text_separator(tokenizer)
 
     train_source = hub_data.train if hub_data else data_args.train_file
@@ -230,6 +237,10 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
                 "max_seq_length": data_args.max_seq_length,
                 "truncation": data_args.truncation,
                 "head_tokens": head_tokens,
+                "long_text": data_args.long_text,
+                "chunk_stride": chunk_stride,
+                "max_chunks": data_args.max_chunks,
+                "chunk_aggregation": chunk_aggregation,
                 # Stored so run_predict.py and analysis read gold labels from the same columns.
                 "pick_column": data_args.pick_column,
                 "category_column": data_args.category_column,
@@ -252,6 +263,8 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     if not data.has_gate or not data.has_category:
         # Single-head run: the missing head's labels are not model outputs.
         training_args.label_names = ["gate_labels"] if data.has_gate else ["category_labels"]
+    if chunked:  # windows carry their document's index to compute_metrics, which scores documents
+        training_args.label_names = [*training_args.label_names, "document"]
     if training_args.metric_for_best_model and not data.has_category and "category" in training_args.metric_for_best_model:
         training_args.metric_for_best_model = "gate_f1"
         logger.info("gate-only run: best model chosen by eval_gate_f1")
@@ -263,13 +276,18 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
         bands = category_bands(
             list(data.train["category_labels"]), len(data.category_labels), training_args.frequency_band_quantiles
         )
-    compute_metrics = build_compute_metrics(heads=heads, category_bands=bands)
-    _check_metric_name(training_args, compute_metrics, data, heads)
-    workers = data_args.preprocessing_num_workers
-    train_dataset = tokenize(data.train, tokenizer, data_args.max_seq_length, data_args.truncation, head_tokens,
-                             workers)
-    eval_dataset = tokenize(data.validation, tokenizer, data_args.max_seq_length, data_args.truncation, head_tokens,
-                            workers)
+    compute_metrics = build_compute_metrics(heads=heads, category_bands=bands,
+                                            chunk_aggregation=chunk_aggregation if chunked else None)
+    _check_metric_name(training_args, compute_metrics, data, heads, chunked)
+    encoding = {"max_length": data_args.max_seq_length, "truncation": data_args.truncation,
+                "head_tokens": head_tokens, "num_proc": data_args.preprocessing_num_workers,
+                "long_text": data_args.long_text, "chunk_stride": chunk_stride, "max_chunks": data_args.max_chunks}
+    train_dataset = tokenize(data.train, tokenizer, **encoding)
+    eval_dataset = tokenize(data.validation, tokenizer, **encoding)
+    if chunked:
+        planned_steps = check_training_steps(len(train_dataset), training_args)
+        logger.info("--long_text chunk: %d training windows from %d rows, %d validation windows from %d rows",
+                    len(train_dataset), len(data.train), len(eval_dataset), len(data.validation))
 
     record = TrainingRecord()
     loss_weights = {"gate": training_args.gate_loss_weight, "category": training_args.category_loss_weight}
@@ -289,7 +307,7 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
-            data_collator=MultitaskCollator(tokenizer, keep_keys=("row_id",)),
+            data_collator=MultitaskCollator(tokenizer, keep_keys=("row_id", "document") if chunked else ("row_id",)),
             compute_metrics=compute_metrics,
             callbacks=callbacks,
             gate_class_weights=class_weights(
@@ -351,6 +369,10 @@ def _run(model_args, data_args, training_args, run: RunDirectory, is_main: bool)
     if is_main:
         logger.info("validation: %s", validation_metrics)
         validation = LabeledFile(Path("validation"), data.validation_frame, data.validation)
+        if chunked and data_args.chunk_aggregation == "auto":
+            choice = choose_chunk_aggregation(trained, tokenizer, list(validation.dataset["text"]), validation.dataset,
+                                              training_args.per_device_eval_batch_size)
+            trained.config.chunk_aggregation = metrics["chunk_aggregation"] = choice
         if data.has_gate and data.has_category:
             fitted = fit_gate_statistics(
                 trained, tokenizer, list(data.train["text"]), list(data.train["category_labels"]),
@@ -498,7 +520,7 @@ def draw_reliability(run_dir: Path, curves: dict) -> None:
         logger.warning("reliability diagrams not drawn: %s", error)
 
 
-def _check_metric_name(training_args, compute_metrics, data, heads: tuple[str, ...]) -> None:
+def _check_metric_name(training_args, compute_metrics, data, heads: tuple[str, ...], chunked: bool = False) -> None:
     """Fail at start-up, not after training, when the best-model metric is not one we compute."""
     name = training_args.metric_for_best_model
     if not name or name in ("loss", "eval_loss"):
@@ -512,8 +534,11 @@ def _check_metric_name(training_args, compute_metrics, data, heads: tuple[str, .
     # Shaped as the Trainer passes them: a bare array when the model has one head.
     predictions = tuple(by_head[head][0] for head in heads)
     labels = tuple(by_head[head][1] for head in heads)
+    if chunked:
+        labels = (*labels, np.arange(rows))
     if len(heads) == 1:
-        predictions, labels = predictions[0], labels[0]
+        predictions = predictions[0]
+        labels = labels if chunked else labels[0]
     keys = compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels)).keys()
     bare = name[len("eval_"):] if name.startswith("eval_") else name
     if bare not in keys:

@@ -44,7 +44,7 @@ from multitask.predict import (
 )
 from multitask.rundir import check_output_dir, setup_logging, staged_files, write_json
 from multitask.tables import FORMATS
-from multitask.text_encoding import check_truncation, special_template, text_separator
+from multitask.text_encoding import check_chunking, check_truncation, special_template, text_separator
 from multitask.thresholds import resolve_threshold
 
 logger = logging.getLogger("run_predict")
@@ -52,6 +52,8 @@ logger = logging.getLogger("run_predict")
 
 @dataclass
 class PredictArguments:
+    """run_predict.py's flags; the defaults for columns, length and truncation come from the model, not from here."""
+
     model: str = field(metadata={"help": "A run directory, its model/ directory, or a Hub model id."})
     input_files: list[str] = field(
         metadata={"help": "Files to predict (text columns as in training): CSV, TSV, JSON Lines, JSON or Parquet, by "
@@ -144,7 +146,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     max_seq_length = args.max_seq_length or stored_max_length(config)
     check_sequence_length(config.encoder_config, max_seq_length)
     # Long texts are cut as in training; an overriding --max_seq_length must still leave room for the tail.
-    check_truncation(config.truncation, config.head_tokens, max_seq_length, special_template(tokenizer).size)
+    special_tokens = special_template(tokenizer).size
+    check_truncation(config.truncation, config.head_tokens, max_seq_length, special_tokens)
+    if config.long_text == "chunk":  # and neighbouring windows must still share fewer tokens than a window holds
+        check_chunking("chunk", config.chunk_stride, config.max_chunks, max_seq_length, special_tokens)
     if not onnx_dir:
         with usage_errors():
             resolve_inference_dtype(args.dtype, select_device(args.device))

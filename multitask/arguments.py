@@ -20,6 +20,8 @@ from .tables import FORMATS
 
 @dataclass
 class ModelArguments:
+    """Which encoder to start from and how the model around it is built (pooling, dropout, LoRA, k-bit loading)."""
+
     model_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -64,6 +66,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    """Where the data comes from (files or a Hub dataset), its columns and format, and how texts become tokens."""
+
     train_file: str | None = field(
         default=None,
         metadata={"help": "Training data with the text columns and a category column and/or a pick column, either "
@@ -146,6 +150,30 @@ class DataArguments:
         metadata={"help": "--truncation head_tail: tokens kept from the beginning; the rest of --max_seq_length (less "
                   "the special tokens) goes to the end. Empty: a quarter of --max_seq_length (128 of 512)."},
     )
+    long_text: str = field(
+        default="truncate",
+        metadata={"help": "truncate: one input per text, cut as --truncation says. chunk: a text longer than "
+                  "--max_seq_length becomes overlapping windows (training, evaluation and prediction alike); each "
+                  "window is scored and the document's logits are the mean or max over its windows "
+                  "(--chunk_aggregation). Metrics, thresholds and predictions stay per document.",
+                  "choices": ["truncate", "chunk"]},
+    )
+    chunk_stride: int | None = field(
+        default=None,
+        metadata={"help": "--long_text chunk: tokens two neighbouring windows share. Empty: an eighth of "
+                  "--max_seq_length less the special tokens (63 of 512 for BERT-style tokenizers)."},
+    )
+    max_chunks: int | None = field(
+        default=None,
+        metadata={"help": "--long_text chunk: at most this many windows per document (the first ones), to bound the "
+                  "cost of very long texts. Empty: every window."},
+    )
+    chunk_aggregation: str = field(
+        default="auto",
+        metadata={"help": "--long_text chunk: how window logits become the document's: mean, max, or auto (the "
+                  "better joint accuracy on validation after training; per-epoch evaluation uses mean).",
+                  "choices": ["auto", "mean", "max"]},
+    )
     validation_split: float = field(
         default=0.1, metadata={"help": "Share of training rows held out (stratified) when no validation file is given."}
     )
@@ -173,6 +201,11 @@ class DataArguments:
 
 @dataclass
 class MultitaskTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with this project's defaults and the multitask knobs: loss weights and terms, class
+    weighting, LLRD, the optional recipe pieces (R-Drop, MSD, AWP, uncertainty weighting), threshold tuning and
+    reports. Being one object, they are saved with every checkpoint (training_args.bin) like the Trainer's own.
+    """
+
     # --- TrainingArguments whose defaults we change (design memo) ---
     output_dir: str | None = field(
         default=None,
@@ -365,6 +398,8 @@ class MultitaskTrainingArguments(TrainingArguments):
         }
 
     def __post_init__(self) -> None:
+        """Fill the timestamped default `output_dir`, switch pinned memory off without CUDA, and turn
+        `--target_oos_recall` r into `max_decline_leak` = 1 - r (it overrides a given --max_decline_leak)."""
         if self.output_dir is None:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 raise ValueError("Under a distributed launch pass --output_dir: each process would pick its own name.")

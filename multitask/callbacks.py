@@ -1,5 +1,8 @@
 """Per-epoch training logs and dataset cartography, from what training already computes.
 
+Not here: the learning-curve figures (`plots`, drawn from epoch_log.jsonl / trainer_state.json afterwards) and
+the losses themselves (`losses`, composed in `trainer`).
+
 `TrainingRecord` is filled by `MultitaskTrainer.compute_loss` at every training step (detached loss terms,
 the gold-label probabilities of each row, gradient norms); the callbacks read it at epoch end, after merging
 what every process recorded (under DDP each sees only its shard). Nothing here runs a second pass over the
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,7 @@ class TrainingRecord:
         self.reset()
 
     def reset(self) -> None:
+        """Forget everything recorded (called at each epoch start by `EpochLogCallback`)."""
         self.loss_terms: dict[str, list[float]] = defaultdict(list)
         self.grad_norms: list[float] = []
         # per task: row ids, probability of the gold label, whether argmax was right, the argmax
@@ -80,10 +84,17 @@ class TrainingRecord:
         self._merged = True
 
     def add_terms(self, terms: dict[str, float]) -> None:
+        """Append one micro-batch's loss values (plain floats, `loss` = the total) to their per-name lists."""
         for name, value in terms.items():
             self.loss_terms[name].append(value)
 
     def add_predictions(self, task: str, logits: torch.Tensor | None, labels: torch.Tensor | None, row_ids) -> None:
+        """Record, for the rows of a batch labelled for `task`, P(gold), the argmax, the gold id and the row id.
+
+        `logits` (batch, classes) and `labels` (batch,) of one head; rows at `IGNORE_INDEX` are skipped, and so is
+        a head or label tensor that is None. Without `row_ids` the rows are recorded with id -1: they count in
+        the train accuracy but match no row of cartography.csv.
+        """
         if logits is None or labels is None:
             return
         labelled = labels != IGNORE_INDEX
@@ -98,23 +109,29 @@ class TrainingRecord:
         self.rows[f"{task}_row_id"].append(ids)
 
     def task_arrays(self, task: str) -> dict[str, np.ndarray] | None:
+        """This epoch's records for `task` as aligned 1-D arrays `row_id`, `gold_prob`, `pred`, `gold`; None if none."""
         if not self.rows.get(f"{task}_gold"):
             return None
         return {key: np.concatenate(self.rows[f"{task}_{key}"]) for key in ("row_id", "gold_prob", "pred", "gold")}
 
     def train_accuracy(self, task: str) -> float | None:
+        """Share of this epoch's labelled training rows whose argmax was the gold label (at training-time dropout)."""
         arrays = self.task_arrays(task)
         return float((arrays["pred"] == arrays["gold"]).mean()) if arrays else None
 
 
 def _finite(value: Any) -> Any:
+    """None for a NaN/inf float (JSON has no such numbers), the value itself otherwise."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class EpochLogCallback(TrainerCallback):
     """One row per epoch in `epoch_log.jsonl` and a readable line in the log (train.log).
 
-    The training half of a row is taken at epoch end; the evaluation that follows completes it.
+    The training half of a row is taken at epoch end; the evaluation that follows completes it. Train losses are
+    means over the epoch's micro-batches (not the last logged value); `grad_norm_*` over its optimizer steps
+    (pre-clipping). `lambda_*` are the configured loss weights (`loss_weights` keys "gate" and "category"), and
+    `sigma_*` appear with uncertainty weighting. NaN/inf are written as null.
     """
 
     def __init__(self, record: TrainingRecord, output_dir: str | Path, loss_weights: dict[str, float]) -> None:
@@ -126,19 +143,22 @@ class EpochLogCallback(TrainerCallback):
         self._learning_rate: float | None = None
 
     def on_epoch_begin(self, args, state, control, **kwargs):
+        """Write a row still waiting for an evaluation that did not come, and start the epoch's record afresh."""
         self._flush(state)
         self.record.reset()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Remember the last logged learning rate (used when the callback is not handed the scheduler)."""
         if logs and "learning_rate" in logs:
             self._learning_rate = logs["learning_rate"]
 
     def on_epoch_end(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+        """Build the training half of the epoch's row; it is written now only when no evaluation will follow."""
         record = self.record
         record.merge_processes()
         row: dict[str, Any] = {"epoch": round(state.epoch or 0), "step": state.global_step}
         if lr_scheduler is not None:
-            row["learning_rate"] = max(lr_scheduler.get_last_lr())
+            row["learning_rate"] = max(lr_scheduler.get_last_lr())  # max over groups: the heads' rate under LLRD
         elif self._learning_rate is not None:
             row["learning_rate"] = self._learning_rate
         total = [sum(v) / len(v) for k, v in record.loss_terms.items() if k == "loss" and v]
@@ -164,15 +184,18 @@ class EpochLogCallback(TrainerCallback):
             self._flush(state)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        """Add the `_EVAL_KEYS` present in `metrics` to the pending row and write it; other evaluations are ignored."""
         if self._pending is None or not metrics:
             return
         self._pending.update({key: metrics[key] for key in _EVAL_KEYS if key in metrics})
         self._flush(state)
 
     def on_train_end(self, args, state, control, **kwargs):
+        """Write the last row if no evaluation completed it (e.g. training stopped by max_steps mid-epoch)."""
         self._flush(state)
 
     def _flush(self, state) -> None:
+        """Append the pending row to `rows` on every process; only the main process writes it and logs it."""
         if self._pending is None:
             return
         row = {key: _finite(value) for key, value in self._pending.items()}
@@ -208,15 +231,24 @@ class CartographyCallback(TrainerCallback):
         }
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        """Add this epoch's observation of every recorded training row to the history, per task."""
         self.record.merge_processes()
         for task, history in self.history.items():
             arrays = self.record.task_arrays(task)
             if arrays is None:
                 continue
+            this_epoch: dict[int, list[tuple[float, bool, int]]] = defaultdict(list)
             for row_id, prob, pred, gold in zip(arrays["row_id"], arrays["gold_prob"], arrays["pred"], arrays["gold"]):
-                history[int(row_id)].append((float(prob), bool(pred == gold), int(pred)))
+                this_epoch[int(row_id)].append((float(prob), bool(pred == gold), int(pred)))
+            for row_id, seen in this_epoch.items():
+                # --long_text chunk trains on several windows of one row: one observation per row and epoch
+                # (mean gold probability, majority correctness, most frequent prediction), as for a whole text.
+                history[row_id].append(seen[0] if len(seen) == 1 else (
+                    float(np.mean([p for p, _, _ in seen])), sum(c for _, c, _ in seen) * 2 >= len(seen),
+                    Counter(pred for _, _, pred in seen).most_common(1)[0][0]))
 
     def on_save(self, args, state, control, **kwargs):
+        """Write the history into the checkpoint the Trainer just saved (main process only), for `restore`."""
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if state.is_world_process_zero and checkpoint.is_dir():
             history = {task: {str(row_id): entries for row_id, entries in rows.items()}
@@ -235,6 +267,8 @@ class CartographyCallback(TrainerCallback):
             )
 
     def table(self) -> pd.DataFrame:
+        """One row per training row (`row_id`, `text`), with `<task>_confidence`, `_variability` (population
+        std), `_correctness`, `_last_pred` and `_epochs` per task; NaN for rows never seen with that task's label."""
         frame = self.train_frame[["row_id", "text"]].copy()
         for task, history in self.history.items():
             if not history:

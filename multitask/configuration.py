@@ -61,6 +61,10 @@ class MultitaskConfig(PretrainedConfig):
             (`multitask.text_encoding`): `"head"` keeps the beginning (the tokenizer's default), `"tail"` the end,
             `"head_tail"` the first `head_tokens` and the last tokens that fit.
         head_tokens (`int`): the head kept by `"head_tail"`; `None`: a quarter of the length.
+        long_text (`str`): `"truncate"` (one input per text, cut as `truncation` says) or `"chunk"`: a longer text
+            becomes overlapping windows of `max_seq_length` tokens sharing `chunk_stride` tokens (at most
+            `max_chunks`, the first ones), and the window logits are recombined per text by `chunk_aggregation`
+            (`"mean"` or `"max"`, chosen on validation after training); features are averaged.
         gate_statistics (`dict`): set once feature scores were fitted after training: `bank_size`, `knn_k`,
             `hidden_size`, and `squash` = {score: [center, scale]}. The class means, shared precision matrix and
             kNN bank themselves are model buffers (`gate_class_means`, `gate_precision`, `gate_bank`).
@@ -87,6 +91,10 @@ class MultitaskConfig(PretrainedConfig):
         max_seq_length: int | None = None,
         truncation: str = "head",
         head_tokens: int | None = None,
+        long_text: str = "truncate",
+        chunk_stride: int | None = None,
+        max_chunks: int | None = None,
+        chunk_aggregation: str = "mean",
         pick_column: str = "pick",
         category_column: str = "category",
         **kwargs: Any,
@@ -125,6 +133,13 @@ class MultitaskConfig(PretrainedConfig):
         self.max_seq_length = int(max_seq_length) if max_seq_length else None
         self.truncation = truncation
         self.head_tokens = int(head_tokens) if head_tokens is not None else None
+        if long_text not in ("truncate", "chunk") or chunk_aggregation not in ("mean", "max"):
+            raise ValueError(f"long_text must be 'truncate' or 'chunk' and chunk_aggregation 'mean' or 'max'; got "
+                             f"{long_text!r}, {chunk_aggregation!r}")
+        self.long_text = long_text
+        self.chunk_stride = int(chunk_stride) if chunk_stride is not None else None
+        self.max_chunks = int(max_chunks) if max_chunks else None
+        self.chunk_aggregation = chunk_aggregation
         # Mirror the category map into the standard fields so Hub widgets and pipelines show names.
         if self.category_id2label and "id2label" not in kwargs:
             kwargs["id2label"] = dict(self.category_id2label)
@@ -141,22 +156,27 @@ class MultitaskConfig(PretrainedConfig):
 
     @property
     def num_categories(self) -> int:
+        """N, the width of the category head (0 for a gate-only model)."""
         return len(self.category_id2label)
 
     @property
     def has_gate(self) -> bool:
+        """Whether the model has a Pick/Decline gate head (False for a category-only model)."""
         return bool(self.gate_id2label)
 
     @property
     def has_category(self) -> bool:
+        """Whether the model has a category head (False for a gate-only Stage1 model)."""
         return self.num_categories > 0
 
     @property
     def category_label2id(self) -> dict[str, int]:
+        """Category name -> logit index, derived from `category_id2label` (not stored separately)."""
         return {label: idx for idx, label in self.category_id2label.items()}
 
     @property
     def hidden_size(self) -> int:
+        """The encoder's hidden size: the width of the pooled features both heads read."""
         return self.encoder_config.hidden_size
 
     def label_maps_hash(self) -> str:

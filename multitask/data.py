@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from datasets import Dataset
 from .labels import CATEGORY_COLUMN, IGNORE_INDEX, PICK_COLUMN
 from .splits import strata, stratified_sample, stratified_split
 from .tables import DataError, Table, build_texts, parse_pick, read_table
-from .text_encoding import encode_texts
+from .text_encoding import encode_documents
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def open_table(source: DataSource, file_format: str | None = None, encoding: str
 
 
 def _column_flags(text_columns: Sequence[str], pick_column: str, category_column: str) -> dict[str, str]:
+    """Column -> the flag that names it, so a missing-column error can say which flag to change."""
     flags = {column: "--text_columns" for column in text_columns}
     flags.update({pick_column: "--pick_column", category_column: "--category_column"})
     return flags
@@ -105,6 +107,12 @@ class LabeledFile:
 
 @dataclass
 class TrainingData:
+    """What `load_training_data` returns. `train` and `validation` have `text`, `gate_labels`, `category_labels`
+    (`IGNORE_INDEX` where a row lacks that label); `train` also has `row_id` = its position (cartography's key).
+    `category_labels` are the category names sorted, so id i is `category_labels[i]`; `has_gate` is whether any
+    source had a pick column. `report` holds the counts the run log prints.
+    """
+
     train: Dataset
     validation: Dataset
     validation_frame: pd.DataFrame  # the validation rows as a table (the file's own columns, when given)
@@ -117,6 +125,7 @@ class TrainingData:
 
     @property
     def has_category(self) -> bool:
+        """Whether any training row has a category (else the model gets no category head)."""
         return bool(self.category_labels)
 
 
@@ -466,6 +475,7 @@ def load_hub_dataset(
 
 
 def _source_name(source: DataSource | None) -> str | None:
+    """How error messages name a source: a `Table`'s source, a path as given, or None."""
     return source.source if isinstance(source, Table) else (str(source) if source is not None else None)
 
 
@@ -529,20 +539,31 @@ def label_counts(labels: list[int] | np.ndarray, num_classes: int) -> list[int]:
 
 
 def tokenize(dataset: Dataset, tokenizer, max_length: int, truncation: str = "head",
-             head_tokens: int | None = None, num_proc: int | None = None) -> Dataset:
-    """Add input_ids/attention_mask (unpadded) and a `length` column for length-grouped batching.
+             head_tokens: int | None = None, num_proc: int | None = None, long_text: str = "truncate",
+             chunk_stride: int | None = None, max_chunks: int | None = None) -> Dataset:
+    """Add input_ids/attention_mask (unpadded), a `length` column for length-grouped batching, and `document`
+    (the row's index in `dataset`).
 
-    Long texts are cut as `multitask.text_encoding.encode_texts` does (`head`, `tail` or `head_tail`), the same
-    function prediction uses. `num_proc` worker processes tokenize large sets (`datasets.Dataset.map`).
+    Inputs come from `multitask.text_encoding.encode_documents`, the function prediction uses: long texts are cut
+    (`truncation` head, tail or head_tail), or with `long_text="chunk"` each row becomes one row per window
+    (every other column copied, `document` telling them apart), so the result may have more rows than `dataset`.
+    `num_proc` worker processes tokenize large sets (`datasets.Dataset.map`).
     """
+    settings = SimpleNamespace(max_seq_length=max_length, truncation=truncation, head_tokens=head_tokens,
+                               long_text=long_text, chunk_stride=chunk_stride, max_chunks=max_chunks)
+    chunked = long_text == "chunk"
 
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        encoded = encode_texts(tokenizer, batch["text"], max_length, truncation, head_tokens)
+    def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        encoded = encode_documents(tokenizer, batch["text"], settings)
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        if chunked:  # windows of one row carry its columns; the batch's own rows are replaced
+            encoded.update({column: [values[i] for i in encoded["document"]] for column, values in batch.items()})
+        encoded["document"] = [indices[i] for i in encoded["document"]]
         return encoded
 
     num_proc = num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None
-    return dataset.map(encode, batched=True, num_proc=num_proc, desc="Tokenizing")
+    return dataset.map(encode, batched=True, with_indices=True, num_proc=num_proc, desc="Tokenizing",
+                       remove_columns=dataset.column_names if chunked else None)
 
 
 class MultitaskCollator:

@@ -24,6 +24,7 @@ from sklearn.metrics import (
 
 from .calibration import expected_calibration_error
 from .labels import IGNORE_INDEX
+from .text_encoding import aggregate_windows
 
 HEADS = ("gate", "category")
 
@@ -83,6 +84,7 @@ def gate_metrics(pick_prob: np.ndarray, gate_labels: np.ndarray, threshold: floa
 
 
 def _top_k_accuracy(probs: np.ndarray, y_true: np.ndarray, k: int) -> float:
+    """Share of rows whose gold id is among the k most probable classes (ties: lower index first)."""
     # Not sklearn's top_k_accuracy_score: it rejects (n, 2) scores for two classes and breaks ties
     # towards the *higher* index, so its top-1 would disagree with argmax (lower index) on equal probs.
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -240,6 +242,8 @@ def frequency_bands(
 
 
 def _band_mean(per_class: list[dict], bands: Sequence[str] | Mapping[int, str], key: str) -> dict[str, float]:
+    """Per band, the unweighted mean of `key` over its classes with validation support (a band with none is left
+    out); `bands` gives each class id's band, as a list indexed by id or a mapping."""
     band_of = dict(enumerate(bands)) if not isinstance(bands, Mapping) else _int_keys(bands)
     values: dict[str, list[float]] = {}
     for row in per_class:
@@ -331,6 +335,7 @@ def gate_two_class(gate_logits: np.ndarray) -> np.ndarray:
 
 
 def _as_tuple(value: Any) -> tuple:
+    """The Trainer passes one array or a tuple of them (one per output / label name): always a tuple."""
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
@@ -377,8 +382,24 @@ def hierarchy_stats(
     }
 
 
+def _per_document(label_ids: Any, logits: dict[str, Any], aggregation: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """Window rows → document rows: logits by `aggregation`, labels (equal across a document's windows) taken
+    once. The document index is the last label array."""
+    *labels, documents = _as_tuple(label_ids)
+    if not labels:
+        raise ValueError('chunked evaluation needs label_names ending with "document" and the head labels before it')
+    documents = _to_numpy(documents).reshape(-1)
+    logits = {head: aggregate_windows(_to_numpy(value), documents, aggregation)[1] for head, value in logits.items()}
+    labels = [aggregate_windows(_to_numpy(value), documents, "max")[1].astype(np.int64) for value in labels]
+    return (tuple(labels) if len(labels) > 1 else labels[0]), logits
+
+
 def build_compute_metrics(
-    threshold: float = 0.5, *, heads: Sequence[str] = HEADS, category_bands: Sequence[str] | None = None
+    threshold: float = 0.5,
+    *,
+    heads: Sequence[str] = HEADS,
+    category_bands: Sequence[str] | None = None,
+    chunk_aggregation: str | None = None,
 ) -> Callable[[Any], dict[str, float]]:
     """``compute_metrics`` for the HF Trainer (keys without prefix; the Trainer adds ``eval_``).
 
@@ -394,6 +415,11 @@ def build_compute_metrics(
     guessing which head a lone label array belongs to would silently report wrong numbers.
 
     ``category_bands`` (the training-frequency band of each category) adds ``category_recall_<band>``.
+
+    ``chunk_aggregation`` (``"mean"``/``"max"``, for ``--long_text chunk``): each row is a window of a document,
+    and the last label array is the document index of each row (``label_names`` ends with ``"document"``);
+    logits are recombined per document (`multitask.text_encoding.aggregate_windows`) before any metric, so every
+    figure counts documents, not windows.
     """
     heads = tuple(heads)
     unknown = set(heads) - set(HEADS)
@@ -410,6 +436,8 @@ def build_compute_metrics(
         # Trailing extra outputs (hidden states, attentions) are ignored.
         logits = dict(zip(heads, predictions[: len(heads)], strict=True))
         label_ids = eval_pred.label_ids
+        if chunk_aggregation is not None:
+            label_ids, logits = _per_document(label_ids, logits, chunk_aggregation)
         if isinstance(label_ids, (tuple, list)):
             if len(label_ids) not in (2, len(heads)):
                 raise ValueError(f"expected 2 label arrays (gate, category), got {len(label_ids)}")

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,9 +15,9 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from .configuration import MultitaskConfig
-from .modeling import MultitaskModel
+from .modeling import MultitaskModel, MultitaskOutput
 from .ood import PROBABILITY_SCORES
-from .text_encoding import encode_texts
+from .text_encoding import aggregate_windows, encode_documents
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,124 @@ def stored_max_length(config: MultitaskConfig) -> int:
     return getattr(config, "max_seq_length", None) or 256
 
 
+def encoding_settings(config: MultitaskConfig, max_length: int | None = None) -> SimpleNamespace:
+    """How texts become model inputs for this model (`text_encoding.encode_documents`), read with defaults so
+    models saved before a field existed (and ONNX exports) still load; `max_length` overrides the stored length."""
+    return SimpleNamespace(
+        max_seq_length=max_length or stored_max_length(config),
+        truncation=getattr(config, "truncation", "head"),
+        head_tokens=getattr(config, "head_tokens", None),
+        long_text=getattr(config, "long_text", "truncate"),
+        chunk_stride=getattr(config, "chunk_stride", None) or 0,
+        max_chunks=getattr(config, "max_chunks", None),
+    )
+
+
+@dataclass
+class WindowOutputs:
+    """Raw head outputs (float32 numpy) of every model input, and the document (text index) each belongs to."""
+
+    documents: np.ndarray
+    gate_logits: np.ndarray | None
+    category_logits: np.ndarray | None
+    features: np.ndarray | None
+
+    def per_document(self, aggregation: str = "mean") -> WindowOutputs:
+        """One row per document: logits by `aggregation` (mean or max), features averaged. A no-op when every
+        document is one input (truncated texts)."""
+        if np.array_equal(self.documents, np.arange(len(self.documents))):
+            return self
+
+        def combine(values: np.ndarray | None, how: str) -> np.ndarray | None:
+            return None if values is None else aggregate_windows(values, self.documents, how)[1]
+
+        ids = np.unique(self.documents)
+        return WindowOutputs(ids, combine(self.gate_logits, aggregation), combine(self.category_logits, aggregation),
+                             combine(self.features, "mean"))
+
+
 @torch.inference_mode()
+def window_outputs(
+    model: MultitaskModel,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 64,
+    max_length: int | None = None,
+    progress: bool = False,
+    dtype: torch.dtype = torch.float32,
+    with_features: bool = False,
+) -> WindowOutputs:
+    """Run the model on the inputs of `texts` (one per text, or its windows in chunked mode), in batches of
+    similar length (less padding); rows come back in input order.
+
+    A `dtype` other than float32 runs the forward under autocast (weights stay fp32); outputs are stored as float32.
+    """
+    device = model.device  # also an ONNX model (multitask.onnx_backend), which has no parameters
+    was_training = model.training
+    model.eval()  # dropout off, whatever state the caller left the model in
+    encoded = encode_documents(tokenizer, texts, encoding_settings(model.config, max_length))
+    inputs = encoded["input_ids"]
+    order = np.argsort([len(ids) for ids in inputs], kind="stable")
+    config = model.config
+    gate_logits = np.zeros((len(inputs), 2), np.float32) if config.has_gate else None
+    category_logits = np.zeros((len(inputs), config.num_categories), np.float32) if config.has_category else None
+    features = np.zeros((len(inputs), config.hidden_size), np.float32) if with_features else None
+    starts = range(0, len(inputs), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="Predicting", unit="batch")
+    # One autocast region for all batches: its cache then casts each weight to `dtype` once, not once per batch.
+    with torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext():
+        for start in starts:
+            rows = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [inputs[i] for i in rows]}, return_tensors="pt").to(device)
+            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            output_features=with_features)
+            for stored, value in ((gate_logits, outputs.gate_logits), (category_logits, outputs.category_logits),
+                                  (features, outputs.features)):
+                if stored is not None:
+                    stored[rows] = value.float().cpu().numpy()
+    model.train(was_training)
+    return WindowOutputs(np.asarray(encoded["document"]), gate_logits, category_logits, features)
+
+
+def scores_from_outputs(model: MultitaskModel, outputs: WindowOutputs, batch_size: int = 64) -> Scores:
+    """`Scores` from per-document outputs: calibrated probabilities and every gate score the model can give,
+    computed in float32 on the model's device, `batch_size` rows at a time (the kNN score compares each row
+    with the whole bank)."""
+    config = model.config
+    rows = len(outputs.documents)
+    gate_scores: dict[str, np.ndarray] = {}
+
+    def tensor(values: np.ndarray | None, part: slice) -> torch.Tensor | None:
+        return None if values is None else torch.from_numpy(values[part]).to(model.device)
+
+    with torch.inference_mode():
+        for start in range(0, rows, batch_size):
+            part = slice(start, start + batch_size)
+            batch = MultitaskOutput(gate_logits=tensor(outputs.gate_logits, part),
+                                    category_logits=tensor(outputs.category_logits, part),
+                                    features=tensor(outputs.features, part) if config.gate_statistics else None)
+            for name, value in model.in_scope_scores(batch).items():
+                gate_scores.setdefault(name, np.zeros(rows, dtype=np.float32))[part] = value.cpu().numpy()
+    category_probs = None
+    if outputs.category_logits is not None:
+        category_probs = torch.softmax(torch.from_numpy(outputs.category_logits) / config.head_temperature("category"),
+                                       dim=-1).numpy()
+    pick_prob = None
+    if config.has_gate:
+        name = config.gate_score
+        if name not in gate_scores and rows:
+            if config.has_category or name not in PROBABILITY_SCORES:
+                # Thresholds were tuned on this score: applying them to another would decide wrongly, silently.
+                raise ValueError(f"the model's gate score {name!r} cannot be computed (it gives {sorted(gate_scores)})")
+            name = "pick"  # a gate-only model: its only probability score is P(Pick)
+        pick_prob = gate_scores.get(name, np.zeros(rows, np.float32))
+    return Scores(pick_prob, category_probs, gate_scores, outputs.features, outputs.category_logits,
+                  outputs.gate_logits)
+
+
 def predict_scores(
     model: MultitaskModel,
     tokenizer,
@@ -84,65 +202,22 @@ def predict_scores(
     progress: bool = False,
     dtype: torch.dtype = torch.float32,
     return_features: bool = False,
+    aggregation: str | None = None,
 ) -> Scores:
-    """Score texts in batches of similar length (less padding), then restore the input order.
+    """Score texts, one row per text in input order: `window_outputs` → per document → `scores_from_outputs`.
 
-    Texts are cut as in training (`multitask.text_encoding.encode_texts` with the model config's `truncation` and
-    `head_tokens`) to `max_length` tokens; None: the length stored in the config (256 for older models).
-    A `dtype` other than float32 runs the forward under autocast (weights stay fp32); the gate scores are computed
-    in float32 from its outputs. `return_features` also returns the pooled vectors and category logits.
+    Texts are encoded as in training, from the model config (`truncation`/`head_tokens`, or `long_text="chunk"`
+    windows recombined by `aggregation`, default the config's `chunk_aggregation`) at `max_length` tokens (None:
+    the length stored in the config, 256 for older models). `return_features` also returns the pooled vectors
+    and the raw logits (used to fit gate statistics and calibration).
     """
-    device = model.device  # also an ONNX model (multitask.onnx_backend), which has no parameters
-    was_training = model.training
-    model.eval()  # dropout off, whatever state the caller left the model in
-    config = model.config  # an ONNX model's config may come from an older export: read the fields with defaults
-    encoded = encode_texts(tokenizer, texts, max_length or stored_max_length(config),
-                           getattr(config, "truncation", "head"), getattr(config, "head_tokens", None))["input_ids"]
-    order = np.argsort([len(ids) for ids in encoded], kind="stable")
     with_features = return_features or bool(model.config.gate_statistics)
-    gate_scores: dict[str, np.ndarray] = {}
-    category_probs = (
-        np.zeros((len(texts), model.config.num_categories), dtype=np.float32) if model.config.has_category else None
-    )
-    features = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32) if return_features else None
-    category_logits = np.zeros_like(category_probs) if return_features and category_probs is not None else None
-    gate_logits = np.zeros((len(texts), 2), np.float32) if return_features and model.config.has_gate else None
-    category_temperature = model.config.head_temperature("category")
-    starts = range(0, len(texts), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="Predicting", unit="batch")
-    # One autocast region for all batches: its cache then casts each weight to `dtype` once, not once per batch.
-    with torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext():
-        for start in starts:
-            rows = order[start : start + batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(device)
-            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            output_features=with_features)
-            with torch.autocast(device.type, enabled=False):
-                for name, value in model.in_scope_scores(outputs).items():
-                    gate_scores.setdefault(name, np.zeros(len(texts), dtype=np.float32))[rows] = value.cpu().numpy()
-            if category_probs is not None:
-                category_probs[rows] = torch.softmax(outputs.category_logits.float() / category_temperature,
-                                                     dim=-1).cpu().numpy()
-            if features is not None:
-                features[rows] = outputs.features.float().cpu().numpy()
-            if category_logits is not None:
-                category_logits[rows] = outputs.category_logits.float().cpu().numpy()
-            if gate_logits is not None:
-                gate_logits[rows] = outputs.gate_logits.float().cpu().numpy()
-    model.train(was_training)
-    pick_prob = None
-    if model.config.has_gate:
-        name = model.config.gate_score
-        if name not in gate_scores and texts:
-            if model.config.has_category or name not in PROBABILITY_SCORES:
-                # Thresholds were tuned on this score: applying them to another would decide wrongly, silently.
-                raise ValueError(f"the model's gate score {name!r} cannot be computed (it gives {sorted(gate_scores)})")
-            name = "pick"  # a gate-only model: its only probability score is P(Pick)
-        pick_prob = gate_scores.get(name, np.zeros(len(texts), np.float32))
-    return Scores(pick_prob, category_probs, gate_scores, features, category_logits, gate_logits)
+    raw = window_outputs(model, tokenizer, texts, batch_size, max_length, progress, dtype, with_features)
+    scores = scores_from_outputs(
+        model, raw.per_document(aggregation or getattr(model.config, "chunk_aggregation", "mean")), batch_size)
+    if not return_features:
+        scores.features = scores.category_logits = scores.gate_logits = None
+    return scores
 
 
 def prediction_table(

@@ -1,5 +1,9 @@
 """What a finished training run writes besides the model: thresholds, predictions, per-class and hierarchy
-reports, plots. Every function takes scores already computed; none trains or re-reads the data."""
+reports, plots. Every function takes scores already computed; none trains or re-reads the data.
+
+The numbers themselves come from `metrics`, `thresholds`, `gate_selection` and `calibration`; this module only
+chooses which rows they see (labelled ones, per head) and where the results go in the run directory.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from .data import IGNORE_INDEX, LabeledFile
 from .gate_selection import choose_gate, cross_validate_gate
 from .metrics import compute_all, confusion_top, frequency_bands, hierarchy_stats, per_class_metrics
 from .ood import PROBABILITY_SCORES
-from .predict import Scores, prediction_table
+from .predict import Scores, prediction_table, scores_from_outputs, window_outputs
 from .rundir import write_json
 from .thresholds import review_band
 
@@ -23,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def category_bands(train_category_labels: list[int], num_categories: int, quantiles: list[float]) -> list[str]:
-    """The High/Mid/Low training-frequency band of each category."""
+    """The High/Mid/Low training-frequency band of each category id (rows without a category are not counted)."""
     labels = np.asarray(train_category_labels)
     counts = np.bincount(labels[labels != IGNORE_INDEX], minlength=num_categories)
     return frequency_bands(counts, quantiles=tuple(quantiles))
@@ -89,12 +93,36 @@ def tune_gate(
             review = (chosen >= low) & (chosen < high)
             decided = labelled & ~review
             pick = chosen >= threshold
+            # A Pick row is right when let through with the right category; a Decline row when stopped.
             right = np.where(gate_labels == 1, pick & (correct if correct is not None else True), ~pick)
             bands[kind] = {"band": [low, high], "review_share": float(review[labelled].mean()),
                            "accuracy_on_rest": float(right[decided].mean()) if decided.any() else float("nan"),
                            "accuracy_without_review": float(right[labelled].mean())}
     return {"gate_score": name, "search": search, "cv": cv, "review_bands": bands, "default_threshold": default,
             "default_source": "0.5 (a probability score)" if probability else "the leak threshold (a squashed score)"}
+
+
+def choose_chunk_aggregation(model, tokenizer, texts: list[str], dataset: Dataset, batch_size: int = 64) -> str:
+    """`mean` or `max`: how window logits become a document's (`--long_text chunk --chunk_aggregation auto`),
+    whichever gives the higher validation accuracy of the decision the model makes (joint if it has both heads,
+    else its one head's), at the 0.5 P(Pick) rule; a tie keeps `mean`. One forward pass over the windows.
+
+    Chosen and measured on the same rows (one binary choice; the gate's held-out-fold protocol does not cover it).
+    """
+    raw = window_outputs(model, tokenizer, texts, batch_size)
+    gate_labels, category_labels = np.asarray(dataset["gate_labels"]), np.asarray(dataset["category_labels"])
+    accuracy = {}
+    for how in ("mean", "max"):
+        scores = scores_from_outputs(model, raw.per_document(how), batch_size)
+        figures = compute_all(scores.gate_scores.get("pick"), scores.category_probs,
+                              gate_labels if scores.gate_scores.get("pick") is not None else None,
+                              category_labels if scores.category_probs is not None else None)
+        key = next(k for k in ("joint_accuracy", "category_accuracy", "gate_accuracy") if k in figures)
+        accuracy[how] = figures[key]
+    choice = "max" if accuracy["max"] > accuracy["mean"] else "mean"
+    logger.info("--long_text chunk: validation %s by aggregation %s; chosen: %s", key,
+                {how: round(value, 4) for how, value in accuracy.items()}, choice)
+    return choice
 
 
 def calibrate_heads(scores: Scores, dataset: Dataset, bins: int = 15) -> dict:
@@ -148,7 +176,8 @@ def write_predictions(
 ) -> dict | None:
     """predictions_<stem>.csv at the default threshold, plus predictions_<kind>_<stem>.csv per tuned threshold.
 
-    With `metrics` (a dict), each kind's metrics on this file are added to it and returned.
+    With `metrics` (a dict), each kind's metrics on this file are added to it (keyed by threshold kind) and
+    returned. A category-only model writes the first file only.
     """
     gate_labels = list(labeled.dataset["gate_labels"])
     category_labels = list(labeled.dataset["category_labels"])

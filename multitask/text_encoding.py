@@ -9,6 +9,11 @@ Each text is encoded whole without special tokens, the ids are cut, and the toke
 `build_inputs_with_special_tokens`, so that template is read from the tokenizer itself, once per call: a probe
 text encoded with and without special tokens. `head` gives exactly what `tokenizer(texts, truncation=True,
 max_length=max_length)` gives (a test checks it).
+
+Chunked mode (`long_text="chunk"`) keeps the whole document instead: its tokens are split into overlapping windows
+of `max_length` (special tokens included), each window is one model input tagged with its document's index, and
+the window outputs are recombined per document by `aggregate_windows` (mean or max of the logits; features are
+always averaged). `truncation` does not apply there; `max_chunks` caps the windows per document (the first ones).
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import UsageError
 
 TRUNCATIONS = ("head", "tail", "head_tail")
+LONG_TEXT_MODES = ("truncate", "chunk")
+CHUNK_AGGREGATIONS = ("mean", "max")
 _PROBE = "a"
 
 
@@ -39,6 +48,7 @@ class SpecialTemplate:
 
     @property
     def size(self) -> int:
+        """Special tokens per sequence (2 for [CLS] … [SEP]): `max_length - size` tokens are left for the text."""
         return len(self.prefix_ids) + len(self.suffix_ids)
 
 
@@ -120,17 +130,125 @@ def encode_texts(
     # verbose=False: whole documents are longer than the model's limit on purpose; they are cut below.
     content = tokenizer(list(texts), add_special_tokens=False, verbose=False, return_attention_mask=False,
                         return_token_type_ids=False)["input_ids"]
-    encoded: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": []}
+    encoded = _empty_inputs(template)
+    for ids in content:
+        _append_input(encoded, template, cut_ids(ids, budget, truncation, head))
+    return encoded
+
+
+def _empty_inputs(template: SpecialTemplate) -> dict[str, list]:
+    encoded: dict[str, list] = {"input_ids": [], "attention_mask": []}
     if template.content_type is not None:
         encoded["token_type_ids"] = []
-    for ids in content:
-        kept = cut_ids(ids, budget, truncation, head)
-        encoded["input_ids"].append(template.prefix_ids + kept + template.suffix_ids)
-        encoded["attention_mask"].append([1] * (template.size + len(kept)))
-        if template.content_type is not None:
-            encoded["token_type_ids"].append(template.prefix_types + [template.content_type] * len(kept)
-                                             + template.suffix_types)
     return encoded
+
+
+def _append_input(encoded: dict[str, list], template: SpecialTemplate, kept: list[int]) -> None:
+    """One model input: `kept` content ids inside the tokenizer's special tokens."""
+    encoded["input_ids"].append(template.prefix_ids + kept + template.suffix_ids)
+    encoded["attention_mask"].append([1] * (template.size + len(kept)))
+    if template.content_type is not None:
+        encoded["token_type_ids"].append(template.prefix_types + [template.content_type] * len(kept)
+                                         + template.suffix_types)
+
+
+def default_chunk_stride(max_length: int) -> int:
+    """Tokens two neighbouring windows share by default: an eighth of the length (64 of 512)."""
+    return max(max_length // 8, 0)
+
+
+def check_chunking(long_text: str, chunk_stride: int | None, max_chunks: int | None, max_length: int,
+                   special_tokens: int = 0, truncation: str = "head") -> int | None:
+    """Validate the long-text settings; return the overlap chunked mode uses (None when texts are truncated)."""
+    if long_text not in LONG_TEXT_MODES:
+        raise UsageError(f"--long_text {long_text!r}: choose one of {', '.join(LONG_TEXT_MODES)}")
+    if long_text == "truncate":
+        for flag, value in (("--chunk_stride", chunk_stride), ("--max_chunks", max_chunks)):
+            if value is not None:
+                raise UsageError(f"{flag} {value}: applies only with --long_text chunk (this run truncates texts)")
+        return None
+    if truncation != "head":
+        raise UsageError(f"--truncation {truncation}: applies only with --long_text truncate; --long_text chunk keeps "
+                         "every window of a document (cap them with --max_chunks, which keeps the first ones)")
+    budget = max_length - special_tokens
+    stride = default_chunk_stride(budget) if chunk_stride is None else chunk_stride
+    if stride < 0 or stride >= budget:
+        raise UsageError(f"--chunk_stride {stride}: the tokens neighbouring windows share must be at least 0 and "
+                         f"below {budget} (--max_seq_length {max_length} less {special_tokens} special tokens)")
+    if max_chunks is not None and max_chunks < 1:
+        raise UsageError(f"--max_chunks {max_chunks}: must be at least 1 (empty: every window)")
+    return stride
+
+
+def window_starts(length: int, budget: int, stride: int, max_chunks: int | None = None) -> list[int]:
+    """Where each window of `budget` tokens starts in a text of `length` tokens; neighbours share `stride` tokens.
+
+    The last window ends at the text's end (it may share more than `stride` tokens with the one before), so every
+    window is full. A text that fits gives one window. `max_chunks` keeps only the first windows.
+    """
+    if length <= budget:
+        return [0]
+    starts = list(range(0, length - budget, budget - stride)) + [length - budget]
+    return starts[:max_chunks] if max_chunks else starts
+
+
+def encode_windows(
+    tokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    stride: int,
+    max_chunks: int | None = None,
+) -> dict[str, list]:
+    """Chunked encoding: every text becomes one or more overlapping windows of at most `max_length` tokens
+    (special tokens included), in text order. Returns the model inputs of each window and `document`, the index
+    in `texts` it came from (rows of one text are adjacent)."""
+    template = special_template(tokenizer)
+    budget = max_length - template.size
+    content = tokenizer(list(texts), add_special_tokens=False, verbose=False, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"]
+    encoded = _empty_inputs(template)
+    encoded["document"] = []
+    for document, ids in enumerate(content):
+        for start in window_starts(len(ids), budget, stride, max_chunks):
+            _append_input(encoded, template, list(ids[start : start + budget]))
+            encoded["document"].append(document)
+    return encoded
+
+
+def encode_documents(tokenizer, texts: Sequence[str], settings) -> dict[str, list]:
+    """Model inputs for `texts` as `settings` (a `MultitaskConfig`, or anything with its long-text fields) say:
+    one truncated input per text, or its windows. Always returns `document` (the text index of each input).
+
+    The one entry point training (`data.tokenize`) and prediction (`predict.predict_scores`) share.
+    """
+    max_length = settings.max_seq_length
+    if getattr(settings, "long_text", "truncate") == "chunk":
+        return encode_windows(tokenizer, texts, max_length, settings.chunk_stride, getattr(settings, "max_chunks", None))
+    encoded = encode_texts(tokenizer, texts, max_length, getattr(settings, "truncation", "head"),
+                           getattr(settings, "head_tokens", None))
+    encoded["document"] = list(range(len(texts)))
+    return encoded
+
+
+def aggregate_windows(values, documents, how: str = "mean"):
+    """Per-document rows from per-window rows: the mean or the element-wise max over each document's windows.
+
+    `values` (windows, ...) and `documents` (windows,) numpy arrays, in any order (the Trainer may have grouped
+    windows by length). Returns `(document_ids, aggregated)`, sorted by document id.
+    """
+    if how not in CHUNK_AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {', '.join(CHUNK_AGGREGATIONS)}; got {how!r}")
+    values, documents = np.asarray(values), np.asarray(documents).reshape(-1)
+    ids, inverse = np.unique(documents, return_inverse=True)
+    shape = (len(ids), *values.shape[1:])
+    if how == "max":
+        result = np.full(shape, -np.inf, dtype=np.float64)
+        np.maximum.at(result, inverse, values)
+    else:
+        result = np.zeros(shape, dtype=np.float64)
+        np.add.at(result, inverse, values)
+        result /= np.bincount(inverse, minlength=len(ids)).reshape(-1, *([1] * (values.ndim - 1)))
+    return ids, result.astype(values.dtype if values.dtype.kind == "f" else np.float32)
 
 
 def text_separator(tokenizer) -> str:

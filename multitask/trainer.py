@@ -32,6 +32,10 @@ def _split_halves(outputs: MultitaskOutput) -> tuple[MultitaskOutput, MultitaskO
     )
 
 
+# Batch columns the loss and the logs read but the model's forward does not take.
+NOT_MODEL_INPUTS = ("gate_labels", "category_labels", "row_id", "document")
+
+
 class MultitaskTrainer(Trainer):
     """A Trainer for `MultitaskModel`: per-head masked losses with class weights, per-term logs, LLRD, AWP.
 
@@ -91,7 +95,7 @@ class MultitaskTrainer(Trainer):
         rows, and the Trainer divides by the gradient-accumulation steps (see `__init__`).
         """
         gate_labels, category_labels = inputs.get("gate_labels"), inputs.get("category_labels")
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("gate_labels", "category_labels", "row_id")}
+        model_inputs = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
         outputs, second = self._forward(model, model_inputs, with_features=self._wants_contrastive(model, inputs))
         terms = self._loss_terms(outputs, second, gate_labels, category_labels)
         log_variances = getattr(self.accelerator.unwrap_model(model), "task_log_variances", None)

@@ -17,7 +17,7 @@ import run_predict
 from multitask.data import tokenize
 from multitask.errors import UsageError
 from multitask.predict import predict_scores
-from multitask.text_encoding import encode_texts
+from multitask.text_encoding import encode_texts, encode_windows
 
 
 def test_training_and_prediction_cut_the_same_tokens(tokenizer, model):
@@ -85,3 +85,51 @@ def test_bad_truncation_is_refused_before_the_run_directory_exists(encoder_dir, 
                            "--task2_file", str(csv_files["task2"]), "--validation_file", str(csv_files["val"]),
                            "--output_dir", str(run_dir), "--use_cpu", "true", "--max_seq_length", "64", *flags])
     assert not run_dir.exists()
+
+
+def test_chunked_run_scores_documents_end_to_end(encoder_dir, csv_files, tmp_path):
+    """--long_text chunk: training sees windows, but the epoch log, thresholds, predictions and run_predict count
+    documents; the aggregation chosen on validation is stored and run_predict applies it unchanged."""
+    run_dir = tmp_path / "run"
+    metrics = run_finetune.main([
+        "--model_name_or_path", str(encoder_dir), "--task1_file", str(csv_files["task1"]),
+        "--task2_file", str(csv_files["task2"]), "--validation_file", str(csv_files["val"]),
+        "--test_files", str(csv_files["test"]), "--output_dir", str(run_dir), "--max_steps", "2",
+        "--per_device_train_batch_size", "8", "--learning_rate", "1e-2", "--use_cpu", "true",
+        "--max_seq_length", "10", "--long_text", "chunk", "--chunk_stride", "2", "--threshold_cv", "0",
+        "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1",
+        "--train_sampling_strategy", "group_by_length"])
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert (config["long_text"], config["chunk_stride"], config["max_seq_length"]) == ("chunk", 2, 10)
+    assert config["chunk_aggregation"] == metrics["chunk_aggregation"] in ("mean", "max")
+    validation = pd.read_csv(csv_files["val"])
+    assert metrics["validation"]["eval_joint_support"] == len(validation)  # documents, not windows
+    test = pd.read_csv(csv_files["test"])
+    stem = csv_files["test"].stem
+    runs = pd.read_csv(run_dir / f"predictions_{stem}.csv")
+    assert len(runs) == len(test)
+    run_predict.main(["--model", str(run_dir), "--input_files", str(csv_files["test"]),
+                      "--output_dir", str(tmp_path / "preds")])
+    ours = pd.read_csv(tmp_path / "preds" / f"predictions_{stem}.csv")
+    for column in ("pick_prob", "category_prob"):
+        np.testing.assert_allclose(ours[column], runs[column], atol=1e-5)
+
+
+def test_chunked_predictions_recombine_the_windows(tokenizer, model):
+    """predict_scores in chunked mode equals scoring each window alone and averaging (mean) or taking the
+    element-wise max of (max) the logits by hand."""
+    texts = ["sports " * 8 + "株価が大きく上昇した", "bank"]
+    model.config.max_seq_length, model.config.long_text, model.config.chunk_stride = 16, "chunk", 4
+    windows = encode_windows(tokenizer, texts, 16, 4)
+    assert windows["document"].count(0) > 1 and windows["document"].count(1) == 1
+    model.eval()  # as predict_scores runs it: no dropout
+    with torch.inference_mode():
+        logits = [model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+                  for ids in windows["input_ids"]]
+    documents = np.array(windows["document"])
+    for how, combine in (("mean", np.mean), ("max", np.max)):
+        scores = predict_scores(model, tokenizer, texts, batch_size=3, aggregation=how, return_features=True)
+        for document in (0, 1):
+            rows = [out.category_logits[0].numpy() for out, d in zip(logits, documents) if d == document]
+            np.testing.assert_allclose(scores.category_logits[document], combine(rows, axis=0), atol=1e-5)
+        assert scores.pick_prob.shape == (2,)

@@ -284,3 +284,17 @@ def test_build_compute_metrics_single_arrays():
     assert build_compute_metrics()(stacked)["gate_support"] == 2
     with pytest.raises(ValueError):
         build_compute_metrics(heads=("gate", "other"))
+
+
+def test_compute_metrics_scores_documents_from_windows():
+    """--long_text chunk: window logits are recombined per document (given as the last label array, in any order)
+    before any figure; two windows of document 0 disagree and their mean decides."""
+    gate = np.array([[0.0, 3.0], [2.0, 0.0], [0.0, 0.1], [0.0, 2.0]], dtype=np.float32)  # rows 0 and 2: document 0
+    category = np.array([[2.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 3.0]], dtype=np.float32)
+    labels = (np.array([1, 0, 1, 1]), np.array([0, -100, 0, 1]), np.array([0, 1, 0, 2]))
+    metrics = build_compute_metrics(chunk_aggregation="mean")(EvalPrediction((gate, category), labels))
+    assert metrics["joint_support"] == 3  # three documents
+    assert metrics["category_accuracy"] == 1.0  # document 0: mean logits (1.0, 0.5) → category 0
+    assert metrics["gate_accuracy"] == 1.0
+    by_max = build_compute_metrics(chunk_aggregation="max")(EvalPrediction((gate, category), labels))
+    assert by_max["category_accuracy"] == 1.0  # max logits (2.0, 1.0) → category 0 as well

@@ -2,13 +2,26 @@
 DeBERTa ([CLS] … [SEP]), a BERT (token types too) and an XLM-R (<s> … </s>) tokenizer. The end-to-end use in
 training and prediction is in test_long_documents.py."""
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 from datasets import Dataset
 from transformers import BertTokenizer, XLMRobertaTokenizer
 
 from multitask.data import tokenize
 from multitask.errors import UsageError
-from multitask.text_encoding import check_truncation, cut_ids, encode_texts, special_template
+from multitask.text_encoding import (
+    aggregate_windows,
+    check_chunking,
+    check_truncation,
+    cut_ids,
+    encode_documents,
+    encode_texts,
+    encode_windows,
+    special_template,
+    window_starts,
+)
 
 WORDS = "the stock market rally lifts shares as central bank cuts interest rates and exports grow".split()
 TEXTS = [
@@ -117,3 +130,83 @@ def test_data_tokenize_uses_the_same_cut(tokenizer):
     dataset = tokenize(Dataset.from_dict({"text": texts}), tokenizer, 16, "head_tail", 5)
     assert dataset["input_ids"] == encode_texts(tokenizer, texts, 16, "head_tail", 5)["input_ids"]
     assert dataset["length"] == [len(ids) for ids in dataset["input_ids"]] and dataset["length"][0] == 16
+
+
+# Chunked mode (--long_text chunk): windows, their settings, and recombining window outputs per document.
+
+
+@pytest.mark.parametrize("length, budget, stride, max_chunks, starts", [
+    (3, 4, 1, None, [0]),             # fits: one window
+    (4, 4, 1, None, [0]),             # exactly fits
+    (10, 4, 1, None, [0, 3, 6]),      # step 3; the last window ends at the text's end
+    (5, 4, 1, None, [0, 1]),          # the last window shares more than `stride` to stay full
+    (10, 4, 0, None, [0, 4, 6]),      # no overlap, last one aligned to the end
+    (10, 4, 1, 2, [0, 3]),            # capped: the first windows
+])
+def test_window_starts(length, budget, stride, max_chunks, starts):
+    assert window_starts(length, budget, stride, max_chunks) == starts
+
+
+def test_encode_windows_covers_every_token_with_the_special_tokens(bert_tokenizer):
+    texts = [" ".join(WORDS), "stock market"]  # 15 words and 2 words, one token each
+    encoded = encode_windows(bert_tokenizer, texts, max_length=8, stride=2)  # 6 content tokens a window, step 4
+    content = bert_tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    assert encoded["document"] == [0, 0, 0, 0, 1]  # starts 0, 4, 8, 9 for 15 tokens; the short text: one window
+    cls, sep = bert_tokenizer.cls_token_id, bert_tokenizer.sep_token_id
+    for start, ids in zip([0, 4, 8, 9], encoded["input_ids"][:4], strict=True):
+        assert ids == [cls, *content[start : start + 6], sep]
+    assert encoded["input_ids"][4] == bert_tokenizer("stock market")["input_ids"]
+    assert all(len(mask) == len(ids) for mask, ids in zip(encoded["attention_mask"], encoded["input_ids"]))
+    assert len(encoded["token_type_ids"]) == 5
+
+
+def test_encode_documents_truncates_or_chunks_as_settings_say(bert_tokenizer):
+    texts = [" ".join(WORDS * 2), "stock"]
+    truncated = encode_documents(bert_tokenizer, texts, SimpleNamespace(max_seq_length=8, truncation="tail",
+                                                                        head_tokens=None, long_text="truncate"))
+    assert truncated["input_ids"] == encode_texts(bert_tokenizer, texts, 8, "tail")["input_ids"]
+    assert truncated["document"] == [0, 1]
+    chunked = encode_documents(bert_tokenizer, texts, SimpleNamespace(max_seq_length=8, long_text="chunk",
+                                                                      chunk_stride=0, max_chunks=3))
+    assert chunked["document"] == [0, 0, 0, 1]  # 30 tokens in windows of 6: capped at the first three
+
+
+def test_tokenize_chunked_expands_rows_and_keeps_their_columns(bert_tokenizer):
+    dataset = Dataset.from_dict({"text": [" ".join(WORDS), "stock market"], "gate_labels": [1, 0],
+                                 "row_id": [7, 8]})
+    windows = tokenize(dataset, bert_tokenizer, 8, long_text="chunk", chunk_stride=2)
+    assert windows["document"] == [0, 0, 0, 0, 1]
+    assert windows["gate_labels"] == [1, 1, 1, 1, 0] and windows["row_id"] == [7, 7, 7, 7, 8]
+    assert windows["length"] == [8, 8, 8, 8, 4]
+    assert tokenize(dataset, bert_tokenizer, 8)["document"] == [0, 1]  # truncated: one row per text
+
+
+def test_aggregate_windows_mean_and_max_in_any_order():
+    values = np.array([[1.0, 4.0], [3.0, 0.0], [5.0, 5.0], [-1.0, 2.0]], dtype=np.float32)
+    documents = np.array([2, 0, 2, 0])  # windows shuffled, as a length-grouped sampler returns them
+    ids, mean = aggregate_windows(values, documents, "mean")
+    assert ids.tolist() == [0, 2]
+    np.testing.assert_allclose(mean, [[1.0, 1.0], [3.0, 4.5]])
+    assert mean.dtype == np.float32
+    np.testing.assert_allclose(aggregate_windows(values, documents, "max")[1], [[3.0, 2.0], [5.0, 5.0]])
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate_windows(values, documents, "median")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("chunk", 62, None, 64, 2), "--chunk_stride 62"),  # shares the whole window: no progress
+    (("chunk", -1, None, 64, 2), "--chunk_stride -1"),
+    (("chunk", None, 0, 64, 2), "--max_chunks 0"),
+    (("truncate", 8, None, 64, 2), "only with --long_text chunk"),
+    (("paragraphs", None, None, 64, 2), "--long_text 'paragraphs'"),
+])
+def test_check_chunking_refuses_bad_settings(args, message):
+    with pytest.raises(UsageError, match=message):
+        check_chunking(*args)
+
+
+def test_check_chunking_defaults_and_truncation_conflict():
+    assert check_chunking("chunk", None, None, 512, 2) == 510 // 8
+    assert check_chunking("truncate", None, None, 512, 2) is None
+    with pytest.raises(UsageError, match="--truncation head_tail"):
+        check_chunking("chunk", None, None, 512, 2, "head_tail")
