@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     ]
 
     with model_load_errors(args.model, "--model"):
-        model, tokenizer = load_predictor(source, args.backend, args.device, token=token)
+        model, tokenizer = load_predictor(source, args.backend, args.device, config=None if onnx_dir else config,
+                                          tokenizer=tokenizer, token=token)
     config = model.config
     device = model.device
     with usage_errors():

@@ -29,6 +29,8 @@ from .safety import category_safety, gate_safety, load_cost_matrix
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line; a mistake is a `UsageError`. `bands` comes back as a list of floats and
+    `critical_labels` as a list of names (both are comma-separated strings on the command line)."""
     # argparse rather than HfArgumentParser: positional inputs, and no transformers import for a CSV report.
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
     parser.add_argument(
@@ -120,6 +122,7 @@ def _safety(pred: Predictions, args: argparse.Namespace, costs: Any) -> dict:
 
 
 def _write_json(path: Path, payload: Any) -> None:
+    """Indented UTF-8 JSON with a final newline; a NaN or inf raises `ValueError`."""
     # allow_nan=False: a NaN reaching the output is a bug to surface, not a value to write.
     path.write_text(
         json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
 def _analyse_all(
     args: argparse.Namespace, out: Path | None, costs: Any, stage: StagedFiles
 ) -> tuple[dict, list[str]]:
+    """Analyse every input into `stage` (nothing is in place until the stage commits); returns the results that
+    `main` returns and the Markdown sections to print. The first input is the comparison's baseline."""
     results: dict[str, Any] = {"inputs": {}}
     markdown: list[str] = []
     baselines: list[tuple[str, dict]] = []

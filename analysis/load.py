@@ -55,10 +55,12 @@ class Predictions:
 
 
 def _missing(path: Path, column: str, why: str) -> InputError:
+    """The error for a column the analysis needs: file, column and what the column was wanted for."""
     return InputError(f"{path}: missing column '{column}' ({why})")
 
 
 def _parse_top_k(cell: str) -> list[str]:
+    """The category names of a `category_top<k>` cell, best first; [] for a JSON cell it cannot read."""
     # "label:prob|label:prob" (rsplit keeps labels that themselves contain ':'), or run_predict.py's JSON Lines
     # records: [{"label": …, "prob": …}, …].
     if cell.startswith("["):
@@ -70,6 +72,7 @@ def _parse_top_k(cell: str) -> list[str]:
 
 
 def _first_present(columns: set[str], *candidates: str | None) -> str | None:
+    """The first of `candidates` (None entries skipped) that is a column of the file, else None."""
     return next((column for column in candidates if column and column in columns), None)
 
 
@@ -144,6 +147,7 @@ def read_predictions(
         category_scores = np.zeros((frame.shape[0], len(id2label)))
         for row, top in enumerate(top_lists):
             for rank, label in enumerate(top):
+                # Rank scores, not probabilities: first listed k, last 1, unlisted 0 (so top-k accuracy can be computed).
                 category_scores[row, label2id[label]] = top_k_listed - rank
         # category_pred is the file's decision: it wins even if top-k was rounded into a tie.
         category_scores[np.arange(frame.shape[0]), category_pred] = top_k_listed + 1
@@ -163,6 +167,8 @@ def read_predictions(
 
 
 def _json(path: Path) -> dict:
+    """A run directory's JSON file as a dict; {} when the file is absent (older runs lack some), an error when
+    it is damaged."""
     if not path.is_file():
         return {}
     try:

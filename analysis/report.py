@@ -69,6 +69,7 @@ def analyse(pred: Predictions, cuts: Sequence[float] = (1 / 3, 2 / 3)) -> dict:
     mask = pred.category_labels != IGNORE_INDEX
     y_true, y_pred = pred.category_labels[mask], pred.category_pred[mask]
     per_class = per_class_metrics(y_true, y_pred, id2label)
+    # Bands by training frequency when the run recorded it; a bare predictions file can only use its own gold counts.
     if pred.train_counts is not None:
         counts = [int(pred.train_counts.get(id2label[i], 0)) for i in sorted(id2label)]
         report["band_source"] = BAND_SOURCE_TRAIN
@@ -133,6 +134,7 @@ def compare(named: Sequence[tuple[str, dict]]) -> dict:
 
 
 def _fmt(value) -> str:
+    """A table cell: None as an en dash, floats to 3 decimals, `|` escaped so it cannot split the cell."""
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -148,6 +150,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def _rate(entry: dict) -> str:
+    """A safety rate as "rate = count/rows (95% CI low–high, method)"; the CI is left out when there is none."""
     interval = entry["ci95"]
     method = f", {entry['ci_method']}" if entry.get("ci_method") else ""
     ci = f" (95% CI {interval[0]:.3f}–{interval[1]:.3f}{method})" if interval else ""
@@ -155,6 +158,7 @@ def _rate(entry: dict) -> str:
 
 
 def _cost(category: dict) -> str:
+    """The mean cost with its bootstrap interval, when there is one."""
     interval = category.get("mean_cost_ci95")
     ci = f" (95% CI {interval[0]:.3f}–{interval[1]:.3f}, {category['mean_cost_ci_method']})" if interval else ""
     return f"{_fmt(category['mean_cost'])}{ci}"

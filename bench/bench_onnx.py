@@ -173,9 +173,9 @@ def measure_speed(args, ours_dir: str, pipeline_dir: str, workdir: Path, texts: 
     result["agreement_with_torch_float32"] = {}
     if "torch_float32" in outputs:
         from multitask.export import agreement
-        from multitask.predict import resolve_model_dir
+        from multitask.rundir import saved_model_dir
 
-        config = json.loads((Path(resolve_model_dir(ours_dir)) / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((Path(saved_model_dir(ours_dir)) / "config.json").read_text(encoding="utf-8"))
         for name in ("onnx_float32", "onnx_int8"):
             if name in outputs:
                 result["agreement_with_torch_float32"][name] = agreement(

@@ -232,9 +232,9 @@ def measure_speed(args, ours_dir: str, pipeline_dir: str, texts: list[str]) -> d
                 "ratio_per_round_median": statistics.median(per_round),
             }
     result["ratios"] = ratios
-    from multitask.predict import resolve_model_dir
+    from multitask.rundir import saved_model_dir
 
-    thresholds = json.loads((Path(resolve_model_dir(ours_dir)) / "config.json").read_text())["gate_thresholds"]
+    thresholds = json.loads((Path(saved_model_dir(ours_dir)) / "config.json").read_text())["gate_thresholds"]
     result["agreement_with_float32"] = {
         dtype: agreement(outputs["ours/float32"], outputs[f"ours/{dtype}"], thresholds)
         for dtype in args.dtypes

@@ -385,6 +385,34 @@ class MultitaskTrainingArguments(TrainingArguments):
         metadata={"help": "Target share of Decline rows let through as Pick, for the 'leak' gate threshold."},
     )
 
+    # --- hyper-parameter search (multitask/hp_search.py) ---
+    hp_search_trials: int = field(
+        default=0,
+        metadata={"help": "Hyper-parameter search before the final training: this many trials of "
+                  "Trainer.hyperparameter_search, each a full training run evaluated on validation; the best "
+                  "trial's values are then retrained and kept. Trials are listed in hp_trials.csv/.md/.png in the "
+                  "run directory. 0 = no search."},
+    )
+    hp_search_space: str | None = field(
+        default=None,
+        metadata={"help": "YAML or JSON file of the search space: training-argument name -> {type: float|int, low, "
+                  "high, log: true|false, step} or {type: categorical, choices: [...]}. Empty: learning_rate "
+                  "(lr/4 to 4·lr, log), layerwise_lr_decay, gate_loss_weight, class_weight_max, "
+                  "category_label_smoothing and num_train_epochs."},
+    )
+    hp_search_backend: str = field(
+        default="optuna",
+        metadata={"help": "Search backend: optuna (TPE sampler seeded with --seed, median pruning, in this process) "
+                  "or ray (Ray Tune, to spread trials over a cluster; install ray[tune] yourself).",
+                  "choices": ["optuna", "ray"]},
+    )
+    hp_search_metric: str | None = field(
+        default=None,
+        metadata={"help": "Validation metric the search optimises (e.g. joint_macro_f1). Empty: "
+                  "--metric_for_best_model, in the direction of --greater_is_better. Another metric is minimised "
+                  "when it is a loss, leak or ECE, else maximised."},
+    )
+
     def loss_term_weights(self) -> dict[str, float]:
         """The weight of every loss term `MultitaskTrainer` may compute, by the name it logs the term under."""
         return {

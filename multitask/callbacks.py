@@ -29,6 +29,7 @@ from .labels import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
+# The validation figures copied into each row; trainer_state.json keeps every logged metric.
 _EVAL_KEYS = (
     "eval_loss", "eval_gate_loss", "eval_category_loss", "eval_hierarchy_loss",
     "eval_gate_accuracy", "eval_gate_precision", "eval_gate_recall", "eval_gate_f1", "eval_gate_decline_leak",
@@ -39,7 +40,16 @@ _EVAL_KEYS = (
 
 
 class TrainingRecord:
-    """What the training steps of the current epoch produced; reset at each epoch start."""
+    """What the training steps of the current epoch produced; reset at each epoch start.
+
+    Attributes:
+        loss_terms (`dict[str, list[float]]`):
+            Per loss name (`loss` = the total, `gate_loss`, …), one value per micro-batch.
+        grad_norms (`list[float]`):
+            Pre-clipping gradient norm of each optimizer step (appended by `MultitaskTrainer._get_grad_norm`).
+        rows (`dict[str, list[np.ndarray]]`):
+            Per `<task>_<field>` (`row_id`, `gold_prob`, `pred`, `gold`), one array per recorded batch.
+    """
 
     def __init__(self) -> None:
         self.reset()
@@ -65,6 +75,7 @@ class TrainingRecord:
             "loss_terms": dict(self.loss_terms),
         }
         parts: list[Any] = [None] * dist.get_world_size()
+        # all_gather_object: ranks hold different numbers of rows, which a tensor all_gather cannot take.
         dist.all_gather_object(parts, local)
         merged: dict[str, list[np.ndarray]] = defaultdict(list)
         self.loss_terms = defaultdict(list)
@@ -84,22 +95,35 @@ class TrainingRecord:
         self._merged = True
 
     def add_terms(self, terms: dict[str, float]) -> None:
-        """Append one micro-batch's loss values (plain floats, `loss` = the total) to their per-name lists."""
+        """Append one micro-batch's loss values (plain floats, `loss` = the total) to their per-name lists.
+
+        Args:
+            terms (`dict[str, float]`):
+                Detached loss values by name; a name not seen before starts a new list.
+        """
         for name, value in terms.items():
             self.loss_terms[name].append(value)
 
     def add_predictions(self, task: str, logits: torch.Tensor | None, labels: torch.Tensor | None, row_ids) -> None:
         """Record, for the rows of a batch labelled for `task`, P(gold), the argmax, the gold id and the row id.
 
-        `logits` (batch, classes) and `labels` (batch,) of one head; rows at `IGNORE_INDEX` are skipped, and so is
-        a head or label tensor that is None. Without `row_ids` the rows are recorded with id -1: they count in
-        the train accuracy but match no row of cartography.csv.
+        Args:
+            task (`str`):
+                `"gate"` or `"category"`; the prefix of the `rows` keys.
+            logits (`torch.Tensor` of shape `(batch, classes)`, *optional*):
+                One head's logits at training-time dropout; None (the model lacks the head) records nothing.
+            labels (`torch.Tensor` of shape `(batch,)`, *optional*):
+                Gold ids, `IGNORE_INDEX` for rows without this task's label (skipped); None records nothing.
+            row_ids (`torch.Tensor` of shape `(batch,)`, *optional*):
+                Each row's id in the training set (the `row_id` column). Without it the rows are recorded with
+                id -1: they count in the train accuracy but match no row of cartography.csv.
         """
         if logits is None or labels is None:
             return
         labelled = labels != IGNORE_INDEX
         if not bool(labelled.any()):
             return
+        # float(): softmax in fp32, and numpy (below) has no bfloat16.
         probs = torch.softmax(logits[labelled].detach().float(), dim=-1)
         gold = labels[labelled]
         self.rows[f"{task}_gold_prob"].append(probs.gather(1, gold.unsqueeze(1)).squeeze(1).cpu().numpy())
@@ -109,13 +133,30 @@ class TrainingRecord:
         self.rows[f"{task}_row_id"].append(ids)
 
     def task_arrays(self, task: str) -> dict[str, np.ndarray] | None:
-        """This epoch's records for `task` as aligned 1-D arrays `row_id`, `gold_prob`, `pred`, `gold`; None if none."""
+        """This epoch's records for `task` as aligned 1-D arrays.
+
+        Args:
+            task (`str`):
+                `"gate"` or `"category"`.
+
+        Returns:
+            `dict[str, np.ndarray] | None`: `row_id`, `gold_prob`, `pred` and `gold`, one entry per recorded
+            row (a row seen twice in the epoch appears twice); None when nothing was recorded for `task`.
+        """
         if not self.rows.get(f"{task}_gold"):
             return None
         return {key: np.concatenate(self.rows[f"{task}_{key}"]) for key in ("row_id", "gold_prob", "pred", "gold")}
 
     def train_accuracy(self, task: str) -> float | None:
-        """Share of this epoch's labelled training rows whose argmax was the gold label (at training-time dropout)."""
+        """Share of this epoch's labelled training rows whose argmax was the gold label (at training-time dropout).
+
+        Args:
+            task (`str`):
+                `"gate"` or `"category"`.
+
+        Returns:
+            `float | None`: The share in [0, 1], or None when nothing was recorded for `task`.
+        """
         arrays = self.task_arrays(task)
         return float((arrays["pred"] == arrays["gold"]).mean()) if arrays else None
 
@@ -132,6 +173,15 @@ class EpochLogCallback(TrainerCallback):
     means over the epoch's micro-batches (not the last logged value); `grad_norm_*` over its optimizer steps
     (pre-clipping). `lambda_*` are the configured loss weights (`loss_weights` keys "gate" and "category"), and
     `sigma_*` appear with uncertainty weighting. NaN/inf are written as null.
+
+    Args:
+        record (`TrainingRecord`):
+            The record the trainer fills; this callback resets it at each epoch start.
+        output_dir (`str` or `Path`):
+            The run directory; rows are appended to `<output_dir>/epoch_log.jsonl` (a resumed run keeps its
+            rows).
+        loss_weights (`dict[str, float]`):
+            At least `"gate"` and `"category"`: the λ written with each row.
     """
 
     def __init__(self, record: TrainingRecord, output_dir: str | Path, loss_weights: dict[str, float]) -> None:
@@ -180,6 +230,7 @@ class EpochLogCallback(TrainerCallback):
             row["grad_norm_mean"] = float(np.mean(record.grad_norms))
             row["grad_norm_max"] = float(np.max(record.grad_norms))
         self._pending = row
+        # Without evaluations no on_evaluate will complete the row: write it now.
         if args.eval_strategy == "no":
             self._flush(state)
 
@@ -201,6 +252,7 @@ class EpochLogCallback(TrainerCallback):
         row = {key: _finite(value) for key, value in self._pending.items()}
         self._pending = None
         self.rows.append(row)
+        # Every rank keeps the row in `rows`; only one may append to the shared file.
         if state.is_world_process_zero:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -217,6 +269,15 @@ class CartographyCallback(TrainerCallback):
     standard deviation, correctness = share of epochs the argmax was right. Under DDP the record merges
     every process's shard first, so all training rows are covered. The history is saved into each checkpoint
     and restored on `--resume_from_checkpoint` (an epoch cut by the interruption counts only its resumed part).
+
+    Args:
+        record (`TrainingRecord`):
+            The record the trainer fills (shared with `EpochLogCallback`, which resets it).
+        train_frame (`pd.DataFrame`):
+            The training rows, with columns `row_id`, `text`, `gate_labels` and `category_labels` (-100 =
+            none).
+        category_names (`list[str]`):
+            Category names by id, for the written tables.
     """
 
     HISTORY_FILE = "cartography_history.json"
@@ -256,7 +317,15 @@ class CartographyCallback(TrainerCallback):
             (checkpoint / self.HISTORY_FILE).write_text(json.dumps(history), encoding="utf-8")
 
     def restore(self, checkpoint: str | Path) -> None:
-        """Take up the history saved in a checkpoint (resuming a run)."""
+        """Take up the history saved in a checkpoint (resuming a run).
+
+        A checkpoint without the history file only logs a warning: cartography then covers the resumed epochs
+        alone.
+
+        Args:
+            checkpoint (`str` or `Path`):
+                The checkpoint directory being resumed from.
+        """
         path = Path(checkpoint) / self.HISTORY_FILE
         if not path.is_file():
             logger.warning("%s has no %s: cartography covers only the resumed epochs", checkpoint, self.HISTORY_FILE)
@@ -267,8 +336,13 @@ class CartographyCallback(TrainerCallback):
             )
 
     def table(self) -> pd.DataFrame:
-        """One row per training row (`row_id`, `text`), with `<task>_confidence`, `_variability` (population
-        std), `_correctness`, `_last_pred` and `_epochs` per task; NaN for rows never seen with that task's label."""
+        """One row per training row, with the cartography figures of each task.
+
+        Returns:
+            `pd.DataFrame`: `row_id` and `text`, then per task with a history `<task>_confidence`,
+            `_variability` (population std), `_correctness`, `_last_pred` and `_epochs`; NaN for rows never
+            seen with that task's label.
+        """
         frame = self.train_frame[["row_id", "text"]].copy()
         for task, history in self.history.items():
             if not history:
@@ -284,10 +358,25 @@ class CartographyCallback(TrainerCallback):
         return frame
 
     def write(self, output_dir: str | Path, worst_k: int = 50) -> pd.DataFrame:
-        """`cartography.csv` and `worst_k.csv` (lowest-confidence rows, with text, gold and predicted)."""
+        """Write `cartography.csv` and `worst_k.csv` (lowest-confidence rows, with text, gold and predicted).
+
+        A row's difficulty for `worst_k.csv` is its lower confidence over the two tasks. The main process
+        alone should call it (it writes unconditionally).
+
+        Args:
+            output_dir (`str` or `Path`):
+                Existing folder for both CSVs (UTF-8).
+            worst_k (`int`, *optional*, defaults to 50):
+                Rows in `worst_k.csv` (`--worst_k`).
+
+        Returns:
+            `pd.DataFrame`: The cartography table as written, plus `min_confidence` when a confidence column
+            exists.
+        """
         output_dir = Path(output_dir)
         frame = self.table()
         labels = self.train_frame.set_index("row_id")
+        # -100 becomes an empty cell, as an unlabelled row reads in the input CSV.
         frame["gold_pick"] = frame["row_id"].map(labels["gate_labels"]).replace(IGNORE_INDEX, np.nan)
         names = dict(enumerate(self.category_names))
         frame["gold_category"] = frame["row_id"].map(labels["category_labels"]).map(names)
@@ -306,3 +395,21 @@ class CartographyCallback(TrainerCallback):
             worst = frame.dropna(subset=["min_confidence"]).nsmallest(worst_k, "min_confidence")
             worst.to_csv(output_dir / "worst_k.csv", index=False, encoding="utf-8")
         return frame
+
+
+def find_callback(trainer: Any, callback_type: type[TrainerCallback]) -> TrainerCallback | None:
+    """The first of the trainer's callbacks that is a `callback_type`, or None.
+
+    Used e.g. to find the run's cartography, to restore it before a resumed training and write it after.
+
+    Args:
+        trainer (`Trainer`):
+            Any `transformers.Trainer`.
+        callback_type (`type[TrainerCallback]`):
+            The class to look for (subclasses match too).
+
+    Returns:
+        `TrainerCallback | None`: The callback instance.
+    """
+    return next((callback for callback in trainer.callback_handler.callbacks if isinstance(callback, callback_type)),
+                None)

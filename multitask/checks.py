@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelFileError, UsageError, UserError, closest, one_line
+from .rundir import saved_model_dir
 from .tables import check_encoding, check_format, check_readable_file
 
 TOKENIZER_FILES = ("tokenizer.json", "spm.model", "vocab.txt", "vocab.json", "sentencepiece.bpe.model",
@@ -27,6 +28,17 @@ _REFETCH = "re-download it (or re-save the model with save_pretrained)"
 
 # ------------------------------------------------------------------------------------------------ small checks
 def require(condition: bool, message: str) -> None:
+    """Raise `UsageError(message)` unless `condition`; `message` should start with the flag and its value.
+
+    Args:
+        condition (`bool`):
+            What must hold.
+        message (`str`):
+            The whole error message, e.g. `"--lora_r -1: must be >= 0"`.
+
+    Raises:
+        `UsageError`: When `condition` is false.
+    """
     if not condition:
         raise UsageError(message)
 
@@ -36,10 +48,39 @@ def _finite(value: float) -> bool:
 
 
 def check_positive(value: Any, flag: str, what: str = "") -> None:
+    """`value` is a finite number > 0 (NaN, inf and non-numbers fail); `what` is appended to the message.
+
+    Args:
+        value (`Any`):
+            The parsed flag value.
+        flag (`str`):
+            The flag as the user types it, e.g. `"--learning_rate"`.
+        what (`str`, *optional*, defaults to `""`):
+            Extra text after "must be a positive number", starting with a space.
+
+    Raises:
+        `UsageError`: When the check fails.
+    """
     require(_finite(value) and value > 0, f"{flag} {value}: must be a positive number{what}")
 
 
 def check_fraction(value: float, flag: str, low_open: bool = False, high_open: bool = False) -> None:
+    """`value` is finite and in [0, 1], with either end excluded by `low_open` / `high_open`.
+
+    Args:
+        value (`float`):
+            The parsed flag value; a non-number raises `TypeError` from the comparison rather than a
+            `UsageError`.
+        flag (`str`):
+            The flag as the user types it.
+        low_open (`bool`, *optional*, defaults to `False`):
+            Exclude 0.
+        high_open (`bool`, *optional*, defaults to `False`):
+            Exclude 1.
+
+    Raises:
+        `UsageError`: When `value` is NaN, inf or outside the interval; the message shows the interval.
+    """
     low_ok = value > 0 if low_open else value >= 0
     high_ok = value < 1 if high_open else value <= 1
     interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
@@ -49,6 +90,7 @@ def check_fraction(value: float, flag: str, low_open: bool = False, high_open: b
 # --------------------------------------------------------------------------------------------- model sources
 def _looks_local(name: str) -> bool:
     """True when `name` can only be a local path (huggingface_hub would reject it as a repo id)."""
+    # A Hub id is `name` or `user/name`: a leading . / ~, a backslash, a trailing or second slash mean a path.
     if name.startswith(("/", ".", "~", "\\")) or "\\" in name or name.endswith("/") or name.count("/") > 1:
         return True
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -75,6 +117,7 @@ def _check_json(path: Path, what: str) -> dict:
 
 
 def _check_safetensors(path: Path) -> None:
+    """Open the header and list the tensors: catches truncation and garbage without reading the weights."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -85,7 +128,25 @@ def _check_safetensors(path: Path) -> None:
 
 
 def check_model_dir(path: Path, flag: str, need_tokenizer: bool = True, multitask_only: bool = False) -> None:
-    """Everything `from_pretrained` needs in a local model directory, each file readable and not truncated."""
+    """Everything `from_pretrained` needs in a local model directory, each file readable and not truncated.
+
+    Checks config.json (valid JSON with a `model_type`), a weights file (safetensors headers opened, every
+    shard of an index present, a .bin not empty) and, with `need_tokenizer`, a tokenizer file (tokenizer.json
+    and tokenizer_config.json must parse when present). Weights are not loaded.
+
+    Args:
+        path (`Path`):
+            The model directory (not a run directory: see `resolve_model_source`).
+        flag (`str`):
+            The flag that named it, for the messages.
+        need_tokenizer (`bool`, *optional*, defaults to `True`):
+            Also require tokenizer files (False when `--tokenizer_name` points elsewhere).
+        multitask_only (`bool`, *optional*, defaults to `False`):
+            Refuse a plain encoder checkpoint (prediction and export need a trained `MultitaskModel`).
+
+    Raises:
+        `ModelFileError`: Naming the missing, empty or corrupt file and how to fix it.
+    """
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ModelFileError(f"{flag} {path}: no config.json, this is not a model directory (a run directory "
@@ -110,6 +171,7 @@ def check_model_dir(path: Path, flag: str, need_tokenizer: bool = True, multitas
                     raise ModelFileError(f"{path / shard}: missing weights shard (listed in {weight.name}); {_REFETCH}")
                 if shard.endswith(".safetensors"):
                     _check_safetensors(path / shard)
+        # A .bin cannot be checked without unpickling it; an empty file is the common truncation.
         elif weight.stat().st_size == 0:
             raise ModelFileError(f"{weight}: empty weights file; {_REFETCH}")
     if need_tokenizer:
@@ -128,13 +190,30 @@ def resolve_model_source(name: str, flag: str, need_tokenizer: bool = True, mult
 
     A run directory of run_finetune.py stands for its `model/` folder. A path that cannot be a Hub id and does
     not exist is "no such directory" (huggingface_hub would report a malformed repo id).
+
+    Args:
+        name (`str`):
+            A local path (`~` expanded) or a Hub id.
+        flag (`str`):
+            The flag that named it, for the messages.
+        need_tokenizer (`bool`, *optional*, defaults to `True`):
+            Passed to `check_model_dir`.
+        multitask_only (`bool`, *optional*, defaults to `False`):
+            Passed to `check_model_dir`.
+
+    Returns:
+        `str`: The directory to load (for a run directory, its `model/`), or `name` unchanged as a Hub id.
+
+    Raises:
+        `ModelFileError`: A file where a directory is expected, a run directory without a saved model (its
+        run_status.json is quoted), a local-looking path that does not exist, or a failed `check_model_dir`.
     """
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelFileError(f"{flag} {name}: is a file; give the model directory (config.json and weights)")
-        if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
-            path = path / "model"
+        if Path(saved_model_dir(path)) != path:  # a run directory: its model/ folder
+            path = Path(saved_model_dir(path))
         elif not (path / "config.json").is_file() and (path / "run_status.json").is_file():
             try:
                 status = json.loads((path / "run_status.json").read_text(encoding="utf-8"))
@@ -153,7 +232,21 @@ def resolve_model_source(name: str, flag: str, need_tokenizer: bool = True, mult
 
 @contextlib.contextmanager
 def model_load_errors(name: str, flag: str) -> Iterator[None]:
-    """Translate what loading a model or tokenizer raises into a `ModelFileError` naming it and the fix."""
+    """Translate what loading a model or tokenizer raises into a `ModelFileError` naming it and the fix.
+
+    Wrap the `from_pretrained` calls in it. A `UserError` passes unchanged, and so does any exception it does
+    not recognise (a bug keeps its traceback); a translated one is chained to the original.
+
+    Args:
+        name (`str`):
+            The model path or Hub id being loaded.
+        flag (`str`):
+            The flag that named it, for the message.
+
+    Raises:
+        `ModelFileError`: For known failures: corrupt or truncated files, unknown or unreachable Hub repos,
+        weights of the wrong shape, unreadable tokenizer files.
+    """
     try:
         yield
     except UserError:
@@ -166,6 +259,10 @@ def model_load_errors(name: str, flag: str) -> Iterator[None]:
 
 
 def _translate_load_error(name: str, flag: str, error: Exception) -> UserError | None:
+    """The `ModelFileError` for a known loading failure, or None for anything else (a bug keeps its traceback).
+
+    Hub error classes are matched by name so this module need not import huggingface_hub/safetensors up front.
+    """
     message = one_line(str(error))
     local = Path(name).expanduser().exists()
     kind = type(error).__name__
@@ -199,7 +296,24 @@ def _translate_load_error(name: str, flag: str, error: Exception) -> UserError |
 
 # ---------------------------------------------------------------------------------------- run_finetune.py
 def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any) -> None:
-    """Refuse, before anything is loaded or written, arguments that cannot work or would train nothing."""
+    """Refuse, before anything is loaded or written, arguments that cannot work or would train nothing.
+
+    Local input files are checked to exist and be readable, not parsed. One side effect: a local
+    `model_args.model_name_or_path` is replaced by the directory to load (a run directory becomes its `model/`).
+
+    Args:
+        model_args (`ModelArguments`):
+            run_finetune.py's model arguments (modified in place, see above).
+        data_args (`DataArguments`):
+            Its data arguments.
+        training_args (`MultitaskTrainingArguments`):
+            Its training arguments.
+
+    Raises:
+        `UsageError`: A value out of range or a combination that cannot work (the message names the flag).
+        `DataError`: A local input file that is missing, a directory or unreadable.
+        `ModelFileError`: A local model or tokenizer directory that is missing or incomplete.
+    """
     args = training_args
     for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         value = getattr(args, flag)
@@ -215,11 +329,13 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
     require(_finite(args.weight_decay) and args.weight_decay >= 0, f"--weight_decay {args.weight_decay}: must be >= 0")
     require(_finite(args.max_grad_norm), f"--max_grad_norm {args.max_grad_norm}: must be a number")
     if not data_args.validation_file:
+        # Only checked when used: a validation file replaces the split.
         check_fraction(data_args.validation_split, "--validation_split", low_open=True, high_open=True)
     for flag in ("gate_loss_weight", "category_loss_weight", "hierarchy_weight", "pick_consistency_weight",
                  "rdrop_alpha_category", "rdrop_alpha_gate", "awp_lr"):
         value = getattr(args, flag)
         require(_finite(value) and value >= 0, f"--{flag} {value}: must be >= 0")
+    # Uncertainty weighting learns the two task weights itself, so zero λs are allowed with it.
     if not args.uncertainty_weighting:
         require(args.gate_loss_weight > 0 or args.category_loss_weight > 0,
                 "--gate_loss_weight 0 and --category_loss_weight 0: the loss would be zero, nothing would train")
@@ -283,6 +399,7 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
         require(value is None or (isinstance(value, int) and value >= 1),
                 f"--{flag} {value}: must be a whole number >= 1 (leave it out to use every row)")
     check_optimizer(args)
+    check_hp_search_arguments(args)
 
     own_data = any([data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,
                     data_args.dataset_repo])
@@ -297,11 +414,12 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
         raise UsageError(f"{hub_only[0]} applies to a Hub dataset: give --dataset_repo user/name too")
     file_arguments = [data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,
                       *data_args.test_files]
+    # A revision applies to files fetched from the repo too; the other Hub flags only to load_dataset's splits.
     split_flags = [flag for flag in hub_only if flag not in ("--dataset_revision",)]
     if data_args.dataset_repo and split_flags and any(file_arguments):
         raise UsageError(f"{split_flags[0]} names a split of a dataset loaded with datasets.load_dataset, but file "
                          "arguments were given (they are paths inside --dataset_repo); drop one or the other")
-    if not data_args.dataset_repo:
+    if not data_args.dataset_repo:  # with a repo, file arguments are paths inside it, checked after download
         for flag, path in (("--train_file", data_args.train_file), ("--task1_file", data_args.task1_file),
                            ("--task2_file", data_args.task2_file), ("--validation_file", data_args.validation_file)):
             if path:
@@ -329,7 +447,20 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
 
 
 def check_columns(text_columns: list[str] | None, pick_column: str | None, category_column: str | None) -> None:
-    """The column mapping: names given, distinct roles, and no label column fed to the model as text."""
+    """The column mapping: names given, distinct roles, and no label column fed to the model as text.
+
+    Args:
+        text_columns (`list[str]`, *optional*):
+            `--text_columns`; None when not given (prediction then uses the model's own).
+        pick_column (`str`, *optional*):
+            `--pick_column`; None when not given.
+        category_column (`str`, *optional*):
+            `--category_column`; None when not given.
+
+    Raises:
+        `UsageError`: A blank label column name, a label column also listed as text, or one column for both
+        labels.
+    """
     for flag, name in (("--pick_column", pick_column), ("--category_column", category_column)):
         require(name is None or bool(str(name).strip()), f"{flag}: give a column name")
         if name and text_columns and name in text_columns:
@@ -338,6 +469,35 @@ def check_columns(text_columns: list[str] | None, pick_column: str | None, categ
         require(pick_column != category_column,
                 f"--pick_column and --category_column are both {pick_column!r}: the gate and category labels need "
                 "their own columns")
+
+
+def check_hp_search_arguments(args: Any) -> None:
+    """--hp_search_*: a whole number of trials, an installed backend, a valid space file, nothing given in vain.
+
+    Args:
+        args (`MultitaskTrainingArguments`):
+            The training arguments holding the `hp_search_*` fields and `resume_from_checkpoint`.
+
+    Raises:
+        `UsageError`: A bad trial count, a search flag without `--hp_search_trials`, a missing backend
+        package, a bad search-space file, or a search combined with `--resume_from_checkpoint`.
+    """
+    trials = args.hp_search_trials
+    require(isinstance(trials, int) and trials >= 0,
+            f"--hp_search_trials {trials}: must be a whole number >= 0 (0 = no search)")
+    if not trials:
+        for flag, given in (("--hp_search_space", args.hp_search_space), ("--hp_search_metric", args.hp_search_metric),
+                            ("--hp_search_backend", args.hp_search_backend != "optuna")):
+            require(not given, f"{flag} applies to a hyper-parameter search: give --hp_search_trials N too")
+        return
+    from .hp_search import check_backend, load_search_space  # only now: it loads the training-argument types
+
+    check_backend(args.hp_search_backend)
+    if args.hp_search_space:
+        load_search_space(args.hp_search_space)
+    resume = args.resume_from_checkpoint
+    require(not resume or resume.lower() == "false",
+            "--resume_from_checkpoint continues one training; it cannot be combined with --hp_search_trials")
 
 
 def _check_report_to(report_to: Any) -> None:
@@ -357,12 +517,22 @@ def check_optimizer(training_args: Any, model: Any = None) -> None:
     """A --optim whose package is missing (bitsandbytes, galore, …) fails before training, not at its first step.
 
     Without the model only the missing packages are checked (some optimizers need the model for the rest).
+
+    Args:
+        training_args (`TrainingArguments`):
+            Arguments holding `optim` (and `optim_args`, `optim_target_modules`).
+        model (`nn.Module`, *optional*):
+            The model; with it, every `ValueError` of the Trainer's optimizer lookup is reported too.
+
+    Raises:
+        `UsageError`: Naming `--optim` and the library's reason.
     """
     from transformers import Trainer
 
     try:
         Trainer.get_optimizer_cls_and_kwargs(training_args, model)
     except (ImportError, ValueError) as error:
+        # Without the model a ValueError may only mean the optimizer needs one: decide once it is loaded.
         if model is None and not isinstance(error, ImportError):
             return
         name = getattr(training_args.optim, "value", training_args.optim)
@@ -370,7 +540,21 @@ def check_optimizer(training_args: Any, model: Any = None) -> None:
 
 
 def check_sequence_length(encoder_config: Any, max_seq_length: int, flag: str = "--max_seq_length") -> None:
-    """An encoder with absolute position embeddings cannot read past them: refuse before the first batch fails."""
+    """An encoder with absolute position embeddings cannot read past them: refuse before the first batch fails.
+
+    Args:
+        encoder_config (`PretrainedConfig`):
+            The encoder's config; without `max_position_embeddings`, or with `position_biased_input=False`
+            (DeBERTa-v3: relative positions only), any length passes.
+        max_seq_length (`int`):
+            The requested input length in tokens.
+        flag (`str`, *optional*, defaults to `"--max_seq_length"`):
+            The flag named in the message.
+
+    Raises:
+        `UsageError`: When the length exceeds the position embeddings (2 fewer for RoBERTa-family encoders,
+        whose position ids start after the padding index).
+    """
     limit = getattr(encoder_config, "max_position_embeddings", None)
     if not limit or getattr(encoder_config, "position_biased_input", True) is False:
         return  # relative positions only (DeBERTa-v3): any length works, only slower
@@ -382,9 +566,23 @@ def check_sequence_length(encoder_config: Any, max_seq_length: int, flag: str = 
 
 
 def check_training_steps(train_rows: int, training_args: Any) -> int:
-    """The optimizer steps the Trainer will take (as `Trainer.set_initial_training_values` counts them); refuses 0."""
+    """The optimizer steps the Trainer will take (as `Trainer.set_initial_training_values` counts them); refuses 0.
+
+    Args:
+        train_rows (`int`):
+            Training examples the dataloader will iterate (`len(train_dataset)`).
+        training_args (`TrainingArguments`):
+            Batch size, world size, accumulation, epochs, `max_steps` and `dataloader_drop_last`.
+
+    Returns:
+        `int`: `max_steps` when > 0, else ceil(epochs × optimizer steps per epoch).
+
+    Raises:
+        `UsageError`: When no full batch exists under `--dataloader_drop_last`, or the epochs give 0 steps.
+    """
     if training_args.max_steps > 0:
         return training_args.max_steps
+    # Every process takes its own batch per step, so one step consumes batch × world_size rows.
     batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
     batches = train_rows // batch if training_args.dataloader_drop_last else math.ceil(train_rows / batch)
     if batches == 0:
@@ -392,6 +590,7 @@ def check_training_steps(train_rows: int, training_args: Any) -> int:
             f"{train_rows} training row(s) and --dataloader_drop_last with a batch of {batch}: not one full batch, "
             "nothing would train; lower --per_device_train_batch_size"
         )
+    # A last partial accumulation window still makes a step, and every epoch makes at least one.
     per_epoch = max(math.ceil(batches / training_args.gradient_accumulation_steps), 1)
     steps = math.ceil(training_args.num_train_epochs * per_epoch)
     if steps <= 0:
@@ -401,7 +600,20 @@ def check_training_steps(train_rows: int, training_args: Any) -> int:
 
 # ----------------------------------------------------------------------------------------- run_predict.py
 def check_predict_arguments(args: Any) -> None:
-    """run_predict.py's arguments that can be checked before the model is loaded."""
+    """run_predict.py's arguments that can be checked before the model is loaded.
+
+    A `--threshold` that is not a number is taken as a stored threshold name and checked once the config is
+    read.
+
+    Args:
+        args (`PredictArguments`):
+            run_predict.py's parsed arguments.
+
+    Raises:
+        `UsageError`: A value out of range, a bad column mapping, an unavailable `--device`, or two input
+        files with the same stem (their outputs would collide). `DataError`: An input file that is missing, a
+        directory or unreadable.
+    """
     require(bool(args.input_files), "--input_files: give at least one data file (CSV, TSV, JSONL, JSON or Parquet)")
     for flag in ("batch_size", "top_k", "max_seq_length"):
         value = getattr(args, flag)
@@ -429,6 +641,15 @@ def check_predict_arguments(args: Any) -> None:
 
 
 def check_device(name: str) -> None:
+    """`--device cuda…` / `mps` is refused when that accelerator is absent; other names pass (torch checks them).
+
+    Args:
+        name (`str`):
+            `--device`: `auto`, `cpu`, `cuda`, `cuda:N`, `mps`, ….
+
+    Raises:
+        `UsageError`: For a CUDA device without a CUDA GPU, or `mps` without Apple MPS.
+    """
     import torch
 
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -101,6 +101,7 @@ class MultitaskConfig(PretrainedConfig):
     ) -> None:
         if isinstance(encoder_config, dict):
             encoder_config = dict(encoder_config)
+            # config.json stores the sub-config as a dict; its model_type picks the config class to rebuild.
             model_type = encoder_config.pop("model_type", "deberta-v2")
             encoder_config = AutoConfig.for_model(model_type, **encoder_config)
         elif encoder_config is None:
@@ -111,6 +112,7 @@ class MultitaskConfig(PretrainedConfig):
 
         if gate_score not in ALL_SCORES:
             raise ValueError(f"gate_score must be one of {', '.join(ALL_SCORES)}; got {gate_score!r}")
+        # A squashed score without its fitted constants cannot be computed; refuse it here, not at prediction.
         if gate_statistics is None and any(part in FEATURE_SCORES or part == "energy" for part in gate_score.split("_")):
             raise ValueError(f"gate_score {gate_score!r} needs fitted gate statistics (fitted after training)")
         self.encoder_config = encoder_config
@@ -151,7 +153,15 @@ class MultitaskConfig(PretrainedConfig):
             self.encoder_config._attn_implementation_internal = encoder_attention
 
     def head_temperature(self, head: str) -> float:
-        """The calibration temperature of ``head`` (`"gate"` or `"category"`); 1.0 when not calibrated."""
+        """The calibration temperature of ``head`` (`"gate"` or `"category"`); 1.0 when not calibrated.
+
+        Args:
+            head (`str`):
+                `"gate"` or `"category"`; any other name finds no stored temperature and gives 1.0.
+
+        Returns:
+            `float`: T > 0; every probability of that head is softmax(logits / T).
+        """
         return float((self.calibration or {}).get(f"{head}_temperature", 1.0))
 
     @property
@@ -180,7 +190,12 @@ class MultitaskConfig(PretrainedConfig):
         return self.encoder_config.hidden_size
 
     def label_maps_hash(self) -> str:
-        """A short hash of both label maps: predictions record it so outputs can be matched to a model."""
+        """A short hash of both label maps: predictions record it so outputs can be matched to a model.
+
+        Returns:
+            `str`: The first 16 hex digits of the SHA-256 of both maps as sorted-key JSON; equal for two
+            models whose category names, their order and the gate map agree, whatever else differs.
+        """
         payload = json.dumps(
             {"category": self.category_id2label, "gate": self.gate_id2label}, sort_keys=True, ensure_ascii=False
         )

@@ -274,6 +274,7 @@ def _training_sources(task1: Table | None, task2: Table | None, train: Table | N
         sources.append(_Labels("task2", "category", task2, np.arange(len(task2)), texts, labels))
     if train is not None:
         if pick_column not in train.columns and category_column not in train.columns:
+            # Either label column is enough; with neither, the error names both (and the flags to map them).
             train.require_columns([category_column, pick_column], flags)
         texts = build_texts(train, text_columns, separator, flags)
         labelled = np.zeros(len(train), dtype=bool)
@@ -561,6 +562,7 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int, truncation: str = "he
         encoded["document"] = [indices[i] for i in encoded["document"]]
         return encoded
 
+    # Worker processes cost start-up time: a set with fewer than two rows per worker is tokenized in one process.
     num_proc = num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None
     return dataset.map(encode, batched=True, with_indices=True, num_proc=num_proc, desc="Tokenizing",
                        remove_columns=dataset.column_names if chunked else None)

@@ -2,6 +2,10 @@
 
 `python run_finetune.py` with no arguments trains on this, offline, in a few minutes on a CPU.
 Regenerate the committed CSVs with `python -m multitask.demo --out data/demo`.
+
+Everything here is deterministic for a seed (same bytes), so a demo run can be compared across machines and the
+tests can build their own tiny encoder from `train_tokenizer` and `tiny_deberta_config`. The demo *model* is
+random (never pre-trained): its figures show the pipeline works, not what a real encoder reaches.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import DebertaV2Config, DebertaV2Model, PreTrainedTokenizerFast
+
+from .errors import UsageError
 
 DEMO_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
 DEMO_FILES = {"task1": "task1.csv", "task2": "task2.csv", "val": "val.csv", "test": "test.csv"}
@@ -264,6 +270,7 @@ class _ItemMaker:
         self.decks: dict[tuple[str, ...], list[str]] = {}
 
     def deal(self, key: tuple[str, ...], options: list[str]) -> str:
+        """The next card of the deck named `key`, refilled with a fresh shuffle of `options` when empty."""
         deck = self.decks.setdefault(key, [])
         if not deck:
             deck.extend(options)
@@ -273,6 +280,21 @@ class _ItemMaker:
     def make(
         self, table: dict[str, dict[str, tuple[str, str, str]]], kind: str | None = None
     ) -> dict[str, str]:
+        """A new {"title", "body"} item of `kind` never returned before.
+
+        Args:
+            table (`dict[str, dict[str, tuple[str, str, str]]]`):
+                `_NEWS` or `_JUNK`: kind -> language -> ("|"-separated titles, bodies, {x} fillers).
+            kind (`str`, *optional*):
+                A key of `table`; None deals the kinds in turn.
+
+        Returns:
+            `dict[str, str]`: `title` (first letter upper-cased) and `body` (empty for about 6 % of items).
+
+        Raises:
+            `RuntimeError`: When 1,000 draws in a row give only items already made (the templates are
+            exhausted).
+        """
         for _ in range(1000):
             kind_now = kind or self.deal(("kind",), sorted(table))
             lang = self.deal((kind_now, "lang"), ["en", "ja"])
@@ -283,6 +305,7 @@ class _ItemMaker:
                 **{name: self.deal((lang, name), words) for name, words in _SLOTS[lang].items()},
             }
             title = self.deal((kind_now, lang, "title"), titles.split("|")).format(**slots)
+            # A template may open with a lower-case {x} filler; a headline starts upper-case.
             title = title[0].upper() + title[1:]
             body = self.deal((kind_now, lang, "body"), bodies.split("|")).format(**slots)
             # Real feeds have title-only items; keep a few.
@@ -294,6 +317,7 @@ class _ItemMaker:
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
+    """UTF-8 CSV with "\n" line ends on every OS (byte-identical output); keys not in `columns` are dropped."""
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
@@ -301,6 +325,8 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, str]]) -> No
 
 
 def _eval_split(maker: _ItemMaker, n_pick: int, n_decline: int) -> list[dict[str, str]]:
+    """About `n_pick` news rows in the training proportions (at least 3 per category) and `n_decline` junk rows,
+    shuffled; every row has both labels (`category` empty on junk)."""
     total = sum(CATEGORY_WEIGHTS.values())
     rows = []
     for category, weight in CATEGORY_WEIGHTS.items():
@@ -313,7 +339,20 @@ def _eval_split(maker: _ItemMaker, n_pick: int, n_decline: int) -> list[dict[str
 
 
 def write_demo_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """Write task1/task2/val/test CSVs (+ README.md) into `out_dir`; byte-identical for the same seed."""
+    """Write task1/task2/val/test CSVs (+ README.md) into `out_dir`; byte-identical for the same seed.
+
+    Task1 and Task2 share a third of each category's news items verbatim; Task1 adds 120 junk (Decline) rows;
+    val and test get about 80 news and 40 junk rows each, with both labels.
+
+    Args:
+        out_dir (`Path`):
+            Folder to write into (created if missing); existing files of the same names are overwritten.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of every random choice.
+
+    Returns:
+        `dict[str, Path]`: `task1`, `task2`, `val`, `test` -> the CSV written.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     maker = _ItemMaker(random.Random(seed))
@@ -372,7 +411,12 @@ tokenizer (trained offline on the title/body texts of `task1.csv` and `task2.csv
 
 
 def default_demo_paths() -> dict[str, Path]:
-    """Paths of the committed demo CSVs: task1, task2, val, test."""
+    """Paths of the committed demo CSVs: task1, task2, val, test.
+
+    Returns:
+        `dict[str, Path]`: Name -> path under `data/demo/` of the repository (the files may not exist in an
+        installed copy; `build_demo_encoder` regenerates them when missing).
+    """
     return {name: DEMO_DATA_DIR / filename for name, filename in DEMO_FILES.items()}
 
 
@@ -392,6 +436,13 @@ def canonical_unigram(tokenizer: Tokenizer) -> Tokenizer:
     different tokenizers from run to run (a third of the demo texts tokenized differently). Here the
     required-character tail is re-assigned in code-point order, scores are rounded to 6 decimals, and every piece
     after the special tokens is ordered by (score desc, piece): same texts, same vocabulary, same bytes.
+
+    Args:
+        tokenizer (`tokenizers.Tokenizer`):
+            A trained Unigram tokenizer whose first pieces are `SPECIAL_TOKENS`; not modified.
+
+    Returns:
+        `tokenizers.Tokenizer`: A new tokenizer with the reordered vocabulary and `unk_id` updated to match.
     """
     state = json.loads(tokenizer.to_str())
     vocab = [(piece, float(score)) for piece, score in state["model"]["vocab"]]
@@ -404,6 +455,7 @@ def canonical_unigram(tokenizer: Tokenizer) -> Tokenizer:
             steps = (score - floor) / _REQUIRED_CHAR_STEP
             return len(piece) == 1 and abs(steps - round(steps)) < 1e-6 and round(steps) < len(pieces)
 
+        # Single characters on the trainer's score ladder (floor + k·step) are the required-character tail.
         tail = sorted(piece for piece, score in pieces if in_tail(piece, score))
         tail_scores = sorted((score for piece, score in pieces if in_tail(piece, score)), reverse=True)
         rescored = dict(zip(tail, tail_scores))
@@ -421,6 +473,18 @@ def train_tokenizer(
 
     The same texts give the same tokenizer, byte for byte (`canonical_unigram`). The vocabulary may come out
     smaller than `vocab_size` on a small corpus.
+
+    Args:
+        texts (`Iterable[str]`):
+            The training corpus; empty strings are skipped.
+        vocab_size (`int`, *optional*, defaults to 4000):
+            Target vocabulary size.
+        model_max_length (`int`, *optional*, defaults to 512):
+            The tokenizer's `model_max_length`, the cut-off when truncation is asked for without a length.
+
+    Returns:
+        `PreTrainedTokenizerFast`: With `[PAD]`, `[CLS]`, `[SEP]`, `[UNK]`, `[MASK]` at ids 0-4, ASCII and
+        kana always in the alphabet, and token type 1 for a pair's second text.
     """
     tokenizer = Tokenizer(models.Unigram())
     # v5 DeBERTa tokenizers drop SentencePiece's NFKC (PITFALLS): make it explicit so ？！ map to ?!.
@@ -463,7 +527,30 @@ def tiny_deberta_config(
     intermediate_size: int = 128,
     max_position_embeddings: int = 512,
 ) -> DebertaV2Config:
-    """A small DebertaV2Config with DeBERTa-v3 attention (the library defaults are v1-style; see PITFALLS)."""
+    """A small DebertaV2Config with DeBERTa-v3 attention (the library defaults are v1-style; see PITFALLS).
+
+    Relative attention with p2c/c2p, no absolute positions (`position_biased_input=False`), shared attention
+    keys, a LayerNorm'd relative embedding and no token types: the parameter layout of DeBERTa-v3, at toy
+    size.
+
+    Args:
+        vocab_size (`int`):
+            The tokenizer's size (`len(tokenizer)`).
+        hidden_size (`int`, *optional*, defaults to 64):
+            Width of the encoder; must be divisible by `num_attention_heads`.
+        num_hidden_layers (`int`, *optional*, defaults to 2):
+            Number of layers.
+        num_attention_heads (`int`, *optional*, defaults to 4):
+            Attention heads per layer.
+        intermediate_size (`int`, *optional*, defaults to 128):
+            Width of each feed-forward block.
+        max_position_embeddings (`int`, *optional*, defaults to 512):
+            No absolute position embeddings are built from it; with `max_relative_positions=-1` DeBERTa takes
+            it as the largest relative distance.
+
+    Returns:
+        `DebertaV2Config`
+    """
     return DebertaV2Config(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -478,14 +565,16 @@ def tiny_deberta_config(
         share_att_key=True,
         position_buckets=64,  # 256 in DeBERTa-v3; smaller suits a 64-wide model and short texts
         max_relative_positions=-1,
-        type_vocab_size=0,
-        pad_token_id=0,
+        type_vocab_size=0,  # no token-type embeddings, as in DeBERTa-v3
+        pad_token_id=0,  # [PAD] is id 0 in train_tokenizer's vocabulary
     )
 
 
 def _training_texts(data_dir: Path) -> list[str]:
+    """Every title and body (empty ones included) of task1.csv and task2.csv: the tokenizer's training corpus."""
     texts = []
     for name in ("task1", "task2"):
+        # newline="": the csv module handles line ends inside quoted cells itself.
         with (data_dir / DEMO_FILES[name]).open(encoding="utf-8", newline="") as f:
             texts += [text for row in csv.DictReader(f) for text in (row["title"], row["body"])]
     return texts
@@ -496,6 +585,17 @@ def build_demo_encoder(out_dir: Path, data_dir: Path | None = None, seed: int = 
 
     Reuses `out_dir` when its marker matches a hash of the inputs (data, recipe, seed); rebuilds otherwise.
     If `data_dir` lacks the CSVs they are generated first.
+
+    Args:
+        out_dir (`Path`):
+            Folder for config.json, model.safetensors, the tokenizer files and the `demo_build.json` marker.
+        data_dir (`Path`, *optional*):
+            Folder with the demo CSVs; None is the committed `data/demo/`.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the CSVs (when generated) and of the random weights.
+
+    Returns:
+        `Path`: `out_dir`, ready for `from_pretrained`.
     """
     out_dir, data_dir = Path(out_dir), Path(data_dir or DEMO_DATA_DIR)
     if not all((data_dir / f).exists() for f in DEMO_FILES.values()):
@@ -520,7 +620,53 @@ def build_demo_encoder(out_dir: Path, data_dir: Path | None = None, seed: int = 
     return out_dir
 
 
+# The demo trains a tiny encoder from scratch, which needs a far higher rate than fine-tuning does.
+DEMO_OVERRIDES = {"learning_rate": 1e-3, "num_train_epochs": 8.0, "per_device_train_batch_size": 16}
+
+
+def use_demo_inputs(model_args, data_args, training_args, run_dir: Path) -> None:
+    """Point run_finetune's arguments (changed in place) at the demo.
+
+    The demo's CSVs, a tiny encoder built (or reused) in `run_dir/demo_encoder`, and `DEMO_OVERRIDES` for each
+    of those training settings left at its default. For a run given no `--model_name_or_path`. `--test_files`
+    given by the user are kept. A setting passed explicitly *with its default value* counts as left at the
+    default, so the demo value replaces it.
+
+    Args:
+        model_args (`ModelArguments`):
+            Gets `model_name_or_path` = the demo encoder.
+        data_args (`DataArguments`):
+            Gets the task1/task2/validation files, and the test file unless `test_files` is set.
+        training_args (`MultitaskTrainingArguments`):
+            Gets the `DEMO_OVERRIDES` values it leaves at their defaults.
+        run_dir (`Path`):
+            The run directory; the encoder is built in its `demo_encoder/`.
+
+    Raises:
+        `UsageError`: For a run that names its own data without a model: the demo encoder knows only the
+        demo's text.
+    """
+    if data_args.task1_file or data_args.task2_file or data_args.train_file or data_args.dataset_repo:
+        raise UsageError("--model_name_or_path is required with your own data (the demo encoder knows only demo text)")
+    paths = default_demo_paths()
+    data_args.task1_file, data_args.task2_file = str(paths["task1"]), str(paths["task2"])
+    data_args.validation_file = str(paths["val"])
+    data_args.test_files = data_args.test_files or [str(paths["test"])]
+    model_args.model_name_or_path = str(build_demo_encoder(run_dir / "demo_encoder"))
+    # A fresh instance of the same class gives the defaults that class defines (subclasses included).
+    defaults = type(training_args)(output_dir=str(run_dir))
+    for name, value in DEMO_OVERRIDES.items():
+        if getattr(training_args, name) == getattr(defaults, name):
+            setattr(training_args, name, value)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """`python -m multitask.demo [--out DIR] [--seed N] [--encoder-out DIR]`; prints the paths written.
+
+    Args:
+        argv (`list[str]`, *optional*):
+            Command-line arguments without the program name; None reads `sys.argv`.
+    """
     parser = argparse.ArgumentParser(
         description="Write the synthetic demo CSVs (and optionally the tiny encoder)."
     )

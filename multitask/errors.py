@@ -62,6 +62,7 @@ def one_line(message: str) -> str:
 
 
 def format_error(error: BaseException) -> str:
+    """The one stderr line for `error`: `error: ` and its message collapsed to one line."""
     return f"error: {one_line(str(error))}"
 
 
@@ -83,6 +84,7 @@ def debug_requested(argv: Sequence[str], bare_only: bool = False) -> tuple[list[
     return kept, debug
 
 
+# Set by `cli` for the duration of one `main` call, so code deep inside can ask `debugging()` without argv.
 _debugging = False
 
 
@@ -203,35 +205,43 @@ def _name_the_flag(message: str, argv: Sequence[str]) -> str:
     return message
 
 
-def _load_config(path: Any) -> dict:
+def read_json_or_yaml(path: Any, flag: str = "", what: str = "config file") -> Any:
+    """The parsed content of a JSON (by suffix) or YAML (otherwise) file, None when empty; a missing file, a
+    directory, a non-UTF-8 file or a syntax error is a `UsageError` naming `flag` (if any), the file and the
+    line and column. Shared by config files and search-space files (`multitask.hp_search`)."""
     from pathlib import Path
 
     path = Path(path)
+    prefix = f"{flag} " if flag else ""
     if path.is_dir():
-        raise UsageError(f"{path}: is a directory, expected a JSON or YAML config file")
+        raise UsageError(f"{prefix}{path}: is a directory, expected a JSON or YAML {what}")
     if not path.is_file():
-        raise UsageError(f"{path}: config file not found")
+        raise UsageError(f"{prefix}{path}: {what} not found")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: editors on Windows save JSON/YAML with a BOM
     except UnicodeDecodeError as error:
         raise UsageError(f"{path}: not a UTF-8 text file") from error
     if path.suffix.lower() == ".json":
         import json
 
         try:
-            values = json.loads(text)
+            return json.loads(text) if text.strip() else None
         except json.JSONDecodeError as error:
             raise UsageError(f"{path}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg})") from None
-    else:
-        import yaml
+    import yaml
 
-        try:
-            values = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            place = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or one_line(str(error))
-            raise UsageError(f"{path}{place}: not valid YAML ({problem})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        place = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or one_line(str(error))
+        raise UsageError(f"{path}{place}: not valid YAML ({problem})") from None
+
+
+def _load_config(path: Any) -> dict:
+    """The top-level mapping of a JSON (by suffix) or YAML (otherwise) file; every failure a `UsageError` with line."""
+    values = read_json_or_yaml(path)
     if values is None:
         raise UsageError(f"{path}: the config file is empty")
     if not isinstance(values, dict):
@@ -261,7 +271,7 @@ def _convert(path: Any, key: str, value: Any, action: argparse.Action) -> Any:
                                  f"(YAML reads a bare no/yes/off/on as false/true)")
             raise UsageError(f"{path}, key '{key}': expected a number, got {str(item).lower()}")
         if name == "int" and isinstance(item, float) and item.is_integer():
-            item = int(item)
+            item = int(item)  # YAML/JSON 8.0 for a whole-number flag: int("8.0") would fail below
         try:
             result = convert(item if isinstance(item, bool) else str(item)) if convert else item
         except (ValueError, TypeError, argparse.ArgumentTypeError):

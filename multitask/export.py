@@ -47,21 +47,25 @@ from .onnx_backend import (
     ONNX_FILE,
     OnnxMultitaskModel,
 )
-from .predict import Scores, load_model, predict_scores, resolve_model_dir
-from .rundir import setup_logging, write_json
+from .predict import Scores, load_model, predict_scores
+from .rundir import saved_model_dir, setup_logging, write_json
 from .text_encoding import text_separator
 
 logger = logging.getLogger("multitask.export")  # also when run as __main__
 
+# No token_type_ids: every input is one joined text, whose token types are all 0 (the encoder's default).
 INPUT_NAMES = ("input_ids", "attention_mask")
 QUANTIZATIONS = ("int8",)
 # One ONNX protobuf file holds at most 2 GiB; above this the weights go to an external-data file next to it.
 _EXTERNAL_DATA_BYTES = 1_800_000_000
+# Two lengths: the traced example batch holds padding, as real batches do.
 _EXAMPLE_TEXTS = ["an example input for tracing the graph", "a shorter one"]
 
 
 @dataclass
 class ExportArguments:
+    """`python -m multitask.export`'s flags (parsed by `HfArgumentParser`, so a JSON/YAML file works too)."""
+
     model: str = field(
         metadata={
             "help": "A run directory, its model/ directory, or a Hub model id (may also be "
@@ -115,18 +119,43 @@ class _ExportedForward(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The outputs in `output_names` order (a tuple: the exporter cannot return a ModelOutput)."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_features=True)
         return tuple(getattr(outputs, name) for name in output_names(self.model.config))
 
 
 def output_names(config) -> list[str]:
-    """The graph's outputs: the heads the model has, then the pooled feature vector."""
+    """The graph's outputs: the heads the model has, then the pooled feature vector.
+
+    Args:
+        config (`MultitaskConfig`):
+            The model's config (`has_gate`, `has_category`).
+
+    Returns:
+        `list[str]`: `gate_logits` and/or `category_logits`, then `features`: the `MultitaskOutput` field
+        names, in the order the exported graph returns them.
+    """
     names = ["gate_logits"] if config.has_gate else []
     return [*names, *(["category_logits"] if config.has_category else []), "features"]
 
 
 def export_onnx(model: MultitaskModel, tokenizer, path: str | Path) -> Path:
-    """`torch.onnx.export` (dynamo) of the model in eval mode, with dynamic batch and sequence axes."""
+    """`torch.onnx.export` (dynamo) of the model in eval mode, with dynamic batch and sequence axes.
+
+    Side effect: `model` is cast to float32 and put in eval mode in place. Weights above ~1.8 GB go to an
+    external `<path>.data` file beside the graph.
+
+    Args:
+        model (`MultitaskModel`):
+            The trained model, on any device the example inputs can follow (`model.device`).
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its tokenizer; tokenizes two example texts to trace the graph (batch and sequence stay dynamic).
+        path (`str` or `Path`):
+            The `.onnx` file to write; its folder must exist.
+
+    Returns:
+        `Path`: `path`.
+    """
     path = Path(path)
     # In place: a model loaded in bf16 exports in fp32, the precision the thresholds were tuned in.
     model = model.float().eval()
@@ -154,7 +183,19 @@ def export_onnx(model: MultitaskModel, tokenizer, path: str | Path) -> Path:
 
 
 def quantize_int8(source: str | Path, target: str | Path, per_channel: bool = False) -> Path:
-    """ONNX Runtime dynamic quantization: MatMul/Gemm/Gather weights to int8, activations quantized at run time."""
+    """ONNX Runtime dynamic quantization: MatMul/Gemm/Gather weights to int8, activations quantized at run time.
+
+    Args:
+        source (`str` or `Path`):
+            A float32 `.onnx` graph (`export_onnx`).
+        target (`str` or `Path`):
+            The int8 graph to write.
+        per_channel (`bool`, *optional*, defaults to `False`):
+            One scale per output channel instead of one per tensor (`--per_channel`).
+
+    Returns:
+        `Path`: `target`.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(Path(source), Path(target), weight_type=QuantType.QInt8, per_channel=per_channel)
@@ -181,6 +222,7 @@ def _quiet_exporter_logs() -> Iterator[None]:
 
 
 def _drop_quantizer_notes(record: logging.LogRecord) -> bool:
+    """Logging filter: keep errors and anything not logged on the root logger itself (where ORT's quantizer logs)."""
     return record.levelno >= logging.ERROR or record.name != "root"
 
 
@@ -192,17 +234,43 @@ def export_model(
     per_channel: bool = False,
     source: str | None = None,
 ) -> Path:
-    """Write a complete export directory (`multitask.onnx_backend`): graph, config, tokenizer, gate statistics."""
+    """Write a complete export directory (`multitask.onnx_backend`): graph, config, tokenizer, gate statistics.
+
+    Files of an earlier export in `output_dir` (graph, external data, statistics) are replaced, never mixed
+    with the new ones; `model` is left in float32 eval mode.
+
+    Args:
+        model (`MultitaskModel`):
+            The trained model; its three gate-statistics buffers, when present, go to the statistics file.
+        tokenizer (`PreTrainedTokenizerBase`):
+            Saved beside the graph, so the directory loads on its own.
+        output_dir (`str` or `Path`):
+            The export directory; created if missing.
+        quantize (`str`, *optional*):
+            `"int8"` (see `QUANTIZATIONS`), or None for float32.
+        per_channel (`bool`, *optional*, defaults to `False`):
+            With `quantize`, one scale per output channel.
+        source (`str`, *optional*):
+            Where the model came from; only recorded in export_info.json.
+
+    Returns:
+        `Path`: `output_dir`.
+
+    Raises:
+        `ValueError`: For an unknown `quantize`, before anything is written.
+    """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"quantize: {quantize!r}; choose one of {QUANTIZATIONS} or None")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # Removed first: a stale external-data file beside a new graph would be read as its weights.
     (output_dir / ONNX_FILE).unlink(missing_ok=True)
     (output_dir / f"{ONNX_FILE}.data").unlink(missing_ok=True)
     with _quiet_exporter_logs():
         if quantize is None:
             export_onnx(model, tokenizer, output_dir / ONNX_FILE)
         else:
+            # The fp32 graph is only the quantizer's input: written beside the target (same disk), then deleted.
             with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
                 fp32 = export_onnx(model, tokenizer, Path(scratch) / ONNX_FILE)
                 quantize_int8(fp32, output_dir / ONNX_FILE, per_channel=per_channel)
@@ -213,6 +281,7 @@ def export_model(
         for name in GATE_STATISTICS_BUFFERS
         if name in model._buffers
     }
+    # A model without statistics must not inherit an earlier export's file.
     (output_dir / GATE_STATISTICS_FILE).unlink(missing_ok=True)
     if buffers:
         from safetensors.torch import save_file
@@ -245,6 +314,7 @@ def export_model(
 
 
 def _version(name: str) -> str:
+    """Installed version of distribution `name`, or "not installed"."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -252,9 +322,26 @@ def _version(name: str) -> str:
 
 
 def agreement(reference: Scores, other: Scores, thresholds: dict[str, float]) -> dict:
-    """How far `other` is from `reference` on the same rows: max |Δ pick_prob| (the score the thresholds apply
-    to), max |Δ| of every gate score and category probability, top-1 category agreement, and the gate decisions
-    and end-to-end decisions (Decline or the category) changed at each stored threshold."""
+    """How far `other` is from `reference` on the same rows.
+
+    Reports max |Δ pick_prob| (the score the thresholds apply to), max |Δ| of every gate score and category
+    probability, top-1 category agreement, and the gate decisions and end-to-end decisions (Decline or the
+    category) changed at each stored threshold.
+
+    Args:
+        reference (`Scores`):
+            Scores of the PyTorch model.
+        other (`Scores`):
+            Scores of the exported model on the same rows, in the same order, with the same heads.
+        thresholds (`dict[str, float]`):
+            The model's stored gate thresholds by name.
+
+    Returns:
+        `dict`: `rows`; with a gate `max_abs_pick_prob_diff`, `max_abs_gate_score_diff`, `thresholds`,
+        `gate_decisions_changed` (and, with a category head too, `decisions_changed`); with a category head
+        `max_abs_category_prob_diff` and `category_top1_agreement` (a share). "Changed" figures are row
+        counts, not shares.
+    """
     result: dict = {
         "rows": int(len(reference.pick_prob if reference.pick_prob is not None else reference.category_probs))
     }
@@ -277,6 +364,7 @@ def agreement(reference: Scores, other: Scores, thresholds: dict[str, float]) ->
             picked, other_picked = reference.pick_prob >= threshold, other.pick_prob >= threshold
             gate_changed[name] = int((picked != other_picked).sum())
             if reference.category_probs is not None:
+                # -1 stands for Decline: a changed gate and a changed category both count as changed.
                 decision = np.where(picked, reference.category_probs.argmax(1), -1)
                 other_decision = np.where(other_picked, other.category_probs.argmax(1), -1)
                 decisions_changed[name] = int((decision != other_decision).sum())
@@ -295,7 +383,25 @@ def check_agreement(
     batch_size: int = 64,
     max_length: int | None = None,
 ) -> dict:
-    """Score `texts` with the PyTorch model (fp32) and the exported one; `agreement` of the two."""
+    """Score `texts` with the PyTorch model (fp32) and the exported one; `agreement` of the two.
+
+    Args:
+        model (`MultitaskModel`):
+            The PyTorch model (after `export_model`, in float32).
+        tokenizer (`PreTrainedTokenizerBase`):
+            Tokenizer shared by both models.
+        exported (`OnnxMultitaskModel`):
+            The loaded export.
+        texts (`list[str]`):
+            Model-input texts (`check_texts`).
+        batch_size (`int`, *optional*, defaults to 64):
+            Rows per forward pass, for both models.
+        max_length (`int`, *optional*):
+            Token length the inputs are cut to; None uses the length stored in the model.
+
+    Returns:
+        `dict`: `gate_score` and `precision` (of the export), then the `agreement` keys.
+    """
     reference = predict_scores(model, tokenizer, texts, batch_size, max_length)
     other = predict_scores(exported, tokenizer, texts, batch_size, max_length)
     return {
@@ -306,6 +412,15 @@ def check_agreement(
 
 
 def format_agreement(result: dict) -> str:
+    """The `check_agreement` result as the few lines `main` prints.
+
+    Args:
+        result (`dict`):
+            A `check_agreement` result.
+
+    Returns:
+        `str`: Newline-joined lines, no trailing newline.
+    """
     lines = [f"agreement of the {result['precision']} ONNX model with PyTorch fp32 on {result['rows']} rows:"]
     if "max_abs_pick_prob_diff" in result:
         lines.append(f"  max |Δ pick_prob| ({result['gate_score']}): {result['max_abs_pick_prob_diff']:.2e}")
@@ -328,6 +443,20 @@ def format_agreement(result: dict) -> str:
 
 
 def default_output_dir(model_dir: str, quantize: str | None) -> Path:
+    """`onnx/` or `onnx_<quantize>/` beside the model directory (inside the run directory).
+
+    Args:
+        model_dir (`str`):
+            The local model directory (`saved_model_dir` of `--model`).
+        quantize (`str`, *optional*):
+            The quantization, or None for float32.
+
+    Returns:
+        `Path`: The export directory; not created here.
+
+    Raises:
+        `UsageError`: When `model_dir` is not a local directory (a Hub id needs `--output_dir`).
+    """
     path = Path(model_dir)
     if not path.is_dir():
         raise UsageError(f"--model {model_dir}: not a local directory; pass --output_dir for the export")
@@ -335,7 +464,16 @@ def default_output_dir(model_dir: str, quantize: str | None) -> Path:
 
 
 def default_check_files(model: str) -> list[str]:
-    """The validation file a run directory was trained with, when its run_config.json names one that exists."""
+    """The validation file a run directory was trained with, when its run_config.json names one that exists.
+
+    Args:
+        model (`str`):
+            `--model`: a run directory or its `model/` folder; anything else gives `[]`.
+
+    Returns:
+        `list[str]`: The validation file, or `[]` (also when the run read its data from a Hub dataset repo,
+        whose file paths are not local).
+    """
     run_dir = Path(model)
     if (run_dir / "config.json").is_file() and not (run_dir / "run_config.json").is_file():
         run_dir = run_dir.parent  # given <run dir>/model
@@ -352,6 +490,28 @@ def default_check_files(model: str) -> list[str]:
 
 
 def check_texts(files: list[str], config, tokenizer, encoding: str | None = None) -> list[str]:
+    """The model-input texts of `files`, built as at training time.
+
+    The model's stored column mapping and the tokenizer's separator are used; labels are read leniently
+    (unknown categories allowed) since only the texts are used.
+
+    Args:
+        files (`list[str]`):
+            Data files in any supported format.
+        config (`MultitaskConfig`):
+            The model's config (`text_columns`, label maps, label column names).
+        tokenizer (`PreTrainedTokenizerBase`):
+            Gives the separator between text columns.
+        encoding (`str`, *optional*):
+            The files' encoding; None tries UTF-8, then CP932.
+
+    Returns:
+        `list[str]`: One text per row, all files concatenated in order.
+
+    Raises:
+        `DataError`: A file that cannot be read, lacks a text column, has an empty text or a malformed gate
+        label.
+    """
     from .data import load_labeled_file
 
     separator = text_separator(tokenizer)
@@ -373,6 +533,21 @@ def check_texts(files: list[str], config, tokenizer, encoding: str | None = None
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Export (and check) as the command line says.
+
+    Args:
+        argv (`list[str]`, *optional*):
+            Command-line arguments without the program name; None reads `sys.argv`. The model may come first,
+            unnamed.
+
+    Returns:
+        `dict`: `{"output_dir", "agreement"}`; agreement is None when there were no texts to check on (any
+        earlier agreement.json in the directory is removed then).
+
+    Raises:
+        `UsageError`: Bad arguments (also `--no_onnx`, as ONNX is the only format).
+        `ModelFileError`: A model that cannot be found or loaded.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--model", *argv]  # the model may come first, unnamed
@@ -383,7 +558,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = resolve_model_source(args.model, "--model", multitask_only=True)
     with model_load_errors(args.model, "--model"):
         model, tokenizer = load_model(source, "cpu", token=resolve_token())  # token only for private repos
-    model_dir = resolve_model_dir(args.model)
+    model_dir = saved_model_dir(args.model)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_dir, args.quantize)
     check_files = args.check_file or default_check_files(args.model)
     # Read before exporting, so a bad file fails before anything is written.

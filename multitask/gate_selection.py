@@ -33,11 +33,24 @@ DEFAULT_SHARES = (0.05, 0.18, 0.3, 0.5)
 
 
 def decision_figures(pick: np.ndarray, gold: np.ndarray, correct: np.ndarray) -> dict[str, float]:
-    """Figures of one set of gate decisions (``pick``: bool per row; ``gold``: 1 Pick / 0 Decline).
+    """Figures of one set of gate decisions.
 
     ``in_scope_accuracy``: share of gold-Pick rows let through with the right category (``correct``);
     ``oos_recall``: share of gold-Decline rows declined; ``false_decline_rate``: share of gold-Pick rows declined;
-    ``gate_accuracy``: share of rows whose gate decision is right. A rate with no row to count is NaN.
+    ``gate_accuracy``: share of rows whose gate decision is right.
+
+    Args:
+        pick (`np.ndarray` of shape `(rows,)`):
+            Boolean gate decision per row (True = let through).
+        gold (`np.ndarray` of shape `(rows,)`):
+            Gold gate label per row, 1 (Pick) or 0 (Decline); -100 rows must be removed first (they would
+            count as Decline).
+        correct (`np.ndarray` of shape `(rows,)`):
+            Boolean per row: the category head's argmax is the gold category (all True to measure the gate
+            alone).
+
+    Returns:
+        `dict[str, float]`: The four shares in [0, 1]; a rate with no row to count is NaN.
     """
     is_pick = gold == 1
     decline = ~is_pick
@@ -66,6 +79,28 @@ def choose_gate(
     A score that meets the decline-leak target beats one that does not; among those that do, the highest
     end-to-end in-scope accuracy wins; ties go to the earlier candidate. Among scores that all miss the target,
     the one with the lowest leak wins.
+
+    Args:
+        scores (`dict[str, np.ndarray]`):
+            In-scope scores by name (`Scores.gate_scores`), each of shape `(rows,)` and aligned with `gold`;
+            must hold every name in `candidates`.
+        gold (`np.ndarray` of shape `(rows,)`):
+            Gate labels, 1/0; rows at -100 are ignored by the searches.
+        correct (`np.ndarray` of shape `(rows,)`):
+            Whether the category head's argmax is right per row; None makes in-scope accuracy Pick recall.
+        candidates (`list[str]`):
+            The score names to choose among, in order of preference for ties.
+        max_decline_leak (`float`):
+            Target share of gold-Decline rows let through (`--max_decline_leak`).
+        costs (`dict`, *optional*):
+            Per-item costs; adds the ``cost`` threshold to each search (see `search_gate_thresholds`).
+
+    Returns:
+        `tuple[str, dict]`: The chosen name and its `search_gate_thresholds` result (fitted on all given
+        rows).
+
+    Raises:
+        `KeyError`: When no row has a gate label: the searches then hold no leak figures to compare.
     """
     searches = {name: search_gate_thresholds(scores[name], gold, correct, max_decline_leak, costs=costs)
                 for name in candidates}
@@ -74,10 +109,19 @@ def choose_gate(
 
 
 def best_of(searches: dict[str, dict]) -> str:
-    """The `choose_gate` rule applied to threshold searches already run, one per candidate (in candidate order)."""
+    """The `choose_gate` rule applied to threshold searches already run, one per candidate (in candidate order).
+
+    Args:
+        searches (`dict[str, dict]`):
+            `search_gate_thresholds` results by score name; dict order is the tie-breaking order.
+
+    Returns:
+        `str`: The winning score name.
+    """
     def key(name: str) -> tuple:
         leak = searches[name]["leak"]
         if leak["met_target"]:
+            # Without category_correct a search has no end-to-end figure; Pick recall stands in.
             return True, leak.get("category_accuracy_end_to_end", leak["gate_recall"])
         return False, -leak["gate_decline_leak"]
 
@@ -96,6 +140,7 @@ def _bootstrap_interval(
         for key, value in decision_figures(pick[rows], gold[rows], correct[rows]).items():
             draws.setdefault(key, []).append(value)
     tail = (1.0 - level) / 2 * 100
+    # nanpercentile: a resample can still give NaN for a rate whose class has no row (e.g. no Decline rows at all).
     return {key: [float(v) for v in np.nanpercentile(values, [tail, 100 - tail])] for key, values in draws.items()}
 
 
@@ -104,6 +149,16 @@ def reweighted_figures(figures: dict[str, float], shares: tuple[float, ...]) -> 
 
     From the conditional rates, which do not depend on that share: joint accuracy = (1-p)·in-scope accuracy +
     p·OOS recall; decline precision = p·OOS recall / (p·OOS recall + (1-p)·false-decline rate).
+
+    Args:
+        figures (`dict[str, float]`):
+            `decision_figures` output: needs ``in_scope_accuracy``, ``oos_recall`` and ``false_decline_rate``.
+        shares (`tuple[float, ...]`):
+            Out-of-scope shares p to report, each in [0, 1].
+
+    Returns:
+        `list[dict[str, float]]`: One row per share, in the given order: ``oos_share``, ``joint_accuracy`` and
+        ``decline_precision`` (NaN when nothing would be declined).
     """
     rows = []
     for share in shares:
@@ -131,13 +186,40 @@ def cross_validate_gate(
 ) -> dict:
     """Held-out-fold estimate of the gate's operating points; see the module docstring.
 
-    ``scores``: in-scope scores by name (rows aligned with ``gate_labels``; rows labelled -100 are ignored).
-    ``candidates``: the scores the choice may pick from (one name = no choice). ``category_correct``: per row,
-    whether the category head's argmax is the gold category (None: in-scope accuracy becomes Pick recall).
+    Folds are stratified by gate label and capped at the smaller class's row count (StratifiedKFold needs
+    every class in every fold), so the result's ``folds`` can be below the one asked for.
 
-    Returns ``{"folds", "candidates", "chosen_per_fold", "operating_points": {kind: {"pooled", "interval",
-    "fold_mean", "fold_sd"}}, "per_score": {name: {"auroc", "aupr_out", "fpr_at_95tpr", "leak_pooled"}},
-    "reweighted": {kind: [...]}}``, or ``{"note": ...}`` when validation lacks two rows of each gate class.
+    Args:
+        scores (`dict[str, np.ndarray]`):
+            In-scope scores by name, each of shape `(rows,)` and aligned with ``gate_labels``.
+        gate_labels (`np.ndarray` of shape `(rows,)`):
+            1 (Pick), 0 (Decline) or -100 (ignored).
+        category_correct (`np.ndarray` of shape `(rows,)`, *optional*):
+            Per row, whether the category head's argmax is the gold category; None makes in-scope accuracy
+            Pick recall.
+        candidates (`list[str]`):
+            The scores the choice may pick from (one name = no choice); each fold re-runs the choice.
+        max_decline_leak (`float`):
+            Target of the ``leak`` threshold.
+        folds (`int`, *optional*, defaults to 5):
+            K, the number of folds asked for (`--threshold_cv`).
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the fold assignment and of the bootstrap.
+        bootstrap_rounds (`int`, *optional*, defaults to 1000):
+            Resamples of the percentile-bootstrap ``interval``.
+        shares (`tuple[float, ...]`, *optional*, defaults to `DEFAULT_SHARES`):
+            Out-of-scope shares for ``reweighted``, reported after validation's own share.
+        costs (`dict`, *optional*):
+            Per-item costs; adds the ``cost`` operating point.
+
+    Returns:
+        `dict`: ``folds``, ``seed``, ``rows``, ``oos_rows``, ``candidates``, ``chosen_per_fold``,
+        ``max_decline_leak``; ``operating_points``: per threshold kind, ``pooled`` (`decision_figures` of all
+        out-of-fold decisions), ``interval`` (bootstrap), ``exact_interval`` (Clopper–Pearson on the pooled
+        counts), ``fold_mean`` and ``fold_sd`` (sd with ddof=1, NaN-skipping); ``per_score``: per candidate,
+        ``auroc``, ``aupr_out``, ``fpr_at_95tpr`` and ``leak_pooled`` (each score with its own ``leak``
+        thresholds); ``reweighted``: per kind, `reweighted_figures`; ``intervals``: a description of both
+        intervals. Or ``{"note": ...}`` alone when validation lacks two rows of each gate class.
     """
     gate_labels = np.asarray(gate_labels).reshape(-1)
     mask = gate_labels != IGNORE_INDEX
@@ -149,7 +231,7 @@ def cross_validate_gate(
     if smallest < 2:
         return {"note": f"cross-validation needs at least 2 Pick and 2 Decline validation rows; the smaller class "
                         f"has {smallest}"}
-    folds = min(folds, smallest)
+    folds = min(folds, smallest)  # StratifiedKFold needs every class in every fold
     kinds = (*THRESHOLD_NAMES, "cost") if costs else THRESHOLD_NAMES
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     out_of_fold = {kind: np.zeros(gold.size, dtype=bool) for kind in kinds}
@@ -187,6 +269,7 @@ def cross_validate_gate(
             "fold_mean": {key: float(np.nanmean(values)) for key, values in table.items()},
             "fold_sd": {key: float(np.nanstd(values, ddof=1)) for key, values in table.items()},
         }
+        # Validation's own out-of-scope share first, so the table starts from the figures actually measured.
         reweighted[kind] = reweighted_figures(pooled, (float((gold == 0).mean()), *shares))
     per_score = {}
     for name in candidates:

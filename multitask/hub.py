@@ -63,6 +63,7 @@ class HubError(UserError, RuntimeError):
 def _setting(names: Sequence[str], env_file: str | Path = ".env") -> str | None:
     """The first of `names` set in the environment, else in `env_file` (read without exporting anything)."""
     for name in names:
+        # A blank variable counts as unset, so the .env file can still supply the value.
         if os.environ.get(name, "").strip():
             return os.environ[name].strip()
     env_path = Path(env_file)
@@ -76,8 +77,20 @@ def _setting(names: Sequence[str], env_file: str | Path = ".env") -> str | None:
 
 
 def resolve_token(token: str | None = None, env_file: str | Path = ".env") -> str | None:
-    """The token to use: `token`, else `HF_TOKEN` or `HF_AUTH_TOKEN` (environment first, then `env_file`), else
-    the login store. The `.env` file is read without exporting anything into `os.environ`.
+    """The token to use: `token`, else `HF_TOKEN` or `HF_AUTH_TOKEN`, else the login store.
+
+    The environment is read first, then `env_file`; the `.env` file is read without exporting anything into
+    `os.environ`.
+
+    Args:
+        token (`str`, *optional*):
+            An explicit token; wins when non-empty (surrounding whitespace stripped).
+        env_file (`str` or `Path`, *optional*, defaults to `".env"`):
+            Dotenv file consulted after the environment, relative to the working directory; a missing file is
+            skipped.
+
+    Returns:
+        `str | None`: The token, or None when none is configured anywhere (public repos still work).
     """
     if token:
         return token.strip()
@@ -85,8 +98,22 @@ def resolve_token(token: str | None = None, env_file: str | Path = ".env") -> st
 
 
 def resolve_dataset_repo(repo_id: str | None, flag: str = "--repo", env_file: str | Path = ".env") -> str:
-    """`repo_id`, or the id in `HF_DATASET_REPO` (environment or `env_file`) when it is empty or literally
-    "HF_DATASET_REPO"; a `UsageError` when neither names one."""
+    """`repo_id`, or the id in `HF_DATASET_REPO` when it is empty or literally "HF_DATASET_REPO".
+
+    Args:
+        repo_id (`str`, *optional*):
+            `user/name` as given on the command line; not validated here.
+        flag (`str`, *optional*, defaults to `"--repo"`):
+            The flag named in the error message.
+        env_file (`str` or `Path`, *optional*, defaults to `".env"`):
+            Dotenv file consulted after the environment.
+
+    Returns:
+        `str`: The repo id.
+
+    Raises:
+        `UsageError`: When neither `repo_id` nor `HF_DATASET_REPO` names one.
+    """
     if repo_id and repo_id != REPO_NAME:
         return repo_id
     value = _setting([REPO_NAME], env_file)
@@ -96,7 +123,22 @@ def resolve_dataset_repo(repo_id: str | None, flag: str = "--repo", env_file: st
 
 
 def check_push_target(repo_id: str | None, flag: str) -> str:
-    """Before anything is written: the repo id to upload to (resolved, well-formed) and a token to do it with."""
+    """Before anything is written: the repo id to upload to (resolved, well-formed) and a token to do it with.
+
+    Nothing is sent to the Hub: whether the token may write to the repo is only known at upload time.
+
+    Args:
+        repo_id (`str`, *optional*):
+            The target as given (may be empty or "HF_DATASET_REPO", see `resolve_dataset_repo`).
+        flag (`str`):
+            The flag named in the messages, e.g. `"--push_to_hub"`.
+
+    Returns:
+        `str`: The resolved, well-formed repo id.
+
+    Raises:
+        `UsageError`: No repo id, a malformed one, or no token configured.
+    """
     from huggingface_hub.utils import validate_repo_id
 
     repo_id = resolve_dataset_repo(repo_id, flag)
@@ -110,6 +152,7 @@ def check_push_target(repo_id: str | None, flag: str) -> str:
 
 
 def _scrub(message: str, token: str | None) -> str:
+    """`message` with every copy of `token` replaced by *** (library messages can echo request headers/URLs)."""
     return message.replace(token, "***") if token else message
 
 
@@ -121,13 +164,33 @@ def hub_errors(
     endpoint: str | None = None,
     filename: str | None = None,
 ) -> Iterator[None]:
-    """Turn huggingface_hub/network exceptions raised inside into a `HubError` with an actionable message."""
+    """Turn huggingface_hub/network exceptions raised inside into a `HubError` with an actionable message.
+
+    A `HubError` raised inside passes unchanged; exceptions it does not recognise propagate as they are. The
+    original exception is chained (`from`), and `token` is scrubbed from messages that could echo it.
+
+    Args:
+        repo_id (`str`):
+            The repo the calls inside touch, for the message.
+        repo_type (`str`, *optional*, defaults to `"dataset"`):
+            `"dataset"` or `"model"`, for the message.
+        token (`str`, *optional*):
+            The token in use; replaced by *** wherever a message would contain it.
+        endpoint (`str`, *optional*):
+            The Hub URL, for the message; None names `huggingface_hub.constants.ENDPOINT`.
+        filename (`str`, *optional*):
+            The file being fetched, named when the Hub says a file is missing.
+
+    Raises:
+        `HubError`: For a missing token, an unknown or invisible repo, a missing revision or file, a rejected
+        token (401/403), any other HTTP failure, a malformed repo id, or no connection.
+    """
     from huggingface_hub import constants
 
     where = f"{repo_type} repo '{repo_id}' on {endpoint or constants.ENDPOINT}"
     try:
         yield
-    except HubError:
+    except HubError:  # already translated by a nested hub_errors: keep it
         raise
     except LocalTokenNotFoundError as error:
         raise HubError(f"no Hugging Face token for {where}: {TOKEN_HELP}") from error
@@ -167,19 +230,40 @@ def hub_errors(
 
 
 def _first_line(error: BaseException) -> str:
+    """The first line of an exception's message (huggingface_hub appends request ids and server bodies), or its
+    class name when the message is empty."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def collect_files(
     paths: Sequence[str | Path], prefix: str = "", patterns: Sequence[str] = DATA_PATTERNS
 ) -> dict[str, Path]:
-    """`{path in repo: local file}`, keeping the folder layout: every path is placed relative to the deepest
-    folder holding all of them (`data/train data/test` → `train/…`, `test/…`; one folder → its contents at the
-    root, as `hf upload` does); a folder contributes its files matching `patterns`."""
+    """`{path in repo: local file}`, keeping the folder layout.
+
+    Every path is placed relative to the deepest folder holding all of them (`data/train data/test` →
+    `train/…`, `test/…`; one folder → its contents at the root, as `hf upload` does); a folder contributes its
+    files matching `patterns`, searched recursively, skipping huggingface_hub's `.cache` metadata.
+
+    Args:
+        paths (`Sequence[str | Path]`):
+            Files and folders to upload.
+        prefix (`str`, *optional*, defaults to `""`):
+            Folder in the repo to put everything under (slashes at either end ignored).
+        patterns (`Sequence[str]`, *optional*, defaults to `DATA_PATTERNS`):
+            File-name globs a folder's files must match; a file given by name is taken whatever its name.
+
+    Returns:
+        `dict[str, Path]`: POSIX paths in the repo -> local files.
+
+    Raises:
+        `MissingInputError`: A path that does not exist, or a folder without a matching file.
+        `UsageError`: Two different files that would land on the same repo path.
+    """
     resolved = [Path(path) for path in paths]
     for path in resolved:
         if not path.exists():
             raise MissingInputError(f"{path}: no such file or directory")
+    # A file counts by its folder, so a single file lands at the repo root (under `prefix`).
     anchors = [str(path.absolute() if path.is_dir() else path.absolute().parent) for path in resolved]
     try:
         base = Path(os.path.commonpath(anchors)) if anchors else Path(".")
@@ -202,6 +286,7 @@ def collect_files(
         for file in found:
             name = file.absolute().relative_to(base).as_posix() if base is not None else file.name
             in_repo = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
+            # One file reached twice (a folder and a file inside it) is fine; two files on one repo path are not.
             if in_repo in files and files[in_repo].resolve() != file.resolve():
                 raise UsageError(f"{files[in_repo]} and {file} would both be uploaded as '{in_repo}'")
             files[in_repo] = file
@@ -211,7 +296,7 @@ def collect_files(
 def _same_content(local: Path, remote: RepoFile) -> bool:
     """Whether a local file equals a Hub file: sha256 for LFS files, git blob sha1 for regular ones."""
     remote_size = remote.lfs.size if remote.lfs is not None else remote.size
-    if local.stat().st_size != remote_size:
+    if local.stat().st_size != remote_size:  # most changed files differ in size: no hashing needed
         return False
     if remote.lfs is not None:
         with local.open("rb") as file:
@@ -231,9 +316,32 @@ def upload_files(
 ) -> dict[str, Any]:
     """Upload `{path in repo: local file}` in one commit, creating the repo (private) if absent.
 
-    Files whose content equals the Hub's are skipped; when nothing changed no commit is made. Returns
-    `repo_id`, `repo_type`, `url`, `commit` (oid or None), `commit_url`, `added`, `modified`, `unchanged`
-    (paths in repo) and a one-line `message`.
+    Files whose content equals the Hub's are skipped; when nothing changed no commit is made. Files already in
+    the repo but not in `files` are left there (nothing is deleted).
+
+    Args:
+        repo_id (`str`):
+            `user/name` of the target repo.
+        files (`Mapping[str, str | Path]`):
+            POSIX path in the repo -> local file (e.g. `collect_files`).
+        repo_type (`str`, *optional*, defaults to `"dataset"`):
+            `"dataset"` or `"model"`.
+        token (`str`, *optional*):
+            A write token; None resolves one (`resolve_token`).
+        private (`bool`, *optional*, defaults to `True`):
+            Visibility of a repo this call creates; an existing repo keeps its own.
+        commit_message (`str`, *optional*):
+            None: "Upload a, b" for up to five changed files, else "Upload N files".
+        revision (`str`, *optional*):
+            Branch to compare against and commit to; None is the default branch.
+
+    Returns:
+        `dict[str, Any]`: `repo_id`, `repo_type`, `url`, `commit` (oid or None), `commit_url`, `added`,
+        `modified`, `unchanged` (paths in repo) and a one-line `message`.
+
+    Raises:
+        `HubError`: No token, a token the Hub rejects (checked first, before the repo is created), or any Hub
+        failure (`hub_errors`).
     """
     token = resolve_token(token)
     if token is None:
@@ -251,6 +359,7 @@ def upload_files(
             for entry in api.get_paths_info(
                 repo_id, paths[start : start + _PATHS_INFO_BATCH], repo_type=repo_type, revision=revision
             ):
+                # get_paths_info lists folders too; only files can be compared.
                 if isinstance(entry, RepoFile):
                     remote[entry.path] = entry
         added = [path for path in paths if path not in remote]
@@ -301,8 +410,29 @@ def upload_data(
     path_in_repo_prefix: str = "",
     commit_message: str | None = None,
 ) -> dict[str, Any]:
-    """Upload data files (or directories of them) to a dataset repo, keeping their layout (`collect_files`); see
-    `upload_files`."""
+    """Upload data files (or directories of them) to a dataset repo, keeping their layout (`collect_files`).
+
+    Args:
+        repo_id (`str`):
+            `user/name` of the dataset repo.
+        paths (`Sequence[str | Path]`):
+            Data files, or folders whose `DATA_PATTERNS` files are taken.
+        token (`str`, *optional*):
+            A write token; None resolves one.
+        private (`bool`, *optional*, defaults to `True`):
+            Visibility of a repo this call creates.
+        path_in_repo_prefix (`str`, *optional*, defaults to `""`):
+            Folder in the repo to upload into.
+        commit_message (`str`, *optional*):
+            None: a message listing the changed files.
+
+    Returns:
+        `dict[str, Any]`: `upload_files`'s result.
+
+    Raises:
+        `MissingInputError`, `UsageError`: From `collect_files`, before any network call.
+        `HubError`: From `upload_files`.
+    """
     files = collect_files(paths, path_in_repo_prefix)
     return upload_files(
         repo_id, files, repo_type="dataset", token=token, private=private, commit_message=commit_message
@@ -316,7 +446,26 @@ def fetch_data(
     revision: str | None = None,
     allow_patterns: Sequence[str] = DATA_PATTERNS,
 ) -> list[Path]:
-    """Download a dataset repo's data files into `dest` (same layout as the repo); returns their local paths."""
+    """Download a dataset repo's data files into `dest` (same layout as the repo); returns their local paths.
+
+    Args:
+        repo_id (`str`):
+            `user/name` of the dataset repo.
+        dest (`str` or `Path`):
+            Local folder; created if missing, and files already there and unchanged are not downloaded again.
+        token (`str`, *optional*):
+            A token for a private repo; None resolves one.
+        revision (`str`, *optional*):
+            Branch, tag or commit; None is the default branch.
+        allow_patterns (`Sequence[str]`, *optional*, defaults to `DATA_PATTERNS`):
+            Globs on repo paths that select the files to fetch.
+
+    Returns:
+        `list[Path]`: Sorted local paths of the matching files under `dest`.
+
+    Raises:
+        `HubError`: A Hub failure, or no file matching `allow_patterns`.
+    """
     token = resolve_token(token)
     dest = Path(dest)
     api = HfApi(token=token)
@@ -336,6 +485,7 @@ def fetch_data(
         file
         for file in folder.rglob("*")
         if file.is_file()
+        # snapshot_download keeps its own metadata under dest/.cache/.
         and ".cache" not in file.relative_to(folder).parts
         and any(fnmatch.fnmatch(file.relative_to(folder).as_posix(), pattern) for pattern in allow_patterns)
     )
@@ -351,7 +501,26 @@ def download_data_files(
     token: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> list[Path]:
-    """Download named files of a dataset repo into the Hub cache (for `--dataset_repo`); returns local paths."""
+    """Download named files of a dataset repo into the Hub cache (for `--dataset_repo`); returns local paths.
+
+    Args:
+        repo_id (`str`):
+            `user/name` of the dataset repo.
+        filenames (`Sequence[str]`):
+            Paths inside the repo (the `--train_file` etc. values under `--dataset_repo`).
+        revision (`str`, *optional*):
+            Branch, tag or commit (`--dataset_revision`).
+        token (`str`, *optional*):
+            A token for a private repo; None resolves one.
+        cache_dir (`str` or `Path`, *optional*):
+            Hub cache folder; None is huggingface_hub's default.
+
+    Returns:
+        `list[Path]`: Local paths in the order of `filenames` (inside the cache: read them, never write).
+
+    Raises:
+        `HubError`: Naming the first file that could not be downloaded.
+    """
     token = resolve_token(token)
     paths = []
     for filename in filenames:
@@ -378,9 +547,30 @@ def load_dataset_splits(
     token: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> Any:
-    """Every split of a Hub dataset, loaded with `datasets.load_dataset` (CSV, JSON Lines, Parquet, … repos; a
-    dataset card's `configs`; `datasets`' cache), as a `DatasetDict`. Failures are a `HubError` or, for a config
-    name the repo lacks, a `UsageError` listing the ones it has."""
+    """Every split of a Hub dataset, loaded with `datasets.load_dataset`, as a `DatasetDict`.
+
+    Works for CSV, JSON Lines, Parquet, … repos and for a dataset card's `configs`; `datasets`' cache applies.
+
+    Args:
+        repo_id (`str`):
+            `user/name` of the dataset repo (`--dataset_repo`).
+        config_name (`str`, *optional*):
+            The dataset config (`--dataset_config_name`); None is the default one.
+        revision (`str`, *optional*):
+            Branch, tag or commit (`--dataset_revision`).
+        token (`str`, *optional*):
+            A token for a private repo; None resolves one.
+        cache_dir (`str` or `Path`, *optional*):
+            The `datasets` cache folder; None is its default.
+
+    Returns:
+        `DatasetDict`: The splits by name.
+
+    Raises:
+        `HubError`: The repo or revision cannot be found or reached, or its files do not build a dataset.
+        `UsageError`: A config name the repo lacks (the message lists the ones it has).
+        `DataError`: When `load_dataset` returns something other than a `DatasetDict`.
+    """
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
@@ -392,6 +582,7 @@ def load_dataset_splits(
                                            cache_dir=str(cache_dir) if cache_dir else None)
         except DatasetNotFoundError as error:
             message = one_line(str(error))
+            # datasets raises DatasetNotFoundError for a missing revision too; only the message differs.
             if revision and "revision" in message.lower():
                 raise HubError(f"--dataset_revision {revision}: not found in {where} ({message})") from error
             raise HubError(f"{where} was not found, or the token cannot see it (a private repo needs its owner's "
@@ -416,6 +607,19 @@ def load_dataset_splits(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[Path]:
+    """`python -m multitask.hub upload-data|fetch-data …`: returns `upload_data`'s result or the fetched paths.
+
+    Args:
+        argv (`Sequence[str]`, *optional*):
+            Command-line arguments without the program name; None reads `sys.argv`.
+
+    Returns:
+        `dict[str, Any] | list[Path]`: `upload_data`'s result, or the fetched paths.
+
+    Raises:
+        `UsageError`: Bad arguments, or no repo id (checked before any network call).
+        `HubError`: A failed upload or download.
+    """
     # argparse rather than HfArgumentParser: subcommands with positional paths, as `hf upload` has.
     parser = argparse.ArgumentParser(prog="python -m multitask.hub", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -447,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[Path]:
     for command in (parser, upload, fetch):
         raise_usage_errors(command)
     args = parser.parse_args(argv)
-    args.repo = resolve_dataset_repo(args.repo)
+    args.repo = resolve_dataset_repo(args.repo)  # before any network call: a missing repo id is a usage error
 
     if args.command == "upload-data":
         result = upload_data(
@@ -478,12 +682,35 @@ def push_model(
     token: str | None = None,
     private: bool = True,
 ) -> dict[str, Any]:
-    """Upload a saved model (weights, config with label maps and thresholds, tokenizer, README.md card) to the
-    root of a model repo, plus the run's reports under `run/`; unchanged files are skipped."""
+    """Upload a saved model and the run's reports to the root of a model repo; unchanged files are skipped.
+
+    The model folder (weights, config with label maps and thresholds, tokenizer, README.md card) goes to the
+    repo root, where `from_pretrained(repo id)` looks, without `training_args.bin`; the run's reports
+    (`_RUN_REPORTS`) go under `run/`.
+
+    Args:
+        repo_id (`str`):
+            `user/name` of the model repo (`--hub_model_id`).
+        model_dir (`str` or `Path`):
+            The run's saved `model/` folder (subfolders such as `adapter/` included).
+        run_dir (`str` or `Path`, *optional*):
+            The run directory whose reports travel along; None uploads the model alone.
+        token (`str`, *optional*):
+            A write token; None resolves one.
+        private (`bool`, *optional*, defaults to `True`):
+            Visibility of a repo this call creates.
+
+    Returns:
+        `dict[str, Any]`: `upload_files`'s result.
+
+    Raises:
+        `HubError`: From `upload_files`.
+    """
     model_dir = Path(model_dir)
     files = {
         path.relative_to(model_dir).as_posix(): path
         for path in sorted(model_dir.rglob("*"))
+        # training_args.bin is a pickle: from_pretrained does not need it, and unpickling downloads is unsafe.
         if path.is_file() and path.name != "training_args.bin"
     }
     if run_dir is not None:
@@ -493,6 +720,32 @@ def push_model(
                 files[f"run/{path.relative_to(run_dir).as_posix()}"] = path
     return upload_files(repo_id, files, repo_type="model", token=token, private=private,
                         commit_message=f"Upload model from {run_dir.name if run_dir else model_dir.name}")
+
+
+
+def take_over_push(training_args: Any) -> str | None:
+    """The model repo to push the finished run to (`--hub_model_id`), or None without `--push_to_hub`.
+
+    Surprising: it turns the Trainer's own `push_to_hub` off (mutating `training_args`). We push the finished
+    `model/` (with its card) ourselves with `push_model`: the Trainer would upload the run directory root at every
+    save, and, checkpoints aside, the model would not sit at the repo root where `from_pretrained(repo id)` looks.
+
+    Args:
+        training_args (`TrainingArguments`):
+            The run's arguments; `push_to_hub` is set to False when it was True.
+
+    Returns:
+        `str | None`: The repo id to pass to `push_model` at the end.
+
+    Raises:
+        `UsageError`: When `--push_to_hub` comes without `--hub_model_id`.
+    """
+    if not training_args.push_to_hub:
+        return None
+    if not training_args.hub_model_id:
+        raise UsageError("--push_to_hub needs --hub_model_id user/name (the model repo to create or update)")
+    training_args.push_to_hub = False
+    return training_args.hub_model_id
 
 
 # What of a run directory travels with a pushed model (small, and useful to whoever loads it).

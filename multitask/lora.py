@@ -26,6 +26,7 @@ HEAD_MODULES = ("gate_head", "category_head")
 
 
 def _require_peft():
+    """The `peft` module, imported on first use (optional dependency); a `UsageError` naming the install command."""
     try:
         import peft
     except ImportError as error:
@@ -34,14 +35,42 @@ def _require_peft():
 
 
 def default_target_modules(model: MultitaskModel) -> list[str]:
-    """Every Linear layer of the encoder, by name suffix (DeBERTa-v2/v3: query_proj key_proj value_proj dense)."""
+    """Every Linear layer of the encoder, by name suffix (DeBERTa-v2/v3: query_proj key_proj value_proj dense).
+
+    Args:
+        model (`MultitaskModel`):
+            The model whose `encoder` is searched; the heads are excluded (they train fully instead).
+
+    Returns:
+        `list[str]`: Sorted, distinct last components of the Linear modules' names, as peft's `target_modules`
+        matches them.
+    """
     names = {name.rsplit(".", 1)[-1] for name, module in model.encoder.named_modules() if isinstance(module, nn.Linear)}
     return sorted(names - set(HEAD_MODULES))
 
 
 def quantization_kwargs(load_in_4bit: bool, load_in_8bit: bool, lora_r: int, compute_dtype: torch.dtype) -> dict | None:
-    """`from_pretrained` arguments for a 4/8-bit encoder on this process's GPU, or None; a `UsageError` where
-    it cannot work (no --lora_r, no CUDA GPU, no bitsandbytes)."""
+    """`from_pretrained` arguments for a 4/8-bit encoder on this process's GPU, or None.
+
+    4-bit is NF4 with double quantization, computing in `compute_dtype` (the QLoRA recipe).
+
+    Args:
+        load_in_4bit (`bool`):
+            `--load_in_4bit`.
+        load_in_8bit (`bool`):
+            `--load_in_8bit`; at most one of the two may be set.
+        lora_r (`int`):
+            `--lora_r`; must be > 0 with either flag, since only adapters can train on a quantized encoder.
+        compute_dtype (`torch.dtype`):
+            The dtype 4-bit matmuls run in (e.g. `torch.bfloat16` under `--bf16`).
+
+    Returns:
+        `dict | None`: `quantization_config` and `device_map` (this process's current CUDA device), or None
+        when neither flag is set.
+
+    Raises:
+        `UsageError`: Both flags, no `--lora_r`, no CUDA GPU, or bitsandbytes not installed.
+    """
     if not (load_in_4bit or load_in_8bit):
         return None
     flag = "--load_in_4bit" if load_in_4bit else "--load_in_8bit"
@@ -83,7 +112,35 @@ def apply_lora(
     quantized: bool = False,
     gradient_checkpointing: bool = False,
 ):
-    """Wrap the model with LoRA adapters; only the adapters, the heads and the task log-variances train."""
+    """Wrap the model with LoRA adapters; only the adapters, the heads and the task log-variances train.
+
+    `model` itself is modified in place (frozen, adapters inserted). Logs the trainable share of parameters.
+
+    Args:
+        model (`MultitaskModel`):
+            The freshly loaded model (with its encoder already in k-bit when `quantized`).
+        r (`int`):
+            Adapter rank (`--lora_r`, > 0).
+        alpha (`float`, *optional*, defaults to 16.0):
+            LoRA scaling numerator: adapters are scaled by alpha / r (`--lora_alpha`).
+        dropout (`float`, *optional*, defaults to 0.1):
+            Dropout on the adapters' input (`--lora_dropout`).
+        target_modules (`list[str]`, *optional*):
+            Linear-layer name suffixes to adapt; None or empty: every Linear of the encoder
+            (`default_target_modules`).
+        base_model_name_or_path (`str`, *optional*):
+            Recorded in adapter_config.json, so `load_adapter` can find the base encoder without being told.
+        quantized (`bool`, *optional*, defaults to `False`):
+            The encoder is 4/8-bit: peft's k-bit preparation runs first.
+        gradient_checkpointing (`bool`, *optional*, defaults to `False`):
+            Passed to the k-bit preparation (only read when `quantized`).
+
+    Returns:
+        `PeftModel`: The wrapped model to train.
+
+    Raises:
+        `UsageError`: When peft is not installed.
+    """
     peft = _require_peft()
     if quantized:
         # Casts the remaining float parameters (LayerNorm, embeddings) to fp32 for stable k-bit training.
@@ -109,6 +166,10 @@ def apply_lora(
 
 
 def _with_adapter(config, base_model_name_or_path: str, adapter_dir: Path, **hub_kwargs):
+    """A `PeftModel` of a freshly loaded full-precision base encoder plus the adapter (and heads) in `adapter_dir`.
+
+    `config.encoder_config` is overwritten with the loaded encoder's config.
+    """
     peft = _require_peft()
     loaded = AutoModel.from_pretrained(base_model_name_or_path, **hub_kwargs)
     encoder = loaded.encoder if isinstance(loaded, MultitaskModel) else loaded  # a Stage1 run as the base
@@ -126,6 +187,26 @@ def load_adapter(
 
     The model config (labels, thresholds) comes from `config_dir`, by default the folder holding `adapter/`;
     the base encoder from `base_model_name_or_path`, by default the one recorded in adapter_config.json.
+    Fitted gate statistics are copied from that folder's model.safetensors.
+
+    Args:
+        adapter_dir (`str` or `Path`):
+            The saved adapter (`<run dir>/model/adapter`).
+        base_model_name_or_path (`str`, *optional*):
+            Encoder checkpoint or Hub id; a saved `MultitaskModel` also works (its encoder is used).
+        config_dir (`str` or `Path`, *optional*):
+            Folder holding the run's config.json (and model.safetensors when the config names gate
+            statistics).
+        **hub_kwargs:
+            Passed to the base encoder's `from_pretrained` (e.g. `token`, `revision`).
+
+    Returns:
+        `PeftModel`: In full precision, unmerged (call `merge_and_unload()` for a plain `MultitaskModel`).
+
+    Raises:
+        `UsageError`: peft missing, or no base model recorded nor given.
+        `ModelFileError`: The config names gate statistics but model.safetensors is missing.
+        `ValueError`: The gate statistics in model.safetensors are missing or damaged.
     """
     peft = _require_peft()
     adapter_dir = Path(adapter_dir)
@@ -141,6 +222,7 @@ def load_adapter(
 
 
 def _load_gate_buffers(model: MultitaskModel, weights: Path) -> None:
+    """Copy the three gate-statistics buffers from a safetensors file into `model` and check them."""
     from safetensors import safe_open
 
     if not weights.is_file():
@@ -156,6 +238,19 @@ def save_adapter_and_merge(peft_model, model_dir: str | Path, quantized: bool = 
 
     A k-bit encoder is not merged in place (that would re-quantize the sum): the base encoder is reloaded in
     full precision and the saved adapter merged into it, the usual QLoRA recipe.
+
+    Args:
+        peft_model (`PeftModel`):
+            The trained LoRA model (as `distributed.full_model` returns it).
+        model_dir (`str` or `Path`):
+            The run's `model/` folder; `adapter/` is created inside.
+        quantized (`bool`, *optional*, defaults to `False`):
+            Whether the encoder was loaded in 4/8 bit.
+        **hub_kwargs:
+            For the full-precision reload of the base encoder (quantized runs only).
+
+    Returns:
+        `MultitaskModel`: The merged model, without peft; on the trained model's device.
     """
     adapter_dir = Path(model_dir) / ADAPTER_DIR
     peft_model.save_pretrained(adapter_dir)

@@ -23,6 +23,7 @@ from sklearn.metrics import (
 )
 
 from .calibration import expected_calibration_error
+from .errors import UsageError, closest
 from .labels import IGNORE_INDEX
 from .text_encoding import aggregate_windows
 
@@ -32,13 +33,23 @@ HEADS = ("gate", "category")
 def _to_numpy(array: Any) -> np.ndarray:
     """Accept numpy arrays, lists and torch tensors (bf16 included) without importing torch."""
     if hasattr(array, "detach"):
+        # .float(): numpy has no bfloat16.
         array = array.detach().float().cpu().numpy()
     return np.asarray(array)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis (float64 so fp16/bf16 logits do not overflow)."""
+    """Numerically stable softmax over the last axis (float64 so fp16/bf16 logits do not overflow).
+
+    Args:
+        logits (`np.ndarray`):
+            Logits of any shape (a list or torch tensor works too); the classes are the last axis.
+
+    Returns:
+        `np.ndarray`: float64 probabilities of the same shape, summing to 1 along the last axis.
+    """
     logits = _to_numpy(logits).astype(np.float64)
+    # Subtracting the row maximum keeps exp() from overflowing and leaves the result unchanged.
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
@@ -60,6 +71,19 @@ def gate_metrics(pick_prob: np.ndarray, gate_labels: np.ndarray, threshold: floa
 
     ``gate_decline_leak`` is the share of gold-Decline rows predicted Pick; it is 0.0 when there is no
     gold-Decline row (nothing could leak).
+
+    Args:
+        pick_prob (`np.ndarray` of shape `(rows,)`):
+            The gate score per row (P(Pick) or another in-scope score in [0, 1]).
+        gate_labels (`np.ndarray` of shape `(rows,)`):
+            1 (Pick), 0 (Decline) or -100 (row skipped).
+        threshold (`float`, *optional*, defaults to 0.5):
+            A row is predicted Pick when its score is >= this.
+
+    Returns:
+        `dict[str, float]`: ``gate_accuracy``, ``gate_precision``, ``gate_recall``, ``gate_f1`` (Pick class;
+        0.0 where undefined, as sklearn's ``zero_division=0``), ``gate_decline_leak`` and ``gate_support``
+        (the labelled row count, an int).
     """
     pick_prob = _to_numpy(pick_prob).reshape(-1)
     gate_labels = _to_numpy(gate_labels).reshape(-1)
@@ -68,6 +92,7 @@ def gate_metrics(pick_prob: np.ndarray, gate_labels: np.ndarray, threshold: floa
         return {}
     y_true = gate_labels[mask].astype(int)
     y_pred = (pick_prob[mask] >= threshold).astype(int)
+    # labels=[1]: the Pick class's own figures, 0.0 (zero_division) in a split without Pick rows.
     precision, recall, f1, _ = precision_recall_fscore_support(
         y_true, y_pred, labels=[1], average=None, zero_division=0
     )
@@ -97,8 +122,20 @@ def category_metrics(
     """Category-head metrics over rows with a category label; ``{}`` if there are none.
 
     ``category_macro_f1`` averages per-class F1 over the classes present in gold OR predictions (see
-    ``_present_macro``); ``category_weighted_f1`` weights by gold support. ``category_top{k}_accuracy``
-    is reported for each k <= N (ties between equal probabilities go to the lower class index, as argmax).
+    ``_present_macro``); ``category_weighted_f1`` weights by gold support.
+
+    Args:
+        category_probs (`np.ndarray` of shape `(rows, N)`):
+            P(category | Pick) per row; only the ranking within a row matters.
+        category_labels (`np.ndarray` of shape `(rows,)`):
+            Gold category index per row, -100 for none (skipped).
+        top_k (`Sequence[int]`, *optional*, defaults to `(1, 2, 3)`):
+            The k of each ``category_top{k}_accuracy``; a k above N is left out. Ties between equal
+            probabilities go to the lower class index, as argmax.
+
+    Returns:
+        `dict[str, float]`: ``category_accuracy``, ``category_macro_f1``, ``category_weighted_f1``, one
+        ``category_top{k}_accuracy`` per usable k, and ``category_support`` (an int).
     """
     category_probs = _to_numpy(category_probs)
     category_labels = _to_numpy(category_labels).reshape(-1)
@@ -106,6 +143,7 @@ def category_metrics(
     if not mask.any():
         return {}
     num_classes = category_probs.shape[-1]
+    # Every class index, so position c of the per-class arrays is class c whatever this split holds.
     labels = list(range(num_classes))
     probs = category_probs[mask]
     y_true = category_labels[mask].astype(int)
@@ -132,6 +170,16 @@ def joint_probs(pick_prob: np.ndarray, category_probs: np.ndarray) -> np.ndarray
 
     Its argmax matches the threshold-0.5 rule only approximately (a row with P(Pick) = 0.6 spread over
     many categories has argmax Decline); decisions always use the threshold rule, these are for reporting.
+
+    Args:
+        pick_prob (`np.ndarray` of shape `(n,)`):
+            P(Pick) per row.
+        category_probs (`np.ndarray` of shape `(n, N)`):
+            P(category | Pick) per row.
+
+    Returns:
+        `np.ndarray` of shape `(n, N + 1)`, float64; Decline last (`calibration.joint_probabilities` puts it
+        first).
     """
     pick_prob = _to_numpy(pick_prob).reshape(-1, 1).astype(np.float64)
     category_probs = _to_numpy(category_probs).astype(np.float64)
@@ -139,9 +187,22 @@ def joint_probs(pick_prob: np.ndarray, category_probs: np.ndarray) -> np.ndarray
 
 
 def joint_labels(gate_labels: np.ndarray, category_labels: np.ndarray, num_categories: int) -> np.ndarray:
-    """Gold joint label per row: N (Decline) for gate 0; the category for a category-labelled row whose
-    gate is 1 or missing (a category label implies Pick); -100 otherwise (gate 1 without a category, or
-    no label at all)."""
+    """Gold joint label per row.
+
+    N (Decline) for gate 0; the category for a category-labelled row whose gate is 1 or missing (a category
+    label implies Pick); -100 otherwise (gate 1 without a category, or no label at all).
+
+    Args:
+        gate_labels (`np.ndarray` of shape `(n,)`):
+            1, 0 or -100 per row.
+        category_labels (`np.ndarray` of shape `(n,)`):
+            Category index or -100 per row.
+        num_categories (`int`):
+            N; the Decline label.
+
+    Returns:
+        `np.ndarray` of shape `(n,)`, int: labels in [0, N], or -100.
+    """
     gate_labels = _to_numpy(gate_labels).reshape(-1).astype(int)
     category_labels = _to_numpy(category_labels).reshape(-1).astype(int)
     gold = np.full(gate_labels.shape, IGNORE_INDEX, dtype=int)
@@ -154,7 +215,19 @@ def joint_labels(gate_labels: np.ndarray, category_labels: np.ndarray, num_categ
 def joint_predictions(
     pick_prob: np.ndarray, category_probs: np.ndarray, threshold: float = 0.5
 ) -> np.ndarray:
-    """Predicted joint label per row: N (Decline) if pick_prob < threshold, else the argmax category."""
+    """Predicted joint label per row: N (Decline) if pick_prob < threshold, else the argmax category.
+
+    Args:
+        pick_prob (`np.ndarray` of shape `(n,)`):
+            The gate score per row.
+        category_probs (`np.ndarray` of shape `(n, N)`):
+            Category probabilities (or logits: only the argmax is used).
+        threshold (`float`, *optional*, defaults to 0.5):
+            Pick iff the score is >= this.
+
+    Returns:
+        `np.ndarray` of shape `(n,)`, int: a category index in [0, N) or N.
+    """
     pick_prob = _to_numpy(pick_prob).reshape(-1)
     category_probs = _to_numpy(category_probs)
     return np.where(pick_prob >= threshold, category_probs.argmax(axis=-1), category_probs.shape[-1])
@@ -167,8 +240,26 @@ def joint_metrics(
     category_labels: np.ndarray,
     threshold: float = 0.5,
 ) -> dict[str, float]:
-    """Accuracy and macro-F1 of the (N+1)-way decision (Decline = index N); ``{}`` if no row has a gold
-    joint label (see ``joint_labels``). Macro-F1 averages over classes present in gold OR predictions."""
+    """Accuracy and macro-F1 of the (N+1)-way decision (Decline = index N).
+
+    Macro-F1 averages over the classes present in gold OR predictions.
+
+    Args:
+        pick_prob (`np.ndarray` of shape `(n,)`):
+            The gate score per row.
+        category_probs (`np.ndarray` of shape `(n, N)`):
+            Category probabilities per row.
+        gate_labels (`np.ndarray` of shape `(n,)`):
+            1, 0 or -100 per row.
+        category_labels (`np.ndarray` of shape `(n,)`):
+            Category index or -100 per row.
+        threshold (`float`, *optional*, defaults to 0.5):
+            Pick iff the score is >= this.
+
+    Returns:
+        `dict[str, float]`: ``joint_accuracy``, ``joint_macro_f1`` and ``joint_support`` (rows with a gold
+        joint label, see ``joint_labels``); ``{}`` if there are none.
+    """
     category_probs = _to_numpy(category_probs)
     num_categories = category_probs.shape[-1]
     gold = joint_labels(gate_labels, category_labels, num_categories)
@@ -193,9 +284,20 @@ def _int_keys(id2label: Mapping[Any, str]) -> dict[int, str]:
 
 
 def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, id2label: Mapping[int, str]) -> list[dict]:
-    """One dict per class of ``id2label`` (``label``, ``id``, ``support``, ``precision``, ``recall``,
-    ``f1``), sorted by support descending then label; zero-support classes are listed with zeros.
-    Rows whose gold label is -100 are ignored."""
+    """Precision, recall, F1 and support of every class of ``id2label``.
+
+    Args:
+        y_true (`np.ndarray` of shape `(n,)`):
+            Gold class ids; rows at -100 are ignored.
+        y_pred (`np.ndarray` of shape `(n,)`):
+            Predicted class ids; a prediction outside ``id2label`` counts against recall only.
+        id2label (`Mapping[int, str]`):
+            The classes to report; string keys (from JSON) are accepted.
+
+    Returns:
+        `list[dict]`: One dict per class (``label``, ``id``, ``support``, ``precision``, ``recall``, ``f1``),
+        sorted by support descending then label; zero-support classes are listed with zeros.
+    """
     id2label = _int_keys(id2label)
     y_true = _to_numpy(y_true).reshape(-1).astype(int)
     y_pred = _to_numpy(y_pred).reshape(-1).astype(int)
@@ -229,6 +331,20 @@ def frequency_bands(
     in ``(cut[i-1], cut[i]]``, so a count equal to a cut point goes to the lower band and equal counts
     always share a band (no dependence on class order). With a long tail of equal small counts this keeps
     them all in the lowest band.
+
+    Args:
+        train_counts (`Sequence[int]` or `np.ndarray`):
+            Training rows per class, by class index.
+        quantiles (`Sequence[float]`, *optional*, defaults to `(1 / 3, 2 / 3)`):
+            Cut quantiles in (0, 1) (`--frequency_band_quantiles`); sorted here.
+        names (`Sequence[str]`, *optional*, defaults to `("Low", "Mid", "High")`):
+            Band names from rarest to most frequent; one more than ``quantiles``.
+
+    Returns:
+        `list[str]`: One band name per class; ``[]`` without classes.
+
+    Raises:
+        `ValueError`: When ``len(names) != len(quantiles) + 1``.
     """
     if len(names) != len(quantiles) + 1:
         raise ValueError(
@@ -238,6 +354,7 @@ def frequency_bands(
     if counts.size == 0:
         return []
     cuts = np.quantile(counts, sorted(quantiles))
+    # side="left": a count equal to a cut point lands in the lower band.
     return [names[i] for i in np.searchsorted(cuts, counts, side="left")]
 
 
@@ -255,23 +372,56 @@ def _band_mean(per_class: list[dict], bands: Sequence[str] | Mapping[int, str], 
 
 
 def band_recall(per_class: list[dict], bands: Sequence[str] | Mapping[int, str]) -> dict[str, float]:
-    """Mean recall per band over classes with support > 0 (``per_class`` from ``per_class_metrics``;
-    ``bands`` indexed by class id, as a list or an id->band dict). Bands with no such class are omitted."""
+    """Mean recall per band over classes with support > 0; bands with no such class are omitted.
+
+    Args:
+        per_class (`list[dict]`):
+            `per_class_metrics` rows.
+        bands (`Sequence[str]` or `Mapping[int, str]`):
+            Each class id's band, as a list indexed by id or an id -> band dict (e.g. `frequency_bands`).
+
+    Returns:
+        `dict[str, float]`: Band -> unweighted mean recall of its classes, in the bands' own order.
+    """
     return _band_mean(per_class, bands, "recall")
 
 
 def band_f1(per_class: list[dict], bands: Sequence[str] | Mapping[int, str]) -> dict[str, float]:
-    """Mean F1 per band over classes with support > 0; same conventions as ``band_recall``."""
+    """Mean F1 per band over classes with support > 0; same conventions as ``band_recall``.
+
+    Args:
+        per_class (`list[dict]`):
+            `per_class_metrics` rows.
+        bands (`Sequence[str]` or `Mapping[int, str]`):
+            Each class id's band.
+
+    Returns:
+        `dict[str, float]`: Band -> unweighted mean F1 of its classes.
+    """
     return _band_mean(per_class, bands, "f1")
 
 
 def confusion_top(
     y_true: np.ndarray, y_pred: np.ndarray, id2label: Mapping[int, str], k: int = 3
 ) -> dict[str, list[dict]]:
-    """For each class of ``id2label`` (keyed by label), its top-k wrong predicted classes as dicts with
-    ``label``, ``count``, ``share`` (count / that class's gold support), by count descending then label.
-    Classes without errors map to ``[]``. Rows with gold -100 are ignored; ``id2label`` must cover every
-    predicted id (add ``{N: "Decline"}`` for the joint view)."""
+    """The top-k wrong predicted classes of every class of ``id2label``.
+
+    Args:
+        y_true (`np.ndarray` of shape `(n,)`):
+            Gold class ids; rows at -100 are ignored.
+        y_pred (`np.ndarray` of shape `(n,)`):
+            Predicted class ids.
+        id2label (`Mapping[int, str]`):
+            Every class that can occur, gold or predicted (add ``{N: "Decline"}`` for the joint view). A row
+            whose gold or predicted id it lacks is left out entirely, support included.
+        k (`int`, *optional*, defaults to 3):
+            Most confusions listed per class.
+
+    Returns:
+        `dict[str, list[dict]]`: Label -> up to k dicts with ``label`` (the predicted class), ``count`` and
+        ``share`` (count / that class's gold support), by count descending then label; ``[]`` for a class
+        without errors.
+    """
     id2label = _int_keys(id2label)
     y_true = _to_numpy(y_true).reshape(-1).astype(int)
     y_pred = _to_numpy(y_pred).reshape(-1).astype(int)
@@ -300,9 +450,24 @@ def compute_all(
 ) -> dict[str, float]:
     """Gate, category and joint metrics merged into one dict.
 
-    A head whose probabilities (or labels) are None contributes no keys, and the joint keys need both.
-    A non-empty ``prefix`` is joined with ``_`` as the Trainer's ``metric_key_prefix`` does
-    (``prefix="test"`` gives ``test_gate_f1``).
+    Args:
+        pick_prob (`np.ndarray` of shape `(n,)`, *optional*):
+            The gate score per row; None for a model without a gate.
+        category_probs (`np.ndarray` of shape `(n, N)`, *optional*):
+            Category probabilities; None for a model without a category head.
+        gate_labels (`np.ndarray` of shape `(n,)`, *optional*):
+            1, 0 or -100 per row; None when the data has no gate labels.
+        category_labels (`np.ndarray` of shape `(n,)`, *optional*):
+            Category index or -100 per row; None when the data has no categories.
+        threshold (`float`, *optional*, defaults to 0.5):
+            Pick iff the score is >= this.
+        prefix (`str`, *optional*, defaults to `""`):
+            Joined with ``_`` as the Trainer's ``metric_key_prefix`` does (``prefix="test"`` gives
+            ``test_gate_f1``); a trailing ``_`` is not doubled.
+
+    Returns:
+        `dict[str, float]`: `gate_metrics`, `category_metrics` and `joint_metrics` keys. A head whose
+        probabilities (or labels) are None contributes no keys, and the joint keys need both.
     """
     result: dict[str, float] = {}
     has_gate = pick_prob is not None and gate_labels is not None
@@ -314,12 +479,24 @@ def compute_all(
     if has_gate and has_category:
         result.update(joint_metrics(pick_prob, category_probs, gate_labels, category_labels, threshold))
     if prefix:
+        # rstrip: "test" and "test_" both give test_gate_f1.
         result = {f"{prefix.rstrip('_')}_{key}": value for key, value in result.items()}
     return result
 
 
 def gate_pick_prob(gate_logits: np.ndarray) -> np.ndarray:
-    """P(Pick) from gate logits: softmax column 1 for (n, 2) logits, sigmoid for (n,) or (n, 1)."""
+    """P(Pick) from gate logits: softmax column 1 for (n, 2) logits, sigmoid for (n,) or (n, 1).
+
+    Args:
+        gate_logits (`np.ndarray`):
+            Gate logits of shape `(n, 2)`, `(n,)` or `(n, 1)`.
+
+    Returns:
+        `np.ndarray` of shape `(n,)`, float64.
+
+    Raises:
+        `ValueError`: For any other shape.
+    """
     gate_logits = _to_numpy(gate_logits).astype(np.float64)
     if gate_logits.ndim == 2 and gate_logits.shape[1] == 2:
         return softmax(gate_logits)[:, 1]
@@ -329,7 +506,15 @@ def gate_pick_prob(gate_logits: np.ndarray) -> np.ndarray:
 
 
 def gate_two_class(gate_logits: np.ndarray) -> np.ndarray:
-    """(n, 2) probabilities [P(Decline), P(Pick)] from gate logits of any shape `gate_pick_prob` accepts."""
+    """(n, 2) probabilities [P(Decline), P(Pick)] from gate logits of any shape `gate_pick_prob` accepts.
+
+    Args:
+        gate_logits (`np.ndarray`):
+            Gate logits of shape `(n, 2)`, `(n,)` or `(n, 1)`.
+
+    Returns:
+        `np.ndarray` of shape `(n, 2)`, float64 (the layout the calibration figures expect).
+    """
     pick = gate_pick_prob(gate_logits)
     return np.stack([1.0 - pick, pick], axis=1)
 
@@ -342,12 +527,26 @@ def _as_tuple(value: Any) -> tuple:
 def band_recall_metrics(
     category_probs: np.ndarray, category_labels: np.ndarray, category_bands: Sequence[str]
 ) -> dict[str, float]:
-    """`category_recall_<band>`: mean per-class recall of each training-frequency band (rows with a label)."""
+    """`category_recall_<band>`: mean per-class recall of each training-frequency band (rows with a label).
+
+    Args:
+        category_probs (`np.ndarray` of shape `(n, N)`):
+            Category probabilities per row.
+        category_labels (`np.ndarray` of shape `(n,)`):
+            Category index or -100 per row.
+        category_bands (`Sequence[str]`):
+            The band of each category, by index (length N).
+
+    Returns:
+        `dict[str, float]`: e.g. ``category_recall_high``; band names are lower-cased, and a band none of
+        whose classes occurs in the labels is left out. ``{}`` without labelled rows.
+    """
     y_true = _to_numpy(category_labels)
     labelled = y_true != IGNORE_INDEX
     if not labelled.any():
         return {}
     y_pred = np.asarray(category_probs)[labelled].argmax(axis=1)
+    # Placeholder names: only the class ids matter for the band means.
     per_class = per_class_metrics(y_true[labelled], y_pred, dict(enumerate(map(str, range(len(category_bands))))))
     return {f"category_recall_{band.lower()}": value for band, value in band_recall(per_class, category_bands).items()}
 
@@ -359,9 +558,30 @@ def hierarchy_stats(
     pick_low_levels: Sequence[float] = (0.3, 0.5),
     decline_high_levels: Sequence[float] = (0.5, 0.8),
 ) -> dict[str, Any]:
-    """How well the two heads agree: gate-Pick rows whose top category probability is below each level
-    (the category head is unsure of an item the gate let in), and gate-Decline rows whose top category
-    probability is above each level (the category head is sure of an item the gate refused)."""
+    """How well the two heads agree.
+
+    Counts gate-Pick rows whose top category probability is below each level (the category head is unsure of
+    an item the gate let in), and gate-Decline rows whose top category probability is above each level (the
+    category head is sure of an item the gate refused). Uses predictions only, no gold labels.
+
+    Args:
+        pick_prob (`np.ndarray` of shape `(n,)`):
+            The gate score per row.
+        category_probs (`np.ndarray` of shape `(n, N)`):
+            Category probabilities per row.
+        threshold (`float`, *optional*, defaults to 0.5):
+            The gate decision rule: Pick iff the score is >= this.
+        pick_low_levels (`Sequence[float]`, *optional*, defaults to `(0.3, 0.5)`):
+            Levels for gate-Pick rows (`--pick_low_confidence_levels`).
+        decline_high_levels (`Sequence[float]`, *optional*, defaults to `(0.5, 0.8)`):
+            Levels for gate-Decline rows (`--decline_high_confidence_levels`).
+
+    Returns:
+        `dict[str, Any]`: ``threshold``, ``gate_pick_rows``, ``gate_decline_rows``,
+        ``pick_with_category_max_prob_below`` and ``decline_with_category_max_prob_above``, the last two keyed
+        by ``str(level)`` with ``{"count", "share"}`` (share of that gate decision's rows; 0.0 when it has
+        none).
+    """
     pick = np.asarray(pick_prob) >= threshold
     top = np.asarray(category_probs).max(axis=1)
 
@@ -414,12 +634,29 @@ def build_compute_metrics(
     by column if it has shape (n, 2) and both heads are used; anything else is a ``ValueError``, since
     guessing which head a lone label array belongs to would silently report wrong numbers.
 
-    ``category_bands`` (the training-frequency band of each category) adds ``category_recall_<band>``.
+    Args:
+        threshold (`float`, *optional*, defaults to 0.5):
+            The threshold of the gate and joint figures (`build_trainer` keeps 0.5: thresholds are tuned only
+            after training).
+        heads (`Sequence[str]`, *optional*, defaults to `("gate", "category")`):
+            The heads the model has, in output order; a non-empty subset of `HEADS`.
+        category_bands (`Sequence[str]`, *optional*):
+            The training-frequency band of each category; adds ``category_recall_<band>``.
+        chunk_aggregation (`str`, *optional*):
+            ``"mean"``/``"max"``, for ``--long_text chunk``: each row is a window of a document, and the last
+            label array is the document index of each row (``label_names`` ends with ``"document"``); logits
+            are recombined per document (`multitask.text_encoding.aggregate_windows`) before any metric, so
+            every figure counts documents, not windows.
 
-    ``chunk_aggregation`` (``"mean"``/``"max"``, for ``--long_text chunk``): each row is a window of a document,
-    and the last label array is the document index of each row (``label_names`` ends with ``"document"``);
-    logits are recombined per document (`multitask.text_encoding.aggregate_windows`) before any metric, so every
-    figure counts documents, not windows.
+    Returns:
+        `Callable[[EvalPrediction], dict[str, float]]`: The `compute_all` keys, plus
+        ``category_recall_<band>`` and an uncalibrated ``gate_ece`` / ``category_ece`` (15 equal-mass bins)
+        for each head with labelled rows.
+
+    Raises:
+        `ValueError`: Here for ``heads`` that are empty or name an unknown head; from the returned function
+        for fewer logit arrays than ``heads``, an unexpected number or shape of label arrays, or (chunked) no
+        label array before the document index.
     """
     heads = tuple(heads)
     unknown = set(heads) - set(HEADS)
@@ -441,6 +678,7 @@ def build_compute_metrics(
         if isinstance(label_ids, (tuple, list)):
             if len(label_ids) not in (2, len(heads)):
                 raise ValueError(f"expected 2 label arrays (gate, category), got {len(label_ids)}")
+            # Two label arrays are always (gate, category), the label_names order, even for a one-head model.
             label_heads = HEADS if len(label_ids) == 2 else heads
             labels = dict(zip(label_heads, label_ids, strict=True))
         else:
@@ -476,3 +714,52 @@ def build_compute_metrics(
         return results
 
     return compute_metrics
+
+
+def check_metric_name(name: str | None, compute_metrics: Callable[[Any], dict[str, float]], num_categories: int,
+                      heads: Sequence[str], chunked: bool = False) -> None:
+    """Refuse at start-up, not after training, a `--metric_for_best_model` that `compute_metrics` does not return.
+
+    The keys are found by calling `compute_metrics` once on a fake 4-row `EvalPrediction` shaped as the Trainer
+    passes it (a bare array for a one-head model; a trailing document index for `--long_text chunk`), so the list
+    can never drift from what is computed.
+
+    Args:
+        name (`str`, *optional*):
+            The `--metric_for_best_model` value; may carry the Trainer's `eval_` prefix. None, `loss` and
+            `eval_loss` always pass.
+        compute_metrics (`Callable`):
+            The function `build_compute_metrics` returned for this run.
+        num_categories (`int`):
+            N, the width of the fake category logits (at least 1 is used).
+        heads (`Sequence[str]`):
+            The heads the model has, as given to `build_compute_metrics`.
+        chunked (`bool`, *optional*, defaults to `False`):
+            Whether `compute_metrics` expects a trailing document-index label array.
+
+    Raises:
+        `UsageError`: For a name `compute_metrics` does not return; the message names the closest valid key
+        and lists them all.
+    """
+    if not name or name in ("loss", "eval_loss"):
+        return
+    from transformers import EvalPrediction
+
+    rows = 4
+    gate = np.zeros((rows, 2), dtype=np.float32)
+    category = np.zeros((rows, max(num_categories, 1)), dtype=np.float32)
+    # Both gate classes present, so every gate key (precision, decline leak, …) is produced.
+    by_head = {"gate": (gate, np.array([0, 1, 0, 1])), "category": (category, np.zeros(rows, dtype=np.int64))}
+    # Shaped as the Trainer passes them: a bare array when the model has one head.
+    predictions = tuple(by_head[head][0] for head in heads)
+    labels = tuple(by_head[head][1] for head in heads)
+    if chunked:
+        labels = (*labels, np.arange(rows))
+    if len(heads) == 1:
+        predictions = predictions[0]
+        labels = labels if chunked else labels[0]
+    keys = compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels)).keys()
+    bare = name[len("eval_"):] if name.startswith("eval_") else name
+    if bare not in keys:
+        raise UsageError(f"--metric_for_best_model {name!r} is not a validation metric{closest(bare, keys)}; "
+                         f"choose one of: {', '.join(sorted(keys))}")

@@ -49,6 +49,20 @@ python run_predict.py --model {{ repo_id }} --input_files items.csv --threshold 
 ### Category recall by training-frequency band
 
 {{ bands_table }}
+{% endif %}{% if per_class_table %}
+### Per category (validation)
+
+The category head's top choice on the validation rows that have a category (the gate aside); band = the
+category's training-frequency band.
+
+{{ per_class_table }}
+{% endif %}{% if test_table %}
+## Test files
+
+Scored after training with the stored gate score at every stored threshold, as `run_predict.py --threshold <kind>`
+scores them; nothing was tuned on these rows.
+
+{{ test_table }}
 {% endif %}{% if thresholds_table %}
 ## Gate thresholds (tuned on validation, stored in `config.json`)
 
@@ -84,13 +98,20 @@ _HYPERPARAMETERS = (
 )  # fmt: skip
 
 
+# The test-file figures the card shows (a key a file's metrics lack shows as –).
+_TEST_COLUMNS = ("joint_accuracy", "joint_macro_f1", "category_accuracy", "category_macro_f1", "gate_f1",
+                 "gate_decline_leak", "joint_support")
+
+
 def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
+    """A Markdown pipe table; cells are str()-ed as they are (no escaping of `|`)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def _fmt(value: Any) -> str:
+    """Floats to 4 significant digits; anything else as str()."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -104,8 +125,18 @@ def build_model_card(
     repo_id: str | None = None,
     gate_cv: dict | None = None,
     calibration: dict | None = None,
+    test_metrics: dict[str, dict] | None = None,
 ) -> ModelCard:
-    """Card data + text from what the run already computed. Tokens are never part of any input here."""
+    """Card data + text from what the run already computed. Tokens are never part of any input here.
+
+    `data_files` maps each training file (or Hub split) to its hash, shown truncated to 16 hex digits;
+    `validation_metrics` are the Trainer's `eval_*` numbers (losses left out); `per_class` the rows of
+    val_per_class_metrics.json (their `band` gives the frequency-band table); `gate_cv` is
+    `reporting.summarize_gate_cv`'s summary and `calibration` the `{"gate"|"category": …}` entries of
+    `reporting.calibrate_heads`; `test_metrics` maps each test file's stem to {threshold kind: metrics}
+    (`reporting.write_predictions`). A section whose input is missing is left out of the card. The card's
+    `base_model` metadata is set only for a Hub id, never a local path.
+    """
     gate_labels = "/".join(config.gate_id2label.values()) if config.has_gate else None
     metric_rows = [
         (key.removeprefix("eval_"), _fmt(value))
@@ -140,6 +171,14 @@ def build_model_card(
                                              for k in ("ece", "brier", "nll")))
         for head, entry in (calibration or {}).items()
     ]
+    per_class_table = _table(
+        ("category", "support", "precision", "recall", "F1", "band"),
+        [(row["label"], row["support"], _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]),
+          row.get("band") or "–") for row in per_class or []],
+    ) if per_class else ""
+    test_rows = [(stem, kind, _fmt(figures.get("threshold", "–")),
+                  *(_fmt(figures[key]) if key in figures else "–" for key in _TEST_COLUMNS))
+                 for stem, by_kind in (test_metrics or {}).items() for kind, figures in (by_kind or {}).items()]
     return ModelCard.from_template(
         card_data,
         template_str=_TEMPLATE,
@@ -166,5 +205,8 @@ def build_model_card(
         gate_cv_folds=(gate_cv or {}).get("folds"),
         gate_cv_table=_table(("threshold", "figure", "held out", "95 % interval", "fold mean ± sd"), gate_cv_rows)
         if gate_cv_rows else "",
+        per_class_table=per_class_table,
+        test_table=_table(("file", "threshold", "value", *(key.replace("_", " ") for key in _TEST_COLUMNS)), test_rows)
+        if test_rows else "",
         labels_text=", ".join(f"`{name}`" for name in category_names) if category_names else "(gate only)",
     )

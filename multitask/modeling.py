@@ -23,7 +23,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class MultitaskOutput(ModelOutput):
-    """Forward output. `loss` is the plain unweighted sum of the two cross-entropies (the trainer builds its own)."""
+    """Forward output. `loss` is the plain unweighted sum of the two cross-entropies (the trainer builds its own).
+
+    Attributes:
+        loss (`torch.Tensor`, *optional*):
+            0-dim, only when labels were passed to `forward`.
+        gate_logits (`torch.Tensor` of shape `(batch, 2)`, *optional*):
+            Column 0 Decline, column 1 Pick; None for a model without a gate head.
+        category_logits (`torch.Tensor` of shape `(batch, N)`, *optional*):
+            In the order of `config.category_id2label`; None for a gate-only model.
+        features (`torch.Tensor` of shape `(batch, hidden)`, *optional*):
+            The pooled vector before dropout, only with `output_features=True`.
+    """
 
     loss: torch.Tensor | None = None
     gate_logits: torch.Tensor | None = None
@@ -31,18 +42,63 @@ class MultitaskOutput(ModelOutput):
     # Only with `output_features=True` (the Trainer would otherwise collect it as one more prediction array).
     features: torch.Tensor | None = None
 
+    def split_stacked(self) -> tuple[MultitaskOutput, MultitaskOutput]:
+        """The two halves of a forward on a batch stacked twice (R-Drop's two passes), as two outputs.
+
+        Returns:
+            `tuple[MultitaskOutput, MultitaskOutput]`: The first and second half of every tensor (the batch
+            split in two equal parts, as `MultitaskTrainer` stacks it), without `loss`.
+        """
+
+        def half(values: torch.Tensor | None, index: int) -> torch.Tensor | None:
+            return None if values is None else values.chunk(2)[index]
+
+        return tuple(
+            MultitaskOutput(gate_logits=half(self.gate_logits, i), category_logits=half(self.category_logits, i),
+                            features=half(self.features, i))
+            for i in (0, 1)
+        )
+
 
 def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
-    """Mean over real tokens (padding excluded) or the first ([CLS]) token."""
+    """Mean over real tokens (padding excluded) or the first ([CLS]) token.
+
+    Args:
+        hidden_states (`torch.Tensor` of shape `(batch, seq, hidden)`):
+            The encoder's last hidden states.
+        attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*):
+            1 for real tokens, 0 for padding; None averages every position.
+        pooling (`str`):
+            `"mean"`, or `"cls"` for the first token (any value other than `"cls"` means mean).
+
+    Returns:
+        `torch.Tensor` of shape `(batch, hidden)`, in the dtype of `hidden_states`.
+    """
     if pooling == "cls":
         return hidden_states[:, 0]
     if attention_mask is None:
         return hidden_states.mean(dim=1)
     mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+    # clamp: a row that is all padding pools to 0 rather than 0/0 = NaN.
     return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 class MultitaskModel(PreTrainedModel):
+    """Encoder → pooling (`config.pooling`) → dropout → gate head (2 logits) and category head (N logits).
+
+    `encoder` passes an already loaded encoder (its weights are kept); without it one is built from
+    `config.encoder_config` with random weights, as `from_pretrained` does before loading a checkpoint.
+    Optional parts follow the config: `task_log_variances` (uncertainty weighting) and the three gate-statistics
+    buffers (feature gate scores, only with a category head). Logits are never temperature-scaled here; the
+    calibration temperatures apply where probabilities are made (`in_scope_scores`).
+
+    Args:
+        config (`MultitaskConfig`):
+            Heads, label maps, pooling, dropout and the encoder's config.
+        encoder (`PreTrainedModel`, *optional*):
+            An `AutoModel` whose config matches `config.encoder_config`; its pooler, if any, is dropped.
+    """
+
     config_class = MultitaskConfig
     # Must equal the encoder attribute name, or encoder weights are silently re-initialised on load.
     base_model_prefix = "encoder"
@@ -70,6 +126,7 @@ class MultitaskModel(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
+        """Linear layers (how the new heads start): weights N(0, std = encoder's initializer_range), zero biases."""
         std = getattr(self.config.encoder_config, "initializer_range", 0.02)
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=std)
@@ -77,20 +134,35 @@ class MultitaskModel(PreTrainedModel):
                 nn.init.zeros_(module.bias)
 
     def get_input_embeddings(self) -> nn.Module:
+        """The encoder's word-embedding module (used by `resize_token_embeddings` and `freeze_word_embeddings`)."""
         return self.encoder.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the encoder's word-embedding module."""
         self.encoder.set_input_embeddings(value)
 
     def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **encoder_kwargs
     ) -> torch.Tensor:
-        """The pooled sentence vector both heads read (before dropout)."""
+        """The pooled sentence vector both heads read (before dropout).
+
+        Args:
+            input_ids (`torch.Tensor` of shape `(batch, seq)`):
+                Token ids.
+            attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*):
+                1 for real tokens; also excludes padding from the mean pooling.
+            **encoder_kwargs:
+                Passed to the encoder (e.g. `token_type_ids`).
+
+        Returns:
+            `torch.Tensor` of shape `(batch, hidden)`: the `pool` of the last hidden states.
+        """
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_kwargs)
         return pool(outputs.last_hidden_state, attention_mask, self.config.pooling)
 
     @staticmethod
     def _head_logits(head: nn.Linear | None, dropped: list[torch.Tensor]) -> torch.Tensor | None:
+        """The head's logits averaged over the dropout samples in `dropped`; None when the model lacks the head."""
         if head is None:
             return None
         if len(dropped) == 1:
@@ -107,6 +179,29 @@ class MultitaskModel(PreTrainedModel):
         output_features: bool = False,
         **kwargs,
     ) -> MultitaskOutput:
+        """Logits of both heads for a batch: `gate_logits` (batch, 2), `category_logits` (batch, N), or None for a
+        head the model lacks; `features` (batch, hidden) only with `output_features`.
+
+        With labels (`IGNORE_INDEX` = no label for that row), `loss` is the unweighted sum of the two masked
+        cross-entropies, 0 for a batch with no usable label. Other keyword inputs are ignored.
+
+        Args:
+            input_ids (`torch.Tensor` of shape `(batch, seq)`):
+                Token ids.
+            attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*):
+                1 for real tokens, 0 for padding.
+            gate_labels (`torch.Tensor` of shape `(batch,)`, *optional*):
+                1 Pick, 0 Decline, -100 none; only used for `loss`.
+            category_labels (`torch.Tensor` of shape `(batch,)`, *optional*):
+                Category index or -100; only used for `loss`.
+            token_type_ids (`torch.Tensor` of shape `(batch, seq)`, *optional*):
+                Passed to the encoder when given.
+            output_features (`bool`, *optional*, defaults to `False`):
+                Also return the pooled vector (feature gate scores, contrastive loss, export).
+
+        Returns:
+            `MultitaskOutput`: In training mode the logits average `config.msd_samples` dropout masks.
+        """
         encoder_kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         pooled = self.encode(input_ids, attention_mask, **encoder_kwargs)
         # Multi-sample dropout: in training, average the heads over several dropout masks.
@@ -129,6 +224,12 @@ class MultitaskModel(PreTrainedModel):
         """Store feature-score statistics fitted after training (`multitask.ood.fit_gate_statistics`).
 
         The tensors become buffers (saved with the weights), the rest goes to `config.gate_statistics`.
+
+        Args:
+            fitted (`dict`):
+                `fit_gate_statistics` output: `class_means` (N, hidden), `precision` (hidden, hidden), `bank`
+                (bank rows, hidden), `knn_k` and `squash` ({score: (center, scale)}). Earlier statistics are
+                replaced; the buffers land on the model's device in float32.
         """
         device = next(self.parameters()).device
         for name, key in (("gate_class_means", "class_means"), ("gate_precision", "precision"), ("gate_bank", "bank")):
@@ -147,12 +248,22 @@ class MultitaskModel(PreTrainedModel):
 
         transformers fills a buffer missing from a checkpoint with uninitialised memory (or zeros) and only logs
         it; a squashed feature score would then be constant or NaN and every item get the same decision.
+
+        Args:
+            source (`str`, *optional*, defaults to `"model"`):
+                What was loaded (a path or Hub id), named in the message.
+
+        Raises:
+            `ValueError`: A buffer that is missing or non-finite, an all-zero precision matrix, or kNN bank
+            rows that are not unit length. A model without gate statistics or without a category head always
+            passes.
         """
         if not self.config.gate_statistics or not self.config.has_category:
             return
         buffers = [getattr(self, name, None) for name in ("gate_class_means", "gate_precision", "gate_bank")]
         broken = any(buffer is None or not bool(torch.isfinite(buffer).all()) for buffer in buffers)
         if not broken:
+            # The bank is stored L2-normalised: rows of another length were never filled from the checkpoint.
             norms = torch.linalg.vector_norm(buffers[2].float(), dim=1)
             broken = not bool(buffers[1].abs().sum() > 0) or not bool(((norms - 1).abs() < 1e-3).all())
         if broken:
@@ -161,7 +272,16 @@ class MultitaskModel(PreTrainedModel):
                              "re-download it")
 
     def in_scope_scores(self, outputs: MultitaskOutput) -> dict[str, torch.Tensor]:
-        """Every gate score this model can give for a forward output (`multitask.ood.in_scope_scores`)."""
+        """Every gate score this model can give for a forward output (`multitask.ood.in_scope_scores`).
+
+        Args:
+            outputs (`MultitaskOutput`):
+                A forward output; the feature scores need it to carry `features` (`output_features=True`).
+
+        Returns:
+            `dict[str, torch.Tensor]`: Score name -> (batch,) float32 values in [0, 1], computed with the
+            stored calibration temperatures; scores whose inputs or fitted statistics are missing are absent.
+        """
         fitted = None
         stats = self.config.gate_statistics
         if stats and getattr(self, "gate_bank", None) is not None:
@@ -183,6 +303,27 @@ def build_config(
     """A fresh config for the given encoder and label set (labels in the order of the category logits).
 
     `extra` takes the other `MultitaskConfig` fields (msd_samples, uncertainty_weighting).
+
+    Args:
+        encoder_config (`PretrainedConfig`):
+            The encoder's config; its `pad_token_id` is copied to the new config.
+        category_labels (`list[str]`, *optional*):
+            Category names; position i is logit i. None or empty: no category head.
+        with_gate (`bool`, *optional*, defaults to `True`):
+            Whether the model has the Pick/Decline gate head.
+        pooling (`str`, *optional*, defaults to `"mean"`):
+            `"mean"` or `"cls"`.
+        classifier_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout before both heads.
+        text_columns (`list[str]`, *optional*):
+            Data columns joined into the input; None: `["title", "body"]`.
+
+    Returns:
+        `MultitaskConfig`: With the default gate threshold 0.5 only; calibration and tuned thresholds come
+        after training.
+
+    Raises:
+        `ValueError`: From `MultitaskConfig` for an invalid field value (pooling, gate score, truncation, …).
     """
     return MultitaskConfig(
         encoder_config=encoder_config,
@@ -214,6 +355,32 @@ def load_for_training(
     each architecture's key prefixes; the heads are new. A saved multitask model (e.g. a Stage1 gate-only run)
     contributes its encoder, and each head whose label map is unchanged; other heads start fresh.
     `encoder_kwargs` go to a plain encoder's `from_pretrained` only (e.g. a bitsandbytes `quantization_config`).
+
+    Args:
+        model_name_or_path (`str`):
+            A local directory or Hub id: a plain encoder checkpoint or a saved `MultitaskModel`.
+        category_labels (`list[str]`, *optional*):
+            The run's category names in logit order; None or empty for a gate-only model.
+        with_gate (`bool`, *optional*, defaults to `True`):
+            Whether the new model has a gate head.
+        pooling (`str`, *optional*, defaults to `"mean"`):
+            `"mean"` or `"cls"`; the run's value wins over a saved model's.
+        classifier_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout before both heads.
+        text_columns (`list[str]`, *optional*):
+            Data columns joined into the input.
+        config_overrides (`dict`, *optional*):
+            Further `MultitaskConfig` fields (e.g. `msd_samples`, `max_seq_length`).
+        encoder_kwargs (`dict`, *optional*):
+            Extra `from_pretrained` arguments for a plain encoder.
+        **hub_kwargs:
+            For every `from_pretrained` call (e.g. `token`, `revision`, `cache_dir`).
+
+    Returns:
+        `MultitaskModel`: A fresh config (no tuned thresholds, calibration or gate statistics carried over).
+
+    Raises:
+        `ValueError`: `encoder_kwargs` with a saved multitask model (4/8-bit loading needs a plain encoder).
     """
     saved_config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs)
     if isinstance(saved_config, MultitaskConfig):
@@ -226,11 +393,13 @@ def load_for_training(
         )
         source = MultitaskModel.from_pretrained(model_name_or_path, **hub_kwargs)
         model = MultitaskModel(config, encoder=source.encoder)
+        # The gate's two labels never change, so a saved gate head always fits.
         if model.gate_head is not None and source.gate_head is not None:
             model.gate_head.load_state_dict(source.gate_head.state_dict())
         reused = ["encoder"]
         if model.gate_head is not None and source.gate_head is not None:
             reused.append("gate head")
+        # Another label set gives each logit another meaning: only an identical map keeps the trained head.
         if model.category_head is not None and source.config.category_id2label == config.category_id2label:
             model.category_head.load_state_dict(source.category_head.state_dict())
             reused.append("category head")
@@ -253,6 +422,13 @@ def freeze_word_embeddings(model: nn.Module) -> int:
 
     Works on a `MultitaskModel` or a peft wrapper of one. Returns the number of parameter elements frozen. The
     optimizer then leaves the matrix out (LLRD groups and the Trainer's own skip parameters without gradients).
+
+    Args:
+        model (`nn.Module`):
+            Any model with `get_input_embeddings()`; changed in place, before the optimizer is built.
+
+    Returns:
+        `int`: Elements newly frozen; 0 when the embeddings were already frozen.
     """
     embeddings = model.get_input_embeddings()
     frozen = 0
@@ -264,7 +440,16 @@ def freeze_word_embeddings(model: nn.Module) -> int:
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter elements; a tensor shared under two names counts once."""
+    """(trainable, total) parameter elements; a tensor shared under two names counts once.
+
+    Args:
+        model (`nn.Module`):
+            Any module (a peft wrapper counts its adapters and the frozen base).
+
+    Returns:
+        `tuple[int, int]`: Elements with `requires_grad`, and all elements. Buffers (e.g. the gate statistics)
+        are not parameters and are not counted.
+    """
     seen: dict[int, torch.nn.Parameter] = {id(p): p for p in model.parameters()}
     trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
     return trainable, sum(p.numel() for p in seen.values())

@@ -37,6 +37,7 @@ BACKENDS = ("auto", "torch", "onnx")
 
 
 def is_onnx_export(path: str | Path) -> bool:
+    """Whether `path` is a directory holding both `model.onnx` and `config.json` (a Hub id never is)."""
     return (Path(path) / ONNX_FILE).is_file() and (Path(path) / "config.json").is_file()
 
 
@@ -116,9 +117,11 @@ class OnnxMultitaskModel:
             self.precision = json.loads(info.read_text(encoding="utf-8")).get("precision", "float32")
 
     def eval(self) -> OnnxMultitaskModel:
+        """A no-op, as `predict_scores` calls it: the exported graph has no dropout to switch off."""
         return self
 
     def train(self, mode: bool = True) -> OnnxMultitaskModel:
+        """Refuse training mode (a `ValueError`); `train(False)` is accepted like `eval()`."""
         if mode:
             raise ValueError("an ONNX model is for inference only")
         return self
@@ -126,6 +129,11 @@ class OnnxMultitaskModel:
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_features: bool = False, **kwargs
     ) -> MultitaskOutput:
+        """Run the session on one batch; `token_type_ids` and other extra inputs in `kwargs` are ignored.
+
+        Returns CPU float32 tensors (also from an int8 export, whose outputs stay float); a head the model
+        lacks is None, and so are `features` unless `output_features`.
+        """
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         arrays = self.session.run(
             None,
@@ -167,15 +175,17 @@ def onnx_export_for(model: str, backend: str = "auto", dtype: str = "auto") -> P
 
 
 def load_predictor(
-    model: str, backend: str = "auto", device: str = "auto", dtype: str = "auto", **hub_kwargs
+    model: str, backend: str = "auto", device: str = "auto", dtype: str = "auto", config=None, tokenizer=None,
+    **hub_kwargs
 ) -> tuple[MultitaskModel | OnnxMultitaskModel, object]:
     """Model and tokenizer on the backend `onnx_export_for` chooses, both usable by `predict_scores`:
-    `multitask.predict.load_model` (`hub_kwargs` go there), or an `OnnxMultitaskModel` of a local export."""
+    `multitask.predict.load_model` (`hub_kwargs` go there), or an `OnnxMultitaskModel` of a local export.
+    A `config` (PyTorch only) or `tokenizer` already loaded from the same place is reused."""
     from transformers import AutoTokenizer
 
     from .predict import load_model
 
     path = onnx_export_for(model, backend, dtype)
     if path is None:
-        return load_model(model, device, **hub_kwargs)
-    return OnnxMultitaskModel(path, device), AutoTokenizer.from_pretrained(path)
+        return load_model(model, device, config, tokenizer, **hub_kwargs)
+    return OnnxMultitaskModel(path, device), tokenizer or AutoTokenizer.from_pretrained(path)

@@ -1,7 +1,11 @@
 """Figures for a run, data in and PNG out: learning curves, dataset cartography, confusion heatmap.
 
 Learning curves are drawn from the run's `epoch_log.jsonl`, so any run can be redrawn later:
-`python -m multitask.plots <run dir>`.
+`python -m multitask.plots <run dir>`. The reliability diagram draws what `calibration.reliability_curve`
+computed. Nothing here computes a metric; `analysis.plots` re-exports the confusion heatmap.
+
+Importing this module switches matplotlib to the headless Agg backend (figures are only ever saved) but leaves
+the global font settings alone: CJK fonts are applied per figure through `_font_rc`.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ _CURVES = (
 )  # fmt: skip
 
 
+# Cached: adding the same font file again would list it twice in matplotlib's font list.
 @functools.cache
 def _register_packaged_font() -> Path | None:
     """Add the font file of `matplotlib-fontja` to matplotlib's font list; the path, or None when not installed.
@@ -77,6 +82,7 @@ def _font_rc() -> dict[str, Any]:
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
+    """Save `fig` as a 120-dpi PNG and close it (pyplot keeps every open figure alive until closed)."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -84,11 +90,25 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
 
 
 def _number(value: Any) -> float | None:
+    """`value` as a float when it is a finite number; None for null, NaN, inf and anything else."""
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def read_epoch_log(path: str | Path) -> list[dict]:
-    """Rows of an `epoch_log.jsonl`, one per epoch in epoch order (a resumed run's repeated epoch: last wins)."""
+    """Rows of an `epoch_log.jsonl`, one per epoch in epoch order (a resumed run's repeated epoch: last wins).
+
+    Args:
+        path (`str` or `Path`):
+            The run's `epoch_log.jsonl` (UTF-8, one JSON object per line; blank lines are skipped).
+
+    Returns:
+        `list[dict]`: The rows as written by `EpochLogCallback`, NaN/inf already stored as None. Lines that
+        are not objects, or lack a finite `epoch`, are left out.
+
+    Raises:
+        `ValueError`: A line that is not valid JSON (the message gives its 1-based number).
+        `FileNotFoundError`: When `path` does not exist.
+    """
     by_epoch: dict[int, dict] = {}
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -103,8 +123,18 @@ def read_epoch_log(path: str | Path) -> list[dict]:
 
 
 def kept_step(run_dir: str | Path) -> int | None:
-    """The global step of the checkpoint the run kept as its model (`best_global_step` in the newest
-    `checkpoint-*/trainer_state.json`); None without checkpoints or without a best-model choice."""
+    """The global step of the checkpoint the run kept as its model.
+
+    Read from `best_global_step` in the newest `checkpoint-*/trainer_state.json`, which the Trainer sets only
+    when it tracks a best model (`--metric_for_best_model`, implied by `--load_best_model_at_end`).
+
+    Args:
+        run_dir (`str` or `Path`):
+            The run directory (the Trainer's `output_dir`).
+
+    Returns:
+        `int | None`: The step, or None without a run directory, checkpoints or a best-model choice.
+    """
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(str(run_dir)) if Path(run_dir).is_dir() else None
@@ -120,7 +150,21 @@ def plot_learning_curves(
 ) -> list[Path]:
     """Write the per-epoch curves whose data exist (task1_*, task2_*, band_recall); return the written paths.
 
-    ``kept_global_step``: the step of the checkpoint the run kept; its epoch gets a dashed vertical line.
+    A figure is written only when at least one of its series has a value; missing epochs leave gaps, never
+    zeros.
+
+    Args:
+        rows (`Sequence[Mapping[str, Any]]`):
+            `read_epoch_log` rows (or `EpochLogCallback.rows`); rows without a finite `epoch` are ignored.
+        out_dir (`str` or `Path`):
+            Folder for the PNGs, created when there is something to draw; existing files of the same names are
+            overwritten.
+        kept_global_step (`int`, *optional*):
+            The step of the checkpoint the run kept; the epoch whose row has that `step` gets a dashed
+            vertical line.
+
+    Returns:
+        `list[Path]`: The PNGs written, in `_CURVES` order; `[]` without usable rows.
     """
     out_dir = Path(out_dir)
     rows = [row for row in rows if _number(row.get("epoch")) is not None]
@@ -133,7 +177,7 @@ def plot_learning_curves(
         lines = []
         for key, label in series:
             points = [(epoch, _number(row.get(key))) for epoch, row in zip(epochs, rows)]
-            points = [(epoch, value) for epoch, value in points if value is not None]
+            points = [(epoch, value) for epoch, value in points if value is not None]  # gaps, not zeros
             if points:
                 lines.append((label, *zip(*points)))
         if not lines:
@@ -141,15 +185,18 @@ def plot_learning_curves(
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for label, xs, ys in lines:
             ax.plot(xs, ys, marker="o", label=label)
+        # Only a checkpoint saved at an epoch's end has a row with its step; any other gets no line.
         kept = [epoch for epoch, row in zip(epochs, rows) if kept_global_step is not None
                 and _number(row.get("step")) == kept_global_step]
         if kept:
             ax.axvline(kept[0], color="grey", linestyle="--", linewidth=1, label=f"kept checkpoint (epoch {kept[0]})")
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        # One tick per epoch while they stay legible; beyond 20 epochs matplotlib picks integer ticks.
         if max(epochs) - min(epochs) <= 20:
             ax.set_xticks(range(min(epochs), max(epochs) + 1))
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # Shares get a fixed 0-1 axis, so figures of different runs compare at a glance.
         if "fraction" in y_label:
             ax.set_ylim(-0.02, 1.02)
         else:  # losses from 0, with headroom so the top marker is not clipped
@@ -162,7 +209,23 @@ def plot_learning_curves(
 
 
 def plot_cartography(frame: pd.DataFrame, out_path: str | Path, task: str) -> Path:
-    """Dataset-cartography scatter (Swayamdipta et al. 2020) of one task ("gate" or "category")."""
+    """Dataset-cartography scatter (Swayamdipta et al. 2020) of one task ("gate" or "category").
+
+    Args:
+        frame (`pd.DataFrame`):
+            Has the `<task>_confidence`, `_variability` and `_correctness` columns of cartography.csv; rows
+            with any of them missing (no label for that task) are skipped and counted in the title.
+        out_path (`str` or `Path`):
+            The PNG to write; its folder must exist.
+        task (`str`):
+            `"gate"` or `"category"`.
+
+    Returns:
+        `Path`: `out_path`.
+
+    Raises:
+        `ValueError`: For another `task`, or a `frame` without the task's three columns.
+    """
     if task not in ("gate", "category"):
         raise ValueError(f"task must be 'gate' or 'category', got {task!r}")
     confidence, variability, correctness = (
@@ -173,11 +236,13 @@ def plot_cartography(frame: pd.DataFrame, out_path: str | Path, task: str) -> Pa
         raise ValueError(f"cartography frame lacks column(s) {missing}")
     data = frame[[confidence, variability, correctness]].apply(pd.to_numeric, errors="coerce").dropna()
     fig, ax = plt.subplots(figsize=(7.0, 5.6))
+    # Smaller markers from 1,000 rows on, so dense regions stay readable.
     points = ax.scatter(
         data[variability], data[confidence], c=data[correctness], cmap="viridis", vmin=0, vmax=1,
         s=28 if len(data) < 1000 else 6, alpha=0.75, edgecolors="none",
     )  # fmt: skip
     fig.colorbar(points, ax=ax, label="correctness (share of epochs predicted right)")
+    # A floor of 0.05: when every row has near-zero variability the axis would otherwise collapse.
     ax.set_xlim(0, max(0.05, 1.1 * data[variability].max()) if len(data) else 0.5)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("variability (std of gold-label probability across epochs)")
@@ -196,7 +261,21 @@ def plot_cartography(frame: pd.DataFrame, out_path: str | Path, task: str) -> Pa
 
 
 def most_confused(matrix: np.ndarray, limit: int = 20) -> np.ndarray:
-    """Indices of up to ``limit`` classes with the most errors (as gold or as prediction), then support."""
+    """Indices of up to ``limit`` classes with the most errors (as gold or as prediction), then support.
+
+    Indices are positions in the square ``matrix`` (gold rows × predicted columns), returned in ascending order
+    so the heatmap keeps the label order; classes that never occur are left out.
+
+    Args:
+        matrix (`np.ndarray` of shape `(classes, classes)`):
+            Confusion counts, gold rows × predicted columns.
+        limit (`int`, *optional*, defaults to 20):
+            Most classes returned.
+
+    Returns:
+        `np.ndarray`: Sorted int positions, at most ``limit``. Ties in errors go to the larger support, then
+        the lower index.
+    """
     errors = matrix.sum(axis=0) + matrix.sum(axis=1) - 2 * np.diag(matrix)
     support = matrix.sum(axis=1)
     present = np.flatnonzero(matrix.sum(axis=0) + support > 0)
@@ -212,7 +291,28 @@ def plot_confusion_heatmap(
     title: str,
     limit: int = 20,
 ) -> Path:
-    """Draw gold × predicted counts for the most-confused categories (at most ``limit``) and save a PNG."""
+    """Draw gold × predicted counts for the most-confused categories (at most ``limit``) and save a PNG.
+
+    Errors are shaded, correct counts are shown on an unshaded diagonal. Labels are drawn with the CJK
+    fallback fonts (`_font_rc`), so Japanese category names render.
+
+    Args:
+        y_true (`np.ndarray` of shape `(n,)`):
+            Gold category ids (keys of ``id2label``).
+        y_pred (`np.ndarray` of shape `(n,)`):
+            Predicted category ids.
+        id2label (`Mapping[int, str]`):
+            Category names; rows whose gold or predicted id is missing from it are not counted.
+        path (`str` or `Path`):
+            The PNG to write; its folder must exist.
+        title (`str`):
+            Figure title.
+        limit (`int`, *optional*, defaults to 20):
+            Most categories shown (`most_confused`).
+
+    Returns:
+        `Path`: `path`.
+    """
     ids = sorted(id2label)
     matrix = confusion_matrix(y_true, y_pred, labels=ids)
     keep = most_confused(matrix, limit)
@@ -231,6 +331,7 @@ def plot_confusion_heatmap(
         ax.set_xlabel("predicted category")
         ax.set_ylabel("gold category")
         ax.set_title(title, fontsize=10)
+        # White text only on the darker half of the colour scale, where black would not read.
         threshold = errors.max() / 2 if errors.count() else 0
         for (row, column), count in np.ndenumerate(sub):
             if count:
@@ -240,7 +341,20 @@ def plot_confusion_heatmap(
 
 
 def plot_reliability(curve: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str) -> Path:
-    """Reliability diagram: accuracy against mean confidence per equal-mass bin, before and after calibration."""
+    """Reliability diagram: accuracy against mean confidence per equal-mass bin, before and after calibration.
+
+    Args:
+        curve (`Mapping[str, tuple[np.ndarray, np.ndarray]]`):
+            `"before"` and/or `"after"` -> `(confidence, accuracy)` from `calibration.reliability_curve`; a
+            missing key draws no line.
+        path (`str` or `Path`):
+            The PNG to write; its folder is created.
+        title (`str`):
+            Figure title (e.g. the head and split).
+
+    Returns:
+        `Path`: `path`.
+    """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with plt.rc_context(_font_rc()):
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -259,8 +373,20 @@ def plot_reliability(curve: Mapping[str, tuple[np.ndarray, np.ndarray]], path: s
 
 
 def redraw(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Redraw a run's learning curves (from `epoch_log.jsonl`) and cartography scatters (from
-    `cartography.csv`, when present) into ``out_dir`` (default: `<run dir>/plots`)."""
+    """Redraw a run's learning curves and cartography scatters.
+
+    Args:
+        run_dir (`str` or `Path`):
+            A training run directory: needs `epoch_log.jsonl`; `cartography.csv` adds the scatters.
+        out_dir (`str` or `Path`, *optional*):
+            Where the PNGs go; default `<run dir>/plots` (files there are overwritten).
+
+    Returns:
+        `list[Path]`: Every PNG written.
+
+    Raises:
+        `FileNotFoundError`: When `run_dir` has no `epoch_log.jsonl`.
+    """
     run_dir = Path(run_dir)
     out_dir = Path(out_dir or run_dir / "plots")
     log = run_dir / "epoch_log.jsonl"
@@ -278,6 +404,15 @@ def redraw(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
+    """`python -m multitask.plots RUN_DIR [--out_dir DIR]`: redraw and print one written path per line.
+
+    Args:
+        argv (`Sequence[str]`, *optional*):
+            Command-line arguments without the program name; None reads `sys.argv`.
+
+    Returns:
+        `list[Path]`: The PNGs written (`redraw`).
+    """
     parser = argparse.ArgumentParser(prog="python -m multitask.plots", description=redraw.__doc__)
     parser.add_argument("run_dir", type=Path, help="run directory holding epoch_log.jsonl")
     parser.add_argument(

@@ -6,7 +6,6 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,6 +16,7 @@ from transformers import AutoModel, AutoTokenizer
 from .configuration import MultitaskConfig
 from .modeling import MultitaskModel, MultitaskOutput
 from .ood import PROBABILITY_SCORES
+from .rundir import saved_model_dir
 from .text_encoding import aggregate_windows, encode_documents
 
 logger = logging.getLogger(__name__)
@@ -33,22 +33,20 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_model_dir(model: str) -> str:
-    """A run directory holds the model in `model/`; anything else is passed to from_pretrained as is."""
-    path = Path(model)
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
-        return str(path / "model")
-    return model
+def load_model(model: str, device: str = "auto", config: MultitaskConfig | None = None, tokenizer=None,
+               **hub_kwargs) -> tuple[MultitaskModel, object]:
+    """Model and tokenizer from a run dir, a model dir or a Hub id, in eval mode on the chosen device.
 
-
-def load_model(model: str, device: str = "auto", **hub_kwargs) -> tuple[MultitaskModel, object]:
-    """Model and tokenizer from a run dir, a model dir or a Hub id, in eval mode on the chosen device."""
-    source = resolve_model_dir(model)
-    multitask_model = AutoModel.from_pretrained(source, **hub_kwargs)
+    A `config` or `tokenizer` the caller already loaded from the same place is reused, not read again.
+    """
+    source = saved_model_dir(model)
+    extra = {"config": config} if config is not None else {}
+    multitask_model = AutoModel.from_pretrained(source, **extra, **hub_kwargs)
     if not isinstance(multitask_model, MultitaskModel):
         raise ValueError(f"{model}: not a multitask model (model_type {multitask_model.config.model_type!r})")
     multitask_model.check_gate_statistics(str(model))
-    tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
     multitask_model.to(select_device(device)).eval()
     return multitask_model, tokenizer
 

@@ -65,6 +65,7 @@ TFIDF_FEATURES = 2**22
 _TOLERANCE = 1e-5  # float32 TF-IDF: identical texts may score 0.99999994
 MAX_LISTED = 1000  # records listed inline in the JSON report; all of them are in removed_rows.csv
 _WHITESPACE = re.compile(r"\s+")
+# \w matches `_`; it is punctuation here, like everything else outside [\w\s].
 _PUNCTUATION = re.compile(r"[^\w\s]|_")
 
 Label = Hashable | None
@@ -73,15 +74,26 @@ Compatible = Callable[[Any, Any], bool]
 
 # ---------------------------------------------------------------------------------------------- pure functions
 def normalize_text(text: str) -> str:
-    """NFKC, whitespace runs collapsed to one space, stripped: the key of exact deduplication."""
+    """NFKC, whitespace runs collapsed to one space, stripped: the key of exact deduplication.
+
+    Args:
+        text (`str`):
+            A row's text (`build_texts`).
+
+    Returns:
+        `str`: The key; case and punctuation are kept (only near deduplication ignores them).
+    """
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
 
 
 def _is_labelled(label: Label) -> bool:
+    """False for None, "" and NaN (a pandas missing cell); any other value is a label."""
     return label is not None and label == label and label != ""  # label == label: False for NaN
 
 
 def _conflict(label: Label, kept_label: Label, compatible: Compatible | None) -> bool:
+    """Whether two copies disagree: both labelled and not equal (or not `compatible`); a missing label never
+    conflicts."""
     if not (_is_labelled(label) and _is_labelled(kept_label)):
         return False
     return not (compatible(label, kept_label) if compatible else label == kept_label)
@@ -90,6 +102,7 @@ def _conflict(label: Label, kept_label: Label, compatible: Compatible | None) ->
 def _priority(labels: Sequence[Label] | None, n: int) -> np.ndarray:
     """Rank of each row when choosing which copy to keep: labelled rows first, then the lower index."""
     unlabelled = np.zeros(n, dtype=bool) if labels is None else ~np.array([_is_labelled(x) for x in labels])
+    # lexsort sorts by its last key first: labelled rows (False) first, then by index.
     order = np.lexsort((np.arange(n), unlabelled))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
@@ -99,6 +112,7 @@ def _priority(labels: Sequence[Label] | None, n: int) -> np.ndarray:
 def _record(
     row: int, kept: int, similarity: float, labels: Sequence[Label] | None, compatible: Compatible | None
 ) -> dict:
+    """The removal record of duplicate `row` of kept row `kept` (0-based positions; similarity to 4 decimals)."""
     label = None if labels is None else labels[row]
     kept_label = None if labels is None else labels[kept]
     return {
@@ -116,9 +130,20 @@ def exact_dedup(
 ) -> tuple[np.ndarray, list[dict]]:
     """Drop rows whose `normalize_text` equals an earlier row's (a labelled copy wins over an unlabelled one).
 
-    Returns the keep mask and one record per removed row: `row`, `duplicate_of` (0-based positions),
-    `similarity` (1.0), `label`, `kept_label` and `label_conflict` (both labelled, labels differ, or are not
-    `compatible`).
+    Args:
+        texts (`Sequence[str]`):
+            One text per row.
+        labels (`Sequence[Label]`, *optional*):
+            One label per row (None, "" or NaN = unlabelled); decides which copy is kept and whether copies
+            conflict. None treats every row as unlabelled.
+        compatible (`Callable[[Any, Any], bool]`, *optional*):
+            Whether two different labels still agree (e.g. `joint_labels_compatible`); None: only equal labels
+            do.
+
+    Returns:
+        `tuple[np.ndarray, list[dict]]`: The keep mask over `texts`, and one record per removed row, in row
+        order: `row`, `duplicate_of` (0-based positions), `similarity` (1.0), `label`, `kept_label` and
+        `label_conflict` (both labelled, labels differ, or are not `compatible`).
     """
     n = len(texts)
     rank = _priority(labels, n)
@@ -134,7 +159,15 @@ def exact_dedup(
 
 
 def tfidf_preprocess(text: str) -> str:
-    """What near-duplicate detection compares: NFKC, lower case, punctuation as spaces, single spaces."""
+    """What near-duplicate detection compares: NFKC, lower case, punctuation as spaces, single spaces.
+
+    Args:
+        text (`str`):
+            A row's text.
+
+    Returns:
+        `str`: The text the character n-grams are taken from.
+    """
     return _WHITESPACE.sub(" ", _PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", text).lower())).strip()
 
 
@@ -149,13 +182,15 @@ def _tfidf(texts: Sequence[str]) -> sp.csr_matrix:
         ngram_range=TFIDF_NGRAM_RANGE,
         preprocessor=tfidf_preprocess,
         n_features=TFIDF_FEATURES,
-        alternate_sign=False,
-        norm=None,
+        alternate_sign=False,  # signed hashing would let colliding n-grams cancel out
+        norm=None,  # TfidfTransformer L2-normalises after the IDF weighting
         dtype=np.float32,
     ).transform(texts)
     matrix = TfidfTransformer(sublinear_tf=True).fit_transform(counts).tocsr().astype(np.float32, copy=False)
-    del counts
+    del counts  # the raw counts are as large as the matrix; free them before the reordered copy is built
     document_frequency = np.bincount(matrix.indices, minlength=matrix.shape[1])
+    # New column id = rank of the n-gram's document frequency, so after sort_indices() each row starts with its
+    # rarest n-grams: the prefix that `_prefix_split` keeps.
     new_column = np.empty(matrix.shape[1], dtype=np.int32)
     new_column[np.argsort(document_frequency, kind="stable")] = np.arange(matrix.shape[1], dtype=np.int32)
     matrix = sp.csr_matrix((matrix.data, new_column[matrix.indices], matrix.indptr), shape=matrix.shape)
@@ -204,7 +239,7 @@ def _pairs_above(
         candidates = (stacked_queries[start:stop] @ stacked_corpus_t).tocoo()
         rows, cols, partial = candidates.row, candidates.col, candidates.data
         keep = partial + query_suffix[rows + start] * corpus_suffix[cols] >= threshold - _TOLERANCE
-        if same:
+        if same:  # each unordered pair once, and never a row with itself
             keep &= cols > rows + start
         query_rows, corpus_rows = rows[keep] + start, cols[keep]
         if len(query_rows) == 0:
@@ -222,7 +257,23 @@ def _pairs_above(
 
 
 def similar_pairs(texts: Sequence[str], threshold: float = 0.9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair (i < j) of `texts` whose char n-gram TF-IDF cosine is >= threshold, with that cosine."""
+    """Every pair (i < j) of `texts` whose char n-gram TF-IDF cosine is >= threshold, with that cosine.
+
+    Exact (no pair above the threshold is missed) without the dense n x n matrix; see the module docstring.
+
+    Args:
+        texts (`Sequence[str]`):
+            One text per row.
+        threshold (`float`, *optional*, defaults to 0.9):
+            Cosine in (0, 1]; pairs within 1e-5 below it also count (float32 vectors).
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray, np.ndarray]`: `(first, second, cosine)`, aligned, in no particular
+        order: int64 row positions with first < second, and cosines capped at 1.0.
+
+    Raises:
+        `ValueError`: A threshold outside (0, 1].
+    """
     _check_threshold(threshold)
     if len(texts) < 2:
         empty = np.array([], dtype=np.int64)
@@ -232,6 +283,7 @@ def similar_pairs(texts: Sequence[str], threshold: float = 0.9) -> tuple[np.ndar
 
 
 def _check_threshold(threshold: float) -> None:
+    """A `ValueError` unless 0 < threshold <= 1 (0 would make every pair a duplicate)."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"similarity threshold must be in (0, 1], got {threshold}")
 
@@ -246,8 +298,24 @@ def near_dedup(
 
     Rows are visited labelled-first, then by index; a row is dropped when a row already kept is similar
     enough, and is recorded as a duplicate of the most similar such row. So the first copy is kept, a labelled
-    copy wins over an unlabelled one, and chains (a~b, b~c, a!~c) keep c. Returns the keep mask and records
-    like `exact_dedup`'s (0-based `row`/`duplicate_of`, `similarity`, labels, `label_conflict`).
+    copy wins over an unlabelled one, and chains (a~b, b~c, a!~c) keep c.
+
+    Args:
+        texts (`Sequence[str]`):
+            One text per row (usually the rows `exact_dedup` kept).
+        labels (`Sequence[Label]`, *optional*):
+            One label per row; None treats every row as unlabelled.
+        threshold (`float`, *optional*, defaults to 0.9):
+            Cosine in (0, 1] (`--dedup_threshold`).
+        compatible (`Callable[[Any, Any], bool]`, *optional*):
+            Whether two different labels still agree; None: only equal labels do.
+
+    Returns:
+        `tuple[np.ndarray, list[dict]]`: The keep mask and records like `exact_dedup`'s (0-based
+        `row`/`duplicate_of`, `similarity` to 4 decimals, labels, `label_conflict`), in row order.
+
+    Raises:
+        `ValueError`: A threshold outside (0, 1].
     """
     n = len(texts)
     first, second, similarity = similar_pairs(texts, threshold)
@@ -264,14 +332,17 @@ def near_dedup(
     rank = _priority(labels, n)
     involved = np.unique(np.concatenate([first, second]))
     removed = []
+    # Priority order: when a row is visited, every row that could be kept in its place has been decided already.
     for row in involved[np.argsort(rank[involved])]:
         neighbours = graph.indices[graph.indptr[row] : graph.indptr[row + 1]]
         scores = graph.data[graph.indptr[row] : graph.indptr[row + 1]]
         earlier_kept = (rank[neighbours] < rank[row]) & keep[neighbours]
         if earlier_kept.any():
             keep[row] = False
+            # -1 rules the other neighbours out: cosines of TF-IDF vectors are never negative.
             best = np.argmax(np.where(earlier_kept, scores, -1.0))
             removed.append(_record(row, neighbours[best], scores[best], labels, compatible))
+    # Rows were visited in priority order; the records are reported in row order.
     removed.sort(key=lambda record: record["row"])
     return keep, removed
 
@@ -281,8 +352,23 @@ def leakage_check(
 ) -> list[dict]:
     """Test rows that are near-duplicates (cosine >= threshold) of training rows.
 
-    One record per leaking test row: `test_row`, the most similar `train_row` (0-based positions), its
-    `similarity`, and `matches` (how many training rows are that similar).
+    Both sides share one TF-IDF fit, so the n-gram weights are the same for train and test.
+
+    Args:
+        train_texts (`Sequence[str]`):
+            Texts of the training file.
+        test_texts (`Sequence[str]`):
+            Texts of the test file.
+        threshold (`float`, *optional*, defaults to 0.9):
+            Cosine in (0, 1].
+
+    Returns:
+        `list[dict]`: One record per leaking test row, by test row: `test_row`, the most similar `train_row`
+        (0-based positions; the lower one on ties), its `similarity` (4 decimals), and `matches` (how many
+        training rows are that similar). `[]` when either side is empty.
+
+    Raises:
+        `ValueError`: A threshold outside (0, 1].
     """
     _check_threshold(threshold)
     if not train_texts or not test_texts:
@@ -302,19 +388,47 @@ def leakage_check(
 
 
 def class_counts(labels: Sequence[Label]) -> dict[str, int]:
-    """Rows per label, largest first; unlabelled rows are counted under "(unlabelled)"."""
+    """Rows per label, largest first; unlabelled rows are counted under "(unlabelled)".
+
+    Args:
+        labels (`Sequence[Label]`):
+            One label per row; compared as strings.
+
+    Returns:
+        `dict[str, int]`: Label -> rows, by count descending then label.
+    """
     counts = Counter(str(label) if _is_labelled(label) else "(unlabelled)" for label in labels)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def filter_labels(labels: Sequence[Label], labels_to_filter: Sequence[str]) -> np.ndarray:
-    """Keep mask: False for rows whose label is one of `labels_to_filter`."""
+    """Keep mask: False for rows whose label is one of `labels_to_filter`.
+
+    Args:
+        labels (`Sequence[Label]`):
+            One label per row; unlabelled rows are always kept.
+        labels_to_filter (`Sequence[str]`):
+            Labels to remove (`--labels_to_filter`), compared as strings (e.g. "pick=0").
+
+    Returns:
+        `np.ndarray` of shape `(len(labels),)`, bool.
+    """
     unwanted = {str(label) for label in labels_to_filter}
     return np.array([not (_is_labelled(label) and str(label) in unwanted) for label in labels], dtype=bool)
 
 
 def drop_rare_classes(labels: Sequence[Label], min_count: int) -> tuple[np.ndarray, dict[str, int]]:
-    """Keep mask without the classes that have fewer than `min_count` rows, and those classes' counts."""
+    """Keep mask without the classes that have fewer than `min_count` rows, and those classes' counts.
+
+    Args:
+        labels (`Sequence[Label]`):
+            One label per row; unlabelled rows are always kept.
+        min_count (`int`):
+            Smallest class size kept (`--min_class_count`); 0 and 1 remove nothing.
+
+    Returns:
+        `tuple[np.ndarray, dict[str, int]]`: The keep mask, and the removed classes with their row counts.
+    """
     counts = Counter(str(label) for label in labels if _is_labelled(label))
     rare = {label: count for label, count in counts.items() if count < min_count}
     keep = np.array([not (_is_labelled(label) and str(label) in rare) for label in labels], dtype=bool)
@@ -324,8 +438,22 @@ def drop_rare_classes(labels: Sequence[Label], min_count: int) -> tuple[np.ndarr
 def reduce_majority(labels: Sequence[Label], fraction: float, seed: int = 42) -> tuple[np.ndarray, int]:
     """Seeded downsampling of large classes, with the seed pipeline's rule: cap = 2 x int(smallest x fraction).
 
-    So 0.5 caps every class at the smallest class's size (balanced), 1.0 at twice that. Unlabelled rows are
-    kept. Returns the keep mask and the cap.
+    So 0.5 caps every class at the smallest class's size (balanced), 1.0 at twice that.
+
+    Args:
+        labels (`Sequence[Label]`):
+            One label per row; unlabelled rows are kept.
+        fraction (`float`):
+            The rule's fraction, > 0 (`--reduce_majority_to`).
+        seed (`int`, *optional*, defaults to 42):
+            Seed of which rows are dropped; classes are processed in sorted order, so the draws do not depend
+            on which class appears first.
+
+    Returns:
+        `tuple[np.ndarray, int]`: The keep mask and the cap (at least 1; 0 when no row is labelled).
+
+    Raises:
+        `ValueError`: For `fraction <= 0`.
     """
     if fraction <= 0:
         raise ValueError(f"reduce_majority fraction must be > 0, got {fraction}")
@@ -360,18 +488,39 @@ class Table:
 
     @property
     def columns(self) -> list[str]:
+        """The union of the parts' columns, as strings, in first-seen order."""
         return [str(column) for column in self.frame.columns]
 
     def where(self, index: int | None = None, column: str | None = None) -> str:
+        """Row `index` (0-based over the concatenation) as its own file names it; all sources without an index.
+
+        Args:
+            index (`int`, *optional*):
+                0-based position over all files.
+            column (`str`, *optional*):
+                Column name to add.
+
+        Returns:
+            `str`: e.g. `"b.csv, row 3, column 'title'"` for the second data row of the second file.
+        """
         if index is None:
             return ", ".join(part.source for part in self.parts)
         return self.parts[self.owner[index]].where(int(self.local[index]), column)
 
     def require_columns(self, columns: Sequence[str], flags: dict[str, str] | None = None) -> None:
+        """Every part must have every column (a `DataError` names the first file lacking one).
+
+        Args:
+            columns (`Sequence[str]`):
+                Columns that must exist in every input file.
+            flags (`dict[str, str]`, *optional*):
+                Column -> the flag that maps it, quoted in the message.
+        """
         for part in self.parts:
             part.require_columns(columns, flags)
 
     def column(self, name: str) -> list[str]:
+        """The cells of column `name` over all parts ("" where a part lacks the column)."""
         return self.frame[name].tolist()
 
 
@@ -379,8 +528,26 @@ def read_table(
     paths: Sequence[str | Path], required_columns: Sequence[str], encoding: str | None = None,
     file_format: str | None = None, flags: dict[str, str] | None = None,
 ) -> Table:
-    """Read and concatenate data files of any supported format (`multitask.tables.read_table`); a missing file
-    or column is a `DataError` naming it."""
+    """Read and concatenate data files of any supported format (`multitask.tables.read_table`).
+
+    Args:
+        paths (`Sequence[str | Path]`):
+            The input files, concatenated in this order (earlier rows win ties in deduplication).
+        required_columns (`Sequence[str]`):
+            Columns every file must have; other columns may differ between files (missing cells become "").
+        encoding (`str`, *optional*):
+            Text encoding of every file; None tries UTF-8, then CP932.
+        file_format (`str`, *optional*):
+            Format of every file; None reads each one's extension.
+        flags (`dict[str, str]`, *optional*):
+            Column -> flag, for the missing-column message.
+
+    Returns:
+        `Table`: The rows with their file and row number as the user sees them.
+
+    Raises:
+        `DataError`: No paths, an unreadable file, or a missing column (naming the file).
+    """
     if not paths:
         raise DataError("no input files: give --input_files (CSV, TSV, JSONL, JSON or Parquet)")
     parts = []
@@ -388,24 +555,59 @@ def read_table(
         part = read_input(path, file_format, encoding, flag="--input_files")
         part.require_columns(list(required_columns), flags)
         parts.append(part)
+    # A column only some files have is "" in the others' rows (as an empty cell would read), not NaN.
     frame = pd.concat([part.frame for part in parts], ignore_index=True, sort=False).fillna("")
     owner = np.concatenate([np.full(len(part), index, dtype=np.int64) for index, part in enumerate(parts)])
     local = np.concatenate([np.arange(len(part), dtype=np.int64) for part in parts])
+    # Per row, not per part: the removal records and reports name each row's own file.
     files = [parts[part].source for part in owner]
     rows = np.concatenate([part.numbers for part in parts]).astype(np.int64)
     return Table(frame, parts, owner, local, files, rows)
 
 
 def build_texts(table: Table, text_columns: Sequence[str]) -> list[str]:
-    """The texts that are deduplicated: `multitask.tables.build_text`, the builder training and prediction use
-    (NFKC, empty parts skipped), joined with a newline here; an empty text is a `DataError` naming the row."""
+    """The texts that are deduplicated: `multitask.tables.build_text`, the builder training and prediction
+    use.
+
+    NFKC, empty parts skipped, joined with a newline here (`PLAIN_SEPARATOR`; training joins with the
+    tokenizer's separator instead).
+
+    Args:
+        table (`Table`):
+            The concatenated input.
+        text_columns (`Sequence[str]`):
+            Columns joined, in order (`--text_columns`).
+
+    Returns:
+        `list[str]`: One text per row.
+
+    Raises:
+        `DataError`: An empty text, naming the row.
+    """
     return build_row_texts(table, list(text_columns), PLAIN_SEPARATOR)
 
 
 def build_labels(
     table: Table, label_column: str | None, pick_column: str, category_column: str
 ) -> list[str | None]:
-    """One label per row: `label_column`'s value, else the joint gate/category label (see `--help`)."""
+    """One label per row: `label_column`'s value, else the joint gate/category label (see `--help`).
+
+    Args:
+        table (`Table`):
+            The concatenated input.
+        label_column (`str`, *optional*):
+            `--label_column`: its stripped value is the label ("" = unlabelled). None builds the joint label.
+        pick_column (`str`):
+            Gate column for the joint label; absent columns count as empty.
+        category_column (`str`):
+            Category column for the joint label.
+
+    Returns:
+        `list[str | None]`: The category, else "pick=1"/"pick=0", else None per row.
+
+    Raises:
+        `DataError`: An unknown gate spelling, or a category on a Decline row (naming file, row and column).
+    """
     if label_column is not None:
         return [value.strip() or None for value in table.column(label_column)]
     has_pick, has_category = pick_column in table.columns, category_column in table.columns
@@ -427,12 +629,23 @@ def build_labels(
                 f"{table.where(index, category_column)}: category {category!r} on a Decline row (pick=0); "
                 "Decline rows have no category"
             )
+        # The category first: it implies Pick and is the finer of the two labels.
         labels.append(category or (f"pick={pick}" if pick else None))
     return labels
 
 
 def joint_labels_compatible(label: str, other: str) -> bool:
-    """Joint labels agree when equal, or when one is "pick=1" and the other a category (which implies Pick)."""
+    """Joint labels agree when equal, or when one is "pick=1" and the other a category (which implies Pick).
+
+    Args:
+        label (`str`):
+            One copy's joint label (`build_labels`).
+        other (`str`):
+            The other copy's.
+
+    Returns:
+        `bool`: False for "pick=0" against anything else, and for two different categories.
+    """
     if label == other:
         return True
     pair = {label, other}
@@ -442,6 +655,8 @@ def joint_labels_compatible(label: str, other: str) -> bool:
 # --------------------------------------------------------------------------------------------------------- CLI
 @dataclass
 class PrepareArguments:
+    """`python -m multitask.prepare`'s flags (every field's `help` is its --help text)."""
+
     input_files: list[str] = field(
         default_factory=list,
         metadata={"help": "Data file(s) to prepare (CSV, TSV, JSONL, JSON or Parquet, by extension or --format), "
@@ -550,6 +765,15 @@ class PrepareArguments:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> PrepareArguments:
+    """Parse `argv` (default: sys.argv[1:]) or a JSON/YAML file given alone; every mistake is a `UsageError`.
+
+    Args:
+        argv (`Sequence[str]`, *optional*):
+            Command-line arguments without the program name.
+
+    Returns:
+        `PrepareArguments`
+    """
     from transformers import HfArgumentParser  # here: the pure functions above do not need transformers
 
     parser = HfArgumentParser(
@@ -562,6 +786,7 @@ def parse_args(argv: Sequence[str] | None = None) -> PrepareArguments:
 
 
 def _output_paths(args: PrepareArguments) -> dict[str, Path]:
+    """Where each output goes: "train", "validation"/"test" (when their size > 0), "report", "removed"."""
     output_format = args.output_format or table_format(args.input_files[0], args.format)
     prefix = Path(args.output_prefix)
     paths = {"train": prefix.parent / f"{prefix.name}_train.{output_format}"}
@@ -575,7 +800,20 @@ def _output_paths(args: PrepareArguments) -> dict[str, Path]:
 
 
 def check_arguments(args: PrepareArguments) -> None:
-    """Refuse unusable arguments before any file is read or written."""
+    """Refuse unusable arguments before any file is read or written.
+
+    Input files are checked to exist and be readable (not parsed); output paths to be writable and not to
+    overwrite an input. Side effect: `args.push_to_hub` is replaced by the resolved repo id.
+
+    Args:
+        args (`PrepareArguments`):
+            The parsed arguments, for a preparation or a `--leakage_check`.
+
+    Raises:
+        `UsageError`: A value out of range, a missing required flag, an output that would overwrite an input,
+        or a `--push_to_hub` target that is missing, malformed or has no token. `DataError`: An input file
+        that is missing or unreadable. `OutputError`: An output path that cannot be written.
+    """
     check_encoding(args.encoding)
     check_format(args.format)
     if not 0.0 < args.dedup_threshold <= 1.0:
@@ -609,6 +847,7 @@ def check_arguments(args: PrepareArguments) -> None:
     if not Path(args.output_prefix).name:
         raise UsageError(f"--output_prefix {args.output_prefix}: ends in a folder; add a file name prefix "
                          "(e.g. data/clean → data/clean_train.csv)")
+    # resolve(): `data/x.csv` and `./data/x.csv` name the same file.
     inputs = {Path(path).resolve() for path in args.input_files}
     for name, path in _output_paths(args).items():
         flag = "--report_file" if name == "report" and args.report_file else "--output_prefix"
@@ -634,6 +873,7 @@ class _Steps:
         self.removed: list[dict] = []
 
     def current_labels(self) -> list[Label]:
+        """The labels of the rows still kept, in row order."""
         return [self.labels[i] for i in self.alive]
 
     def located(self, records: list[dict], step: str) -> list[dict]:
@@ -655,6 +895,7 @@ class _Steps:
         return located
 
     def _removal(self, rows: np.ndarray, step: str) -> list[dict]:
+        """Removal records (file, row as the user sees it, label, text) of original positions `rows`."""
         return [
             {
                 "step": step,
@@ -667,6 +908,10 @@ class _Steps:
         ]
 
     def apply(self, step: str, keep: np.ndarray, records: list[dict] | None = None, **details: Any) -> None:
+        """Keep the surviving rows where `keep` (a mask over them, not over all rows) and log the step's counts.
+
+        `records` replaces the default removal records (deduplication passes its own, naming the kept copy).
+        """
         before = self.current_labels()
         dropped = self.alive[~keep]
         self.removed += records if records is not None else self._removal(dropped, step)
@@ -685,7 +930,17 @@ class _Steps:
 
 
 def write_rows(frame: pd.DataFrame, path: Path, output_format: str) -> None:
-    """The rows with their original columns (cells as the reader gives them: strings) in any supported format."""
+    """The rows with their original columns (cells as the reader gives them: strings) in any supported format.
+
+    Args:
+        frame (`pd.DataFrame`):
+            The rows to write, all columns.
+        path (`Path`):
+            The file to write (a staged temporary name in `prepare`).
+        output_format (`str`):
+            `"jsonl"` (one object per line), `"json"` (a list, indented), `"parquet"` (needs pyarrow),
+            `"tsv"`; anything else is written as CSV. Text is UTF-8 without BOM.
+    """
     if output_format in ("jsonl", "json"):
         records = frame.to_dict(orient="records")
         with path.open("w", encoding="utf-8") as handle:
@@ -701,6 +956,7 @@ def write_rows(frame: pd.DataFrame, path: Path, output_format: str) -> None:
 
 
 def _write_report(report: dict, removed: list[dict], report_path: Path, stage: StagedFiles) -> None:
+    """Stage removed_rows.csv (beside the report) and the JSON report; `report` gains `removed_rows_file`."""
     removed_path = report_path.with_name("removed_rows.csv")
     columns = [
         "step",
@@ -724,6 +980,7 @@ def _write_report(report: dict, removed: list[dict], report_path: Path, stage: S
 
 
 def _listed(records: list[dict]) -> list[dict]:
+    """The first `MAX_LISTED` records, for the JSON report (removed_rows.csv has them all)."""
     return records[:MAX_LISTED]
 
 
@@ -731,6 +988,19 @@ def prepare(args: PrepareArguments) -> dict:
     """The full pipeline of `main()` on parsed arguments; returns the report.
 
     Every output is written under a temporary name and moved into place at the end: all of them, or none.
+
+    Args:
+        args (`PrepareArguments`):
+            Parsed arguments (checked here first; `push_to_hub` resolved in place).
+
+    Returns:
+        `dict`: The report as written to prepare_report.json (`inputs`, `arguments`, `tfidf`, `steps`,
+        `split`, `outputs`, duplicates and label conflicts, `removed_rows_file`, …), plus `hub` after a push.
+
+    Raises:
+        `UsageError`, `DataError`, `OutputError`: From the checks and reading; also `DataError` when no row
+        survives the steps, and `UsageError` for a `--labels_to_filter` label the input lacks.
+        `HubError`: A failed `--push_to_hub` (the local outputs are written by then).
     """
     check_arguments(args)
     label_columns = [args.label_column] if args.label_column else []
@@ -748,6 +1018,7 @@ def prepare(args: PrepareArguments) -> dict:
 
     near: list[dict] = []
     if args.near_dedup:
+        # Only the rows exact dedup kept; `located` maps the positions among them back to file and row.
         keep, records = near_dedup(
             [texts[i] for i in steps.alive], steps.current_labels(), args.dedup_threshold, compatible
         )
@@ -769,7 +1040,7 @@ def prepare(args: PrepareArguments) -> dict:
             filter_labels(steps.current_labels(), args.labels_to_filter),
             labels=list(args.labels_to_filter),
         )
-    if args.min_class_count > 1:
+    if args.min_class_count > 1:  # 0 and 1 both remove nothing
         keep, rare = drop_rare_classes(steps.current_labels(), args.min_class_count)
         steps.apply("min_class_count", keep, min_count=args.min_class_count, classes_removed=rare)
     if args.reduce_majority_to is not None:
@@ -782,10 +1053,11 @@ def prepare(args: PrepareArguments) -> dict:
                         f"{', '.join(str(step['rows_after']) for step in steps.log)}); nothing would be written")
     final_labels = steps.current_labels()
     positions = _split(final_labels, args)
-    split_rows = {name: final[rows] for name, rows in positions.items() if name != "info"}
+    split_rows = {name: final[rows] for name, rows in positions.items() if name != "info"}  # back to input rows
     per_class: dict[str, dict[str, int]] = {}
     for name, rows in split_rows.items():
         for label, count in class_counts([labels[i] for i in rows]).items():
+            # Every split for every class, 0 where absent: the per-class table of the report is rectangular.
             per_class.setdefault(label, dict.fromkeys(split_rows, 0))[name] = count
     split_info = {"test_size": args.test_size, "validation_size": args.validation_size, "seed": args.seed,
                   **positions["info"], **{f"{name}_rows": int(len(rows)) for name, rows in split_rows.items()},
@@ -879,10 +1151,31 @@ def _training_flags(args: PrepareArguments, columns: Sequence[str]) -> list[str]
 
 def dataset_card(report: dict, args: PrepareArguments, repo_id: str, data_files: dict[str, str],
                  columns: Sequence[str]) -> str:
-    """The dataset card (README.md) of a prepared dataset: `configs` naming the split files (so
-    `datasets.load_dataset(repo_id)` finds them), counts per class and split, and the cleaning steps."""
+    """The dataset card (README.md) of a prepared dataset.
+
+    `configs` naming the split files (so `datasets.load_dataset(repo_id)` finds them), counts per class and
+    split, the cleaning steps, and the command that trains on it.
+
+    Args:
+        report (`dict`):
+            `prepare`'s report; needs `inputs`, `split`, `steps`, `duplicates_count`, `label_conflicts_count`
+            and `removed_rows_file`.
+        args (`PrepareArguments`):
+            The arguments of the run (seed, columns, threshold).
+        repo_id (`str`):
+            The dataset repo the card is for.
+        data_files (`dict[str, str]`):
+            Split -> path in the repo (e.g. `"data/clean_train.csv"`).
+        columns (`Sequence[str]`):
+            The outputs' columns; a non-default label column is named in the training command only if it is
+            one of them.
+
+    Returns:
+        `str`: Markdown with a YAML header.
+    """
     import yaml
 
+    # `configs` in the card's YAML is how `datasets.load_dataset(repo_id)` finds the split files.
     metadata = {
         "configs": [{"config_name": "default",
                      "data_files": [{"split": split, "path": path} for split, path in data_files.items()]}],
@@ -929,8 +1222,25 @@ def dataset_card(report: dict, args: PrepareArguments, repo_id: str, data_files:
 
 
 def push_prepared(args: PrepareArguments, report: dict, paths: dict[str, Path]) -> dict:
-    """Upload the written splits, report and removed rows under `data/` with a dataset card; one commit, or none
-    when nothing changed."""
+    """Upload the written splits, report and removed rows under `data/` with a dataset card.
+
+    One commit, or none when nothing changed. The card is written to a temporary folder, never beside the
+    outputs.
+
+    Args:
+        args (`PrepareArguments`):
+            Needs the resolved `push_to_hub` repo id and `hub_private_repo`.
+        report (`dict`):
+            `prepare`'s report (for the card).
+        paths (`dict[str, Path]`):
+            Local outputs by name: the splits, `report` and `removed`.
+
+    Returns:
+        `dict`: `repo_id`, `url`, `commit`, `added`, `modified`, `unchanged` and `message` of the upload.
+
+    Raises:
+        `HubError`: From `upload_files`.
+    """
     import tempfile
 
     from .hub import upload_files
@@ -951,7 +1261,22 @@ def push_prepared(args: PrepareArguments, report: dict, paths: dict[str, Path]) 
 
 
 def check_leakage(args: PrepareArguments) -> dict:
-    """`--leakage_check`: test rows that near-duplicate training rows, written to a JSON report."""
+    """`--leakage_check`: test rows that near-duplicate training rows, written to a JSON report.
+
+    Prints a summary and the first 20 leaks. Labels are compared only when both files carry them.
+
+    Args:
+        args (`PrepareArguments`):
+            Needs `train_file` and `test_file`; `report_file` overrides `<test stem>_leakage.json` beside the
+            test file.
+
+    Returns:
+        `dict`: `train_file`, `test_file`, `threshold`, row counts, `leaking_test_rows`, `leaks` (each with
+        file rows as the user sees them, texts and, with labels, `label_conflict`) and `report_file`.
+
+    Raises:
+        `SystemExit`: Status 1 with `--fail_on_leakage` when any test row leaks.
+    """
     check_arguments(args)
     flags = {column: "--text_columns" for column in args.text_columns}
     train = read_table([args.train_file], list(args.text_columns), args.encoding, args.format, flags)
@@ -1012,12 +1337,20 @@ def check_leakage(args: PrepareArguments) -> dict:
             f"({record['similarity']:.3f})"
         )
     if args.fail_on_leakage and records:
-        raise SystemExit(1)
+        raise SystemExit(1)  # 1, not the usage-error 2: the check ran and found leaks (a CI gate can tell them apart)
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """CLI entry point; returns the report (of the preparation or of the leakage check)."""
+    """CLI entry point; returns the report (of the preparation or of the leakage check).
+
+    Args:
+        argv (`Sequence[str]`, *optional*):
+            Command-line arguments without the program name; None reads `sys.argv`.
+
+    Returns:
+        `dict`: `prepare`'s or `check_leakage`'s report.
+    """
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.leakage_check:

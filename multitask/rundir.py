@@ -24,15 +24,29 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError, UserError
+from .errors import OutputError, UsageError, UserError
 
 STATUS_FILE = "run_status.json"
 _LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "huggingface_hub", "scikit-learn", "tokenizers")
 
 
+
+def saved_model_dir(model: str | Path) -> str:
+    """Where a model's files are: a run directory of run_finetune.py holds them in `model/` (it has no config.json
+    itself); any other path or a Hub id is returned as given."""
+    path = Path(model)
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        return str(path / "model")
+    return str(model)
+
 def write_json(path: Path, payload: Any) -> None:
-    """Write JSON under a temporary name, then move it into place: a reader never sees half a file."""
+    """Write JSON under a temporary name, then move it into place: a reader never sees half a file.
+
+    UTF-8, indented, non-ASCII kept as is; values JSON cannot hold (paths, numpy scalars other than float64)
+    are written as their `str()`.
+    """
     path = Path(path)
+    # Same folder (so os.replace is a rename), hidden, and per process (two writers never share a temporary).
     temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
@@ -42,6 +56,7 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def _existing_ancestor(path: Path) -> Path:
+    """`path` itself if it exists, else its nearest existing parent (the root at worst)."""
     path = Path(os.path.abspath(path))
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -85,6 +100,7 @@ class StagedFiles:
         self._staged: list[tuple[Path, Path]] = []
 
     def path(self, target: str | Path) -> Path:
+        """A new, empty temporary file to write `target`'s content to; `target`'s folder need not exist yet."""
         target = Path(target)
         home = _existing_ancestor(target.parent)
         handle, temporary = tempfile.mkstemp(dir=home, prefix=f".{target.stem}.partial-", suffix=target.suffix)
@@ -93,12 +109,15 @@ class StagedFiles:
         return Path(temporary)
 
     def commit(self) -> None:
+        """Move every staged file onto its target (creating folders), in the order staged. Not atomic as a set:
+        an error part-way leaves the earlier targets in place."""
         for temporary, target in self._staged:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temporary, target)
         self._staged = []
 
     def discard(self) -> None:
+        """Delete the temporary files not yet moved; targets are never touched."""
         for temporary, _ in self._staged:
             temporary.unlink(missing_ok=True)
         self._staged = []
@@ -137,9 +156,11 @@ class _HeldLogs(logging.Handler):
         self.root.addHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Keep the record for `let_go`; nothing is printed now."""
         self.records.append(record)
 
     def let_go(self, replay: bool, *targets: logging.Handler) -> None:
+        """Put the console handlers back; with `replay`, pass the held records to them and to `targets`."""
         self.root.removeHandler(self)
         for handler in self.console:
             self.root.addHandler(handler)
@@ -152,6 +173,7 @@ class _HeldLogs(logging.Handler):
 
 
 def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (run_config.json's record of the data used)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -159,7 +181,22 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def resolve_resume_checkpoint(value: str | None, output_dir: str | Path) -> str | None:
+    """`--resume_from_checkpoint true|last` (any case) means the newest `checkpoint-*` folder in `output_dir`;
+    any other value (a path, or None) is returned unchanged and checked later by the Trainer. A `UsageError` when
+    `true|last` finds no checkpoint, so a resume that cannot resume is refused before the run starts."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if value is None or value.lower() not in ("true", "last"):
+        return value
+    checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if checkpoint is None:
+        raise UsageError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
+    return checkpoint
+
+
 def library_versions() -> dict[str, str]:
+    """Python's and the key libraries' installed versions (distribution names); "not installed" when absent."""
     versions = {"python": platform.python_version()}
     for name in _LIBRARIES:
         try:
@@ -175,6 +212,7 @@ def arguments_record(*argument_objects: Any) -> dict[str, Any]:
     for arguments in argument_objects:
         values = arguments.to_dict() if hasattr(arguments, "to_dict") else dataclasses.asdict(arguments)
         record[type(arguments).__name__] = {
+            # Any field named like a token; hub_always_push is a bool that only happens to match.
             key: ("<redacted>" if "token" in key and value not in (None, "") and key != "hub_always_push" else value)
             for key, value in values.items()
             if not key.startswith("_")
@@ -199,6 +237,7 @@ class RunDirectory:
         self.path = Path(path)
         self._log_handler: logging.Handler | None = None
         self._held: _HeldLogs | None = None
+        # What was there before this run, so `discard` removes only what the run itself created.
         self._entries_before = set(os.listdir(self.path)) if self.path.is_dir() else None
         self.started = False
         self.notes: dict[str, Any] = {}  # said plainly in run_status.json at the end (e.g. what was not done)
@@ -220,6 +259,10 @@ class RunDirectory:
             self._held = _HeldLogs()
 
     def start(self) -> RunDirectory:
+        """Create the folder, mark it `running`, open train.log and replay the held log lines into it.
+
+        From here on `discard` leaves the folder alone; end the run with `close`.
+        """
         self.check_target()
         self.path.mkdir(parents=True, exist_ok=True)
         self.set_status("running")
@@ -228,6 +271,7 @@ class RunDirectory:
         if self._held is not None:
             self._held.let_go(True, self._log_handler)
             self._held = None
+        # transformers' library logger does not propagate to the root logger, so it needs the handler itself.
         for name in ("", "transformers"):
             logging.getLogger(name).addHandler(self._log_handler)
         self.started = True
@@ -259,9 +303,11 @@ class RunDirectory:
                 target.unlink(missing_ok=True)
 
     def set_status(self, status: str, **details: Any) -> None:
+        """Rewrite run_status.json as {"status", "time" (local, to the second), **details}."""
         write_json(self.path / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **details})
 
     def write_json(self, name: str, payload: Any) -> Path:
+        """`write_json` to `name` inside the run folder; returns the path written."""
         target = self.path / name
         write_json(target, payload)
         return target
@@ -275,6 +321,10 @@ class RunDirectory:
             self._log_handler.handle(record)
 
     def close(self, error: BaseException | None = None) -> None:
+        """End a started run: `complete` without `error`, else `failed` with it (traceback in train.log for a bug).
+
+        `notes` go into run_status.json either way; train.log is closed and detached from the loggers.
+        """
         if error is None:
             logging.getLogger("run_finetune").info("run complete: %s", self.path)  # console and train.log
             self.set_status("complete", **self.notes)

@@ -19,6 +19,7 @@ UNLABELLED = "(unlabelled)"
 
 
 def _key(label: Hashable | None) -> str:
+    """The stratum name of a label: None, "", IGNORE_INDEX and NaN are all `UNLABELLED` (one stratum)."""
     if label is None or label == "" or label == IGNORE_INDEX or label != label:  # label != label: NaN
         return UNLABELLED
     return str(label)
@@ -33,12 +34,37 @@ def stratified_split(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Seeded train/test split keeping label proportions (sklearn `train_test_split(stratify=…)`).
 
-    `test_size` is a share in (0, 1) or a number of rows. Labels with a single row cannot be in both parts: they
-    go to train and are listed in the info's `too_small_to_stratify`. When sklearn cannot stratify by `labels`
-    (e.g. fewer test rows than classes) it tries `fallback` (e.g. the gate label), then a plain seeded split;
-    `stratified_by` says which ("labels", "fallback" or None) and `reason` why. With `cover`, every value of it
-    that has at least two rows gets one row in test (moved from train, seeded): validation then always holds
-    both gate classes, which the thresholds are tuned on. Returns sorted train and test indices and the info.
+    Labels with a single row cannot be in both parts: they go to train and are listed in the info's
+    `too_small_to_stratify`. When sklearn cannot stratify by `labels` (e.g. fewer test rows than classes) it
+    tries `fallback`, then a plain seeded split. Unlabelled rows (None, "", -100, NaN) form one stratum of
+    their own.
+
+    Args:
+        labels (`Sequence[Hashable | None]`):
+            One stratification label per row (compared as `str`, so 1 and "1" are one stratum).
+        test_size (`float` or `int`):
+            A share in (0, 1) of the rows that can be split, or a whole number of test rows. A whole number of
+            at least the splittable rows puts every splittable row in test (single-row labels still in train).
+        seed (`int`, *optional*, defaults to 42):
+            `random_state` of sklearn's split and seed of the `cover` moves: same inputs, same indices.
+        fallback (`Sequence[Hashable | None]`, *optional*):
+            A coarser label per row (e.g. the gate label), tried when `labels` cannot be stratified; skipped
+            when one of its values has a single splittable row.
+        cover (`Sequence[Hashable | None]`, *optional*):
+            A label per row of which every value with at least two rows must appear in test: a value test
+            lacks gets one of its training rows moved there (seeded). Validation then always holds both gate
+            classes, which the thresholds are tuned on; test may come out a few rows larger than asked.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray, dict]`: Sorted int64 train and test row indices, and the info:
+        `stratified` (bool), `stratified_by` (`"labels"`, `"fallback"` or None for a plain split), `reason`
+        (why the stratified attempts failed, or None), `too_small_to_stratify` (`{label: 1}`) and, when
+        `cover` moved rows, `moved_to_cover` (the values moved). Fewer than two splittable rows give every row
+        to train and an empty test.
+
+    Raises:
+        `ValueError`: A float `test_size` outside (0, 1), or a size sklearn rejects even for a plain split
+        (e.g. the whole number 0).
     """
     if isinstance(test_size, float) and not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size must be in (0, 1) or a number of rows, got {test_size}")
@@ -49,6 +75,7 @@ def stratified_split(
     rows = np.flatnonzero(splittable)
     info: dict[str, Any] = {"stratified": True, "stratified_by": "labels", "too_small_to_stratify": too_small,
                             "reason": None}
+    # sklearn refuses a test size of every row; asked for that many, all splittable rows go to test.
     if isinstance(test_size, (int, np.integer)) and not isinstance(test_size, bool) and test_size >= len(rows):
         return np.flatnonzero(~splittable), np.sort(rows), info
     if len(rows) < 2:
@@ -57,6 +84,7 @@ def stratified_split(
     candidates = [("labels", keys[rows])]
     if fallback is not None:
         fallback_keys = np.array([_key(label) for label in fallback], dtype=object)[rows]
+        # A fallback with a single-row value would fail sklearn's stratification just the same.
         if min(Counter(fallback_keys.tolist()).values()) >= 2:
             candidates.append(("fallback", fallback_keys))
     candidates.append((None, None))
@@ -71,11 +99,12 @@ def stratified_split(
                 raise
             reasons.append(str(error))
     info.update(stratified=chosen is not None, stratified_by=chosen, reason="; ".join(reasons) or None)
-    train_rows = np.concatenate([train_rows, np.flatnonzero(~splittable)])
+    train_rows = np.concatenate([train_rows, np.flatnonzero(~splittable)])  # single-row labels rejoin train
     if cover is not None:
         cover_keys = np.array([_key(label) for label in cover], dtype=object)
         rng = np.random.default_rng(seed)
         moved = []
+        # sorted: the same seed moves the same rows whatever order the values first appear in.
         for value in sorted(set(cover_keys.tolist()) - {UNLABELLED}):
             in_train = train_rows[cover_keys[train_rows] == value]
             if (cover_keys == value).sum() >= 2 and not (cover_keys[test_rows] == value).any() and len(in_train):
@@ -89,9 +118,26 @@ def stratified_split(
 
 def stratified_sample(labels: Sequence[Hashable | None], size: int, seed: int = 42,
                       fallback: Sequence[Hashable | None] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Sorted indices of a seeded sample of `size` rows keeping label proportions (all rows when there are no
-    more than `size`). Labels with a single row are not sampled (they cannot be stratified). Returns the indices
-    and the split info."""
+    """Sorted indices of a seeded sample of `size` rows keeping label proportions.
+
+    Labels with a single row are not sampled (they cannot be stratified), so the sample can come out smaller
+    than `size` when there are few splittable rows.
+
+    Args:
+        labels (`Sequence[Hashable | None]`):
+            One stratification label per row, as in `stratified_split`.
+        size (`int`):
+            Number of rows wanted (`--max_train_samples` / `--max_eval_samples`); all rows when it is at least
+            `len(labels)`.
+        seed (`int`, *optional*, defaults to 42):
+            Seed of the split underneath.
+        fallback (`Sequence[Hashable | None]`, *optional*):
+            The coarser label tried when `labels` cannot be stratified.
+
+    Returns:
+        `tuple[np.ndarray, dict]`: The sorted indices and the split info of `stratified_split` plus `sampled`
+        (False, with only `stratified` besides, when every row was kept).
+    """
     if size >= len(labels):
         return np.arange(len(labels)), {"stratified": True, "sampled": False}
     _, sample, info = stratified_split(labels, int(size), seed, fallback=fallback)
@@ -99,6 +145,17 @@ def stratified_sample(labels: Sequence[Hashable | None], size: int, seed: int = 
 
 
 def strata(gate: Sequence[int], category: Sequence[int | str]) -> list[str]:
-    """The stratum of each training row: its category, or its gate label for rows without one."""
+    """The stratum of each training row: its category, or its gate label for rows without one.
+
+    Args:
+        gate (`Sequence[int]`):
+            Gate label per row (1 Pick, 0 Decline, -100 none).
+        category (`Sequence[int | str]`):
+            Category label per row (-100 or "" for none).
+
+    Returns:
+        `list[str]`: `"category=<c>"`, else `"pick=<g>"`, else `"(unlabelled)"` per row; the category takes
+        precedence because it implies Pick.
+    """
     return [f"category={c}" if _key(c) != UNLABELLED else (f"pick={g}" if _key(g) != UNLABELLED else UNLABELLED)
             for g, c in zip(gate, category)]

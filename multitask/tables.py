@@ -11,7 +11,8 @@ Every command (training, prediction, prepare, analysis) reads its data here:
   the line for JSON Lines, the record (1-based) for JSON, Parquet and Hub datasets.
 
 Only pandas here (pyarrow for Parquet), so tools that just read tables (the analysis CLI) stay light; `data.py`
-builds training data on it and `prepare.py` deduplicates with the same texts.
+builds training data on it and `prepare.py` deduplicates with the same texts. Not here: label maps, categories
+and the merge of Task1/Task2 rows (`data.py`), Hub downloads (`hub.py`), writing tables (`prepare.py`).
 """
 
 from __future__ import annotations
@@ -71,8 +72,19 @@ _FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 class Table:
     """One input as strings (every cell a `str`, "" when missing) and where each row came from.
 
-    `numbers[i]` is row i's number as the user sees it, in `unit`: "row" (CSV/TSV, header = row 1), "line"
-    (JSON Lines) or "record" (JSON, Parquet, Hub datasets; 1-based).
+    Attributes:
+        frame (`pd.DataFrame`):
+            The rows, column names as strings, in file order.
+        source (`str`):
+            The file path (or a Hub split's name) used in messages.
+        format (`str`):
+            One of `FORMATS`, or `"records"` for an in-memory frame (`table_from_frame`).
+        numbers (`np.ndarray` of shape `(rows,)`):
+            `numbers[i]` is row i's number as the user sees it, in `unit`; kept through `take`, so a subset
+            still points at the original rows.
+        unit (`str`, *optional*, defaults to `"row"`):
+            "row" (CSV/TSV, header = row 1), "line" (JSON Lines) or "record" (JSON, Parquet, Hub datasets;
+            1-based).
     """
 
     frame: pd.DataFrame
@@ -86,9 +98,21 @@ class Table:
 
     @property
     def columns(self) -> list[str]:
+        """Column names as strings, in file order."""
         return [str(column) for column in self.frame.columns]
 
     def where(self, index: int | None = None, column: str | None = None) -> str:
+        """"<source>, <unit> <number>, column '<column>'" for 0-based frame position `index`; parts left out if None.
+
+        Args:
+            index (`int`, *optional*):
+                0-based position in `frame` (not the displayed number).
+            column (`str`, *optional*):
+                Column name to add.
+
+        Returns:
+            `str`: e.g. `"data/train.csv, row 7, column 'category'"`.
+        """
         parts = [self.source]
         if index is not None:
             parts.append(f"{self.unit} {int(self.numbers[index])}")
@@ -97,20 +121,52 @@ class Table:
         return ", ".join(parts)
 
     def require_columns(self, columns: Sequence[str], flags: Mapping[str, str] | None = None) -> None:
-        """A `DataError` naming the missing columns, the ones found, the closest match, and the flag that maps it."""
+        """A `DataError` naming the missing columns, the ones found, the closest match, and the flag that maps it.
+
+        Args:
+            columns (`Sequence[str]`):
+                Columns that must exist.
+            flags (`Mapping[str, str]`, *optional*):
+                Column -> the flag that names another column for that role, quoted in the message.
+
+        Raises:
+            `DataError`: When any of `columns` is missing.
+        """
         require_columns(self.frame, self.source, columns, flags)
 
     def column(self, name: str) -> list[str]:
+        """The cells of column `name` as a list of strings (a `KeyError` if absent; check with `require_columns`)."""
         return self.frame[name].tolist()
 
     def take(self, positions: Sequence[int] | np.ndarray) -> Table:
+        """The rows at 0-based `positions`, in that order, keeping each row's original number for error messages.
+
+        Args:
+            positions (`Sequence[int]` or `np.ndarray`):
+                Positions in `frame`; repeats are allowed.
+
+        Returns:
+            `Table`: A new table with a fresh 0-based index; `self` is unchanged.
+        """
         positions = np.asarray(positions, dtype=np.int64)
         return Table(self.frame.iloc[positions].reset_index(drop=True), self.source, self.format,
                      self.numbers[positions], self.unit)
 
 
 def where(path: str | Path, row_index: int | None = None, column: str | None = None) -> str:
-    """File, spreadsheet row and column of a CSV cell: `row_index` is the 0-based data row (header = row 1)."""
+    """File, spreadsheet row and column of a CSV cell: `row_index` is the 0-based data row (header = row 1).
+
+    Args:
+        path (`str` or `Path`):
+            The file, as named in the message.
+        row_index (`int`, *optional*):
+            0-based data row; shown as `row_index + 2`.
+        column (`str`, *optional*):
+            Column name to add.
+
+    Returns:
+        `str`: e.g. `"train.csv, row 2, column 'pick'"` for the first data row.
+    """
     parts = [str(path)]
     if row_index is not None:
         parts.append(f"row {row_index + 2}")
@@ -121,7 +177,17 @@ def where(path: str | Path, row_index: int | None = None, column: str | None = N
 
 # ----------------------------------------------------------------------------------------------- arguments
 def check_encoding(encoding: str | None, flag: str = "--encoding") -> None:
-    """A `UsageError` for an encoding name Python does not know."""
+    """A `UsageError` for an encoding name Python does not know.
+
+    Args:
+        encoding (`str`, *optional*):
+            A codec name (`utf-8`, `cp932`, `latin-1`, …); None or "" pass.
+        flag (`str`, *optional*, defaults to `"--encoding"`):
+            The flag named in the message.
+
+    Raises:
+        `UsageError`: For an unknown codec.
+    """
     if encoding:
         try:
             codecs.lookup(encoding)
@@ -130,12 +196,36 @@ def check_encoding(encoding: str | None, flag: str = "--encoding") -> None:
 
 
 def check_format(file_format: str | None, flag: str = "--format") -> None:
+    """A `UsageError` unless `file_format` is empty/None or one of `FORMATS` (any case).
+
+    Args:
+        file_format (`str`, *optional*):
+            `--format` as given.
+        flag (`str`, *optional*, defaults to `"--format"`):
+            The flag named in the message.
+
+    Raises:
+        `UsageError`: For a format outside `FORMATS`.
+    """
     if file_format and file_format.lower() not in FORMATS:
         raise UsageError(f"{flag} {file_format!r}: unknown format; choose one of {', '.join(FORMATS)}")
 
 
 def table_format(path: str | Path, file_format: str | None = None) -> str:
-    """`file_format` if given, else the format named by the extension (a compression suffix skipped); CSV otherwise."""
+    """`file_format` if given, else the format named by the extension (a compression suffix skipped); CSV otherwise.
+
+    Args:
+        path (`str` or `Path`):
+            The data file; only its name is read (e.g. `train.jsonl.gz` -> `"jsonl"`).
+        file_format (`str`, *optional*):
+            An explicit format; wins over the extension.
+
+    Returns:
+        `str`: One of `FORMATS`, lower case.
+
+    Raises:
+        `UsageError`: For an explicit `file_format` outside `FORMATS`.
+    """
     if file_format:
         check_format(file_format)
         return file_format.lower()
@@ -146,7 +236,21 @@ def table_format(path: str | Path, file_format: str | None = None) -> str:
 
 
 def check_readable_file(path: str | Path, flag: str | None = None) -> Path:
-    """The path of an existing, readable regular file, else a `DataError` saying what is there instead."""
+    """The path of an existing, readable regular file, else a `DataError` saying what is there instead.
+
+    Args:
+        path (`str` or `Path`):
+            The file to check; it is opened (and closed) but not read.
+        flag (`str`, *optional*):
+            The flag that named it, quoted before the path in the message.
+
+    Returns:
+        `Path`: `path` as a `Path`.
+
+    Raises:
+        `DataError`: A directory, a missing file (with a close file name from the same folder when there is
+        one), something that is not a regular file, or a file that cannot be opened.
+    """
     path = Path(path)
     label = f"{flag} {path}" if flag else str(path)
     if path.is_dir():
@@ -169,16 +273,27 @@ def check_readable_file(path: str | Path, flag: str | None = None) -> Path:
 
 # ---------------------------------------------------------------------------------------------------- cells
 def cell_text(value: Any) -> str:
-    """A cell as text, the way a CSV shows it: missing is "", 1.0 is "1", True is "true", lists/objects as JSON."""
+    """A cell as text, the way a CSV shows it: missing is "", 1.0 is "1", True is "true", lists/objects as JSON.
+
+    Args:
+        value (`Any`):
+            A cell from pandas, JSON or Parquet (numpy scalars and arrays included).
+
+    Returns:
+        `str`: The text; bytes are decoded as UTF-8 with replacement characters, a non-integral float keeps
+        its `repr` (`0.1` stays "0.1").
+    """
     if value is None or value is pd.NA or value is pd.NaT:
         return ""
     if isinstance(value, str):
         return value
+    # Before int: True is an int in Python, and must read "true", not "1".
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
+        # pandas fills missing JSON/Parquet cells with NaN: the same as an empty CSV cell.
         if math.isnan(value):
             return ""
         return str(int(value)) if float(value).is_integer() else repr(float(value))
@@ -192,6 +307,7 @@ def cell_text(value: Any) -> str:
 
 
 def _as_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with str column names and every cell through `cell_text`, so JSON/Parquet read like a CSV."""
     frame = frame.copy()
     frame.columns = [str(column) for column in frame.columns]
     for column in frame.columns:
@@ -213,12 +329,33 @@ def read_table(
     missing, a directory, empty, no data rows (unless `allow_empty`), another format than its name says (a
     spreadsheet, JSON given as CSV, a TSV named .csv, …), a row with more fields than the header, duplicate
     columns, invalid JSON, undecodable bytes.
+
+    Args:
+        path (`str` or `Path`):
+            The data file; a `.gz`, `.bz2` or `.xz` suffix is decompressed in memory.
+        file_format (`str`, *optional*):
+            One of `FORMATS`; None reads the format from the extension (CSV when unknown).
+        encoding (`str`, *optional*):
+            Text encoding; None tries UTF-8 (with or without BOM), then CP932. Not used for Parquet.
+        allow_empty (`bool`, *optional*, defaults to `False`):
+            Accept a file with a header (or an empty JSON list) but no rows.
+        flag (`str`, *optional*):
+            The flag that named the file, quoted in the messages about the file itself (missing, a directory,
+            …).
+
+    Returns:
+        `Table`: Cells as strings, with each row's number as the user sees it.
+
+    Raises:
+        `DataError`: See above.
+        `UsageError`: An unknown `encoding` or `file_format`.
     """
     path = check_readable_file(path, flag)
     check_encoding(encoding)
     kind = table_format(path, file_format)
     if kind in ("csv", "tsv"):
         frame = _read_delimited(path, encoding, kind, allow_empty)
+        # Row 1 is the header, so data row i (0-based) is spreadsheet row i + 2.
         return Table(frame, str(path), kind, np.arange(2, len(frame) + 2), "row")
     if kind == "parquet":
         frame = _read_parquet(path, allow_empty)
@@ -236,6 +373,7 @@ def read_table(
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when its last suffix is .gz/.bz2/.xz (whole file in memory)."""
     data = path.read_bytes()
     decompress = _DECOMPRESS.get(path.suffix.lower())
     if decompress is None:
@@ -247,9 +385,11 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _decode(path: Path, data: bytes, encoding: str | None) -> str:
+    """Text of `data` in `encoding`, else the first of `DEFAULT_ENCODINGS` that decodes it; a BOM is dropped."""
     encodings = [encoding] if encoding else list(DEFAULT_ENCODINGS)
     for candidate in encodings:
         try:
+            # Only utf-8-sig drops a BOM itself; strip it so the first column's name is clean.
             return data.decode(candidate).lstrip("\ufeff")
         except UnicodeDecodeError:
             continue
@@ -264,6 +404,7 @@ def _sniff(path: Path, head: bytes, encoding: str | None, kind: str) -> str:
     for magic, what in _MAGIC.items():
         if head.startswith(magic):
             raise DataError(f"{path}: not a {name} file: this looks like {what}")
+    # UTF-16 text (BOM first) holds NUL bytes too; anything else with NULs is binary.
     if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{path}: not a {name} text file (it contains NUL bytes); save it as {name} (UTF-8)")
     text = head.decode(encoding or "utf-8", errors="replace").lstrip("\ufeff")
@@ -287,6 +428,7 @@ def _sniff(path: Path, head: bytes, encoding: str | None, kind: str) -> str:
 
 
 def _duplicate_columns(path: Path, header: str, delimiter: str) -> None:
+    """A `DataError` for a header naming one column twice (pandas would silently rename the second to `name.1`)."""
     names = next(csv.reader([header], delimiter=delimiter), [])
     seen: dict[str, int] = {}
     for index, name in enumerate(names, start=1):
@@ -297,12 +439,14 @@ def _duplicate_columns(path: Path, header: str, delimiter: str) -> None:
 
 
 def _read_delimited(path: Path, encoding: str | None, kind: str, allow_empty: bool) -> pd.DataFrame:
+    """A CSV/TSV as a frame of strings, every cell kept as written ("NA", "null" stay text; empty stays "")."""
     raw = _read_bytes(path)
-    header = _sniff(path, raw[:65536], encoding, kind)
+    header = _sniff(path, raw[:65536], encoding, kind)  # the first 64 KiB: magic bytes and the header row
     delimiter = "\t" if kind == "tsv" else ","
     encodings = [encoding] if encoding else list(DEFAULT_ENCODINGS)
     for candidate in encodings:
         try:
+            # dtype=str, keep_default_na=False: "NA", "null" and "007" stay exactly as written.
             frame = pd.read_csv(io.BytesIO(raw), sep=delimiter, dtype=str, keep_default_na=False, encoding=candidate)
             break
         except UnicodeDecodeError:
@@ -329,13 +473,30 @@ def _read_delimited(path: Path, encoding: str | None, kind: str, allow_empty: bo
 
 
 def read_csv(path: str | Path, encoding: str | None = None, allow_empty: bool = False) -> pd.DataFrame:
-    """A CSV as strings (empty cells stay ""): `read_table` for a file that must be CSV (e.g. a cost matrix)."""
+    """A CSV as strings (empty cells stay ""): `read_table` for a file that must be CSV (e.g. a cost matrix).
+
+    Args:
+        path (`str` or `Path`):
+            The CSV file, whatever its extension (`.gz`/`.bz2`/`.xz` decompressed).
+        encoding (`str`, *optional*):
+            Text encoding; None tries UTF-8 (with or without BOM), then CP932.
+        allow_empty (`bool`, *optional*, defaults to `False`):
+            Accept a header without rows.
+
+    Returns:
+        `pd.DataFrame`: Every cell a string as written ("NA" and "null" stay text).
+
+    Raises:
+        `DataError`: As `read_table`.
+        `UsageError`: An unknown `encoding`.
+    """
     path = check_readable_file(path)
     check_encoding(encoding)
     return _read_delimited(path, encoding, "csv", allow_empty)
 
 
 def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], list[int]]:
+    """One JSON object per non-blank line, and each object's 1-based line number."""
     if not text.strip():
         raise DataError(f"{path}: the file is empty (expected one JSON object per line)")
     records, numbers = [], []
@@ -391,6 +552,7 @@ def _parse_json(path: Path, text: str) -> tuple[list[dict], list[int], str]:
 
 
 def _read_parquet(path: Path, allow_empty: bool) -> pd.DataFrame:
+    """A Parquet file as a frame of strings; the PAR1 magic is checked first so a misnamed file gets a clear error."""
     with path.open("rb") as handle:
         head = handle.read(4)
     if head != b"PAR1":
@@ -408,15 +570,45 @@ def _read_parquet(path: Path, allow_empty: bool) -> pd.DataFrame:
 
 
 def table_from_frame(frame: pd.DataFrame, source: str, file_format: str = "records", unit: str = "record") -> Table:
-    """A `Table` over an in-memory frame (a Hub dataset split): cells as strings, records numbered from 1."""
+    """A `Table` over an in-memory frame (a Hub dataset split): cells as strings, records numbered from 1.
+
+    Args:
+        frame (`pd.DataFrame`):
+            The rows; converted with `cell_text`, the original is not modified.
+        source (`str`):
+            Name used in messages (e.g. `"user/name, split validation"`).
+        file_format (`str`, *optional*, defaults to `"records"`):
+            Stored as the table's `format`.
+        unit (`str`, *optional*, defaults to `"record"`):
+            Word used before a row's number in messages.
+
+    Returns:
+        `Table`
+    """
     return Table(_as_strings(frame.reset_index(drop=True)), source, file_format, np.arange(1, len(frame) + 1), unit)
 
 
 # ------------------------------------------------------------------------------------------------- columns
 def require_columns(frame: pd.DataFrame, path: str | Path, columns: Sequence[str],
                     flags: Mapping[str, str] | None = None) -> None:
-    """A `DataError` naming the missing columns, the ones found, the closest match for each, and the flag that
-    maps another column to that role (`flags`: column → e.g. "--category_column")."""
+    """A `DataError` naming the missing columns, the ones found, the closest match for each, and the mapping
+    flag.
+
+    Args:
+        frame (`pd.DataFrame`):
+            The table whose columns are checked.
+        path (`str` or `Path`):
+            The source named in the message.
+        columns (`Sequence[str]`):
+            Columns that must exist.
+        flags (`Mapping[str, str]`, *optional*):
+            Column -> the flag that maps another column to that role (e.g. `"--category_column"`), suggested
+            in the message.
+
+    Raises:
+        `DataError`: When any of `columns` is missing. A near name is suggested: same name up to case and
+        surrounding spaces first, else a close spelling.
+    """
     missing = [column for column in columns if column not in frame.columns]
     if not missing:
         return
@@ -439,8 +631,18 @@ def require_columns(frame: pd.DataFrame, path: str | Path, columns: Sequence[str
 
 # ------------------------------------------------------------------------------------------------- labels
 def pick_value(raw: str) -> int | None:
-    """1 or 0 for a gate label (1/0, true/false, Pick/Decline, any case), None for an empty cell; a `KeyError`
-    for anything else."""
+    """1 or 0 for a gate label (1/0, true/false, Pick/Decline, any case), None for an empty cell.
+
+    Args:
+        raw (`str`):
+            The cell; surrounding whitespace is ignored, and "1.0"/"0.0" are accepted.
+
+    Returns:
+        `int | None`: 1 (Pick), 0 (Decline) or None (empty).
+
+    Raises:
+        `KeyError`: For any other spelling (callers turn it into a `DataError` naming the row).
+    """
     value = str(raw).strip().lower()
     if not value:
         return None
@@ -448,6 +650,8 @@ def pick_value(raw: str) -> int | None:
 
 
 def _locator(source: Table | str | Path) -> Callable[[int, str], str]:
+    """`(row index, column) -> location text` for a `Table` (its own numbering) or a CSV path (spreadsheet rows)."""
+    # prepare's concatenated table is no `tables.Table` but locates rows the same way.
     if isinstance(source, Table) or hasattr(source, "where"):
         return lambda index, column: source.where(index, column)
     return lambda index, column: where(source, index, column)
@@ -456,7 +660,21 @@ def _locator(source: Table | str | Path) -> Callable[[int, str], str]:
 def parse_pick(values: Iterable[str], source: Table | str | Path, required: bool, column: str = PICK_COLUMN) -> list[int]:
     """Gate labels (1/0); an empty cell is -100 unless `required`, anything else unknown an error naming the row.
 
-    `source` says where a row is: a `Table` (its own row numbers), or a CSV path (spreadsheet rows).
+    Args:
+        values (`Iterable[str]`):
+            The pick column's cells, in row order.
+        source (`Table`, `str` or `Path`):
+            Where a row is: a `Table` (its own row numbers), or a CSV path (spreadsheet rows).
+        required (`bool`):
+            Whether an empty cell is an error (True) or an unlabelled row (False).
+        column (`str`, *optional*, defaults to `PICK_COLUMN`):
+            The column name used in messages.
+
+    Returns:
+        `list[int]`: 1, 0 or -100 per row.
+
+    Raises:
+        `DataError`: Naming the first row with an unknown spelling, or an empty cell when `required`.
     """
     locate = _locator(source)
     labels = []
@@ -480,6 +698,16 @@ def build_text(parts: Iterable[str], separator: str) -> str:
 
     NFKC here, once, for training, prediction and prepare alike: v5's DeBERTa-v2 tokenizer drops SentencePiece's
     own NFKC step (see PITFALLS), and deduplication must compare what training will see.
+
+    Args:
+        parts (`Iterable[str]`):
+            The row's text cells, in `--text_columns` order.
+        separator (`str`):
+            Placed between non-empty parts: the tokenizer's (`text_encoding.text_separator`) in training and
+            prediction, `PLAIN_SEPARATOR` elsewhere.
+
+    Returns:
+        `str`: The text; "" when every part is empty.
     """
     kept = (unicodedata.normalize("NFKC", part).strip() for part in parts)
     return separator.join(part for part in kept if part)
@@ -487,8 +715,26 @@ def build_text(parts: Iterable[str], separator: str) -> str:
 
 def build_texts(table: Table, text_columns: Sequence[str], separator: str,
                 flags: Mapping[str, str] | None = None) -> list[str]:
-    """`build_text` over every row of `table`; a missing column or an empty text is a `DataError` naming the row
-    (the first one, and how many more there are)."""
+    """`build_text` over every row of `table`.
+
+    Args:
+        table (`Table`):
+            The rows (any object with `require_columns`, `frame` and `where`, such as prepare's concatenated
+            table).
+        text_columns (`Sequence[str]`):
+            Columns joined, in order.
+        separator (`str`):
+            Placed between non-empty parts.
+        flags (`Mapping[str, str]`, *optional*):
+            Column -> flag for the missing-column message; None names `--text_columns` for every column.
+
+    Returns:
+        `list[str]`: One text per row.
+
+    Raises:
+        `DataError`: A missing column, or an empty text (naming the first such row, and how many more there
+        are).
+    """
     table.require_columns(list(text_columns), flags or {column: "--text_columns" for column in text_columns})
     texts = [build_text(parts, separator) for parts in table.frame[list(text_columns)].itertuples(index=False, name=None)]
     empty = [index for index, text in enumerate(texts) if not text]

@@ -19,19 +19,6 @@ from .distributed import shards_parameters
 from .modeling import MultitaskOutput
 from .optim import llrd_parameter_groups
 
-
-def _split_halves(outputs: MultitaskOutput) -> tuple[MultitaskOutput, MultitaskOutput]:
-    """The two R-Drop passes of a forward on the batch stacked twice."""
-    def half(logits: torch.Tensor | None, index: int) -> torch.Tensor | None:
-        return None if logits is None else logits.chunk(2)[index]
-
-    return tuple(
-        MultitaskOutput(gate_logits=half(outputs.gate_logits, i), category_logits=half(outputs.category_logits, i),
-                        features=half(outputs.features, i))
-        for i in (0, 1)
-    )
-
-
 # Batch columns the loss and the logs read but the model's forward does not take.
 NOT_MODEL_INPUTS = ("gate_labels", "category_labels", "row_id", "document")
 
@@ -117,7 +104,7 @@ class MultitaskTrainer(Trainer):
             return model(**model_inputs), None
         stacked = {key: torch.cat([value, value]) if torch.is_tensor(value) else value
                    for key, value in model_inputs.items()}
-        return _split_halves(model(**stacked))
+        return model(**stacked).split_stacked()
 
     def _loss_terms(self, outputs, second, gate_labels, category_labels) -> dict[str, torch.Tensor]:
         """Every unweighted term of this batch, by the name its weight and its log line use."""
@@ -175,7 +162,8 @@ class MultitaskTrainer(Trainer):
         return grad_norm
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Per-term means since the last log: training terms with the training loss, eval terms with eval_loss.
+        """The Trainer's log line plus each loss term's mean since the last log (training terms next to the
+        training loss, `eval_`-prefixed terms next to eval_loss)."""
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
         for name, values in self._logged_terms[mode].items():

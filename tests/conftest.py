@@ -1,6 +1,8 @@
-"""Shared fixtures: an offline tokenizer, a tiny DeBERTa-v3-style encoder checkpoint, small CSVs.
+"""Shared fixtures and helpers: an offline tokenizer, a tiny DeBERTa-v3-style encoder checkpoint, small CSVs, a
+Trainer over them (`make_trainer`) and the run_finetune.py command line for them (`finetune_args`).
 
-Built once per session and deep-copied per test; nothing touches the network or ../shared/data.
+Built once per session and deep-copied per test; nothing touches the network or ../shared/data. Test files take
+what they share from here (`from tests.conftest import …`), never from one another.
 """
 
 import copy
@@ -13,10 +15,14 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from transformers import DebertaV2Model  # noqa: E402
+from transformers import DebertaV2Model, HfArgumentParser  # noqa: E402
 
+from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments  # noqa: E402
+from multitask.data import MultitaskCollator, load_training_data, tokenize  # noqa: E402
 from multitask.demo import tiny_deberta_config, train_tokenizer  # noqa: E402
+from multitask.metrics import build_compute_metrics  # noqa: E402
 from multitask.modeling import MultitaskModel, build_config  # noqa: E402
+from multitask.trainer import MultitaskTrainer  # noqa: E402
 
 CATEGORIES = ["economy", "politics", "sports"]
 SENTENCES = {
@@ -64,6 +70,46 @@ def model(_base_model):
 def write_csv(path, columns):
     pd.DataFrame(columns).to_csv(path, index=False, encoding="utf-8")
     return path
+
+
+def no_dropout(model):
+    """Set every dropout probability of `model` to 0 (in place) so two forward passes agree; returns it."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def make_trainer(model, tokenizer, csv_files, tmp_path, **overrides):
+    """A `MultitaskTrainer` on the `csv_files` fixture (validation = val.csv), CPU, no saving; `overrides` are
+    `MultitaskTrainingArguments` fields."""
+    data = load_training_data(csv_files["task1"], csv_files["task2"], csv_files["val"], separator=" [SEP] ")
+    settings = dict(output_dir=str(tmp_path / "run"), num_train_epochs=1, per_device_train_batch_size=8,
+                    learning_rate=1e-3, save_strategy="no", load_best_model_at_end=False, report_to="none",
+                    use_cpu=True, dataloader_pin_memory=False, seed=0)
+    settings.update(overrides)
+    args = MultitaskTrainingArguments(**settings)
+    return MultitaskTrainer(
+        model=model, args=args,
+        train_dataset=tokenize(data.train, tokenizer, 64), eval_dataset=tokenize(data.validation, tokenizer, 64),
+        processing_class=tokenizer, data_collator=MultitaskCollator(tokenizer, keep_keys=("row_id",)),
+        compute_metrics=build_compute_metrics(),
+    )
+
+
+def finetune_args(encoder_dir, csv_files, output_dir, *extra):
+    """run_finetune.py arguments for a short CPU run on `csv_files` (2 epochs, batch 8), plus `extra`."""
+    return ["--model_name_or_path", str(encoder_dir), "--task1_file", str(csv_files["task1"]),
+            "--task2_file", str(csv_files["task2"]), "--validation_file", str(csv_files["val"]),
+            "--test_files", str(csv_files["test"]), "--output_dir", str(output_dir),
+            "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
+            "--use_cpu", "true", *extra]
+
+
+def parsed_finetune_args(encoder_dir, csv_files, output_dir, *extra):
+    """`finetune_args(...)` parsed as run_finetune.py parses them: (model_args, data_args, training_args)."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, MultitaskTrainingArguments))
+    return parser.parse_args_into_dataclasses(finetune_args(encoder_dir, csv_files, output_dir, *extra))
 
 
 @pytest.fixture

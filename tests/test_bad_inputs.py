@@ -21,8 +21,9 @@ from transformers.trainer_utils import TrainOutput
 import analysis.__main__ as analysis_cli
 import run_finetune
 import run_predict
-from multitask import prepare
+from multitask import inputs, prepare
 from multitask.errors import UserError, cli, debug_requested
+from multitask.trainer import MultitaskTrainer
 from tests.conftest import CATEGORIES, SENTENCES, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -475,7 +476,7 @@ def test_a_bug_before_the_run_starts_replays_the_held_log_lines(world, tmp_path,
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a real bug")
 
-    monkeypatch.setattr(run_finetune, "check_training_steps", broken)
+    monkeypatch.setattr(inputs, "check_training_steps", broken)  # right after the data is read
     with caplog.at_level("INFO"), pytest.raises(ZeroDivisionError):
         run_finetune.main(_format(FINETUNE, world, tmp_path / "run"))
     assert "data: rows_in_both_files" in caplog.text
@@ -495,7 +496,7 @@ def test_a_good_run_after_bad_ones_still_works(world, tmp_path):
 
 def test_zero_steps_after_training_is_never_complete(world, tmp_path, monkeypatch):
     """If the Trainer still takes no step (a case the checks missed), the run is failed, not complete."""
-    monkeypatch.setattr(run_finetune.MultitaskTrainer, "train", lambda self, **kwargs: TrainOutput(0, 0.0, {}))
+    monkeypatch.setattr(MultitaskTrainer, "train", lambda self, **kwargs: TrainOutput(0, 0.0, {}))
     with pytest.raises(UserError, match="0 optimizer steps"):
         run_finetune.main(_format(FINETUNE, world, tmp_path / "run"))
     status = json.loads((tmp_path / "run" / "run_status.json").read_text())

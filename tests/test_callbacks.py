@@ -1,17 +1,15 @@
-"""Per-epoch log, cartography, and the optional recipe pieces (MSD, AWP, uncertainty weighting)."""
+"""The training record, the per-epoch log and dataset cartography (multitask.callbacks)."""
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from multitask.awp import AdversarialWeightPerturbation
-from multitask.callbacks import CartographyCallback, EpochLogCallback, TrainingRecord
-from multitask.modeling import MultitaskModel, build_config
-
-from .test_trainer import make_trainer, no_dropout
+from multitask.callbacks import CartographyCallback, EpochLogCallback, TrainingRecord, find_callback
+from tests.conftest import make_trainer
 
 LN3 = math.log(3.0)
 
@@ -70,52 +68,27 @@ def test_epoch_log_has_documented_keys_and_epoch_means(model, tokenizer, csv_fil
     assert rows[0]["grad_norm_max"] == pytest.approx(max(grad_norms), rel=1e-4)
 
 
-def test_multi_sample_dropout(encoder_dir, tokenizer):
-    from transformers import DebertaV2Model
-
-    encoder = DebertaV2Model.from_pretrained(encoder_dir)
-    model = MultitaskModel(build_config(encoder.config, ["a", "b"], msd_samples=4), encoder=encoder)
-    inputs = tokenizer(["stock market rally"], return_tensors="pt")
-    model.eval()
-    reference = model(**inputs).category_logits
-    model.train()
-    no_dropout(model)
-    assert torch.allclose(model(**inputs).category_logits, reference, atol=1e-6)  # p=0: mean of equal samples
-    model.dropout.p = 0.5
-    torch.manual_seed(0)
-    assert not torch.allclose(model(**inputs).category_logits, reference)
-
-
-def test_awp_perturbs_within_bound_and_restores():
-    layer = torch.nn.Linear(3, 2)
-    layer.weight.grad = torch.ones_like(layer.weight)
-    original = layer.weight.detach().clone()
-    awp = AdversarialWeightPerturbation(layer, adv_lr=1.0, adv_eps=0.01)
-    awp.perturb()
-    change = (layer.weight - original).abs()
-    assert (change <= 0.01 * original.abs() + 1e-7).all() and change.sum() > 0
-    awp.restore()
-    assert torch.equal(layer.weight, original)
+def test_training_record_keeps_labelled_rows_with_gold_probability():
+    record = TrainingRecord()
+    assert record.task_arrays("gate") is None and record.train_accuracy("gate") is None
+    # Row 0: P(Pick) = ¾, gold Pick (right); row 1 has no gate label; row 2: P(Pick) = ¾, gold Decline (wrong).
+    logits = torch.tensor([[0.0, LN3], [0.0, 0.0], [0.0, LN3]])
+    record.add_predictions("gate", logits, torch.tensor([1, -100, 0]), None)
+    record.add_predictions("category", None, torch.tensor([0, 0, 0]), None)  # a head the model lacks
+    arrays = record.task_arrays("gate")
+    assert arrays["gold_prob"] == pytest.approx([0.75, 0.25])
+    assert arrays["pred"].tolist() == [1, 1] and arrays["gold"].tolist() == [1, 0]
+    assert arrays["row_id"].tolist() == [-1, -1]  # no row ids given
+    assert record.train_accuracy("gate") == 0.5 and record.task_arrays("category") is None
+    record.add_terms({"loss": 1.0, "gate_loss": 0.5})
+    record.add_terms({"loss": 3.0, "gate_loss": 1.5})
+    assert dict(record.loss_terms) == {"loss": [1.0, 3.0], "gate_loss": [0.5, 1.5]}
+    record.reset()
+    assert record.task_arrays("gate") is None and not record.loss_terms
 
 
-def test_awp_training_runs(model, tokenizer, csv_files, tmp_path):
-    trainer = make_trainer(model, tokenizer, csv_files, tmp_path, awp_lr=1.0, awp_start_epoch=0.0, max_steps=2)
-    result = trainer.train()
-    assert math.isfinite(result.training_loss)
-
-
-def test_uncertainty_weighting(encoder_dir, tokenizer, csv_files, tmp_path):
-    from transformers import DebertaV2Model
-
-    encoder = DebertaV2Model.from_pretrained(encoder_dir)
-    model = no_dropout(MultitaskModel(build_config(encoder.config, ["economy", "politics", "sports"],
-                                                   uncertainty_weighting=True), encoder=encoder))
-    trainer = make_trainer(model, tokenizer, csv_files, tmp_path, uncertainty_weighting=True,
-                           gate_class_weighting=False, category_class_weighting=False)
-    batch = next(iter(trainer.get_train_dataloader()))
-    loss = trainer.compute_loss(model, batch)
-    terms = {name: values[-1] for name, values in trainer._logged_terms["train"].items()}
-    # s = (0, 0): e^0·L_gate + 0 + e^0·L_category + 0 — λ1/λ2 are not applied.
-    assert loss.item() == pytest.approx(terms["gate_loss"] + terms["category_loss"], rel=1e-5)
-    loss.backward()
-    assert model.task_log_variances.grad is not None and model.task_log_variances.grad.abs().sum() > 0
+def test_find_callback_returns_the_trainers_instance_or_none():
+    cartography = CartographyCallback(TrainingRecord(), None, [])
+    trainer = SimpleNamespace(callback_handler=SimpleNamespace(callbacks=[object(), cartography]))
+    assert find_callback(trainer, CartographyCallback) is cartography
+    assert find_callback(trainer, EpochLogCallback) is None

@@ -1,4 +1,6 @@
-"""Data loading: merging, label parsing, splits, and every bad input named by file, row and column."""
+"""Data loading: merging, label parsing, splits, samples, and every bad input named by file, row and column."""
+
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -154,3 +156,19 @@ def test_collator_pads_and_whitelists(files):
     assert batch["category_labels"].tolist() == [-100, 2]
     assert "row_id" in MultitaskCollator(tokenizer, keep_keys=("row_id",))(features)
     assert data.category_labels
+
+
+def test_max_samples_are_stratified_seeded_and_reported(tmp_path):
+    rows = [{"category": c, "title": f"{c} item {i}", "body": ""} for c, n in (("a", 30), ("b", 15), ("c", 5))
+            for i in range(n)]
+    path = tmp_path / "train.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    data = load_training_data(None, None, train_file=path, validation_split=0.2, seed=1, max_train_samples=20,
+                              max_eval_samples=5)
+    names = dict(enumerate(data.category_labels))
+    assert len(data.train) == 20 and len(data.validation) == 5
+    assert Counter(names[i] for i in data.train["category_labels"]) == {"a": 12, "b": 6, "c": 2}
+    assert data.report["train_sample"]["rows_before"] == 40 and data.report["validation_sample"]["rows_after"] == 5
+    assert len(data.validation_frame) == 5 and list(data.train["row_id"]) == list(range(20))
+    again = load_training_data(None, None, train_file=path, validation_split=0.2, seed=1, max_train_samples=20)
+    assert list(again.train["text"]) == list(data.train["text"])

@@ -10,6 +10,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, DebertaV2Model
 
+from multitask import demo
+from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 from multitask.demo import (
     CATEGORY_WEIGHTS,
     DEMO_DATA_DIR,
@@ -19,6 +21,7 @@ from multitask.demo import (
     train_tokenizer,
     write_demo_data,
 )
+from multitask.errors import UsageError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -200,3 +203,16 @@ def test_demo_is_bit_reproducible(tmp_path):
         assert (builds[0] / name).read_bytes() == (builds[1] / name).read_bytes(), name
     for name in ("task1", "task2", "val", "test"):
         assert (tmp_path / "data" / f"{name}.csv").is_file()
+
+
+def test_use_demo_inputs_fills_in_data_encoder_and_default_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "build_demo_encoder", lambda out_dir: out_dir)  # building it is tested above
+    model_args, data_args = ModelArguments(), DataArguments()
+    training_args = MultitaskTrainingArguments(output_dir=str(tmp_path), num_train_epochs=2.0, use_cpu=True)
+    demo.use_demo_inputs(model_args, data_args, training_args, tmp_path)
+    assert model_args.model_name_or_path == str(tmp_path / "demo_encoder")
+    assert data_args.task1_file == str(demo.default_demo_paths()["task1"]) and data_args.test_files
+    assert training_args.num_train_epochs == 2.0  # given by the user: kept
+    assert training_args.learning_rate == demo.DEMO_OVERRIDES["learning_rate"]  # left at the default: the demo's
+    with pytest.raises(UsageError, match="--model_name_or_path is required"):
+        demo.use_demo_inputs(ModelArguments(), DataArguments(task1_file="mine.csv"), training_args, tmp_path)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import run_predict
-from multitask.arguments import MultitaskTrainingArguments
+from tests.conftest import make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,15 +135,7 @@ def test_accelerate_launch_runs_two_processes(encoder_dir, csv_files, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["train"]["epoch"] == pytest.approx(2 / steps_per_epoch)
 
 
-def test_distributed_launch_needs_output_dir(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="--output_dir"):
-        MultitaskTrainingArguments(use_cpu=True)
-
-
 def test_full_model_gathers_a_whole_copy_only_when_sharded(model, tokenizer, csv_files, tmp_path, monkeypatch):
-    from tests.test_trainer import make_trainer
-
     from multitask import distributed
 
     trainer = make_trainer(model, tokenizer, csv_files, tmp_path)

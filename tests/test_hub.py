@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,12 +17,14 @@ from huggingface_hub import ModelCard, constants
 from huggingface_hub.hf_api import RepoFile
 
 from multitask import hub as hub_module
+from multitask.errors import UsageError
 from multitask.hub import (
     HubError,
     _same_content,
     download_data_files,
     fetch_data,
     resolve_token,
+    take_over_push,
     upload_data,
     upload_files,
 )
@@ -217,3 +220,11 @@ def test_model_and_card_round_trip(hub, encoder_dir, tmp_path):
     assert len(AutoTokenizer.from_pretrained("tester/tiny-encoder", token=hub.token)) > 0
     assert ModelCard.load("tester/tiny-encoder", token=hub.token).data.license == "mit"
     assert constants.ENDPOINT == hub.url
+
+
+def test_take_over_push_turns_the_trainers_push_off():
+    args = SimpleNamespace(push_to_hub=True, hub_model_id="me/model")
+    assert take_over_push(args) == "me/model" and args.push_to_hub is False
+    assert take_over_push(SimpleNamespace(push_to_hub=False, hub_model_id="me/model")) is None
+    with pytest.raises(UsageError, match="--hub_model_id"):
+        take_over_push(SimpleNamespace(push_to_hub=True, hub_model_id=None))

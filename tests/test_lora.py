@@ -14,9 +14,7 @@ from multitask import lora
 from multitask.errors import UsageError
 from multitask.modeling import MultitaskModel, build_config
 from multitask.predict import load_model
-from tests.conftest import CATEGORIES
-from tests.test_scripts import finetune_args
-from tests.test_trainer import make_trainer
+from tests.conftest import CATEGORIES, finetune_args, make_trainer
 
 pytest.importorskip("peft")
 

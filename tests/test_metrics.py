@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
+from multitask.errors import UsageError
 from multitask.metrics import (
     band_f1,
     band_recall,
     build_compute_metrics,
     category_metrics,
+    check_metric_name,
     compute_all,
     confusion_top,
     frequency_bands,
@@ -298,3 +300,13 @@ def test_compute_metrics_scores_documents_from_windows():
     assert metrics["gate_accuracy"] == 1.0
     by_max = build_compute_metrics(chunk_aggregation="max")(EvalPrediction((gate, category), labels))
     assert by_max["category_accuracy"] == 1.0  # max logits (2.0, 1.0) → category 0 as well
+
+
+def test_check_metric_name_knows_the_computed_keys():
+    compute = build_compute_metrics(heads=("gate",))
+    check_metric_name("eval_gate_f1", compute, 0, ("gate",))
+    check_metric_name("eval_loss", compute, 0, ("gate",))
+    with pytest.raises(UsageError, match="'eval_category_macro_f1' is not a validation metric"):
+        check_metric_name("eval_category_macro_f1", compute, 0, ("gate",))
+    chunked = build_compute_metrics(chunk_aggregation="mean")  # labels end with the document index
+    check_metric_name("category_macro_f1", chunked, 3, ("gate", "category"), chunked=True)

@@ -1,4 +1,5 @@
-"""Config and model: forward shapes, save/load round trips, encoder loading, Auto classes."""
+"""MultitaskModel: forward shapes, pooling, multi-sample dropout, save/load round trips, encoder loading, Auto
+classes, and freezing the word embeddings (--freeze_embeddings). The config's own rules are in test_configuration.py."""
 
 import logging
 
@@ -6,10 +7,20 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, DebertaV2Model
 
+from multitask.arguments import MultitaskTrainingArguments
 from multitask.configuration import MultitaskConfig
-from multitask.modeling import MultitaskModel, load_for_training, pool
+from multitask.modeling import (
+    MultitaskModel,
+    build_config,
+    freeze_word_embeddings,
+    load_for_training,
+    parameter_counts,
+    pool,
+)
+from multitask.trainer import MultitaskTrainer
+from tests.conftest import CATEGORIES, no_dropout
 
-from .conftest import CATEGORIES
+WORD = "encoder.embeddings.word_embeddings.weight"
 
 
 def batch(tokenizer):
@@ -83,8 +94,6 @@ def test_saved_model_with_other_labels_gets_a_fresh_category_head(model, tmp_pat
 def test_bert_style_pooler_is_dropped():
     from transformers import BertConfig, BertModel
 
-    from multitask.modeling import build_config
-
     bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                 intermediate_size=32))
     model = MultitaskModel(build_config(bert.config, ["x", "y"], pooling="cls"), encoder=bert)
@@ -94,19 +103,80 @@ def test_bert_style_pooler_is_dropped():
     assert outputs.category_logits.shape == (1, 2)
 
 
-def test_invalid_pooling_rejected():
-    with pytest.raises(ValueError, match="pooling"):
-        MultitaskConfig(pooling="max")
+def test_multi_sample_dropout(encoder_dir, tokenizer):
+    encoder = DebertaV2Model.from_pretrained(encoder_dir)
+    model = MultitaskModel(build_config(encoder.config, ["a", "b"], msd_samples=4), encoder=encoder)
+    inputs = tokenizer(["stock market rally"], return_tensors="pt")
+    model.eval()
+    reference = model(**inputs).category_logits
+    model.train()
+    no_dropout(model)
+    assert torch.allclose(model(**inputs).category_logits, reference, atol=1e-6)  # p=0: mean of equal samples
+    model.dropout.p = 0.5
+    torch.manual_seed(0)
+    assert not torch.allclose(model(**inputs).category_logits, reference)
 
 
-def test_encoder_keeps_its_attention_implementation(tmp_path):
+@pytest.fixture
+def bert_model():
+    """A tiny BERT (the architecture of multilingual-e5): it has position and token-type embeddings."""
     from transformers import BertConfig, BertModel
 
-    from multitask.modeling import build_config
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    encoder = BertModel(config, add_pooling_layer=False)
+    return MultitaskModel(build_config(encoder.config, CATEGORIES), encoder=encoder)
 
-    bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=32, attn_implementation="sdpa"))
-    model = MultitaskModel(build_config(bert.config, ["x", "y"]), encoder=bert)
-    assert model.encoder.config._attn_implementation == "sdpa"  # not silently reset to eager
-    model.save_pretrained(tmp_path)
-    assert AutoModel.from_pretrained(tmp_path).encoder.config._attn_implementation == "sdpa"
+
+def test_only_word_embeddings_are_frozen(bert_model):
+    trainable_before, total = parameter_counts(bert_model)
+    frozen = freeze_word_embeddings(bert_model)
+    assert frozen == 500 * 32
+    assert parameter_counts(bert_model) == (trainable_before - frozen, total)
+    grads = {name: p.requires_grad for name, p in bert_model.named_parameters()}
+    assert grads[WORD] is False
+    for name in ("encoder.embeddings.position_embeddings.weight", "encoder.embeddings.token_type_embeddings.weight",
+                 "encoder.embeddings.LayerNorm.weight", "category_head.weight", "gate_head.weight"):
+        assert grads[name] is True, name
+    assert freeze_word_embeddings(bert_model) == 0  # idempotent
+
+
+@pytest.mark.parametrize("layerwise_lr_decay", [0.5, 1.0])  # our LLRD groups, and the Trainer's own optimizer
+def test_frozen_matrix_is_not_in_the_optimizer_and_does_not_move(model, tmp_path, layerwise_lr_decay):
+    freeze_word_embeddings(model)
+    args = MultitaskTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-2, layerwise_lr_decay=layerwise_lr_decay,
+                                      weight_decay=0.1, use_cpu=True, eval_strategy="no", load_best_model_at_end=False)
+    optimizer = MultitaskTrainer(model=model, args=args).create_optimizer()
+    in_groups = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    assert id(named[WORD]) not in in_groups
+    assert in_groups == {id(p) for p in model.parameters() if p.requires_grad}
+
+    before = {name: p.detach().clone() for name, p in named.items()}
+    model.train()
+    output = model(input_ids=torch.tensor([[1, 5, 6, 7, 2], [1, 8, 9, 2, 0]]),
+                   attention_mask=torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]),
+                   gate_labels=torch.tensor([1, 0]), category_labels=torch.tensor([2, -100]))
+    output.loss.backward()
+    optimizer.step()
+    assert torch.equal(named[WORD], before[WORD])
+    assert not torch.equal(named["encoder.embeddings.LayerNorm.weight"], before["encoder.embeddings.LayerNorm.weight"])
+    assert not torch.equal(named["category_head.weight"], before["category_head.weight"])
+
+
+def test_parameter_counts_count_a_shared_tensor_once():
+    shared = torch.nn.Linear(3, 2)  # 6 weights + 2 biases
+    frozen = torch.nn.Linear(2, 1)  # 2 + 1, frozen below
+    frozen.requires_grad_(False)
+    assert parameter_counts(torch.nn.ModuleDict({"a": shared, "b": shared, "c": frozen})) == (8, 11)
+
+
+def test_split_stacked_gives_the_two_rdrop_passes():
+    """A forward on the batch stacked twice comes back as two outputs, first half then second, None kept None."""
+    from multitask.modeling import MultitaskOutput
+
+    gate = torch.arange(8.0).reshape(4, 2)
+    first, second = MultitaskOutput(gate_logits=gate, category_logits=None).split_stacked()
+    assert torch.equal(first.gate_logits, gate[:2]) and torch.equal(second.gate_logits, gate[2:])
+    assert first.category_logits is None and second.features is None

@@ -10,8 +10,7 @@ import torch
 import run_finetune
 from multitask import predict
 from multitask.precision import precision_warnings
-from tests.test_scripts import finetune_args
-from tests.test_trainer import make_trainer, no_dropout
+from tests.conftest import finetune_args, make_trainer, no_dropout
 
 
 def test_fp16_with_deberta_warns_and_names_bf16():

@@ -7,8 +7,15 @@ import logging
 
 import pytest
 
-from multitask.errors import DataError, OutputError
-from multitask.rundir import RunDirectory, check_output_dir, check_output_file, staged_files, write_json
+from multitask.errors import DataError, OutputError, UsageError
+from multitask.rundir import (
+    RunDirectory,
+    check_output_dir,
+    check_output_file,
+    resolve_resume_checkpoint,
+    staged_files,
+    write_json,
+)
 
 
 def test_staged_files_appear_together_or_not_at_all(tmp_path):
@@ -104,3 +111,13 @@ def test_failed_run_says_why_in_status_and_log(tmp_path):
     assert status["status"] == "failed" and status["error"] == "DataError: x.csv, row 3: bad"
     assert status["note"] == "said plainly"
     assert "run failed: DataError: x.csv, row 3: bad" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_resolve_resume_checkpoint_finds_the_newest(tmp_path):
+    for step in (3, 12):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert resolve_resume_checkpoint("True", tmp_path) == str(tmp_path / "checkpoint-12")
+    assert resolve_resume_checkpoint("some/path", tmp_path) == "some/path"
+    assert resolve_resume_checkpoint(None, tmp_path) is None
+    with pytest.raises(UsageError, match="no checkpoint-"):
+        resolve_resume_checkpoint("last", tmp_path / "missing")

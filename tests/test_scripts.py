@@ -13,20 +13,13 @@ import run_finetune
 import run_predict
 from multitask.data import DataError
 from multitask.errors import UsageError
-
-
-def finetune_args(encoder_dir, csv_files, output_dir, *extra):
-    return ["--model_name_or_path", str(encoder_dir), "--task1_file", str(csv_files["task1"]),
-            "--task2_file", str(csv_files["task2"]), "--validation_file", str(csv_files["val"]),
-            "--test_files", str(csv_files["test"]), "--output_dir", str(output_dir),
-            "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
-            "--use_cpu", "true", *extra]
+from multitask.trainer import MultitaskTrainer
+from tests.conftest import CATEGORIES, SENTENCES, finetune_args, write_csv
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, encoder_dir):
-    from tests.conftest import CATEGORIES, SENTENCES, write_csv  # module-scoped: build the CSVs here
-
+    # Module-scoped, so it cannot use the function-scoped csv_files fixture: the same CSVs are built here.
     root = tmp_path_factory.mktemp("e2e")
     pick_rows = [(t, 1) for c in CATEGORIES for t in SENTENCES[c]] + [(t, 0) for t in SENTENCES["junk"]]
     cat_rows = [(t, c) for c in CATEGORIES for t in SENTENCES[c]]
@@ -132,7 +125,7 @@ def test_failure_during_training_is_marked_failed(encoder_dir, csv_files, tmp_pa
     def broken_train(self, *args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(run_finetune.MultitaskTrainer, "train", broken_train)
+    monkeypatch.setattr(MultitaskTrainer, "train", broken_train)
     with pytest.raises(RuntimeError, match="disk on fire"):
         run_finetune.main(finetune_args(encoder_dir, csv_files, tmp_path / "run"))
     status = json.loads((tmp_path / "run" / "run_status.json").read_text())
@@ -267,7 +260,6 @@ def test_auto_gate_score_cross_validated_and_applied_by_run_predict(encoder_dir,
     """--gate_score auto: feature scores fitted after training, the choice and thresholds made on validation with a
     held-out-fold report, all stored in the model and applied unchanged by run_predict.py."""
     from multitask.ood import ALL_SCORES
-    from tests.conftest import CATEGORIES, SENTENCES, write_csv
 
     pick_rows = [(t, 1) for c in CATEGORIES for t in SENTENCES[c]] + [(t, 0) for t in SENTENCES["junk"]]
     cat_rows = [(t, c) for c in CATEGORIES for t in SENTENCES[c]]

@@ -1,10 +1,9 @@
-"""multitask.tables (the one reader, the one text builder) and multitask.splits (the one stratified split)."""
+"""multitask.tables: the one reader of every format, the one text builder, and the gate label's spellings."""
 
 from __future__ import annotations
 
 import gzip
 import json
-from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,6 @@ import pytest
 from multitask import prepare
 from multitask.data import load_training_data
 from multitask.errors import DataError
-from multitask.splits import strata, stratified_sample, stratified_split
 from multitask.tables import PLAIN_SEPARATOR, build_text, cell_text, parse_pick, read_table, table_format
 
 ROWS = [
@@ -155,34 +153,3 @@ def test_prepare_outputs_in_every_format_read_back_identically(tmp_path):
         frames[kind] = read_table(tmp_path / kind / f"clean_train.{kind}").frame
     for kind, frame in frames.items():
         assert frame.equals(frames["csv"]), kind
-
-
-def test_stratified_split_cover_sizes_and_samples():
-    labels = ["a"] * 40 + ["b"] * 20 + ["c"] * 10 + ["lonely"]
-    train, test, info = stratified_split(labels, 7, seed=0)
-    assert len(test) == 7 and Counter(labels[i] for i in test) == {"a": 4, "b": 2, "c": 1}
-    assert 70 in train and info["too_small_to_stratify"] == {"lonely": 1}
-    # Validation must hold both gate classes (thresholds are tuned there): `cover` moves one row in when needed.
-    for seed in range(5):
-        _, test, info = stratified_split(["a"] * 50 + ["b"] * 50, 0.05, seed=seed, cover=[1] * 98 + [0, 0])
-        assert len({98, 99} & set(test.tolist())) >= 1
-    sample, info = stratified_sample(labels, 14, seed=3)
-    assert len(sample) == 14 and Counter(labels[i] for i in sample) == {"a": 8, "b": 4, "c": 2} and info["sampled"]
-    assert (stratified_sample(labels, 14, seed=3)[0] == sample).all()  # seeded
-    assert len(stratified_sample(labels, 1000)[0]) == len(labels)
-    assert strata([1, 0, -100], [2, -100, -100]) == ["category=2", "pick=0", "(unlabelled)"]
-
-
-def test_max_samples_are_stratified_seeded_and_reported(tmp_path):
-    rows = [{"category": c, "title": f"{c} item {i}", "body": ""} for c, n in (("a", 30), ("b", 15), ("c", 5))
-            for i in range(n)]
-    path = write(tmp_path / "train.parquet", rows)
-    data = load_training_data(None, None, train_file=path, validation_split=0.2, seed=1, max_train_samples=20,
-                              max_eval_samples=5)
-    names = dict(enumerate(data.category_labels))
-    assert len(data.train) == 20 and len(data.validation) == 5
-    assert Counter(names[i] for i in data.train["category_labels"]) == {"a": 12, "b": 6, "c": 2}
-    assert data.report["train_sample"]["rows_before"] == 40 and data.report["validation_sample"]["rows_after"] == 5
-    assert len(data.validation_frame) == 5 and list(data.train["row_id"]) == list(range(20))
-    again = load_training_data(None, None, train_file=path, validation_split=0.2, seed=1, max_train_samples=20)
-    assert list(again.train["text"]) == list(data.train["text"])

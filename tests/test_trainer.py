@@ -1,37 +1,13 @@
-"""MultitaskTrainer: evaluation keys, loss composition, gradient accumulation, R-Drop, checkpoints."""
+"""MultitaskTrainer: evaluation keys, loss composition (incl. uncertainty weighting), gradient accumulation, R-Drop,
+checkpoints."""
 
 import copy
 
 import pytest
 import torch
 
-from multitask.arguments import MultitaskTrainingArguments
-from multitask.data import MultitaskCollator, load_training_data, tokenize
-from multitask.metrics import build_compute_metrics
-from multitask.modeling import MultitaskModel
-from multitask.trainer import MultitaskTrainer
-
-
-def no_dropout(model):
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return model
-
-
-def make_trainer(model, tokenizer, csv_files, tmp_path, **overrides):
-    data = load_training_data(csv_files["task1"], csv_files["task2"], csv_files["val"], separator=" [SEP] ")
-    settings = dict(output_dir=str(tmp_path / "run"), num_train_epochs=1, per_device_train_batch_size=8,
-                    learning_rate=1e-3, save_strategy="no", load_best_model_at_end=False, report_to="none",
-                    use_cpu=True, dataloader_pin_memory=False, seed=0)
-    settings.update(overrides)
-    args = MultitaskTrainingArguments(**settings)
-    return MultitaskTrainer(
-        model=model, args=args,
-        train_dataset=tokenize(data.train, tokenizer, 64), eval_dataset=tokenize(data.validation, tokenizer, 64),
-        processing_class=tokenizer, data_collator=MultitaskCollator(tokenizer, keep_keys=("row_id",)),
-        compute_metrics=build_compute_metrics(),
-    )
+from multitask.modeling import MultitaskModel, build_config
+from tests.conftest import make_trainer, no_dropout
 
 
 def test_evaluate_returns_loss_and_metrics(model, tokenizer, csv_files, tmp_path):
@@ -138,3 +114,20 @@ def test_contrastive_term_weighted_into_the_loss(model, tokenizer, csv_files, tm
     if rdrop:
         expected += 0.5 * terms["rdrop_category_kl"]
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_uncertainty_weighting(encoder_dir, tokenizer, csv_files, tmp_path):
+    from transformers import DebertaV2Model
+
+    encoder = DebertaV2Model.from_pretrained(encoder_dir)
+    model = no_dropout(MultitaskModel(build_config(encoder.config, ["economy", "politics", "sports"],
+                                                   uncertainty_weighting=True), encoder=encoder))
+    trainer = make_trainer(model, tokenizer, csv_files, tmp_path, uncertainty_weighting=True,
+                           gate_class_weighting=False, category_class_weighting=False)
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(model, batch)
+    terms = {name: values[-1] for name, values in trainer._logged_terms["train"].items()}
+    # s = (0, 0): e^0·L_gate + 0 + e^0·L_category + 0 — λ1/λ2 are not applied.
+    assert loss.item() == pytest.approx(terms["gate_loss"] + terms["category_loss"], rel=1e-5)
+    loss.backward()
+    assert model.task_log_variances.grad is not None and model.task_log_variances.grad.abs().sum() > 0

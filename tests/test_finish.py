@@ -1,0 +1,64 @@
+"""Everything after train() (multitask.finish): no false success, the outputs of a finished run."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from transformers.trainer_utils import TrainOutput
+
+from multitask.build import build_model, build_trainer
+from multitask.errors import UserError
+from multitask.finish import check_trained, finish_run
+from multitask.inputs import data_file_hashes, prepare_inputs
+from multitask.rundir import RunDirectory
+from tests.conftest import parsed_finetune_args
+
+
+def fake_trainer(global_step: int, initial_step: int = 0, log_history: list | None = None):
+    return SimpleNamespace(state=SimpleNamespace(global_step=global_step, log_history=log_history or []),
+                           _initial_global_step=initial_step)
+
+
+def test_check_trained_refuses_a_run_without_a_step():
+    with pytest.raises(UserError, match="0 optimizer steps"):
+        check_trained(fake_trainer(0), TrainOutput(0, 0.0, {}), None)
+
+
+def test_check_trained_labels_the_loss_of_a_resumed_run():
+    history = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}]
+    result = TrainOutput(4, 0.5, {"train_loss": 0.5})
+    assert check_trained(fake_trainer(4, 2, history), result, "/runs/x/checkpoint-2") is None
+    assert result.metrics["train_loss_scope"] == "resumed part only: optimizer steps 3-4 (resumed from checkpoint-2 at step 2)"
+    assert result.metrics["train_loss_resumed_part"] == 0.5
+    assert result.metrics["train_loss_whole_run"] == pytest.approx((2.0 + 1.0 + 0.5 * 2) / 4)
+
+
+def test_check_trained_notes_a_resume_with_nothing_left():
+    result = TrainOutput(2, 0.0, {})
+    note = check_trained(fake_trainer(2, 2), result, "/runs/x/checkpoint-2")
+    assert note.startswith("resumed from checkpoint-2: no optimizer step was left")
+    assert "train_loss_whole_run" not in result.metrics  # no loss of this call to combine
+
+
+def test_finish_run_writes_the_outputs_and_stores_the_settings(encoder_dir, csv_files, tmp_path):
+    run_dir = tmp_path / "run"
+    model_args, data_args, training_args = parsed_finetune_args(
+        encoder_dir, csv_files, run_dir, "--max_steps", "2", "--report_to", "none", "--calibration", "temperature")
+    inputs = prepare_inputs(model_args, data_args, training_args, run_dir)
+    trainer = build_trainer(build_model(model_args, data_args, training_args, inputs), data_args, training_args,
+                            inputs, run_dir)
+    run = RunDirectory(run_dir).start()
+    try:
+        metrics = finish_run(trainer, trainer.train(), run, model_args, data_args, inputs,
+                             data_file_hashes(data_args, None))
+    finally:
+        run.close()
+    assert set(metrics) >= {"train", "validation", "test", "calibration"} and metrics["test"]
+    assert json.loads((run_dir / "metrics.json").read_text())["validation"] == metrics["validation"]
+    for name in ("thresholds.json", "predictions_validation.csv", "val_per_class_metrics.json", "cartography.csv",
+                 "model/config.json", "model/README.md", "model/tokenizer.json"):
+        assert (run_dir / name).is_file(), name
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert set(config["gate_thresholds"]) == {"default", "f1", "acc", "leak"} and config["calibration"]
