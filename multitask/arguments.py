@@ -428,6 +428,7 @@ class MultitaskTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         """Fill the timestamped default `output_dir`, switch pinned memory off without CUDA, and turn
         `--target_oos_recall` r into `max_decline_leak` = 1 - r (it overrides a given --max_decline_leak)."""
+        # Before super().__post_init__(), which would turn a None output_dir into "trainer_output".
         if self.output_dir is None:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 raise ValueError("Under a distributed launch pass --output_dir: each process would pick its own name.")

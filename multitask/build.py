@@ -122,7 +122,9 @@ def build_trainer(model: torch.nn.Module, data_args, training_args, inputs: RunI
     """
     data = inputs.data
     chunked = data_args.long_text == "chunk"
+    # Before the Trainer exists: Trainer.__init__ copies args.label_names once and never reads them again.
     _fit_label_names(training_args, data, chunked)
+    # Again, now with the model: the optimizer lookups that need its parameters can only fail here.
     check_optimizer(training_args, model)
     heads = tuple(head for head, present in (("gate", data.has_gate), ("category", data.has_category)) if present)
     compute_metrics = build_compute_metrics(heads=heads, category_bands=inputs.category_bands,
@@ -147,6 +149,7 @@ def build_trainer(model: torch.nn.Module, data_args, training_args, inputs: RunI
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=inputs.tokenizer,
+            # row_id feeds cartography; `document` lets compute_metrics pool each text's windows.
             data_collator=MultitaskCollator(inputs.tokenizer,
                                             keep_keys=("row_id", "document") if chunked else ("row_id",)),
             compute_metrics=compute_metrics,

@@ -224,6 +224,7 @@ class EpochLogCallback(TrainerCallback):
         row["lambda_gate"], row["lambda_category"] = self.loss_weights["gate"], self.loss_weights["category"]
         log_variances = getattr(model, "task_log_variances", None) if model is not None else None
         if log_variances is not None:
+            # The parameters are log σ² (Kendall et al.): σ = exp(½ · log σ²).
             sigma = torch.exp(0.5 * log_variances.detach().float()).tolist()
             row["sigma_gate"], row["sigma_category"] = sigma
         if record.grad_norms:
@@ -304,6 +305,7 @@ class CartographyCallback(TrainerCallback):
             for row_id, seen in this_epoch.items():
                 # --long_text chunk trains on several windows of one row: one observation per row and epoch
                 # (mean gold probability, majority correctness, most frequent prediction), as for a whole text.
+                # Ties: half the windows right counts as correct; most_common keeps the earliest prediction.
                 history[row_id].append(seen[0] if len(seen) == 1 else (
                     float(np.mean([p for p, _, _ in seen])), sum(c for _, c, _ in seen) * 2 >= len(seen),
                     Counter(pred for _, _, pred in seen).most_common(1)[0][0]))

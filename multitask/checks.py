@@ -160,12 +160,14 @@ def check_model_dir(path: Path, flag: str, need_tokenizer: bool = True, multitas
                              "run directory of run_finetune.py or its model/ folder")
     weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
     if not weights:
+        # [::2]: the message names the single-file forms; their .index.json variants are implied.
         raise ModelFileError(f"{flag} {path}: no weights file ({' or '.join(WEIGHT_FILES[::2])}); {_REFETCH}")
     for weight in weights:
         if weight.name == "model.safetensors":
             _check_safetensors(weight)
         elif weight.name.endswith(".index.json"):
             index = _check_json(weight, "weights index")
+            # weight_map names a shard once per tensor: check each file once, in a fixed order.
             for shard in sorted(set((index.get("weight_map") or {}).values())):
                 if not (path / shard).is_file():
                     raise ModelFileError(f"{path / shard}: missing weights shard (listed in {weight.name}); {_REFETCH}")
@@ -217,6 +219,7 @@ def resolve_model_source(name: str, flag: str, need_tokenizer: bool = True, mult
         elif not (path / "config.json").is_file() and (path / "run_status.json").is_file():
             try:
                 status = json.loads((path / "run_status.json").read_text(encoding="utf-8"))
+            # A half-written run_status.json must not hide the real message (no saved model).
             except (OSError, ValueError):
                 status = {}
             said = f"status {status.get('status', 'unknown')}" + (f": {status['error']}" if status.get("error") else "")
@@ -225,6 +228,7 @@ def resolve_model_source(name: str, flag: str, need_tokenizer: bool = True, mult
         return str(path)
     if _looks_local(name):
         parent = next((p for p in path.absolute().parents if p.exists()), None)
+        # "/" or "." existing tells the user nothing.
         hint = f" ({parent} exists)" if parent is not None and str(parent) not in ("/", ".") else ""
         raise ModelFileError(f"{flag} {name}: no such directory{hint}")
     return name
@@ -268,10 +272,12 @@ def _translate_load_error(name: str, flag: str, error: Exception) -> UserError |
     kind = type(error).__name__
     if kind == "SafetensorError":
         return ModelFileError(f"{flag} {name}: truncated or corrupt model.safetensors ({message}); {_REFETCH}")
+    # transformers hands a missing local path to huggingface_hub, which rejects it as a repo id.
     if kind == "HFValidationError":
         return ModelFileError(f"{flag} {name}: no such directory")
     if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "LocalEntryNotFoundError",
                 "EntryNotFoundError", "RemoteEntryNotFoundError", "OfflineModeIsEnabled") or (
+        # transformers re-raises Hub failures as OSError with these phrases; for a local path they mislead.
         isinstance(error, OSError) and not local and re.search(
             r"couldn't connect|not a local folder|not a valid model identifier|Repository Not Found|offline",
             message, re.IGNORECASE)
@@ -360,6 +366,7 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
     if args.early_stopping_patience is not None:
         require(args.early_stopping_patience >= 1,
                 f"--early_stopping_patience {args.early_stopping_patience}: must be >= 1 (leave it out to never stop)")
+        # `.value`: str() of the IntervalStrategy enum is "IntervalStrategy.NO", never "no".
         require(args.load_best_model_at_end and str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no",
                 "--early_stopping_patience needs evaluations and --load_best_model_at_end true")
     require(model_args.lora_r >= 0, f"--lora_r {model_args.lora_r}: must be >= 0 (0 = full fine-tuning)")
@@ -369,6 +376,7 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
     _check_report_to(args.report_to)
     for flag in ("seed", "data_seed"):
         value = getattr(args, flag, None)
+        # np.random.seed (via transformers.set_seed) refuses values outside [0, 2**32), but only later.
         require(value is None or 0 <= value < 2**32, f"--{flag} {value}: must be in [0, 2**32)")
     require(args.dataloader_num_workers >= 0, f"--dataloader_num_workers {args.dataloader_num_workers}: must be >= 0 "
                                               "(0 loads batches in the main process)")
@@ -503,6 +511,7 @@ def check_hp_search_arguments(args: Any) -> None:
 def _check_report_to(report_to: Any) -> None:
     """An unknown --report_to name fails at start-up, not after the data is loaded and tokenized."""
     try:
+        # A private module: if a release moves it, skip this early check (the Trainer still rejects the name).
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
     except ImportError:
         return

@@ -65,6 +65,7 @@ def parse_categories(
     A name outside `label2id` is an error naming the row, unless an `unknown` counter is given: then the
     row gets no category label (-100) and the name is counted, for the caller to report.
     """
+    # row i + 2: 1-based, plus the header line, as a spreadsheet numbers it.
     locate = source.where if isinstance(source, Table) else lambda i, c: f"{source}, row {i + 2}, column '{c}'"
     parsed: list[str | int] = []
     for row_index, raw in enumerate(values):
@@ -72,6 +73,7 @@ def parse_categories(
         if not name:
             if required:
                 raise DataError(f"{locate(row_index, column)}: empty category")
+            # Names keep "" (the merge compares strings); ids need -100, which the losses ignore.
             parsed.append(IGNORE_INDEX if label2id is not None else "")
         elif label2id is None:
             parsed.append(name)
@@ -174,6 +176,7 @@ def _merge_training_rows(sources: list[_Labels], report: dict[str, Any]) -> tupl
                 category.append("")
             merged = index_of[text]
             if source.task == "gate":
+                # `continue`, not overwrite: the first table's label is kept, as the report says.
                 if gate[merged] != IGNORE_INDEX and gate[merged] != label:
                     conflicts.append(f"{table.where(row)}: pick {label} for a text another table labels "
                                      f"{gate[merged]} (kept the first)")
@@ -238,6 +241,7 @@ def load_labeled_file(
     texts = build_texts(table, text_columns, separator, _column_flags(text_columns, pick_column, category_column))
     gate = [IGNORE_INDEX] * len(table)
     category: list = [IGNORE_INDEX] * len(table)
+    # Without a gate head no gate score exists to compare a pick label with; the column is then ignored.
     if pick_column in table.columns and with_gate:
         gate = parse_pick(table.column(pick_column), table, required=False, column=pick_column)
     unknown: Counter = Counter()
@@ -363,11 +367,13 @@ def load_training_data(
         train = full.select(train_idx)
         frame = pd.DataFrame({
             "text": [texts[i] for i in val_idx],
+            # Strings, as a read file's cells are: validation predictions show "1"/"0"/"" either way.
             pick_column: [str(gate[i]) if gate[i] != IGNORE_INDEX else "" for i in val_idx],
             category_column: [category_names[i] for i in val_idx],
         })
         labeled = LabeledFile(Path("validation"), frame, full.select(val_idx))
         report["validation"] = f"stratified {validation_split:.0%} split of training (seed {seed})"
+    # Sampled after the split: --max_eval_samples never changes which rows train.
     positions = _sample(max_eval_samples, list(labeled.dataset["gate_labels"]),
                         list(labeled.dataset["category_labels"]), seed, "validation", report)
     if positions is not None:
@@ -384,6 +390,7 @@ def load_training_data(
             raise DataError(f"{test.path}: two test files share the name {name!r}")
         tests[name] = test
 
+    # After the validation split too: the same validation rows whatever --max_train_samples is.
     positions = _sample(max_train_samples, list(train["gate_labels"]), list(train["category_labels"]), seed,
                         "train", report)
     if positions is not None:
@@ -413,6 +420,7 @@ def dataset_table(dataset: Dataset, source: str) -> Table:
     frame = dataset.to_pandas()
     for name, feature in dataset.features.items():
         if isinstance(feature, ClassLabel):
+            # -1 is a ClassLabel's "no label" and int2str raises on it; "" is what unlabelled means here.
             frame[name] = [feature.int2str(int(value)) if value is not None and value >= 0 else ""
                            for value in frame[name].tolist()]
     return table_from_frame(frame, source)
@@ -457,6 +465,7 @@ def load_hub_dataset(
 
     train = split(train_split, "--train_split_name")
     if validation_split is None:
+        # `!= train_split`: training on a split called "dev" must not also validate on it.
         validation_split = next((name for name in VALIDATION_SPLIT_NAMES if name in splits and name != train_split),
                                 None)
     validation = split(validation_split, "--validation_split_name") if validation_split else None
@@ -466,6 +475,7 @@ def load_hub_dataset(
     used = [train_split, *([validation_split] if validation_split else []), *tests]
     record = {
         "dataset_repo": repo_id, "config_name": config_name, "revision": revision,
+        # The fingerprint changes with the files loaded: runs on different data revisions can be told apart.
         "splits": {name: {"rows": splits[name].num_rows, "fingerprint": splits[name]._fingerprint} for name in used},
         "roles": {"train": train_split, "validation": validation_split, "test": list(tests)},
     }
@@ -559,6 +569,7 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int, truncation: str = "he
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
         if chunked:  # windows of one row carry its columns; the batch's own rows are replaced
             encoded.update({column: [values[i] for i in encoded["document"]] for column, values in batch.items()})
+        # encode_documents numbers documents within the batch; `indices` turns those into dataset positions.
         encoded["document"] = [indices[i] for i in encoded["document"]]
         return encoded
 
@@ -577,6 +588,7 @@ class MultitaskCollator:
         self.keep_keys = keep_keys
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        # Only model inputs go to pad(): it would try to tensorize `text`, `length`, `document` as well.
         inputs = [{key: f[key] for key in MODEL_INPUT_KEYS if key in f} for f in features]
         batch = dict(
             self.tokenizer.pad(inputs, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt")

@@ -362,6 +362,7 @@ def write_demo_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     for category, weight in CATEGORY_WEIGHTS.items():
         items = [
             {"pick": "1", "category": category, **maker.make(_NEWS, category)}
+            # 360 news items in all: minutes on a CPU, yet 18 for the rarest category (weather).
             for _ in range(round(360 * weight / total))
         ]
         third = len(items) // 3
@@ -458,6 +459,7 @@ def canonical_unigram(tokenizer: Tokenizer) -> Tokenizer:
         # Single characters on the trainer's score ladder (floor + k·step) are the required-character tail.
         tail = sorted(piece for piece, score in pieces if in_tail(piece, score))
         tail_scores = sorted((score for piece, score in pieces if in_tail(piece, score)), reverse=True)
+        # Highest tail score to the lowest code point: the same characters always get the same scores.
         rescored = dict(zip(tail, tail_scores))
         pieces = [(piece, round(rescored.get(piece, score), _SCORE_DECIMALS)) for piece, score in pieces]
         pieces = sorted(pieces, key=lambda entry: (-entry[1], entry[0]))
@@ -489,6 +491,7 @@ def train_tokenizer(
     tokenizer = Tokenizer(models.Unigram())
     # v5 DeBERTa tokenizers drop SentencePiece's NFKC (PITFALLS): make it explicit so ？！ map to ?!.
     tokenizer.normalizer = normalizers.NFKC()
+    # "always" = SentencePiece's dummy prefix: a first word is split as it would be mid-sentence.
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     # ASCII and kana always in the alphabet, so unseen words fall back to characters, not [UNK].
@@ -609,6 +612,7 @@ def build_demo_encoder(out_dir: Path, data_dir: Path | None = None, seed: int = 
     if built and marker.exists() and json.loads(marker.read_text()) == expected:
         return out_dir
 
+    # First: if the rebuild dies halfway, the old marker must not vouch for a mix of old and new files.
     marker.unlink(missing_ok=True)
     tokenizer = train_tokenizer(_training_texts(data_dir))
     torch.manual_seed(seed)

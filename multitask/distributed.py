@@ -49,8 +49,10 @@ def full_model(trainer: Trainer):
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not shards_parameters(trainer):
         return model
+    # accelerate gathers ZeRO-3 weights through the DeepSpeed engine's methods, FSDP's from the wrapped model.
     wrapped = trainer.deepspeed if trainer.is_deepspeed_enabled else trainer.model_wrapped
     state_dict = trainer.accelerator.get_state_dict(wrapped)
+    # Only after the gather: it is a collective, and a rank returning early would leave the others waiting.
     if not trainer.is_world_process_zero():
         return model
     whole = type(model)(model.config)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT (2): what a shell reports for Ctrl-C
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "MULTITASK_DEBUG"
 
@@ -36,6 +36,7 @@ class UserError(Exception):
     exit_code = EXIT_USER_ERROR
 
 
+# Each also derives from the builtin it refines: code catching ValueError/OSError still catches it.
 class UsageError(UserError, ValueError):
     """A bad argument value or combination of arguments (also a bad or mistyped config-file key)."""
 
@@ -107,6 +108,7 @@ def cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, bar
     except UserError as error:
         if debug:
             traceback.print_exc()
+        # Redirected stdout is block-buffered: flush it so the error line comes after the run's output.
         sys.stdout.flush()
         print(format_error(error), file=sys.stderr, flush=True)
         return error.exit_code
@@ -180,6 +182,7 @@ def parse_arguments(parser: Any, argv: Sequence[str]) -> tuple:
     if len(argv) == 1 and argv[0].lower().endswith(CONFIG_SUFFIXES):
         return parse_config_file(parser, argv[0])
     try:
+        # Unused strings come back instead of HfArgumentParser's bare ValueError: unknown flags get a hint.
         *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except ValueError as error:
         if isinstance(error, UserError):
@@ -198,6 +201,7 @@ def _name_the_flag(message: str, argv: Sequence[str]) -> str:
     """Prefix a dataclass's own error ("sometimes is not a valid IntervalStrategy") with the flag that gave it."""
     if message.startswith("--"):
         return message
+    # Such messages start with the rejected value; the argv entry just before that value is its flag.
     first = message.split(" ", 1)[0].strip("'\"")
     for index, arg in enumerate(argv[1:], start=1):
         if arg == first and argv[index - 1].startswith("--"):
@@ -273,6 +277,7 @@ def _convert(path: Any, key: str, value: Any, action: argparse.Action) -> Any:
         if name == "int" and isinstance(item, float) and item.is_integer():
             item = int(item)  # YAML/JSON 8.0 for a whole-number flag: int("8.0") would fail below
         try:
+            # str(): argparse type functions expect command-line text; string_to_bool also takes a real bool.
             result = convert(item if isinstance(item, bool) else str(item)) if convert else item
         except (ValueError, TypeError, argparse.ArgumentTypeError):
             kind = {"int": "a whole number", "float": "a number", "string_to_bool": "true or false"}.get(
@@ -296,6 +301,7 @@ def parse_config_file(parser: Any, path: Any) -> tuple:
             actions.setdefault(action.dest, action)
             for option in action.option_strings:
                 name = option.lstrip("-")
+                # Not HfArgumentParser's --a-b twin of --a_b nor a --no_x: only "aliases" metadata remain.
                 if name != action.dest and "-" not in name and not name.startswith("no_"):
                     aliases.setdefault(name, action.dest)
     unknown = [key for key in values if key not in actions and key not in aliases]

@@ -57,7 +57,7 @@ logger = logging.getLogger("multitask.export")  # also when run as __main__
 INPUT_NAMES = ("input_ids", "attention_mask")
 QUANTIZATIONS = ("int8",)
 # One ONNX protobuf file holds at most 2 GiB; above this the weights go to an external-data file next to it.
-_EXTERNAL_DATA_BYTES = 1_800_000_000
+_EXTERNAL_DATA_BYTES = 1_800_000_000  # below 2 GiB: the graph's nodes need room too
 # Two lengths: the traced example batch holds padding, as real batches do.
 _EXAMPLE_TEXTS = ["an example input for tracing the graph", "a shorter one"]
 
@@ -162,6 +162,7 @@ def export_onnx(model: MultitaskModel, tokenizer, path: str | Path) -> Path:
     example = tokenizer(_EXAMPLE_TEXTS, padding=True, return_tensors="pt")
     example = tuple(example[name].to(model.device) for name in INPUT_NAMES)
     axes = {0: "batch", 1: "sequence"}
+    # Parameters only: the gate-statistics buffers are not used by forward(), so they are not in the graph.
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > _EXTERNAL_DATA_BYTES
     with warnings.catch_warnings():
         # Both inputs share the "sequence" axis; the exporter says so for the second one. Expected.
@@ -174,6 +175,7 @@ def export_onnx(model: MultitaskModel, tokenizer, path: str | Path) -> Path:
             str(path),
             input_names=list(INPUT_NAMES),
             output_names=output_names(model.config),
+            # Keyed by forward()'s parameter names: INPUT_NAMES must match _ExportedForward.forward.
             dynamic_shapes={name: axes for name in INPUT_NAMES},
             dynamo=True,
             external_data=external,
@@ -277,6 +279,7 @@ def export_model(
     model.config.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     buffers = {
+        # safetensors' save_file raises on a non-contiguous tensor (e.g. a transposed view).
         name: getattr(model, name).detach().float().cpu().contiguous()
         for name in GATE_STATISTICS_BUFFERS
         if name in model._buffers
@@ -361,6 +364,7 @@ def agreement(reference: Scores, other: Scores, thresholds: dict[str, float]) ->
     if reference.pick_prob is not None:
         gate_changed, decisions_changed = {}, {}
         for name, threshold in thresholds.items():
+            # `>=` as in prediction_table: a score exactly at the threshold is a Pick.
             picked, other_picked = reference.pick_prob >= threshold, other.pick_prob >= threshold
             gate_changed[name] = int((picked != other_picked).sum())
             if reference.category_probs is not None:
@@ -567,6 +571,7 @@ def main(argv: list[str] | None = None) -> dict:
     export_model(model, tokenizer, output_dir, args.quantize, args.per_channel, source=args.model)
     logger.info("exported %s → %s (%s)", args.model, output_dir / ONNX_FILE, args.quantize or "float32")
     exported = OnnxMultitaskModel(output_dir)
+    # Before the check: if it fails, no agreement.json of an earlier export is left to vouch for this one.
     (output_dir / AGREEMENT_FILE).unlink(missing_ok=True)
     if not texts:
         logger.warning("agreement with PyTorch not checked: pass --check_file (e.g. the validation CSV)")

@@ -84,8 +84,10 @@ def check_trained(trainer: Trainer, train_result: TrainOutput, resume: str | Non
     the logs allow (`train_loss_whole_run`). Returns a note (also logged as a warning) when a resumed run had no
     step left to take, else None.
     """
+    # Private Trainer attribute: the step a resume started at (train_loss averages from there); 0 if gone.
     first_step = getattr(trainer, "_initial_global_step", 0)
     steps_now = trainer.state.global_step - first_step
+    # global_step, not steps_now: a resume with no step left did train before; that is a note, not an error.
     if trainer.state.global_step == 0:
         raise UserError("training took 0 optimizer steps: nothing was trained (check the data and --num_train_epochs / "
                         "--max_steps)")
@@ -130,6 +132,7 @@ def fit_after_training(trained, inputs: RunInputs, validation: LabeledFile, data
     and gate_cv.json written). Adds `chunk_aggregation`, `calibration` and `gate_cv` to `metrics` where they apply.
     """
     data, tokenizer = inputs.data, inputs.tokenizer
+    # First: every score below is per document, combined from the windows by this aggregation.
     if data_args.long_text == "chunk" and data_args.chunk_aggregation == "auto":
         choice = choose_chunk_aggregation(trained, tokenizer, list(validation.dataset["text"]), validation.dataset,
                                           training_args.per_device_eval_batch_size)
@@ -142,6 +145,7 @@ def fit_after_training(trained, inputs: RunInputs, validation: LabeledFile, data
         )
         logger.info("gate statistics fitted on %d training rows (kNN bank %d, k %d)",
                     fitted["rows"], fitted["bank_size"], fitted["knn_k"])
+    # Before _score: the thresholds are tuned on the calibrated probabilities they will be applied to.
     if training_args.calibration == "temperature":
         metrics["calibration"] = _calibrate(trained, tokenizer, validation, data_args, training_args, run_dir)
     scores = _score(trained, tokenizer, validation, data_args, training_args)
@@ -176,6 +180,7 @@ def _tune_gate(trained, scores: Scores, validation: LabeledFile, training_args, 
                      training_args.max_decline_leak, training_args.threshold_cv, training_args.seed,
                      costs, training_args.review_share)
     trained.config.gate_score = gate["gate_score"]
+    # The validation predictions written next must show the score the thresholds were chosen for.
     scores.pick_prob = scores.gate_scores[gate["gate_score"]]
     trained.config.gate_thresholds.update({kind: entry["threshold"] for kind, entry in gate["search"].items()})
     trained.config.gate_thresholds["default"] = gate["default_threshold"]
@@ -197,6 +202,7 @@ def write_reports(trained, inputs: RunInputs, validation: LabeledFile, scores: S
     """Predictions for validation and every test file (`metrics["test"]` filled per file), the validation
     reports, cartography and the plots, all in `run_dir`. A figure that fails is a warning, never a failed run."""
     data = inputs.data
+    # metrics=None: figures at thresholds tuned on these very rows would flatter them (see evaluate()).
     write_predictions(run_dir, "validation", validation, scores, trained.config, metrics=None)
     write_validation_reports(run_dir, scores, data.validation, trained.config, inputs.category_bands,
                              training_args.pick_low_confidence_levels, training_args.decline_high_confidence_levels)
@@ -227,6 +233,7 @@ def save_and_push(trained, inputs: RunInputs, run_dir: Path, model_args, trainin
     card.save(model_dir / "README.md")
     write_json(run_dir / "metrics.json", metrics)
     if inputs.push_repo:
+        # TrainingArguments' default None means the Hub's default (public); here only false makes it public.
         private = training_args.hub_private_repo is not False
         result = push_model(inputs.push_repo, model_dir, run_dir, token=inputs.token, private=private)
         logger.info("Hub: %s", result["message"])

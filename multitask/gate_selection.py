@@ -123,6 +123,8 @@ def best_of(searches: dict[str, dict]) -> str:
         if leak["met_target"]:
             # Without category_correct a search has no end-to-end figure; Pick recall stands in.
             return True, leak.get("category_accuracy_end_to_end", leak["gate_recall"])
+        # Tuples compare their first item first: every score meeting the target outranks every one that misses
+        # it, and among those -leak makes max() take the lowest leak.
         return False, -leak["gate_decline_leak"]
 
     return max(searches, key=key)  # max keeps the first of equal keys: ties go to the earlier candidate
@@ -233,11 +235,13 @@ def cross_validate_gate(
                         f"has {smallest}"}
     folds = min(folds, smallest)  # StratifiedKFold needs every class in every fold
     kinds = (*THRESHOLD_NAMES, "cost") if costs else THRESHOLD_NAMES
+    # shuffle: otherwise folds are contiguous blocks of validation, often sorted by date or label.
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     out_of_fold = {kind: np.zeros(gold.size, dtype=bool) for kind in kinds}
     per_score_leak = {name: np.zeros(gold.size, dtype=bool) for name in candidates}
     fold_figures: dict[str, list[dict]] = {kind: [] for kind in kinds}
     chosen_per_fold = []
+    # X is a placeholder: StratifiedKFold splits on `gold` and reads only X's length.
     for fit, held in splitter.split(np.zeros(gold.size), gold):
         # Every candidate's search on the fitting folds, once: the choice and the per-score table both use it.
         searches = {other: search_gate_thresholds(kept[other][fit], gold[fit], correct[fit], max_decline_leak,

@@ -125,6 +125,7 @@ def _number(value: Any, where: str, what: str) -> float:
     if isinstance(value, int):
         return value
     try:
+        # Digits alone stay an int, so an int entry's "8" is not turned into 8.0.
         number = int(value) if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else float(value)
     except ValueError:
         raise UsageError(f"{where}: '{what}' must be a number, got {value!r}") from None
@@ -169,6 +170,7 @@ def _parse_entry(name: str, entry: Any, where: str, kind: str | None, allowed: t
                     raise UsageError(f"{where}: {choice!r} is not a value of '{name}'{closest(choice, allowed)}; "
                                      f"one of: {', '.join(map(str, allowed))}")
             checked.append(choice)
+        # repr: True, 1 and 1.0 are equal (and hash alike), so a plain set would merge distinct choices.
         if len(set(map(repr, checked))) != len(checked):
             raise UsageError(f"{where}: 'choices' lists a value twice")
         return SearchParameter(name, "categorical", choices=tuple(checked))
@@ -260,12 +262,14 @@ def default_search_space(args: Any, heads: Sequence[str] = ("gate", "category"))
     if "gate" in heads and "category" in heads:
         space.append(SearchParameter("gate_loss_weight", "float", 0.1, 1.0))
     if (args.gate_class_weighting and "gate" in heads) or (args.category_class_weighting and "category" in heads):
+        # Never below --class_weight_min: a trial value under it would fail the min <= max check.
         space.append(SearchParameter("class_weight_max", "float", max(1.5, args.class_weight_min), 5.0))
     if "category" in heads:
         space.append(SearchParameter("category_label_smoothing", "float", 0.0, 0.2))
     if args.max_steps is None or args.max_steps <= 0:
         epochs = float(args.num_train_epochs)
         low = max(1, math.ceil(epochs / 2))
+        # low + 1: at least two values, also when epochs < 1 makes both ends 1.
         space.append(SearchParameter("num_train_epochs", "int", low, max(low + 1, math.ceil(1.5 * epochs))))
     return space
 
@@ -382,6 +386,7 @@ class TrialObjective:
             return value
         name, greater = self.select_by
         key = compute_objective(metrics, name)
+        # Nothing compares greater than NaN: without isnan, one NaN evaluation would stay the trial's best.
         if self.best_key is None or math.isnan(self.best_key) or (key > self.best_key if greater else key < self.best_key):
             self.best_key, self.best_value = key, value
         return self.best_value

@@ -146,6 +146,7 @@ def check_push_target(repo_id: str | None, flag: str) -> str:
         validate_repo_id(repo_id)
     except HFValidationError as error:
         raise UsageError(f"{flag} {repo_id}: not a valid repo id, expected user/name ({one_line(str(error))})") from None
+    # A stored `hf auth login` token counts too; whether it may write is only learnt at upload (`whoami`).
     if resolve_token() is None:
         raise UsageError(f"{flag} {repo_id}: uploading needs a Hugging Face write token: {TOKEN_HELP}")
     return repo_id
@@ -194,6 +195,7 @@ def hub_errors(
         raise
     except LocalTokenNotFoundError as error:
         raise HubError(f"no Hugging Face token for {where}: {TOKEN_HELP}") from error
+    # The next three subclass HfHubHTTPError: caught after it, they would read as a bare HTTP failure.
     except RepositoryNotFoundError as error:
         raise HubError(
             f"{where} was not found, or the token cannot see it (a private repo needs its owner's token). "
@@ -219,6 +221,8 @@ def hub_errors(
         raise HubError(_scrub(f"the Hub failed for {where}: {_first_line(error)}", token)) from error
     except HFValidationError as error:
         raise HubError(f"'{repo_id}' is not a valid repo id: expected user/name ({error})") from error
+    # hf_hub_download raises LocalEntryNotFoundError when the Hub is unreachable and the file is not cached: a
+    # connection problem, not a missing file (that is RemoteEntryNotFoundError above).
     except (OfflineModeIsEnabled, LocalEntryNotFoundError, httpx2.TransportError) as error:
         raise HubError(
             _scrub(
@@ -353,6 +357,7 @@ def upload_files(
     with hub_errors(repo_id, repo_type, token, api.endpoint):
         api.whoami()  # a bad token fails here, clearly, before anything is created
         repo_url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        # Sorted: the commit message and the added/modified lists do not depend on the caller's dict order.
         paths = sorted(local)
         remote: dict[str, RepoFile] = {}
         for start in range(0, len(paths), _PATHS_INFO_BATCH):
@@ -375,6 +380,7 @@ def upload_files(
             "modified": modified,
             "unchanged": unchanged,
         }
+        # create_commit skips empty commits too, but returns the previous commit's oid as if it were new.
         if not added and not modified:
             result["message"] = f"{repo_type} repo {repo_id}: all {len(paths)} file(s) unchanged, no commit"
             logger.info(result["message"])
@@ -587,6 +593,7 @@ def load_dataset_splits(
                 raise HubError(f"--dataset_revision {revision}: not found in {where} ({message})") from error
             raise HubError(f"{where} was not found, or the token cannot see it (a private repo needs its owner's "
                            f"token: {TOKEN_HELP})") from error
+        # datasets reports an unknown config as ValueError("BuilderConfig 'x' not found. Available: [...]").
         except ValueError as error:
             message = one_line(str(error))
             if "config" in message.lower():
@@ -596,8 +603,10 @@ def load_dataset_splits(
             raise HubError(f"{where}: no data files that datasets.load_dataset can read ({one_line(str(error))[:300]})"
                            ) from error
         except datasets.exceptions.DatasetGenerationError as error:
+            # DatasetGenerationError's own text is generic; the parse error that explains it is its __cause__.
             cause = one_line(str(error.__cause__ or error))
             raise HubError(f"{where}: its files do not build a dataset ({cause[:300]})") from error
+        # load_dataset turns network failures into a builtin ConnectionError, which hub_errors does not catch.
         except ConnectionError as error:
             raise HubError(f"cannot reach the Hub for {where} ({one_line(str(error))[:200]}); check the network, "
                            "HF_ENDPOINT and that HF_HUB_OFFLINE is not set") from error
@@ -744,6 +753,7 @@ def take_over_push(training_args: Any) -> str | None:
         return None
     if not training_args.hub_model_id:
         raise UsageError("--push_to_hub needs --hub_model_id user/name (the model repo to create or update)")
+    # Before the Trainer is built, or Trainer.__init__ would already have created the repo (init_hf_repo).
     training_args.push_to_hub = False
     return training_args.hub_model_id
 

@@ -66,6 +66,7 @@ def resolve_inputs(model_args, data_args, training_args, run_dir: Path) -> HubDa
         data_args.dataset_repo = resolve_dataset_repo(data_args.dataset_repo, "--dataset_repo")
         names = [data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,
                  *data_args.test_files]
+        # dict.fromkeys: a file named by two flags is downloaded once; the order of first mention is kept.
         wanted = list(dict.fromkeys(name for name in names if name))
         token = resolve_token(training_args.hub_token)
         if not wanted:  # no file named: the repo is a dataset, loaded with datasets.load_dataset
@@ -107,6 +108,7 @@ def prepare_inputs(model_args, data_args, training_args, run_dir: Path) -> RunIn
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **hub_kwargs)
     with model_load_errors(model_args.model_name_or_path, "--model_name_or_path"):
         encoder_config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
+    # Starting from a trained multitask model gives a MultitaskConfig; the limit is its encoder's.
     check_sequence_length(getattr(encoder_config, "encoder_config", encoder_config), data_args.max_seq_length)
     special_tokens = special_template(tokenizer).size
     head_tokens = check_truncation(data_args.truncation, data_args.head_tokens, data_args.max_seq_length,

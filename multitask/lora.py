@@ -152,6 +152,7 @@ def apply_lora(
         lora_dropout=dropout,
         target_modules=list(target_modules) if target_modules else default_target_modules(model),
         modules_to_save=heads,
+        # Biases stay frozen: merging then changes only the adapted weight matrices.
         bias="none",
     )
     peft_model = peft.get_peft_model(model, config)
@@ -229,6 +230,7 @@ def _load_gate_buffers(model: MultitaskModel, weights: Path) -> None:
         raise ModelFileError(f"{weights}: missing; the gate statistics named in config.json live there")
     with safe_open(str(weights), framework="pt") as handle:
         for name in ("gate_class_means", "gate_precision", "gate_bank"):
+            # copy_ into the buffers built from the config: they keep the model's device and dtype.
             getattr(model, name).copy_(handle.get_tensor(name))
     model.check_gate_statistics(str(weights))
 
@@ -253,6 +255,7 @@ def save_adapter_and_merge(peft_model, model_dir: str | Path, quantized: bool = 
         `MultitaskModel`: The merged model, without peft; on the trained model's device.
     """
     adapter_dir = Path(model_dir) / ADAPTER_DIR
+    # First: merge_and_unload folds the adapter into the weights and removes it.
     peft_model.save_pretrained(adapter_dir)
     if quantized:
         device = next(peft_model.parameters()).device

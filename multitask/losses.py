@@ -118,6 +118,7 @@ def hierarchy_kl_to_uniform(category_logits: torch.Tensor, gate_labels: torch.Te
         return graph_zero(category_logits)
     log_probs = F.log_softmax(category_logits[declined].float(), dim=-1)
     num_categories = category_logits.size(-1)
+    # log N as a 0-dim CPU tensor is fine next to CUDA logits: PyTorch treats 0-dim tensors like scalars.
     kl = (log_probs.exp() * log_probs).sum(dim=-1) + torch.log(torch.tensor(float(num_categories)))
     return kl.mean()
 

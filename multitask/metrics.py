@@ -208,6 +208,7 @@ def joint_labels(gate_labels: np.ndarray, category_labels: np.ndarray, num_categ
     gold = np.full(gate_labels.shape, IGNORE_INDEX, dtype=int)
     has_category = category_labels != IGNORE_INDEX
     gold[has_category & (gate_labels != 0)] = category_labels[has_category & (gate_labels != 0)]
+    # Last: a Decline row that also carries a category is gold Decline (the category is overwritten).
     gold[gate_labels == 0] = num_categories
     return gold
 
@@ -501,6 +502,7 @@ def gate_pick_prob(gate_logits: np.ndarray) -> np.ndarray:
     if gate_logits.ndim == 2 and gate_logits.shape[1] == 2:
         return softmax(gate_logits)[:, 1]
     if gate_logits.ndim == 1 or (gate_logits.ndim == 2 and gate_logits.shape[1] == 1):
+        # expit rather than 1 / (1 + exp(-x)): no overflow warning for large negative logits.
         return expit(gate_logits.reshape(-1))
     raise ValueError(f"gate logits must have shape (n,), (n, 1) or (n, 2), got {gate_logits.shape}")
 
@@ -747,6 +749,7 @@ def check_metric_name(name: str | None, compute_metrics: Callable[[Any], dict[st
 
     rows = 4
     gate = np.zeros((rows, 2), dtype=np.float32)
+    # At least one column: argmax over a zero-width array raises.
     category = np.zeros((rows, max(num_categories, 1)), dtype=np.float32)
     # Both gate classes present, so every gate key (precision, decline leak, …) is produced.
     by_head = {"gate": (gate, np.array([0, 1, 0, 1])), "category": (category, np.zeros(rows, dtype=np.int64))}

@@ -154,12 +154,14 @@ def build_model_card(
     thresholds = {k: v for k, v in config.gate_thresholds.items()}
     card_data = ModelCardData(
         library_name="transformers",
+        # The Hub reads base_model as a model id (the model tree links it); a local path points nowhere.
         base_model=base_model if "/" in base_model and not Path(base_model).exists() else None,
         pipeline_tag="text-classification",
         tags=["multitask", "hierarchical-classification", "text-classification"],
     )
     category_names = list(config.category_id2label.values())
     gate_cv_rows = []
+    # Only the operating points: the summary also holds "folds" and "chosen_per_fold" (or just a "note").
     for kind, point in ((k, v) for k, v in (gate_cv or {}).items() if isinstance(v, dict) and "oos_recall" in v):
         for key, label in (("in_scope_accuracy", "in-scope accuracy"), ("oos_recall", "Decline recall")):
             figure = point[key]

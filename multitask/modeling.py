@@ -212,6 +212,7 @@ class MultitaskModel(PreTrainedModel):
 
         loss = None
         if gate_labels is not None or category_labels is not None:
+            # new_zeros: `loss` is a tensor on the forward's device even when no label is usable.
             loss = pooled.new_zeros(())
             if gate_logits is not None and gate_labels is not None:
                 loss = loss + masked_cross_entropy(gate_logits, gate_labels)
@@ -231,6 +232,7 @@ class MultitaskModel(PreTrainedModel):
                 (bank rows, hidden), `knn_k` and `squash` ({score: (center, scale)}). Earlier statistics are
                 replaced; the buffers land on the model's device in float32.
         """
+        # Fitted on the CPU (numpy): the buffers must sit with the weights, or scoring mixes devices.
         device = next(self.parameters()).device
         for name, key in (("gate_class_means", "class_means"), ("gate_precision", "precision"), ("gate_bank", "bank")):
             if name in self._buffers:
@@ -265,6 +267,7 @@ class MultitaskModel(PreTrainedModel):
         if not broken:
             # The bank is stored L2-normalised: rows of another length were never filled from the checkpoint.
             norms = torch.linalg.vector_norm(buffers[2].float(), dim=1)
+            # 1e-3 absorbs rounding; rows never loaded (zeros or stale memory) are far from unit length.
             broken = not bool(buffers[1].abs().sum() > 0) or not bool(((norms - 1).abs() < 1e-3).all())
         if broken:
             raise ValueError(f"{source}: config.json names fitted gate statistics ({self.config.gate_score!r} gate "

@@ -60,6 +60,7 @@ def onnx_providers(device: str) -> list[str]:
     if device in ("auto", "cpu"):
         return ["CPUExecutionProvider"]
     if device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        # CPU second: ONNX Runtime runs any node the CUDA provider has no kernel for on the next one listed.
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise UsageError(
         f"--device {device} with the ONNX backend: this onnxruntime offers "
@@ -135,6 +136,7 @@ class OnnxMultitaskModel:
         lacks is None, and so are `features` unless `output_features`.
         """
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        # int64: the graph was traced with torch.long inputs, and ONNX Runtime does not cast feeds itself.
         arrays = self.session.run(
             None,
             {

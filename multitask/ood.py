@@ -183,6 +183,7 @@ def fit_feature_statistics(
         ``bank`` `(min(bank_size, rows), hidden)`, L2-normalised rows, all float32; ``bank_rows``: the sorted
         int64 row indices sampled into the bank.
     """
+    # float64 for the means and covariance: the precision matrix is an inverse, sensitive to rounding.
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(category_labels)
     overall = features.mean(axis=0)
@@ -281,6 +282,7 @@ def ood_metrics(in_scope_score: np.ndarray, is_in_scope: np.ndarray) -> dict[str
     if positive.all() or not positive.any():
         return {"auroc": float("nan"), "aupr_out": float("nan"), "fpr_at_95tpr": float("nan")}
     # The threshold keeping 95 % of in-scope rows: their 5th percentile (rows at it are kept).
+    # method="lower": an observed score, so at least 95 % of in-scope rows are >= cut (interpolating may not).
     cut = np.quantile(score[positive], 0.05, method="lower")
     return {
         "auroc": float(roc_auc_score(positive, score)),

@@ -54,7 +54,9 @@ def resolve_inference_dtype(name: str, device: torch.device) -> torch.dtype:
     `bfloat16` is the opt-in speed-up there (autocast keeps softmax and LayerNorm in fp32).
     """
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        # including_emulation=False: pre-Ampere GPUs only emulate bf16 (slower than fp32), yet report True by default.
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float32
     if name not in INFERENCE_DTYPES:
         raise ValueError(f"--dtype {name!r}: choose auto, {', '.join(INFERENCE_DTYPES)}")
     if name == "float16" and device.type == "cpu":

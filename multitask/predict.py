@@ -130,6 +130,7 @@ def window_outputs(
     model.eval()  # dropout off, whatever state the caller left the model in
     encoded = encode_documents(tokenizer, texts, encoding_settings(model.config, max_length))
     inputs = encoded["input_ids"]
+    # Stable: equal lengths keep input order, so the batches (and their rounding) are the same every run.
     order = np.argsort([len(ids) for ids in inputs], kind="stable")
     config = model.config
     gate_logits = np.zeros((len(inputs), 2), np.float32) if config.has_gate else None
@@ -144,12 +145,14 @@ def window_outputs(
     with torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext():
         for start in starts:
             rows = order[start : start + batch_size]
+            # pad() builds the attention mask and pads only to this batch's longest input (sorted: little).
             batch = tokenizer.pad({"input_ids": [inputs[i] for i in rows]}, return_tensors="pt").to(device)
             outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                             output_features=with_features)
             for stored, value in ((gate_logits, outputs.gate_logits), (category_logits, outputs.category_logits),
                                   (features, outputs.features)):
                 if stored is not None:
+                    # .float(): under autocast the outputs may be bf16, which numpy cannot hold.
                     stored[rows] = value.float().cpu().numpy()
     model.train(was_training)
     return WindowOutputs(np.asarray(encoded["document"]), gate_logits, category_logits, features)
@@ -237,6 +240,7 @@ def prediction_table(
     if scores.category_probs is not None:
         id2label = config.category_id2label
         k = min(top_k, config.num_categories)
+        # Stable sort: tied probabilities rank the lower category id first, as argmax does elsewhere.
         top = np.argsort(-scores.category_probs, axis=1, kind="stable")[:, :k]
         top_probs = np.take_along_axis(scores.category_probs, top, axis=1)
         table["category_pred"] = [id2label[int(i)] for i in top[:, 0]]
@@ -283,6 +287,7 @@ def prediction_records(
             record.update(category_pred=row["category_pred"], category_prob=float(row["category_prob"]))
             record["category_top"] = [
                 {"label": label, "prob": float(prob)}
+                # rsplit: a category name may contain ":", the formatted probability never does.
                 for label, prob in (item.rsplit(":", 1) for item in row[top_column].split("|"))
             ]
         if gold_pick != -100 and "pick_pred" in table:

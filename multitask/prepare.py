@@ -192,6 +192,7 @@ def _tfidf(texts: Sequence[str]) -> sp.csr_matrix:
     # New column id = rank of the n-gram's document frequency, so after sort_indices() each row starts with its
     # rarest n-grams: the prefix that `_prefix_split` keeps.
     new_column = np.empty(matrix.shape[1], dtype=np.int32)
+    # stable: equally frequent n-grams keep their hashed order, so the same texts give the same prefixes.
     new_column[np.argsort(document_frequency, kind="stable")] = np.arange(matrix.shape[1], dtype=np.int32)
     matrix = sp.csr_matrix((matrix.data, new_column[matrix.indices], matrix.indptr), shape=matrix.shape)
     matrix.sort_indices()
@@ -207,8 +208,10 @@ def _prefix_split(matrix: sp.csr_matrix, threshold: float) -> tuple[sp.csr_matri
     # Entry k is in the prefix while the tail from k still has norm >= threshold, i.e.
     # before[k] <= before[row end] - threshold^2 (less a margin: a longer prefix is always safe).
     limit = before[ends] - threshold * threshold + _TOLERANCE
+    # One searchsorted over the global running sums cuts every row at once; clip keeps each cut in its row.
     prefix_lengths = np.clip(np.searchsorted(before, limit, side="right") - starts, 0, lengths)
     prefix_indptr = np.concatenate([[0], np.cumsum(prefix_lengths)])
+    # Each prefix entry's index into matrix.data: its new position plus its row's offset (no loop over rows).
     taken = np.arange(prefix_indptr[-1]) + np.repeat(starts - prefix_indptr[:-1], prefix_lengths)
     prefix = sp.csr_matrix((matrix.data[taken], matrix.indices[taken], prefix_indptr), shape=matrix.shape)
     suffix_norm = np.sqrt(np.maximum(before[ends] - before[starts + prefix_lengths], 0.0))
@@ -232,8 +235,10 @@ def _pairs_above(
     query_prefix, query_suffix = _prefix_split(queries, threshold)
     corpus_prefix, corpus_suffix = (query_prefix, query_suffix) if same else _prefix_split(corpus, threshold)
     stacked_queries = sp.hstack([query_prefix, queries, query_prefix], format="csr")
+    # Transposed and converted once, outside the loop: every chunk's CSR x CSR product reuses it.
     stacked_corpus_t = sp.hstack([corpus, corpus_prefix, -corpus_prefix], format="csr").T.tocsr()
     found_q, found_c, found_s = [], [], []
+    # Chunks of query rows bound the memory of the candidate matrix, which is only pruned after it is built.
     for start in range(0, queries.shape[0], chunk_size):
         stop = min(start + chunk_size, queries.shape[0])
         candidates = (stacked_queries[start:stop] @ stacked_corpus_t).tocoo()
@@ -245,10 +250,12 @@ def _pairs_above(
         if len(query_rows) == 0:
             continue
         products = queries[query_rows].multiply(corpus[corpus_rows])
+        # float64 sum: a pair shares many n-grams, and the threshold test below works to a 1e-5 tolerance.
         similarity = np.asarray(products.sum(axis=1, dtype=np.float64)).ravel()
         above = similarity >= threshold - _TOLERANCE  # float32 vectors: a pair at the threshold counts
         found_q.append(query_rows[above])
         found_c.append(corpus_rows[above])
+        # Identical float32 unit vectors can score 1.0000001; reports should never show a cosine above 1.
         found_s.append(np.minimum(similarity[above], 1.0))
     if not found_q:
         empty = np.array([], dtype=np.int64)
@@ -464,6 +471,7 @@ def reduce_majority(labels: Sequence[Label], fraction: float, seed: int = 42) ->
             rows_by_class.setdefault(str(label), []).append(row)
     if not rows_by_class:
         return keep, 0
+    # max(1, ...): a small fraction makes int(...) 0, and a cap of 0 would drop every labelled row.
     cap = max(1, 2 * int(min(len(rows) for rows in rows_by_class.values()) * fraction))
     rng = np.random.default_rng(seed)
     for label in sorted(rows_by_class):  # sorted: the same seed drops the same rows whatever the row order
@@ -858,6 +866,7 @@ def check_arguments(args: PrepareArguments) -> None:
     if args.push_to_hub:
         from .hub import check_push_target
 
+        # Now, not at upload: a missing token or bad repo id stops the run before minutes of deduplication.
         args.push_to_hub = check_push_target(args.push_to_hub, "--push_to_hub")
 
 
@@ -1009,6 +1018,7 @@ def prepare(args: PrepareArguments) -> dict:
     table = read_table(args.input_files, list(args.text_columns) + label_columns, args.encoding, args.format, flags)
     texts = build_texts(table, args.text_columns)
     labels = build_labels(table, args.label_column, args.pick_column, args.category_column)
+    # A plain --label_column has no "a category implies pick=1" rule: its copies agree only when equal.
     compatible = None if args.label_column else joint_labels_compatible
     steps = _Steps(table, texts, labels)
 
@@ -1027,6 +1037,7 @@ def prepare(args: PrepareArguments) -> dict:
 
     if args.labels_to_filter:
         # A typo would otherwise filter nothing and say nothing.
+        # All labels as read, not the survivors: a label whose rows deduplication removed is not a typo.
         seen = {str(label) for label in labels if _is_labelled(label)}
         unknown = [label for label in args.labels_to_filter if str(label) not in seen]
         if unknown:
@@ -1070,7 +1081,8 @@ def prepare(args: PrepareArguments) -> dict:
     conflicts = [record for record in exact + near if record["label_conflict"]]
     report = {
         "inputs": [
-            {"file": str(path), "rows": int(sum(f == str(path) for f in table.files))}
+            # Table sources are str(Path(file)): "./data/x.csv" is named "data/x.csv" there.
+            {"file": str(path), "rows": int(sum(f == str(Path(path)) for f in table.files))}
             for path in dict.fromkeys(map(str, args.input_files))
         ],
         "arguments": asdict(args),
@@ -1104,6 +1116,7 @@ def prepare(args: PrepareArguments) -> dict:
         ", ".join(f"{len(rows)} {name}" for name, rows in split_rows.items()),
     )
     if args.push_to_hub:
+        # After the staged write moved the outputs into place: the upload reads them at their final paths.
         report["hub"] = push_prepared(args, report, paths)
     return report
 
@@ -1200,6 +1213,7 @@ def dataset_card(report: dict, args: PrepareArguments, repo_id: str, data_files:
     totals = [str(report["split"].get(f"{split}_rows", 0)) for split in splits]
     lines += ["| **all** | " + " | ".join(totals) + " |", "", "## What was removed", "",
               "| step | rows before | removed | rows after | settings |", "|---|---:|---:|---:|---|"]
+    # [1:]: the first entry is the "read" count, which has no rows_before/removed to tabulate.
     for step in report["steps"][1:]:
         settings = ", ".join(f"{key}={value}" for key, value in step.items()
                              if key not in ("step", "rows_before", "rows_after", "removed", "per_class_before",
@@ -1287,6 +1301,7 @@ def check_leakage(args: PrepareArguments) -> dict:
     # label is label noise as well as leakage.
     label_columns = [args.label_column] if args.label_column else [args.pick_column, args.category_column]
     train_labels = test_labels = None
+    # any(): a joint label needs only one of the gate and category columns (a missing one reads as "").
     if all(any(column in table.frame.columns for column in label_columns) for table in (train, test)):
         train_labels = build_labels(train, args.label_column, args.pick_column, args.category_column)
         test_labels = build_labels(test, args.label_column, args.pick_column, args.category_column)

@@ -40,6 +40,7 @@ def _category_correct(scores: Scores, dataset: Dataset) -> np.ndarray | None:
         return None
     category_labels = np.asarray(dataset["category_labels"])
     unlabelled_pick = (np.asarray(dataset["gate_labels"]) == 1) & (category_labels == IGNORE_INDEX)
+    # `&` binds tighter than `|`: (right category and labelled) or an unlabelled Pick row.
     return ((scores.category_probs.argmax(axis=1) == category_labels) & (category_labels != IGNORE_INDEX)
             | unlabelled_pick)
 
@@ -95,6 +96,7 @@ def tune_gate(
             pick = chosen >= threshold
             # A Pick row is right when let through with the right category; a Decline row when stopped.
             right = np.where(gate_labels == 1, pick & (correct if correct is not None else True), ~pick)
+            # accuracy_on_rest is NaN, not 0, when the band takes every labelled row: no rest to judge.
             bands[kind] = {"band": [low, high], "review_share": float(review[labelled].mean()),
                            "accuracy_on_rest": float(right[decided].mean()) if decided.any() else float("nan"),
                            "accuracy_without_review": float(right[labelled].mean())}

@@ -71,6 +71,7 @@ def check_output_dir(path: str | Path, flag: str = "--output_dir") -> Path:
     ancestor = _existing_ancestor(path)
     if not ancestor.is_dir():
         raise OutputError(f"{flag} {path}: {ancestor} is a file, so no directory can be created below it")
+    # Creating an entry in a folder takes write and search (x) permission on it.
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"{flag} {path}: {ancestor} is not writable (permission denied)")
     return path
@@ -103,6 +104,7 @@ class StagedFiles:
         """A new, empty temporary file to write `target`'s content to; `target`'s folder need not exist yet."""
         target = Path(target)
         home = _existing_ancestor(target.parent)
+        # mkstemp creates the file exclusively: two stages writing the same target never share a temporary.
         handle, temporary = tempfile.mkstemp(dir=home, prefix=f".{target.stem}.partial-", suffix=target.suffix)
         os.close(handle)
         self._staged.append((Path(temporary), target))
@@ -112,6 +114,7 @@ class StagedFiles:
         """Move every staged file onto its target (creating folders), in the order staged. Not atomic as a set:
         an error part-way leaves the earlier targets in place."""
         for temporary, target in self._staged:
+            # Folders only now: a failed write leaves no empty output folder behind.
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temporary, target)
         self._staged = []
@@ -167,6 +170,7 @@ class _HeldLogs(logging.Handler):
         if replay:
             for record in self.records:
                 for handler in (*self.console, *targets):
+                    # Handler.handle() ignores the handler's level (the logger checks it): do it here.
                     if record.levelno >= handler.level:
                         handler.handle(record)
         self.records = []
@@ -189,6 +193,7 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | Path) -> str 
 
     if value is None or value.lower() not in ("true", "last"):
         return value
+    # get_last_checkpoint lists the folder and would raise on a missing one; no folder means no checkpoint.
     checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
     if checkpoint is None:
         raise UsageError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
@@ -225,6 +230,7 @@ def setup_logging(main_process: bool = True) -> None:
 
     Other ranks of a distributed run log warnings only (as the Trainer's `log_level_replica` does).
     """
+    # A no-op when the root logger already has handlers (pytest, a notebook): theirs stay in charge.
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for name in ("run_finetune", "run_predict", "multitask", "analysis"):
         logging.getLogger(name).setLevel(logging.INFO if main_process else logging.WARNING)
@@ -248,6 +254,7 @@ class RunDirectory:
         if (self.path / STATUS_FILE).is_file():
             try:
                 status = json.loads((self.path / STATUS_FILE).read_text(encoding="utf-8")).get("status")
+            # AttributeError: valid JSON that is not an object has no .get; such a file marks no complete run.
             except (OSError, ValueError, AttributeError):
                 status = None
             if status == "complete":
@@ -297,6 +304,7 @@ class RunDirectory:
             return
         for name in set(os.listdir(self.path)) - self._entries_before:
             target = self.path / name
+            # A link to a folder is unlinked, never followed: the folder it points to is not this run's.
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target, ignore_errors=True)
             else:
@@ -329,6 +337,7 @@ class RunDirectory:
             logging.getLogger("run_finetune").info("run complete: %s", self.path)  # console and train.log
             self.set_status("complete", **self.notes)
         else:
+            # Ctrl-C is the user's choice, not a bug: no traceback in train.log.
             bug = not isinstance(error, (UserError, KeyboardInterrupt))
             self._to_log_file(logging.ERROR, f"run failed: {type(error).__name__}: {error}",
                               (type(error), error, error.__traceback__) if bug else None)

@@ -91,6 +91,7 @@ def stratified_split(
     reasons, chosen = [], None
     for name, stratify in candidates:
         try:
+            # The row indices themselves are split, so what comes back indexes `labels` directly.
             train_rows, test_rows = train_test_split(rows, test_size=test_size, random_state=seed, stratify=stratify)
             chosen = name
             break

@@ -49,6 +49,7 @@ _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".n
              ".parquet": "parquet", ".pq": "parquet"}  # fmt: skip
 _DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {".gz": gzip.decompress, ".bz2": bz2.decompress,
                                                     ".xz": lzma.decompress}  # fmt: skip
+# UTF-8 first: it is strict, so CP932 bytes almost never decode as UTF-8 by accident (the reverse is common).
 DEFAULT_ENCODINGS = ("utf-8-sig", "cp932")
 # The separator of texts built outside a tokenizer (prepare's deduplication, reports); training and prediction
 # pass the tokenizer's own (" [SEP] ").
@@ -258,12 +259,14 @@ def check_readable_file(path: str | Path, flag: str | None = None) -> Path:
     if not path.exists():
         hint = ""
         if path.parent.is_dir():
+            # 0.75: a typo or a wrong extension, not just any file in the folder.
             near = difflib.get_close_matches(path.name, [p.name for p in path.parent.iterdir()], n=1, cutoff=0.75)
             hint = f" (did you mean {path.parent / near[0]}?)" if near else ""
         raise DataError(f"{label}: file not found{hint}")
     if not path.is_file():
         raise DataError(f"{label}: not a regular file")
     try:
+        # Opening is the only sure test: exists() and is_file() also pass for a file without read permission.
         with path.open("rb"):
             pass
     except OSError as error:
@@ -380,6 +383,7 @@ def _read_bytes(path: Path) -> bytes:
         return data
     try:
         return decompress(data)
+    # Damaged or truncated archives: gzip raises OSError/EOFError, bz2 OSError/ValueError, xz LZMAError.
     except (OSError, EOFError, lzma.LZMAError, ValueError) as error:
         raise DataError(f"{path}: cannot decompress ({one_line(str(error))})") from error
 
@@ -407,6 +411,7 @@ def _sniff(path: Path, head: bytes, encoding: str | None, kind: str) -> str:
     # UTF-16 text (BOM first) holds NUL bytes too; anything else with NULs is binary.
     if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{path}: not a {name} text file (it contains NUL bytes); save it as {name} (UTF-8)")
+    # "replace": only the header is inspected, and the 64 KiB cut may split a character (or it is CP932).
     text = head.decode(encoding or "utf-8", errors="replace").lstrip("\ufeff")
     header = text.splitlines()[0] if text.splitlines() else ""
     if header.lstrip().startswith(("{", "[")):
@@ -525,10 +530,12 @@ def _parse_json(path: Path, text: str) -> tuple[list[dict], list[int], str]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
+        # "Extra data" = a complete first value followed by more: JSON Lines saved as .json.
         if error.msg == "Extra data":
             try:
                 records, numbers = _parse_jsonl(path, text)
                 return records, numbers, "line"
+            # Not JSON Lines either: the JSON error, with its line, is the more useful one.
             except DataError:
                 pass
         raise DataError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from error
@@ -566,6 +573,7 @@ def _read_parquet(path: Path, allow_empty: bool) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable Parquet file ({one_line(str(error))[:300]})") from error
     if frame.empty and not allow_empty:
         raise DataError(f"{path}: no data rows (columns: {', '.join(map(str, frame.columns)) or 'none'})")
+    # pandas restores an index saved in the Parquet metadata; rows are numbered by position.
     return _as_strings(frame.reset_index(drop=True))
 
 
@@ -736,6 +744,7 @@ def build_texts(table: Table, text_columns: Sequence[str], separator: str,
         are).
     """
     table.require_columns(list(text_columns), flags or {column: "--text_columns" for column in text_columns})
+    # itertuples(name=None) yields plain tuples: much faster than iterrows over 100k+ rows.
     texts = [build_text(parts, separator) for parts in table.frame[list(text_columns)].itertuples(index=False, name=None)]
     empty = [index for index, text in enumerate(texts) if not text]
     if empty:

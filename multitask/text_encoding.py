@@ -28,7 +28,7 @@ from .errors import UsageError
 TRUNCATIONS = ("head", "tail", "head_tail")
 LONG_TEXT_MODES = ("truncate", "chunk")
 CHUNK_AGGREGATIONS = ("mean", "max")
-_PROBE = "a"
+_PROBE = "a"  # encodes to at least one id with any tokenizer ([UNK] at worst)
 
 
 def default_head_tokens(max_length: int) -> int:
@@ -57,6 +57,7 @@ def special_template(tokenizer) -> SpecialTemplate:
     plain = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
     full = tokenizer(_PROBE)
     ids = full["input_ids"]
+    # Searched for, not assumed at position 1: model families differ in what (if anything) comes first.
     start = next((i for i in range(len(ids) - len(plain) + 1) if ids[i : i + len(plain)] == plain), None)
     if not plain or start is None:
         raise ValueError(f"{type(tokenizer).__name__}: cannot find where its special tokens go ({_PROBE!r} encodes "
@@ -104,9 +105,11 @@ def cut_ids(ids: Sequence[int], budget: int, truncation: str, head_tokens: int |
     if truncation == "head":
         return ids[:budget]
     if truncation == "tail":
+        # Not ids[-budget:]: a budget of 0 would make that ids[-0:], the whole text.
         return ids[len(ids) - budget :]
     if truncation == "head_tail":
         head = min(head_tokens if head_tokens is not None else default_head_tokens(budget), budget)
+        # Same reason: with head == budget the tail is ids[len(ids):], empty, not ids[-0:].
         return ids[:head] + ids[len(ids) - (budget - head) :]
     raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}; got {truncation!r}")
 
@@ -243,6 +246,7 @@ def aggregate_windows(values, documents, how: str = "mean"):
     shape = (len(ids), *values.shape[1:])
     if how == "max":
         result = np.full(shape, -np.inf, dtype=np.float64)
+        # ufunc.at is unbuffered: a repeated document index takes every window, not just the last one.
         np.maximum.at(result, inverse, values)
     else:
         result = np.zeros(shape, dtype=np.float64)
@@ -253,4 +257,5 @@ def aggregate_windows(values, documents, how: str = "mean"):
 
 def text_separator(tokenizer) -> str:
     """What joins the text columns of one item: the tokenizer's separator token with spaces, or one space."""
+    # Spaces around it: the words on either side still tokenize as word starts, as in the column's own text.
     return f" {tokenizer.sep_token} " if tokenizer.sep_token else " "

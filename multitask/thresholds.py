@@ -39,6 +39,7 @@ def candidate_thresholds(scores: np.ndarray) -> np.ndarray:
 
 def _count_at_least(sorted_scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """For each threshold, how many of ``sorted_scores`` are >= it (i.e. predicted Pick)."""
+    # side="left": a score equal to the threshold counts as Pick, as the >= rule says.
     return sorted_scores.size - np.searchsorted(sorted_scores, thresholds, side="left")
 
 

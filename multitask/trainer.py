@@ -63,6 +63,7 @@ class MultitaskTrainer(Trainer):
         )
         for task, logits, labels, class_weights, smoothing in per_task:
             if logits is not None and labels is not None:
+                # Built on the CPU with the data; cross_entropy wants them on the logits' device.
                 weights = class_weights.to(logits.device) if class_weights is not None else None
                 terms[f"{task}_loss"] = losses.masked_cross_entropy(logits, labels, weights, smoothing)
         both_heads = outputs.gate_logits is not None and outputs.category_logits is not None
@@ -146,10 +147,13 @@ class MultitaskTrainer(Trainer):
             self._adversarial_pass = True
             try:
                 with self.compute_loss_context_manager():
+                    # `inputs` is the batch as received: the parent step's prepared copy is not returned.
                     adversarial_loss = self.compute_loss(model, self._prepare_inputs(inputs))
+                # Divided as the parent divided the first loss: both gradients weigh alike under accumulation.
                 self.accelerator.backward(adversarial_loss / self.current_gradient_accumulation_steps)
             finally:
                 self._adversarial_pass = False
+                # In `finally`: an error in the second pass must not leave the perturbed weights in the model.
                 awp.restore()
         return loss
 

@@ -263,3 +263,13 @@ def test_help_documents_every_field(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--leakage_check" in capsys.readouterr().out
+
+
+def test_report_counts_the_rows_of_a_file_given_with_a_dot_path(tmp_path, monkeypatch):
+    """An input typed as ./raw.jsonl is counted in the report (tables name it raw.jsonl internally)."""
+    monkeypatch.chdir(tmp_path)
+    rows = ['{"text": "track my parcel", "label": "delivery"}', '{"text": "open an account", "label": "account"}']
+    (tmp_path / "raw.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    report = main(["--input_files", "./raw.jsonl", "--output_prefix", str(tmp_path / "clean"),
+                   "--text_columns", "text", "--label_column", "label", "--test_size", "0"])  # fmt: skip
+    assert report["inputs"] == [{"file": "./raw.jsonl", "rows": 2}]
