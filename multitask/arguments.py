@@ -219,6 +219,15 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=0.06, metadata={"help": "Linear warm-up: a ratio of all steps if < 1, else a number of steps."}
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (never on biases or LayerNorm)."})
+    # Length-grouped by default: on CLINC150 it cut padding from 45 % to 3 % of the tokens and an epoch's wall time by
+    # 29 %, with validation quality within seed noise (bench/README §2 and §1a). The lengths are the `length`
+    # column `data.tokenize` computes once; batches are still shuffled between epochs.
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "Sampler for training: group_by_length (default: batches of similar length, shuffled, "
+                  "little padding), random, sequential or batch_rebalance.",
+                  "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]},
+    )
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: no, steps, epoch, best."})
     logging_strategy: str = field(default="epoch", metadata={"help": "When to log: no, steps or epoch."})
