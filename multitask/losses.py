@@ -280,3 +280,45 @@ def combine_terms(
     indices = [0 if name == "gate_loss" else 1 for name in tasks]
     loss = uncertainty_weighted([terms[name] for name in tasks], log_variances[indices])
     return loss + sum(weights[name] * value for name, value in terms.items() if name not in tasks)
+
+
+def task_terms(
+    gate_logits: torch.Tensor | None,
+    category_logits: torch.Tensor | None,
+    gate_labels: torch.Tensor | None,
+    category_labels: torch.Tensor | None,
+    class_weights: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+    smoothing: tuple[float, float] = (0.0, 0.0),
+    with_hierarchy: bool = False,
+    with_pick_consistency: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The unweighted terms of one forward pass, by the name their weight and log line use.
+
+    Args:
+        gate_logits, category_logits (`torch.Tensor` of shape `(batch, 2)` / `(batch, N)`, or None):
+            The heads' logits; a missing head contributes no term.
+        gate_labels, category_labels (`torch.Tensor` of shape `(batch,)`, or None):
+            Labels, -100 where a row has none.
+        class_weights (`tuple`): per-class weights of the gate and the category cross-entropy (None: unweighted);
+            moved to the logits' device here (they are built on the CPU with the data).
+        smoothing (`tuple[float, float]`): label smoothing of the gate and the category cross-entropy.
+        with_hierarchy (`bool`): add `hierarchy_loss` (`hierarchy_kl_to_uniform`) when both heads and gate labels exist.
+        with_pick_consistency (`bool`): add `pick_consistency_loss` when both heads and both labels exist.
+
+    Returns:
+        `dict[str, torch.Tensor]`: `gate_loss`, `category_loss` (`masked_cross_entropy`, each a mean over its
+        labelled rows) and the optional terms, scalars on the logits' device.
+    """
+    terms = {}
+    for task, logits, labels, weights, smooth in (("gate", gate_logits, gate_labels, class_weights[0], smoothing[0]),
+                                                  ("category", category_logits, category_labels, class_weights[1],
+                                                   smoothing[1])):
+        if logits is not None and labels is not None:
+            weights = weights.to(logits.device) if weights is not None else None
+            terms[f"{task}_loss"] = masked_cross_entropy(logits, labels, weights, smooth)
+    both_heads = gate_logits is not None and category_logits is not None
+    if both_heads and gate_labels is not None and with_hierarchy:
+        terms["hierarchy_loss"] = hierarchy_kl_to_uniform(category_logits, gate_labels)
+    if both_heads and category_labels is not None and gate_labels is not None and with_pick_consistency:
+        terms["pick_consistency_loss"] = pick_consistency(gate_logits, category_logits, gate_labels, category_labels)
+    return terms

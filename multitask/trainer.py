@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import losses
 from .awp import AdversarialWeightPerturbation
@@ -53,27 +54,26 @@ class MultitaskTrainer(Trainer):
             raise NotImplementedError("LoRA with FSDP or ZeRO-3 is not supported here; use DDP (torchrun) with --lora_r")
 
     def _task_losses(self, outputs, gate_labels, category_labels) -> dict[str, torch.Tensor]:
-        """The per-head cross-entropies and the two hierarchy terms of one forward pass."""
+        """The per-head cross-entropies and the two hierarchy terms of one forward pass (`losses.task_terms`)."""
         args = self.args
-        terms = {}
-        per_task = (
-            ("gate", outputs.gate_logits, gate_labels, self.gate_class_weights, args.gate_label_smoothing),
-            ("category", outputs.category_logits, category_labels, self.category_class_weights,
-             args.category_label_smoothing),
-        )
-        for task, logits, labels, class_weights, smoothing in per_task:
-            if logits is not None and labels is not None:
-                # Built on the CPU with the data; cross_entropy wants them on the logits' device.
-                weights = class_weights.to(logits.device) if class_weights is not None else None
-                terms[f"{task}_loss"] = losses.masked_cross_entropy(logits, labels, weights, smoothing)
-        both_heads = outputs.gate_logits is not None and outputs.category_logits is not None
-        if both_heads and gate_labels is not None and args.hierarchy_weight > 0:
-            terms["hierarchy_loss"] = losses.hierarchy_kl_to_uniform(outputs.category_logits, gate_labels)
-        if both_heads and category_labels is not None and gate_labels is not None and args.pick_consistency_weight > 0:
-            terms["pick_consistency_loss"] = losses.pick_consistency(
-                outputs.gate_logits, outputs.category_logits, gate_labels, category_labels
-            )
-        return terms
+        return losses.task_terms(
+            outputs.gate_logits, outputs.category_logits, gate_labels, category_labels,
+            class_weights=(self.gate_class_weights, self.category_class_weights),
+            smoothing=(args.gate_label_smoothing, args.category_label_smoothing),
+            with_hierarchy=args.hierarchy_weight > 0, with_pick_consistency=args.pick_consistency_weight > 0)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """The Trainer's sampler; a length-grouped one gets a generator seeded with --data_seed (else --seed).
+
+        The Trainer's own draws its shuffle from the global RNG, which differs between DDP processes: their shards
+        of an epoch would then overlap and miss rows. Seeded alike, every process draws the same permutation, and
+        the generator advances, so each epoch still shuffles anew.
+        """
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler) and sampler.generator is None:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            sampler.generator = torch.Generator().manual_seed(seed)
+        return sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """λ1·gate CE + λ2·category CE + the optional terms, on the rows that carry each label.

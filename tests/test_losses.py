@@ -137,3 +137,20 @@ def test_combine_terms_weighted_sum_and_uncertainty():
     learned = losses.combine_terms(terms, weights, torch.tensor([0.0, math.log(2.0)]))
     assert learned.item() == pytest.approx(2.0 + 0.5 + 0.5 * math.log(2.0) + 2.0)
     assert losses.combine_terms({}, weights) is None
+
+
+def test_task_terms_names_each_present_term():
+    """Terms only for heads and labels that exist; the optional ones only when asked for and computable."""
+    from multitask.losses import task_terms
+
+    gate = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    category = torch.tensor([[1.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    gate_labels, category_labels = torch.tensor([0, 1]), torch.tensor([-100, 1])
+    plain = task_terms(gate, category, gate_labels, category_labels)
+    assert set(plain) == {"gate_loss", "category_loss"}
+    # gate: both rows right with margin 2 → CE = log(1 + e^-2) each
+    assert torch.isclose(plain["gate_loss"], torch.log1p(torch.exp(torch.tensor(-2.0))))
+    every = task_terms(gate, category, gate_labels, category_labels, class_weights=(torch.tensor([1.0, 1.0]), None),
+                       smoothing=(0.0, 0.1), with_hierarchy=True, with_pick_consistency=True)
+    assert set(every) == {"gate_loss", "category_loss", "hierarchy_loss", "pick_consistency_loss"}
+    assert set(task_terms(None, category, None, category_labels, with_hierarchy=True)) == {"category_loss"}

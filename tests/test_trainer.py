@@ -131,3 +131,15 @@ def test_uncertainty_weighting(encoder_dir, tokenizer, csv_files, tmp_path):
     assert loss.item() == pytest.approx(terms["gate_loss"] + terms["category_loss"], rel=1e-5)
     loss.backward()
     assert model.task_log_variances.grad is not None and model.task_log_variances.grad.abs().sum() > 0
+
+
+def test_length_grouped_sampler_is_seeded_alike_and_reshuffles(model, tokenizer, csv_files, tmp_path):
+    """The default sampler groups by length from a generator seeded with --seed: two trainers (two DDP processes)
+    draw the same order, and a second epoch draws a new one."""
+    first = make_trainer(model, tokenizer, csv_files, tmp_path, per_device_train_batch_size=2)._get_train_sampler()
+    second = make_trainer(model, tokenizer, csv_files, tmp_path, per_device_train_batch_size=2)._get_train_sampler()
+    assert first.generator is not None
+    epoch_one = list(first)
+    assert epoch_one == list(second)
+    assert sorted(epoch_one) == list(range(len(epoch_one)))  # every row once
+    assert list(first) != epoch_one  # the next epoch reshuffles
