@@ -220,7 +220,7 @@ class MultitaskTrainingArguments(TrainingArguments):
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (never on biases or LayerNorm)."})
     # Length-grouped by default: on CLINC150 it cut padding from 45 % to 3 % of the tokens and an epoch's wall time by
-    # 29 %, with validation quality within seed noise (bench/README §2 and §1a). The lengths are the `length`
+    # 29 %, with validation quality within seed noise (bench/README, latest figures §1 and §2). The lengths are the `length`
     # column `data.tokenize` computes once; batches are still shuffled between epochs.
     train_sampling_strategy: str = field(
         default="group_by_length",
