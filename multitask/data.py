@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from datasets import Dataset
 from .labels import CATEGORY_COLUMN, IGNORE_INDEX, PICK_COLUMN
 from .splits import strata, stratified_sample, stratified_split
 from .tables import DataError, Table, build_texts, parse_pick, read_table
-from .text_encoding import encode_documents
+from .text_encoding import EncodingSettings, encode_documents
 
 logger = logging.getLogger(__name__)
 
@@ -560,8 +559,7 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int, truncation: str = "he
     (every other column copied, `document` telling them apart), so the result may have more rows than `dataset`.
     `num_proc` worker processes tokenize large sets (`datasets.Dataset.map`).
     """
-    settings = SimpleNamespace(max_seq_length=max_length, truncation=truncation, head_tokens=head_tokens,
-                               long_text=long_text, chunk_stride=chunk_stride, max_chunks=max_chunks)
+    settings = EncodingSettings(max_length, truncation, head_tokens, long_text, chunk_stride, max_chunks)
     chunked = long_text == "chunk"
 
     def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:

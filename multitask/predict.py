@@ -6,7 +6,6 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,7 @@ from .configuration import MultitaskConfig
 from .modeling import MultitaskModel, MultitaskOutput
 from .ood import PROBABILITY_SCORES
 from .rundir import saved_model_dir
-from .text_encoding import aggregate_windows, encode_documents
+from .text_encoding import EncodingSettings, aggregate_windows, encode_documents
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +69,7 @@ class Scores:
 
 def stored_max_length(config: MultitaskConfig) -> int:
     """The input length the model was trained with; 256 (the old default) for models saved before it was stored."""
-    return getattr(config, "max_seq_length", None) or 256
-
-
-def encoding_settings(config: MultitaskConfig, max_length: int | None = None) -> SimpleNamespace:
-    """How texts become model inputs for this model (`text_encoding.encode_documents`), read with defaults so
-    models saved before a field existed (and ONNX exports) still load; `max_length` overrides the stored length."""
-    return SimpleNamespace(
-        max_seq_length=max_length or stored_max_length(config),
-        truncation=getattr(config, "truncation", "head"),
-        head_tokens=getattr(config, "head_tokens", None),
-        long_text=getattr(config, "long_text", "truncate"),
-        chunk_stride=getattr(config, "chunk_stride", None) or 0,
-        max_chunks=getattr(config, "max_chunks", None),
-    )
+    return EncodingSettings.from_config(config).max_seq_length
 
 
 @dataclass
@@ -128,7 +114,7 @@ def window_outputs(
     device = model.device  # also an ONNX model (multitask.onnx_backend), which has no parameters
     was_training = model.training
     model.eval()  # dropout off, whatever state the caller left the model in
-    encoded = encode_documents(tokenizer, texts, encoding_settings(model.config, max_length))
+    encoded = encode_documents(tokenizer, texts, EncodingSettings.from_config(model.config, max_length))
     inputs = encoded["input_ids"]
     # Stable: equal lengths keep input order, so the batches (and their rounding) are the same every run.
     order = np.argsort([len(ids) for ids in inputs], kind="stable")

@@ -218,17 +218,36 @@ def encode_windows(
     return encoded
 
 
-def encode_documents(tokenizer, texts: Sequence[str], settings) -> dict[str, list]:
-    """Model inputs for `texts` as `settings` (a `MultitaskConfig`, or anything with its long-text fields) say:
-    one truncated input per text, or its windows. Always returns `document` (the text index of each input).
+@dataclass(frozen=True)
+class EncodingSettings:
+    """How texts become model inputs: the fields of the same names in `MultitaskConfig` (see there)."""
+
+    max_seq_length: int
+    truncation: str = "head"
+    head_tokens: int | None = None
+    long_text: str = "truncate"
+    chunk_stride: int | None = None
+    max_chunks: int | None = None
+
+    @classmethod
+    def from_config(cls, config, max_length: int | None = None) -> EncodingSettings:
+        """A model's settings, read with defaults so models saved before a field existed (and ONNX exports) load;
+        `max_length` overrides the stored length (256, the old default, for models saved before it was stored)."""
+        return cls(max_length or getattr(config, "max_seq_length", None) or 256, getattr(config, "truncation", "head"),
+                   getattr(config, "head_tokens", None), getattr(config, "long_text", "truncate"),
+                   getattr(config, "chunk_stride", None), getattr(config, "max_chunks", None))
+
+
+def encode_documents(tokenizer, texts: Sequence[str], settings: EncodingSettings) -> dict[str, list]:
+    """Model inputs for `texts` as `settings` say: one truncated input per text, or its windows. Always returns
+    `document` (the text index of each input).
 
     The one entry point training (`data.tokenize`) and prediction (`predict.predict_scores`) share.
     """
     max_length = settings.max_seq_length
-    if getattr(settings, "long_text", "truncate") == "chunk":
-        return encode_windows(tokenizer, texts, max_length, settings.chunk_stride, getattr(settings, "max_chunks", None))
-    encoded = encode_texts(tokenizer, texts, max_length, getattr(settings, "truncation", "head"),
-                           getattr(settings, "head_tokens", None))
+    if settings.long_text == "chunk":
+        return encode_windows(tokenizer, texts, max_length, settings.chunk_stride or 0, settings.max_chunks)
+    encoded = encode_texts(tokenizer, texts, max_length, settings.truncation, settings.head_tokens)
     encoded["document"] = list(range(len(texts)))
     return encoded
 

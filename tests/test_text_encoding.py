@@ -2,8 +2,6 @@
 DeBERTa ([CLS] … [SEP]), a BERT (token types too) and an XLM-R (<s> … </s>) tokenizer. The end-to-end use in
 training and prediction is in test_long_documents.py."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from datasets import Dataset
@@ -12,6 +10,7 @@ from transformers import BertTokenizer, XLMRobertaTokenizer
 from multitask.data import tokenize
 from multitask.errors import UsageError
 from multitask.text_encoding import (
+    EncodingSettings,
     aggregate_windows,
     check_chunking,
     check_truncation,
@@ -162,12 +161,11 @@ def test_encode_windows_covers_every_token_with_the_special_tokens(bert_tokenize
 
 def test_encode_documents_truncates_or_chunks_as_settings_say(bert_tokenizer):
     texts = [" ".join(WORDS * 2), "stock"]
-    truncated = encode_documents(bert_tokenizer, texts, SimpleNamespace(max_seq_length=8, truncation="tail",
-                                                                        head_tokens=None, long_text="truncate"))
+    truncated = encode_documents(bert_tokenizer, texts, EncodingSettings(8, truncation="tail"))
     assert truncated["input_ids"] == encode_texts(bert_tokenizer, texts, 8, "tail")["input_ids"]
     assert truncated["document"] == [0, 1]
-    chunked = encode_documents(bert_tokenizer, texts, SimpleNamespace(max_seq_length=8, long_text="chunk",
-                                                                      chunk_stride=0, max_chunks=3))
+    chunked = encode_documents(bert_tokenizer, texts, EncodingSettings(8, long_text="chunk", chunk_stride=0,
+                                                                       max_chunks=3))
     assert chunked["document"] == [0, 0, 0, 1]  # 30 tokens in windows of 6: capped at the first three
 
 
