@@ -25,7 +25,14 @@ from .hub import push_model
 from .inputs import RunInputs
 from .lora import save_adapter_and_merge
 from .model_card import build_model_card
-from .predict import Scores, fit_gate_statistics, predict_scores
+from .predict import (
+    Scores,
+    WindowOutputs,
+    fit_gate_statistics,
+    predict_scores,
+    scores_from_outputs,
+    window_outputs,
+)
 from .reporting import (
     calibrate_heads,
     choose_chunk_aggregation,
@@ -132,10 +139,14 @@ def fit_after_training(trained, inputs: RunInputs, validation: LabeledFile, data
     and gate_cv.json written). Adds `chunk_aggregation`, `calibration` and `gate_cv` to `metrics` where they apply.
     """
     data, tokenizer = inputs.data, inputs.tokenizer
+    batch_size = training_args.per_device_eval_batch_size
+    # One forward pass over validation serves every step below: what changes after it (aggregation, statistics,
+    # temperatures, thresholds) acts on its outputs, not on the model's forward.
+    raw = window_outputs(trained, tokenizer, list(validation.dataset["text"]), batch_size, data_args.max_seq_length,
+                         with_features=True)
     # First: every score below is per document, combined from the windows by this aggregation.
     if data_args.long_text == "chunk" and data_args.chunk_aggregation == "auto":
-        choice = choose_chunk_aggregation(trained, tokenizer, list(validation.dataset["text"]), validation.dataset,
-                                          training_args.per_device_eval_batch_size)
+        choice = choose_chunk_aggregation(trained, raw, validation.dataset, batch_size)
         trained.config.chunk_aggregation = metrics["chunk_aggregation"] = choice
     if data.has_gate and data.has_category:
         fitted = fit_gate_statistics(
@@ -146,9 +157,10 @@ def fit_after_training(trained, inputs: RunInputs, validation: LabeledFile, data
         logger.info("gate statistics fitted on %d training rows (kNN bank %d, k %d)",
                     fitted["rows"], fitted["bank_size"], fitted["knn_k"])
     # Before _score: the thresholds are tuned on the calibrated probabilities they will be applied to.
+    per_document = raw.per_document(trained.config.chunk_aggregation)
     if training_args.calibration == "temperature":
-        metrics["calibration"] = _calibrate(trained, tokenizer, validation, data_args, training_args, run_dir)
-    scores = _score(trained, tokenizer, validation, data_args, training_args)
+        metrics["calibration"] = _calibrate(trained, per_document, validation, run_dir)
+    scores = scores_from_outputs(trained, per_document, batch_size)  # under the temperatures and statistics set above
     if data.has_gate:
         gate_cv = _tune_gate(trained, scores, validation, training_args, run_dir)
         if gate_cv is not None:
@@ -156,10 +168,9 @@ def fit_after_training(trained, inputs: RunInputs, validation: LabeledFile, data
     return scores
 
 
-def _calibrate(trained, tokenizer, validation: LabeledFile, data_args, training_args, run_dir: Path) -> dict:
+def _calibrate(trained, per_document: WindowOutputs, validation: LabeledFile, run_dir: Path) -> dict:
     """Fit one temperature per head on validation into `trained.config`; returns the per-head before/after ECE."""
-    raw = predict_scores(trained, tokenizer, list(validation.dataset["text"]),
-                         training_args.per_device_eval_batch_size, data_args.max_seq_length, return_features=True)
+    raw = scores_from_outputs(trained, per_document)  # only the raw logits are read
     calibration = calibrate_heads(raw, validation.dataset)
     trained.config.calibration = calibration["temperatures"] or None
     summary = {head: calibration[head] for head in ("gate", "category") if head in calibration}

@@ -19,7 +19,7 @@ from .data import IGNORE_INDEX, LabeledFile
 from .gate_selection import choose_gate, cross_validate_gate
 from .metrics import compute_all, confusion_top, frequency_bands, hierarchy_stats, per_class_metrics
 from .ood import PROBABILITY_SCORES
-from .predict import Scores, prediction_table, scores_from_outputs, window_outputs
+from .predict import Scores, WindowOutputs, prediction_table, scores_from_outputs
 from .rundir import write_json
 from .thresholds import review_band
 
@@ -104,14 +104,13 @@ def tune_gate(
             "default_source": "0.5 (a probability score)" if probability else "the leak threshold (a squashed score)"}
 
 
-def choose_chunk_aggregation(model, tokenizer, texts: list[str], dataset: Dataset, batch_size: int = 64) -> str:
+def choose_chunk_aggregation(model, raw: WindowOutputs, dataset: Dataset, batch_size: int = 64) -> str:
     """`mean` or `max`: how window logits become a document's (`--long_text chunk --chunk_aggregation auto`),
     whichever gives the higher validation accuracy of the decision the model makes (joint if it has both heads,
-    else its one head's), at the 0.5 P(Pick) rule; a tie keeps `mean`. One forward pass over the windows.
+    else its one head's), at the 0.5 P(Pick) rule; a tie keeps `mean`. `raw`: the validation windows' outputs.
 
     Chosen and measured on the same rows (one binary choice; the gate's held-out-fold protocol does not cover it).
     """
-    raw = window_outputs(model, tokenizer, texts, batch_size)
     gate_labels, category_labels = np.asarray(dataset["gate_labels"]), np.asarray(dataset["category_labels"])
     accuracy = {}
     for how in ("mean", "max"):
