@@ -114,7 +114,8 @@ def prepare_inputs(model_args, data_args, training_args, run_dir: Path) -> RunIn
     head_tokens = check_truncation(data_args.truncation, data_args.head_tokens, data_args.max_seq_length,
                                    special_tokens)
     chunk_stride = check_chunking(data_args.long_text, data_args.chunk_stride, data_args.max_chunks,
-                                  data_args.max_seq_length, special_tokens, data_args.truncation)
+                                  data_args.max_seq_length, special_tokens, data_args.truncation,
+                                  data_args.chunk_aggregation)
     data = _load_data(data_args, training_args, text_separator(tokenizer), hub_data)
     check_training_steps(len(data.train), training_args)
     bands = None

@@ -161,12 +161,17 @@ def default_chunk_stride(max_length: int) -> int:
 
 
 def check_chunking(long_text: str, chunk_stride: int | None, max_chunks: int | None, max_length: int,
-                   special_tokens: int = 0, truncation: str = "head") -> int | None:
-    """Validate the long-text settings; return the overlap chunked mode uses (None when texts are truncated)."""
+                   special_tokens: int = 0, truncation: str = "head", aggregation: str = "auto") -> int | None:
+    """Validate the long-text settings; return the overlap chunked mode uses (None when texts are truncated).
+
+    `aggregation` is `--chunk_aggregation`; like the other chunk flags it is refused when texts are truncated
+    (its default, `auto`, passes).
+    """
     if long_text not in LONG_TEXT_MODES:
         raise UsageError(f"--long_text {long_text!r}: choose one of {', '.join(LONG_TEXT_MODES)}")
     if long_text == "truncate":
-        for flag, value in (("--chunk_stride", chunk_stride), ("--max_chunks", max_chunks)):
+        for flag, value in (("--chunk_stride", chunk_stride), ("--max_chunks", max_chunks),
+                            ("--chunk_aggregation", None if aggregation == "auto" else aggregation)):
             if value is not None:
                 raise UsageError(f"{flag} {value}: applies only with --long_text chunk (this run truncates texts)")
         return None

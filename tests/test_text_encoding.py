@@ -196,6 +196,7 @@ def test_aggregate_windows_mean_and_max_in_any_order():
     (("chunk", -1, None, 64, 2), "--chunk_stride -1"),
     (("chunk", None, 0, 64, 2), "--max_chunks 0"),
     (("truncate", 8, None, 64, 2), "only with --long_text chunk"),
+    (("truncate", None, None, 64, 2, "head", "max"), "--chunk_aggregation max: applies only with --long_text chunk"),
     (("paragraphs", None, None, 64, 2), "--long_text 'paragraphs'"),
 ])
 def test_check_chunking_refuses_bad_settings(args, message):
