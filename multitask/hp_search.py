@@ -498,7 +498,7 @@ class SearchResult:
     files: list[Path]
 
     def record(self) -> dict[str, Any]:
-        """JSON-able summary (for run_config.json / metrics.json)."""
+        """JSON-able summary: what `build.search_and_keep_best` writes to hp_search.json."""
         return {"backend": self.backend, "metric": self.metric, "direction": self.direction,
                 "trials": len(self.trials), "best_trial": self.best_trial, "best_value": self.best_value,
                 "best_params": self.best_params, "space": space_record(self.space),
