@@ -66,6 +66,21 @@ class Scores:
     category_logits: np.ndarray | None = None
     gate_logits: np.ndarray | None = None
 
+    def rows(self, index: np.ndarray) -> Scores:
+        """The scores of the rows at `index` (positions or a boolean mask), every field alike."""
+
+        def take(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[index]
+
+        return Scores(
+            take(self.pick_prob),
+            take(self.category_probs),
+            {name: values[index] for name, values in self.gate_scores.items()},
+            take(self.features),
+            take(self.category_logits),
+            take(self.gate_logits),
+        )
+
 
 def stored_max_length(config: MultitaskConfig) -> int:
     """The input length the model was trained with; 256 (the old default) for models saved before it was stored."""

@@ -260,3 +260,72 @@ def test_export_help_documents_every_flag():
     assert "--quantize" in buffer.getvalue()
     for field in export.ExportArguments.__dataclass_fields__.values():
         assert field.metadata.get("help"), field.name
+
+
+def test_output_change_and_search_targets_by_hand():
+    reference = Scores(np.array([0.2, 0.6]), np.array([[0.7, 0.3], [0.4, 0.6]]))
+    other = Scores(np.array([0.3, 0.6]), np.array([[0.5, 0.5], [0.4, 0.6]]))
+    # Total variation 0.2 and 0 → mean 0.1; |Δ pick| 0.1 and 0 → mean 0.05.
+    assert export.output_change(reference, other) == pytest.approx(0.15)
+    search = export.FloatLayerSearch(["t"], min_top1_agreement=0.99, max_gate_changed=0.01)
+    good = {"rows": 200, "category_top1_agreement": 0.995, "gate_decisions_changed": {"a": 0, "b": 2}}
+    assert search.passes(good)
+    assert not search.passes({**good, "gate_decisions_changed": {"a": 3}})  # 1.5 % at the worst threshold
+    assert not search.passes({**good, "category_top1_agreement": 0.98})
+    assert export.FloatLayerSearch(["t"]).passes({"rows": 1})  # no targets, no heads: nothing to miss
+
+
+def test_mixed_precision_export_chooses_on_half_and_reports_the_other(bert_dir, check_csv, tmp_path):
+    target = tmp_path / "mixed"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        result = export.main([str(bert_dir), "--quantize", "int8", "--output_dir", str(target), "--check_file",
+                              str(check_csv), "--keep_float", "gate_head", "--min_top1_agreement", "1.0",
+                              "--max_gate_changed", "0.0", "--batch_size", "4"])
+    info = json.loads((target / "export_info.json").read_text())["quantization"]
+    search = info["float_layer_search"]
+    layers = {name for name, module in MultitaskModel.from_pretrained(bert_dir).named_modules()
+              if isinstance(module, torch.nn.Linear)}
+    assert set(search["sensitivity"]) == layers - {"gate_head"}  # every candidate measured, the forced one not
+    assert info["kept_float"][0] == "gate_head" and set(info["kept_float"]) <= layers
+    agreement = result["agreement"]
+    assert search["fit_rows"] + agreement["held_out"]["rows"] == agreement["rows"] == len(CHECK_TEXTS)
+    assert agreement["kept_float"] == info["kept_float"]
+    printed = buffer.getvalue()
+    assert "held-out rows" in printed and "kept in float32: gate_head" in printed
+    # The search's own targets hold on the rows it chose on; the model is the export's and loads as usual.
+    assert OnnxMultitaskModel(target).precision == "int8"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--keep_float", "no_such_layer"], "--keep_float 'no_such_layer' matches no linear layer"),
+        (["--keep_float", "(bad"], "not a regular expression"),
+        (["--min_top1_agreement", "1.5"], "--min_top1_agreement 1.5: a share in (0, 1]"),
+    ],
+)
+def test_bad_int8_options_are_one_error_line_and_write_nothing(bert_dir, check_csv, tmp_path, capsys, extra,
+                                                               message):
+    from multitask.errors import cli
+
+    target = tmp_path / "never"
+    argv = [str(bert_dir), "--quantize", "int8", "--output_dir", str(target), "--check_file", str(check_csv)]
+    assert cli(export.main, [*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    # One error line, the last (model loading may print a progress bar first), no traceback.
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.rstrip("\n").splitlines()[-1] == errors[0] and message in errors[0]
+    assert "Traceback" not in err and not target.exists()
+
+
+def test_int8_options_need_int8_and_a_search_needs_rows(bert_dir, tmp_path, capsys):
+    from multitask.errors import cli
+
+    target = tmp_path / "never"
+    assert cli(export.main, [str(bert_dir), "--output_dir", str(target), "--max_gate_changed", "0.01"]) == 2
+    assert "error: --max_gate_changed: applies to --quantize int8 only" in capsys.readouterr().err
+    assert cli(export.main, [str(bert_dir), "--quantize", "int8", "--output_dir", str(target),
+                             "--min_top1_agreement", "0.99"]) == 2
+    assert "needs check rows to choose on" in capsys.readouterr().err
+    assert not target.exists()
