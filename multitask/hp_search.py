@@ -452,7 +452,7 @@ def plot_trials(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str
     def finite(row: Mapping[str, Any]) -> bool:
         return row["objective"] is not None and math.isfinite(row["objective"])
 
-    with plt.rc_context(plots._font_rc()):
+    with plt.rc_context(plots.font_rc()):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         complete = [row for row in rows if row["state"] == "COMPLETE" and finite(row)]
         pruned = [row for row in rows if row["state"] == "PRUNED" and finite(row)]
@@ -479,7 +479,7 @@ def plot_trials(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str
         ax.grid(alpha=0.3)
         if complete or pruned:
             ax.legend(fontsize=8)
-        return plots._save(fig, path)
+        return plots.save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------- the search

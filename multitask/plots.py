@@ -5,7 +5,7 @@ Learning curves are drawn from the run's `epoch_log.jsonl`, so any run can be re
 computed. Nothing here computes a metric; `analysis.plots` re-exports the confusion heatmap.
 
 Importing this module switches matplotlib to the headless Agg backend (figures are only ever saved) but leaves
-the global font settings alone: CJK fonts are applied per figure through `_font_rc`.
+the global font settings alone: CJK fonts are applied per figure through `font_rc`.
 """
 
 from __future__ import annotations
@@ -74,14 +74,16 @@ def _register_packaged_font() -> Path | None:
     return fonts[0] if fonts else None
 
 
-def _font_rc() -> dict[str, Any]:
-    """Latin text in DejaVu Sans; matplotlib falls back glyph by glyph to the CJK fonts listed after it."""
+def font_rc() -> dict[str, Any]:
+    """The rc settings every figure of the project is drawn under (`plt.rc_context(font_rc())`): Latin text in
+    DejaVu Sans, then the CJK fonts found (the packaged one first registered), to which matplotlib falls back glyph
+    by glyph, so Japanese category names render on machines without system CJK fonts."""
     _register_packaged_font()
     installed = {font.name for font in font_manager.fontManager.ttflist}
     return {"font.family": ["DejaVu Sans", *(name for name in _CJK_FONTS if name in installed)]}
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     """Save `fig` as a 120-dpi PNG and close it (pyplot keeps every open figure alive until closed)."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -204,7 +206,7 @@ def plot_learning_curves(
         ax.set(title=title, xlabel="epoch", ylabel=y_label)
         ax.grid(alpha=0.3)
         ax.legend()
-        written.append(_save(fig, out_dir / file_name))
+        written.append(save_figure(fig, out_dir / file_name))
     return written
 
 
@@ -257,7 +259,7 @@ def plot_cartography(frame: pd.DataFrame, out_path: str | Path, task: str) -> Pa
         ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, color="dimgray", style="italic",
                 bbox={"facecolor": "white", "alpha": 0.6, "edgecolor": "none"})  # fmt: skip
     ax.grid(alpha=0.3)
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def most_confused(matrix: np.ndarray, limit: int = 20) -> np.ndarray:
@@ -294,7 +296,7 @@ def plot_confusion_heatmap(
     """Draw gold × predicted counts for the most-confused categories (at most ``limit``) and save a PNG.
 
     Errors are shaded, correct counts are shown on an unshaded diagonal. Labels are drawn with the CJK
-    fallback fonts (`_font_rc`), so Japanese category names render.
+    fallback fonts (`font_rc`), so Japanese category names render.
 
     Args:
         y_true (`np.ndarray` of shape `(n,)`):
@@ -320,7 +322,7 @@ def plot_confusion_heatmap(
     names = [id2label[ids[i]] for i in keep]
     size = max(4.0, 0.55 * len(keep) + 2.5)
     # No filter on matplotlib's "Glyph … missing" warning: a label the fonts cannot draw should be seen.
-    with plt.rc_context(_font_rc()):
+    with plt.rc_context(font_rc()):
         fig, ax = plt.subplots(figsize=(size + 1.5, size))
         # Shade only the errors: the diagonal would otherwise swamp the colour scale.
         errors = np.ma.masked_array(sub, mask=np.eye(len(keep), dtype=bool))
@@ -337,7 +339,7 @@ def plot_confusion_heatmap(
             if count:
                 color = "white" if count > threshold and row != column else "black"
                 ax.text(column, row, str(count), ha="center", va="center", fontsize=7, color=color)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_reliability(curve: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str) -> Path:
@@ -356,7 +358,7 @@ def plot_reliability(curve: Mapping[str, tuple[np.ndarray, np.ndarray]], path: s
         `Path`: `path`.
     """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with plt.rc_context(_font_rc()):
+    with plt.rc_context(font_rc()):
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
         for name, style in (("before", "o-"), ("after", "s-")):
@@ -369,7 +371,7 @@ def plot_reliability(curve: Mapping[str, tuple[np.ndarray, np.ndarray]], path: s
         ax.set_ylim(0, 1)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def redraw(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:

@@ -168,7 +168,7 @@ def _draw_heatmap(path):
 
 def test_packaged_japanese_font_is_used(tmp_path):
     assert plots._register_packaged_font() is not None, "matplotlib-fontja is in requirements.txt"
-    family = plots._font_rc()["font.family"]
+    family = plots.font_rc()["font.family"]
     assert family[0] == "DejaVu Sans" and "IPAexGothic" in family
     # The Japanese font is found by name, not by matplotlib's silent fallback to DejaVu Sans.
     path = font_manager.findfont(font_manager.FontProperties(family="IPAexGothic"), fallback_to_default=False)
@@ -183,7 +183,7 @@ def test_japanese_labels_render_without_missing_glyphs(tmp_path):
 
 def test_the_check_would_catch_boxes(tmp_path, monkeypatch):
     """Without a CJK font the same figure warns, so the test above can fail (and the warning is not filtered)."""
-    monkeypatch.setattr(plots, "_font_rc", lambda: {"font.family": ["DejaVu Sans"]})
+    monkeypatch.setattr(plots, "font_rc", lambda: {"font.family": ["DejaVu Sans"]})
     record = _draw_heatmap(tmp_path / "boxes.png")
     assert _glyph_warnings(record), "expected matplotlib to report the glyphs DejaVu Sans lacks"
 
