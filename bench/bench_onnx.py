@@ -11,9 +11,11 @@ to int8 (ONNX Runtime quantize_dynamic). Rows are the CLINC150 validation querie
 Systems (--systems):
 - onnx_float32, onnx_int8: multitask.predict.predict_scores on the exported model (what run_predict.py
   --backend onnx runs: tokenization, length-sorted batches, ONNX Runtime, gate scores, input order);
-- onnx_int8_mixed: int8 with the linear layers that move the outputs most kept in float32, as many as the
-  agreement targets need on one seeded half of the rows (`multitask.export --min_top1_agreement
-  --max_gate_changed`); its agreement counts on the other half;
+- onnx_int8_smooth: int8 after SmoothQuant smoothing (`--smooth_alpha`, scales from one seeded half of the rows);
+- onnx_int8_mixed, onnx_int8_smooth_mixed: int8 (without, with smoothing) with the linear layers that move the
+  outputs most kept in float32, as many as the agreement targets need on one seeded half of the rows
+  (`multitask.export --min_top1_agreement --max_gate_changed`); the calibrated systems' agreement counts on the
+  other half;
 - torch_float32: predict_scores on the PyTorch model (run_predict.py's default backend), for reference;
 - pipeline_float32: pipe(texts, batch_size=B, truncation=True, max_length=L), as users call it.
 ONNX Runtime gets as many intra-op threads as torch uses (torch.get_num_threads(); OMP_NUM_THREADS sets both).
@@ -62,9 +64,16 @@ from bench_predict import (
     texts_of,
 )
 
-SYSTEMS = ("onnx_float32", "onnx_int8", "onnx_int8_mixed", "torch_float32", "pipeline_float32")
-TARGETS = {"onnx_float32": 2.0, "onnx_int8": 3.5, "onnx_int8_mixed": 3.5}  # rows/s ratio to pipeline_float32
-EXPORTS = ("onnx_float32", "onnx_int8", "onnx_int8_mixed")
+# Export name → (quantize, SmoothQuant smoothing, float-layer search): what `python -m multitask.export` is given.
+EXPORTS = {
+    "onnx_float32": (None, False, False),
+    "onnx_int8": ("int8", False, False),
+    "onnx_int8_smooth": ("int8", True, False),
+    "onnx_int8_mixed": ("int8", False, True),
+    "onnx_int8_smooth_mixed": ("int8", True, True),
+}
+SYSTEMS = (*EXPORTS, "torch_float32", "pipeline_float32")
+TARGETS = {name: 2.0 if name == "onnx_float32" else 3.5 for name in EXPORTS}  # rows/s ratio to pipeline_float32
 INT8_MAX_GATE_CHANGED, INT8_MIN_TOP1 = 0.005, 0.995
 
 
@@ -77,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {', '.join(SYSTEMS)}"
     )
     parser.add_argument("--per_channel", action="store_true", help="int8 with per-channel weight scales")
+    parser.add_argument("--smooth_alpha", type=float, default=0.85,
+                        help="*_smooth systems: SmoothQuant migration strength (scales measured on half of the rows)")
     parser.add_argument("--min_top1_agreement", type=float, default=INT8_MIN_TOP1,
                         help="onnx_int8_mixed: the float-layer search's top-1 target (on half of the rows)")
     parser.add_argument("--max_gate_changed", type=float, default=INT8_MAX_GATE_CHANGED,
@@ -101,9 +112,10 @@ def export_dirs(workdir: Path) -> dict[str, Path]:
 def export_models(args, ours_dir: str, workdir: Path, texts: list[str]) -> dict:
     """The exports of the multitask model (those in --systems), with export wall time and file size.
 
-    onnx_int8_mixed is what `python -m multitask.export --quantize int8 --min_top1_agreement …
-    --max_gate_changed …` writes: float layers chosen on the first of `split_halves(texts)`."""
-    from multitask.export import FloatLayerSearch, export_model, split_halves
+    The calibrated ones are what `python -m multitask.export --quantize int8 [--smooth_alpha A]
+    [--min_top1_agreement … --max_gate_changed …]` writes: smoothing scales and float layers fitted on the first of
+    `split_halves(texts)`."""
+    from multitask.export import Int8Calibration, export_model, split_halves
     from multitask.predict import load_model
 
     model, tokenizer = load_model(ours_dir, "cpu")
@@ -112,13 +124,19 @@ def export_models(args, ours_dir: str, workdir: Path, texts: list[str]) -> dict:
     for name, target in export_dirs(workdir).items():
         if name not in args.systems:
             continue
-        quantize = None if name == "onnx_float32" else "int8"
-        search = None
-        if name == "onnx_int8_mixed":
-            search = FloatLayerSearch([texts[i] for i in fit], args.min_top1_agreement, args.max_gate_changed,
-                                      args.batch_size, args.max_seq_length)
+        quantize, smooth, search = EXPORTS[name]
+        calibration = None
+        if smooth or search:
+            calibration = Int8Calibration(
+                [texts[i] for i in fit],
+                args.smooth_alpha if smooth else None,
+                args.min_top1_agreement if search else None,
+                args.max_gate_changed if search else None,
+                args.batch_size,
+                args.max_seq_length,
+            )
         start = time.perf_counter()
-        export_model(model, tokenizer, target, quantize, args.per_channel, ours_dir, search=search)
+        export_model(model, tokenizer, target, quantize, args.per_channel, ours_dir, calibration=calibration)
         info = json.loads((target / "export_info.json").read_text(encoding="utf-8"))
         result[name] = {
             "seconds": time.perf_counter() - start,
@@ -274,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             lines.append(line)
         kept = report["export"][name]["kept_float"]
         if kept:
-            lines.append(f"\n{name} keeps {len(kept)} linear layers in float32 (chosen on the other half): "
+            lines.append(f"\n{name} keeps {len(kept)} linear layers in float32 (chosen on the calibration half): "
                          + ", ".join(kept))
     publish(out, "onnx.md", lines)
     return report

@@ -4,6 +4,7 @@
     python -m multitask.export output/output_20260101_120000 --onnx --quantize int8    # → <run dir>/onnx_int8/
     python -m multitask.export user/model --onnx --output_dir exported/ --check_file val.csv
     python -m multitask.export <run dir> --quantize int8 --per_channel --min_top1_agreement 0.995 --max_gate_changed 0.005
+    python -m multitask.export <run dir> --quantize int8 --per_channel --smooth_alpha 0.85 --min_top1_agreement 0.995
     python run_predict.py --model output/output_20260101_120000/onnx_int8 --input_files new.csv
 
 The graph comes from `torch.onnx.export(..., dynamo=True)` with dynamic batch and sequence axes (tested with
@@ -16,7 +17,8 @@ Mixed precision: `--keep_float REGEX` keeps the matching linear layers (module n
 `encoder.encoder.layer.0.output.dense`) in float32; `--min_top1_agreement` / `--max_gate_changed` choose them:
 the check texts are split in two seeded halves, the layers whose quantization moves the outputs most are kept
 float until the first half meets the targets, and the agreement is reported on the second half (rows the choice
-did not see) as well as on all rows.
+did not see) as well as on all rows. `--smooth_alpha A` first applies SmoothQuant smoothing (`multitask.smoothing`)
+with scales measured on the same first half, which on MiniLM-L6 removes most of int8's disagreement by itself.
 
 The check scores the same texts with both models through `multitask.predict.predict_scores` (same batching,
 same gate scores) and reports max |Δ pick_prob|, top-1 category agreement and the gate decisions changed at each
@@ -56,6 +58,7 @@ from .onnx_backend import (
 )
 from .predict import Scores, load_model, predict_scores
 from .quantization import choose_float_layers, linear_layers, matching_layers, quantize_int8
+from .smoothing import smoothed_copy
 from .rundir import saved_model_dir, setup_logging, write_json
 from .text_encoding import text_separator
 
@@ -98,6 +101,14 @@ class ExportArguments:
         metadata={
             "help": "With --quantize int8: regular expressions over linear-layer module names (e.g. "
             "'layer\\.[01]\\.(intermediate|output)\\.dense'); matching layers stay float32."
+        },
+    )
+    smooth_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "With --quantize int8: SmoothQuant migration strength in [0, 1] (e.g. 0.85): the encoder's "
+            "linear inputs are divided per channel by scales measured on half of the check rows, the weights "
+            "multiplied by them (same function in fp32, fewer activation outliers for int8). Empty: off."
         },
     )
     min_top1_agreement: float | None = field(
@@ -260,17 +271,24 @@ def _drop_quantizer_notes(record: logging.LogRecord) -> bool:
 
 
 @dataclass
-class FloatLayerSearch:
-    """What `--min_top1_agreement` / `--max_gate_changed` ask of an int8 export, and the rows the choice is made on.
+class Int8Calibration:
+    """What an int8 export fits on calibration rows (one half of the check rows): SmoothQuant smoothing
+    (`smooth_alpha`) and the float-layer search (`min_top1_agreement`, `max_gate_changed`).
 
     A target left None is not checked; a figure the model cannot give (no gate, or no category head) counts as met.
     """
 
     texts: list[str]
+    smooth_alpha: float | None = None
     min_top1_agreement: float | None = None
     max_gate_changed: float | None = None
     batch_size: int = 64
     max_length: int | None = None
+
+    @property
+    def searches(self) -> bool:
+        """Whether float layers are to be chosen (a target is set)."""
+        return self.min_top1_agreement is not None or self.max_gate_changed is not None
 
     def passes(self, result: dict) -> bool:
         """Whether an `agreement` result meets both targets (gate changes as a share of rows, worst threshold)."""
@@ -279,6 +297,10 @@ class FloatLayerSearch:
         return (self.min_top1_agreement is None or top1 >= self.min_top1_agreement) and (
             self.max_gate_changed is None or changed <= self.max_gate_changed
         )
+
+    def scores(self, model, tokenizer) -> Scores:
+        """`predict_scores` of `model` (PyTorch or ONNX) on the calibration rows."""
+        return predict_scores(model, tokenizer, self.texts, self.batch_size, self.max_length)
 
 
 def output_change(reference: Scores, other: Scores) -> float:
@@ -300,35 +322,34 @@ def search_float_layers(
     layers: dict[str, str],
     kept: list[str],
     per_channel: bool,
-    search: FloatLayerSearch,
+    calibration: Int8Calibration,
 ) -> tuple[list[str], dict]:
     """`quantization.choose_float_layers` with this model's outputs: each candidate graph is quantized into
-    `output_dir` (which must already hold the config and gate statistics) and scored on `search.texts` against the
-    PyTorch model. Costs one quantization and one pass over the texts per linear layer, plus ≈ log2(layers).
+    `output_dir` (which must already hold the config and gate statistics) and scored on the calibration rows against
+    the PyTorch model. Costs one quantization and one pass over the rows per linear layer, plus one per step of the
+    scan (k + 1 for k layers kept float).
 
     Returns:
-        `tuple`: the node names to keep float, and a report (fit rows, targets, per-layer sensitivity by module
-        name, quantizations tried).
+        `tuple`: the node names to keep float, and a report (targets, per-layer sensitivity by module name,
+        quantizations tried).
     """
-    reference = predict_scores(model, tokenizer, search.texts, search.batch_size, search.max_length)
+    reference = calibration.scores(model, tokenizer)
     graph = output_dir / ONNX_FILE
 
     def scores(**which) -> Scores:
         quantize_int8(fp32_graph, graph, per_channel, **which)
-        exported = OnnxMultitaskModel(output_dir)
-        return predict_scores(exported, tokenizer, search.texts, search.batch_size, search.max_length)
+        return calibration.scores(OnnxMultitaskModel(output_dir), tokenizer)
 
     candidates = [node for node in layers if node not in kept]
     chosen, sensitivity, calls = choose_float_layers(
         candidates,
         lambda node: output_change(reference, scores(only=[node])),
-        lambda keep: search.passes(agreement(reference, scores(keep_float=keep), model.config.gate_thresholds)),
+        lambda keep: calibration.passes(agreement(reference, scores(keep_float=keep), model.config.gate_thresholds)),
         kept,
     )
     report = {
-        "fit_rows": len(search.texts),
-        "min_top1_agreement": search.min_top1_agreement,
-        "max_gate_changed": search.max_gate_changed,
+        "min_top1_agreement": calibration.min_top1_agreement,
+        "max_gate_changed": calibration.max_gate_changed,
         "sensitivity": {layers[node]: value for node, value in sorted(sensitivity.items(), key=lambda i: -i[1])},
         "quantizations_tried": len(candidates) + calls,
     }
@@ -343,12 +364,12 @@ def export_model(
     per_channel: bool = False,
     source: str | None = None,
     keep_float: list[str] | tuple[str, ...] = (),
-    search: FloatLayerSearch | None = None,
+    calibration: Int8Calibration | None = None,
 ) -> Path:
     """Write a complete export directory (`multitask.onnx_backend`): graph, config, tokenizer, gate statistics.
 
     Files of an earlier export in `output_dir` (graph, external data, statistics) are replaced, never mixed
-    with the new ones; `model` is left in float32 eval mode.
+    with the new ones; `model` is left in float32 eval mode (a smoothed export smooths a copy).
 
     Args:
         model (`MultitaskModel`):
@@ -366,20 +387,21 @@ def export_model(
         keep_float (`list[str]`, *optional*):
             With `quantize`: regular expressions over linear-layer module names kept in float32
             (`quantization.matching_layers`).
-        search (`FloatLayerSearch`, *optional*):
-            With `quantize`: choose further layers to keep float until its targets hold (`search_float_layers`).
+        calibration (`Int8Calibration`, *optional*):
+            With `quantize`: smooth the encoder's linear layers (`multitask.smoothing`) and/or choose further
+            layers to keep float until the targets hold (`search_float_layers`), both on its rows.
 
     Returns:
         `Path`: `output_dir`.
 
     Raises:
-        `ValueError`: For an unknown `quantize`, or `keep_float`/`search` without it, before anything is written;
-        for a `keep_float` pattern that matches no layer.
+        `ValueError`: For an unknown `quantize`, or `keep_float`/`calibration` without it, before anything is
+        written; for a `keep_float` pattern that matches no layer.
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"quantize: {quantize!r}; choose one of {QUANTIZATIONS} or None")
-    if quantize is None and (keep_float or search):
-        raise ValueError("keep_float and search apply to a quantized export only")
+    if quantize is None and (keep_float or calibration):
+        raise ValueError("keep_float and calibration apply to a quantized export only")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # Removed first: a stale external-data file beside a new graph would be read as its weights.
@@ -389,6 +411,12 @@ def export_model(
     model.config.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     _save_gate_statistics(model, output_dir)
+    model = model.float().eval()
+    traced, smoothed_layers = model, 0
+    if calibration is not None and calibration.smooth_alpha is not None:
+        traced, smoothed_layers = smoothed_copy(
+            model, calibration.smooth_alpha, lambda each: calibration.scores(each, tokenizer)
+        )
     layers, kept, search_report = {}, [], None
     with _quiet_exporter_logs():
         if quantize is None:
@@ -396,12 +424,12 @@ def export_model(
         else:
             # The fp32 graph is only the quantizer's input: written beside the target (same disk), then deleted.
             with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
-                fp32 = export_onnx(model, tokenizer, Path(scratch) / ONNX_FILE)
+                fp32 = export_onnx(traced, tokenizer, Path(scratch) / ONNX_FILE)
                 layers = linear_layers(fp32)
                 kept = matching_layers(layers, keep_float)
-                if search is not None:
+                if calibration is not None and calibration.searches:
                     kept, search_report = search_float_layers(
-                        model, tokenizer, fp32, output_dir, layers, kept, per_channel, search
+                        model, tokenizer, fp32, output_dir, layers, kept, per_channel, calibration
                     )
                 quantize_int8(fp32, output_dir / ONNX_FILE, per_channel, keep_float=kept)
     write_json(
@@ -414,6 +442,10 @@ def export_model(
                 "method": "onnxruntime.quantization.quantize_dynamic",
                 "weight_type": "QInt8",
                 "per_channel": per_channel,
+                "smoothing": None
+                if not smoothed_layers
+                else {"method": "SmoothQuant", "alpha": calibration.smooth_alpha, "layers": smoothed_layers},
+                "calibration_rows": None if calibration is None else len(calibration.texts),
                 "kept_float": [layers[node] for node in kept],
                 "kept_float_patterns": list(keep_float),
                 "float_layer_search": search_report,
@@ -693,35 +725,38 @@ def check_texts(files: list[str], config, tokenizer, encoding: str | None = None
 
 
 def split_halves(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two seeded, disjoint, sorted halves of `range(rows)`: the float-layer search chooses on the first, and the
-    agreement that vouches for its choice is measured on the second (the first half is the smaller when odd)."""
+    """Two seeded, disjoint, sorted halves of `range(rows)`: int8 calibration (smoothing scales, float-layer search)
+    fits on the first, and the agreement that vouches for it is measured on the second (the first half is the
+    smaller when odd)."""
     order = np.random.default_rng(seed).permutation(rows)
     return np.sort(order[: rows // 2]), np.sort(order[rows // 2 :])
 
 
 def check_int8_options(args: ExportArguments, model: MultitaskModel, check_rows: int) -> None:
-    """Refuse int8-only flags without `--quantize int8`, targets that are no share, a float-layer search without
-    check rows, and `--keep_float` patterns that are no regular expression or match no linear layer of `model`.
+    """Refuse int8-only flags without `--quantize int8`, shares and strengths out of range, calibration (smoothing or
+    a float-layer search) without check rows, and `--keep_float` patterns that are no regular expression or match
+    no linear layer of `model`.
 
     Raises:
         `UsageError`: Naming the flag.
     """
-    searched = [
-        (flag, value)
-        for flag, value in (("--min_top1_agreement", args.min_top1_agreement),
+    calibrated = [
+        flag
+        for flag, value in (("--smooth_alpha", args.smooth_alpha), ("--min_top1_agreement", args.min_top1_agreement),
                             ("--max_gate_changed", args.max_gate_changed))
         if value is not None
     ]
-    if args.quantize is None and (searched or args.keep_float):
-        flag = searched[0][0] if searched else "--keep_float"
-        raise UsageError(f"{flag}: applies to --quantize int8 only")
+    if args.quantize is None and (calibrated or args.keep_float):
+        raise UsageError(f"{(calibrated or ['--keep_float'])[0]}: applies to --quantize int8 only")
+    if args.smooth_alpha is not None and not 0 <= args.smooth_alpha <= 1:
+        raise UsageError(f"--smooth_alpha {args.smooth_alpha}: a migration strength in [0, 1], e.g. 0.85")
     if args.min_top1_agreement is not None and not 0 < args.min_top1_agreement <= 1:
         raise UsageError(f"--min_top1_agreement {args.min_top1_agreement}: a share in (0, 1], e.g. 0.995")
     if args.max_gate_changed is not None and not 0 <= args.max_gate_changed < 1:
         raise UsageError(f"--max_gate_changed {args.max_gate_changed}: a share in [0, 1), e.g. 0.005")
-    if searched and check_rows < 20:
+    if calibrated and check_rows < 20:
         raise UsageError(
-            f"{searched[0][0]}: needs check rows to choose on (--check_file, at least 20 rows; got {check_rows})"
+            f"{calibrated[0]}: needs check rows to calibrate on (--check_file, at least 20 rows; got {check_rows})"
         )
     if args.keep_float:
         names = {name: name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
@@ -763,16 +798,16 @@ def main(argv: list[str] | None = None) -> dict:
     # Read before exporting, so a bad file fails before anything is written.
     texts = check_texts(check_files, model.config, tokenizer, args.encoding)
     check_int8_options(args, model, len(texts))
-    search, held_out = None, None
-    if args.min_top1_agreement is not None or args.max_gate_changed is not None:
+    calibration, held_out = None, None
+    if any(value is not None for value in (args.smooth_alpha, args.min_top1_agreement, args.max_gate_changed)):
         fit, held_out = split_halves(len(texts))
-        search = FloatLayerSearch(
-            [texts[i] for i in fit], args.min_top1_agreement, args.max_gate_changed, args.batch_size,
-            args.max_seq_length,
+        calibration = Int8Calibration(
+            [texts[i] for i in fit], args.smooth_alpha, args.min_top1_agreement, args.max_gate_changed,
+            args.batch_size, args.max_seq_length,
         )
 
     export_model(
-        model, tokenizer, output_dir, args.quantize, args.per_channel, args.model, args.keep_float or (), search
+        model, tokenizer, output_dir, args.quantize, args.per_channel, args.model, args.keep_float or (), calibration
     )
     logger.info("exported %s → %s (%s)", args.model, output_dir / ONNX_FILE, args.quantize or "float32")
     exported = OnnxMultitaskModel(output_dir)

@@ -10,8 +10,8 @@ graph by the module they came from, quantizes with some of them kept float, and 
   layer.0.output.dense`), read from the exporter's `namespace` node metadata;
 - `quantize_int8`: `quantize_dynamic` with `keep_float` nodes excluded;
 - `choose_float_layers`: the fewest layers to keep float so that a caller's agreement test passes: layers ordered by
-  their own sensitivity (the output change when only that layer is quantized), then a binary search over how many
-  of the most sensitive to keep. The caller supplies both measurements (see `multitask.export`), so this module
+  their own sensitivity (the output change when only that layer is quantized), then the most sensitive kept float
+  one more at a time. The caller supplies both measurements (see `multitask.export`), so this module
   knows nothing of models or data.
 """
 
@@ -26,6 +26,8 @@ from pathlib import Path
 _NAMESPACE_KEY = "namespace"
 # _ExportedForward holds the model as `model`; module names are given relative to the MultitaskModel.
 _WRAPPER_PREFIX = "model."
+# multitask.smoothing wraps a smoothed nn.Linear as `<name>.linear` inside this class.
+_SMOOTHED_WRAPPER = "SmoothedLinear"
 
 
 def linear_layers(path: str | Path) -> dict[str, str]:
@@ -52,6 +54,9 @@ def linear_layers(path: str | Path) -> dict[str, str]:
         namespace = next((p.value for p in node.metadata_props if p.key == _NAMESPACE_KEY), "")
         segments = namespace.split("/")
         module = segments[-2].split(": ")[0] if len(segments) >= 2 else node.name
+        if len(segments) >= 3 and segments[-3].endswith(_SMOOTHED_WRAPPER):
+            # A smoothed layer is named as before smoothing, so --keep_float patterns mean the same with or without.
+            module = segments[-3].split(": ")[0]
         layers[node.name] = module.removeprefix(_WRAPPER_PREFIX)
     return layers
 
@@ -122,11 +127,12 @@ def choose_float_layers(
 ) -> tuple[list[str], dict[str, float], int]:
     """The fewest layers to keep in float32 so that `passes` holds, most sensitive first.
 
-    Each layer's `sensitivity` is measured once; the layers are ordered by it, and a binary search finds the
-    smallest k for which `passes(already_float + k most sensitive)` holds. The search assumes that keeping more
-    layers float never makes agreement worse; it holds in expectation, not row by row, so the result is checked by
-    the caller on rows the search did not see. Keeping every layer float is the fp32 graph, which is assumed to
-    pass without being tried.
+    Each layer's `sensitivity` is measured once; the layers are ordered by it, and k = 0, 1, 2, … of the most
+    sensitive are kept float until `passes(already_float + those k)` holds. A scan, not a bisection: near the
+    targets the pass/fail answer is noisy (a few rows whose score sits at a threshold flip either way), so it is
+    not monotone in k, and a bisection could land far above the smallest k that passes. The smallest passing k is
+    itself chosen on the rows `passes` sees, so the caller checks the result on other rows. Keeping every layer
+    float is the fp32 graph, which is assumed to pass without being tried.
 
     Args:
         layers (`list[str]`):
@@ -145,15 +151,7 @@ def choose_float_layers(
     already_float = list(already_float)
     scores = {node: float(sensitivity(node)) for node in layers}
     order = sorted(layers, key=lambda node: -scores[node])
-    calls = 1
-    if passes(already_float):
-        return already_float, scores, calls
-    low, high = 0, len(order)  # passes(order[:low]) is false; order[:high] (all float) is assumed to pass
-    while high - low > 1:
-        middle = (low + high) // 2
-        calls += 1
-        if passes(already_float + order[:middle]):
-            high = middle
-        else:
-            low = middle
-    return already_float + order[:high], scores, calls
+    for count in range(len(order)):
+        if passes(already_float + order[:count]):
+            return already_float + order[:count], scores, count + 1
+    return already_float + order, scores, len(order)

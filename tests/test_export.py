@@ -267,12 +267,12 @@ def test_output_change_and_search_targets_by_hand():
     other = Scores(np.array([0.3, 0.6]), np.array([[0.5, 0.5], [0.4, 0.6]]))
     # Total variation 0.2 and 0 → mean 0.1; |Δ pick| 0.1 and 0 → mean 0.05.
     assert export.output_change(reference, other) == pytest.approx(0.15)
-    search = export.FloatLayerSearch(["t"], min_top1_agreement=0.99, max_gate_changed=0.01)
+    search = export.Int8Calibration(["t"], min_top1_agreement=0.99, max_gate_changed=0.01)
     good = {"rows": 200, "category_top1_agreement": 0.995, "gate_decisions_changed": {"a": 0, "b": 2}}
     assert search.passes(good)
     assert not search.passes({**good, "gate_decisions_changed": {"a": 3}})  # 1.5 % at the worst threshold
     assert not search.passes({**good, "category_top1_agreement": 0.98})
-    assert export.FloatLayerSearch(["t"]).passes({"rows": 1})  # no targets, no heads: nothing to miss
+    assert export.Int8Calibration(["t"]).passes({"rows": 1})  # no targets, no heads: nothing to miss
 
 
 def test_mixed_precision_export_chooses_on_half_and_reports_the_other(bert_dir, check_csv, tmp_path):
@@ -289,7 +289,7 @@ def test_mixed_precision_export_chooses_on_half_and_reports_the_other(bert_dir, 
     assert set(search["sensitivity"]) == layers - {"gate_head"}  # every candidate measured, the forced one not
     assert info["kept_float"][0] == "gate_head" and set(info["kept_float"]) <= layers
     agreement = result["agreement"]
-    assert search["fit_rows"] + agreement["held_out"]["rows"] == agreement["rows"] == len(CHECK_TEXTS)
+    assert info["calibration_rows"] + agreement["held_out"]["rows"] == agreement["rows"] == len(CHECK_TEXTS)
     assert agreement["kept_float"] == info["kept_float"]
     printed = buffer.getvalue()
     assert "held-out rows" in printed and "kept in float32: gate_head" in printed
@@ -297,9 +297,23 @@ def test_mixed_precision_export_chooses_on_half_and_reports_the_other(bert_dir, 
     assert OnnxMultitaskModel(target).precision == "int8"
 
 
+def test_smoothed_int8_export_calibrates_on_half_and_keeps_the_torch_model(bert_dir, check_csv, tmp_path):
+    target = tmp_path / "smoothed"
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = export.main([str(bert_dir), "--quantize", "int8", "--per_channel", "--output_dir", str(target),
+                              "--check_file", str(check_csv), "--smooth_alpha", "0.85", "--batch_size", "4"])
+    info = json.loads((target / "export_info.json").read_text())["quantization"]
+    assert info["smoothing"] == {"method": "SmoothQuant", "alpha": 0.85, "layers": 12}
+    assert info["calibration_rows"] == len(CHECK_TEXTS) // 2 and info["float_layer_search"] is None
+    agreement = result["agreement"]
+    assert agreement["held_out"]["rows"] == len(CHECK_TEXTS) - len(CHECK_TEXTS) // 2
+    _assert_int8_close(agreement)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
+        (["--smooth_alpha", "2"], "--smooth_alpha 2.0: a migration strength in [0, 1]"),
         (["--keep_float", "no_such_layer"], "--keep_float 'no_such_layer' matches no linear layer"),
         (["--keep_float", "(bad"], "not a regular expression"),
         (["--min_top1_agreement", "1.5"], "--min_top1_agreement 1.5: a share in (0, 1]"),
@@ -327,5 +341,5 @@ def test_int8_options_need_int8_and_a_search_needs_rows(bert_dir, tmp_path, caps
     assert "error: --max_gate_changed: applies to --quantize int8 only" in capsys.readouterr().err
     assert cli(export.main, [str(bert_dir), "--quantize", "int8", "--output_dir", str(target),
                              "--min_top1_agreement", "0.99"]) == 2
-    assert "needs check rows to choose on" in capsys.readouterr().err
+    assert "needs check rows to calibrate on" in capsys.readouterr().err
     assert not target.exists()

@@ -73,14 +73,35 @@ def test_choose_float_layers_keeps_the_fewest_most_sensitive():
 
     chosen, scores, calls = quantization.choose_float_layers(list(sensitivity), sensitivity.get, passes)
     assert chosen == ["b", "c"] and scores == sensitivity
-    assert calls == len(tried) and tried[0] == []  # nothing kept float is tried first
-    assert all(keep in (["b"], ["b", "c"], [], ["b", "c", "a"]) for keep in tried)
+    assert tried == [[], ["b"], ["b", "c"]] and calls == 3  # most sensitive first, one more at a time
+
+
+def test_choose_float_layers_takes_the_first_pass_when_noise_makes_it_non_monotone():
+    # Passing at 1 but failing at 2 (rows flipping at a threshold): the scan stops at 1, a bisection would not.
+    answers = {0: False, 1: True, 2: False, 3: True}
+    chosen, _, calls = quantization.choose_float_layers(
+        ["a", "b", "c", "d"], {"a": 4, "b": 3, "c": 2, "d": 1}.get, lambda keep: answers.get(len(keep), True)
+    )
+    assert chosen == ["a"] and calls == 2
 
 
 def test_choose_float_layers_stops_when_full_int8_passes_and_keeps_the_forced_ones():
     chosen, _, calls = quantization.choose_float_layers(["a", "b"], lambda node: 1.0, lambda keep: True, ["x"])
     assert chosen == ["x"] and calls == 1
     # Nothing but all-float passes: every candidate is kept (the fp32 graph, never tried itself).
-    chosen, _, _ = quantization.choose_float_layers(["a", "b", "c"], {"a": 3, "b": 2, "c": 1}.get,
-                                                    lambda keep: len(keep) == 4, ["x"])
-    assert chosen == ["x", "a", "b", "c"]
+    chosen, _, calls = quantization.choose_float_layers(["a", "b", "c"], {"a": 3, "b": 2, "c": 1}.get,
+                                                        lambda keep: len(keep) == 4, ["x"])
+    assert chosen == ["x", "a", "b", "c"] and calls == 3
+
+
+def test_smoothed_layers_keep_their_names_in_the_graph(bert_graph, tokenizer, tmp_path):
+    from multitask.smoothing import smoothed_copy
+
+    path, model = bert_graph
+    inputs = tokenizer(["an example"], return_tensors="pt")
+    smoothed, _ = smoothed_copy(model, 0.5, lambda each: each(**inputs))
+    smoothed_path = export_onnx(smoothed, tokenizer, tmp_path / "smoothed.onnx")
+    # `--keep_float` patterns mean the same layers with and without smoothing.
+    assert sorted(quantization.linear_layers(smoothed_path).values()) == sorted(
+        quantization.linear_layers(path).values()
+    )
