@@ -23,8 +23,8 @@ ONNX Runtime gets as many intra-op threads as torch uses (torch.get_num_threads(
 Speed: one process, every system loaded once, ABBA rounds of a full pass each (odd rounds in reverse order, so
 drift hits all alike); rows/s = rows / wall time of the call, median over rounds (and best round). Ratios are
 against pipeline_float32. Agreement: the ONNX models' scores against torch_float32's on the same rows
-(multitask.export.agreement: max |Δ pick_prob|, top-1 category agreement, gate decisions changed at each stored
-threshold), on all rows and on the held-out half (`multitask.export.split_halves`). Targets (issue 15): onnx
+(multitask.agreement.agreement: max |Δ pick_prob|, top-1 category agreement, gate decisions changed at each stored
+threshold), on all rows and on the held-out half (`multitask.agreement.split_halves`). Targets (issue 15): onnx
 fp32 ≥ 2.0 × and int8 ≥ 3.5 × the pipeline's rows/s; int8 ≤ 0.5 % of gate decisions changed and ≥ 99.5 % top-1
 agreement.
 
@@ -115,7 +115,8 @@ def export_models(args, ours_dir: str, workdir: Path, texts: list[str]) -> dict:
     The calibrated ones are what `python -m multitask.export --quantize int8 [--smooth_alpha A]
     [--min_top1_agreement … --max_gate_changed …]` writes: smoothing scales and float layers fitted on the first of
     `split_halves(texts)`."""
-    from multitask.export import Int8Calibration, export_model, split_halves
+    from multitask.agreement import split_halves
+    from multitask.export import Int8Calibration, export_model
     from multitask.predict import load_model
 
     model, tokenizer = load_model(ours_dir, "cpu")
@@ -211,7 +212,7 @@ def measure_speed(args, ours_dir: str, pipeline_dir: str, workdir: Path, texts: 
     result["ratios_to_pipeline_float32"] = ratios
     result["agreement_with_torch_float32"] = {}
     if "torch_float32" in outputs:
-        from multitask.export import agreement, split_halves
+        from multitask.agreement import agreement, split_halves
         from multitask.rundir import saved_model_dir
 
         config = json.loads((Path(saved_model_dir(ours_dir)) / "config.json").read_text(encoding="utf-8"))

@@ -16,7 +16,7 @@ from transformers import BertConfig, BertModel
 from multitask import export
 from multitask.modeling import MultitaskModel, build_config
 from multitask.onnx_backend import OnnxMultitaskModel, load_predictor, onnx_export_for
-from multitask.predict import Scores, fit_gate_statistics, predict_scores
+from multitask.predict import fit_gate_statistics, predict_scores
 from tests.conftest import CATEGORIES, SENTENCES, write_csv
 
 CHECK_TEXTS = [text for texts in SENTENCES.values() for text in texts]
@@ -236,17 +236,6 @@ def test_load_predictor_runs_a_run_directorys_default_export(deberta_exports, de
     assert isinstance(model, OnnxMultitaskModel)
 
 
-def test_agreement_counts_changed_decisions():
-    reference = Scores(np.array([0.2, 0.6, 0.9]), np.array([[0.7, 0.3], [0.4, 0.6], [0.5, 0.5]]))
-    other = Scores(np.array([0.2, 0.4, 0.95]), np.array([[0.7, 0.3], [0.6, 0.4], [0.45, 0.55]]))
-    result = export.agreement(reference, other, {"default": 0.5, "low": 0.1})
-    assert result["max_abs_pick_prob_diff"] == pytest.approx(0.2)
-    assert result["category_top1_agreement"] == pytest.approx(1 / 3)
-    assert result["gate_decisions_changed"] == {"default": 1, "low": 0}
-    # default: row 2 Pick→Decline, row 3's category changed; low: rows 2 and 3 change category.
-    assert result["decisions_changed"] == {"default": 2, "low": 2}
-
-
 def test_output_names_follow_the_heads(model):
     assert export.output_names(model.config) == ["gate_logits", "category_logits", "features"]
     gate_only = build_config(model.config.encoder_config, None)
@@ -262,17 +251,14 @@ def test_export_help_documents_every_flag():
         assert field.metadata.get("help"), field.name
 
 
-def test_output_change_and_search_targets_by_hand():
-    reference = Scores(np.array([0.2, 0.6]), np.array([[0.7, 0.3], [0.4, 0.6]]))
-    other = Scores(np.array([0.3, 0.6]), np.array([[0.5, 0.5], [0.4, 0.6]]))
-    # Total variation 0.2 and 0 → mean 0.1; |Δ pick| 0.1 and 0 → mean 0.05.
-    assert export.output_change(reference, other) == pytest.approx(0.15)
-    search = export.Int8Calibration(["t"], min_top1_agreement=0.99, max_gate_changed=0.01)
+def test_calibration_targets_by_hand():
+    calibration = export.Int8Calibration(["t"], min_top1_agreement=0.99, max_gate_changed=0.01)
     good = {"rows": 200, "category_top1_agreement": 0.995, "gate_decisions_changed": {"a": 0, "b": 2}}
-    assert search.passes(good)
-    assert not search.passes({**good, "gate_decisions_changed": {"a": 3}})  # 1.5 % at the worst threshold
-    assert not search.passes({**good, "category_top1_agreement": 0.98})
+    assert calibration.passes(good) and calibration.searches
+    assert not calibration.passes({**good, "gate_decisions_changed": {"a": 3}})  # 1.5 % at the worst threshold
+    assert not calibration.passes({**good, "category_top1_agreement": 0.98})
     assert export.Int8Calibration(["t"]).passes({"rows": 1})  # no targets, no heads: nothing to miss
+    assert not export.Int8Calibration(["t"], smooth_alpha=0.85).searches
 
 
 def test_mixed_precision_export_chooses_on_half_and_reports_the_other(bert_dir, check_csv, tmp_path):
