@@ -307,15 +307,15 @@ def search_float_layers(
     model: MultitaskModel,
     tokenizer,
     fp32_graph: Path,
-    output_dir: Path,
+    candidate_dir: Path,
     layers: dict[str, str],
     kept: list[str],
     per_channel: bool,
     calibration: Int8Calibration,
 ) -> tuple[list[str], dict]:
     """`quantization.choose_float_layers` with this model's outputs: each candidate graph is quantized into
-    `output_dir` (which must already hold the config and gate statistics) and scored on the calibration rows against
-    the PyTorch model. Costs one quantization and one pass over the rows per linear layer, plus one per step of the
+    `candidate_dir` (which must already hold the config and gate statistics) and scored on the calibration rows
+    against the PyTorch model. Costs one quantization and one pass over the rows per linear layer, plus one per step of the
     scan (k + 1 for k layers kept float).
 
     Returns:
@@ -323,11 +323,11 @@ def search_float_layers(
         quantizations tried).
     """
     reference = calibration.scores(model, tokenizer)
-    graph = output_dir / ONNX_FILE
+    graph = candidate_dir / ONNX_FILE
 
     def scores(**which) -> Scores:
         quantize_int8(fp32_graph, graph, per_channel, **which)
-        return calibration.scores(OnnxMultitaskModel(output_dir), tokenizer)
+        return calibration.scores(OnnxMultitaskModel(candidate_dir), tokenizer)
 
     candidates = [node for node in layers if node not in kept]
     chosen, sensitivity, calls = choose_float_layers(
@@ -393,10 +393,10 @@ def export_model(
         raise ValueError("keep_float and calibration apply to a quantized export only")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    # Removed first: a stale external-data file beside a new graph would be read as its weights.
-    (output_dir / ONNX_FILE).unlink(missing_ok=True)
-    (output_dir / f"{ONNX_FILE}.data").unlink(missing_ok=True)
-    # Config and statistics before the graph: the float-layer search loads candidate graphs from this directory.
+    # Removed first: a stale external-data file beside a new graph would be read as its weights, and an earlier
+    # export's agreement must not vouch for this one.
+    for stale in (ONNX_FILE, f"{ONNX_FILE}.data", AGREEMENT_FILE):
+        (output_dir / stale).unlink(missing_ok=True)
     model.config.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     _save_gate_statistics(model, output_dir)
@@ -417,8 +417,13 @@ def export_model(
                 layers = linear_layers(fp32)
                 kept = matching_layers(layers, keep_float)
                 if calibration is not None and calibration.searches:
+                    # Candidate graphs are scored from the scratch folder: the export directory only ever gets
+                    # the chosen graph, also when the search stops half-way.
+                    candidates = Path(scratch) / "candidate"
+                    model.config.save_pretrained(candidates)
+                    _save_gate_statistics(model, candidates)
                     kept, search_report = search_float_layers(
-                        model, tokenizer, fp32, output_dir, layers, kept, per_channel, calibration
+                        model, tokenizer, fp32, candidates, layers, kept, per_channel, calibration
                     )
                 quantize_int8(fp32, output_dir / ONNX_FILE, per_channel, keep_float=kept)
     write_json(
@@ -647,8 +652,6 @@ def main(argv: list[str] | None = None) -> dict:
     )
     logger.info("exported %s → %s (%s)", args.model, output_dir / ONNX_FILE, args.quantize or "float32")
     exported = OnnxMultitaskModel(output_dir)
-    # Before the check: if it fails, no agreement.json of an earlier export is left to vouch for this one.
-    (output_dir / AGREEMENT_FILE).unlink(missing_ok=True)
     if not texts:
         logger.warning("agreement with PyTorch not checked: pass --check_file (e.g. the validation CSV)")
         return {"output_dir": str(output_dir), "agreement": None}

@@ -329,3 +329,21 @@ def test_int8_options_need_int8_and_a_search_needs_rows(bert_dir, tmp_path, caps
                              "--min_top1_agreement", "0.99"]) == 2
     assert "needs check rows to calibrate on" in capsys.readouterr().err
     assert not target.exists()
+
+
+def test_a_failed_search_leaves_no_graph_and_no_old_agreement(bert_dir, check_csv, tmp_path, monkeypatch):
+    target = tmp_path / "export"
+    argv = [str(bert_dir), "--output_dir", str(target), "--check_file", str(check_csv), "--batch_size", "4"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        export.main(argv)  # a good fp32 export with its agreement.json
+    assert (target / "agreement.json").is_file()
+    searched = []
+
+    def broken_choice(layers, sensitivity, passes, kept):
+        searched.append(passes([]))  # one candidate graph is scored, then the search fails
+        raise RuntimeError("search failed")
+
+    monkeypatch.setattr(export, "choose_float_layers", broken_choice)
+    with pytest.raises(RuntimeError, match="search failed"):
+        export.main([*argv, "--quantize", "int8", "--min_top1_agreement", "0.99"])
+    assert searched and not (target / "model.onnx").exists() and not (target / "agreement.json").exists()
