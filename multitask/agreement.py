@@ -4,6 +4,7 @@ is judged on.
 
 - `agreement`: max |Δ score|, top-1 category agreement, and the gate (and end-to-end) decisions changed at each
   stored threshold, between two `Scores` of the same rows;
+- `meets_targets`: whether such a result meets top-1 and changed-decision targets;
 - `output_change`: one number for how far outputs moved (the float-layer search ranks layers by it);
 - `check_agreement` / `format_agreement`: score texts with both models, and the printed summary;
 - `split_halves`: the seeded calibration and held-out halves of the check rows.
@@ -24,6 +25,17 @@ def split_halves(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     smaller when odd)."""
     order = np.random.default_rng(seed).permutation(rows)
     return np.sort(order[: rows // 2]), np.sort(order[rows // 2 :])
+
+
+def meets_targets(result: dict, min_top1_agreement: float | None, max_gate_changed: float | None) -> bool:
+    """Whether an `agreement` result meets the int8 targets: top-1 category agreement ≥ `min_top1_agreement` and
+    gate decisions changed ≤ `max_gate_changed` as a share of rows at every stored threshold (the worst one). A
+    target left None is not checked; a figure the model cannot give (no gate, or no category head) counts as met."""
+    top1 = result.get("category_top1_agreement", 1.0)
+    changed = max(result.get("gate_decisions_changed", {}).values(), default=0) / max(result["rows"], 1)
+    return (min_top1_agreement is None or top1 >= min_top1_agreement) and (
+        max_gate_changed is None or changed <= max_gate_changed
+    )
 
 
 def output_change(reference: Scores, other: Scores) -> float:

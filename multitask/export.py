@@ -43,7 +43,14 @@ import torch
 from torch import nn
 from transformers import HfArgumentParser
 
-from .agreement import agreement, check_agreement, format_agreement, output_change, split_halves
+from .agreement import (
+    agreement,
+    check_agreement,
+    format_agreement,
+    meets_targets,
+    output_change,
+    split_halves,
+)
 from .checks import model_load_errors, resolve_model_source
 from .errors import UsageError, cli, parse_arguments
 from .hub import resolve_token
@@ -275,7 +282,7 @@ class Int8Calibration:
     """What an int8 export fits on calibration rows (one half of the check rows): SmoothQuant smoothing
     (`smooth_alpha`) and the float-layer search (`min_top1_agreement`, `max_gate_changed`).
 
-    A target left None is not checked; a figure the model cannot give (no gate, or no category head) counts as met.
+    A target left None is not checked (see `agreement.meets_targets`).
     """
 
     texts: list[str]
@@ -291,12 +298,8 @@ class Int8Calibration:
         return self.min_top1_agreement is not None or self.max_gate_changed is not None
 
     def passes(self, result: dict) -> bool:
-        """Whether an `agreement` result meets both targets (gate changes as a share of rows, worst threshold)."""
-        top1 = result.get("category_top1_agreement", 1.0)
-        changed = max(result.get("gate_decisions_changed", {}).values(), default=0) / max(result["rows"], 1)
-        return (self.min_top1_agreement is None or top1 >= self.min_top1_agreement) and (
-            self.max_gate_changed is None or changed <= self.max_gate_changed
-        )
+        """Whether an `agreement` result meets both targets (`agreement.meets_targets`)."""
+        return meets_targets(result, self.min_top1_agreement, self.max_gate_changed)
 
     def scores(self, model, tokenizer) -> Scores:
         """`predict_scores` of `model` (PyTorch or ONNX) on the calibration rows."""

@@ -40,3 +40,11 @@ def test_scores_rows_takes_every_field():
     taken = scores.rows(np.array([2, 0]))
     assert taken.pick_prob.tolist() == [0.5, 0.1] and taken.category_probs.tolist() == [[0, 0, 1], [1, 0, 0]]
     assert taken.gate_scores["maha"].tolist() == [3.0, 1.0] and taken.features is None
+
+
+def test_meets_targets_by_hand():
+    good = {"rows": 200, "category_top1_agreement": 0.995, "gate_decisions_changed": {"a": 0, "b": 1}}
+    assert agreement.meets_targets(good, 0.995, 0.005)  # 1 of 200 = 0.5 % at the worst threshold
+    assert not agreement.meets_targets({**good, "gate_decisions_changed": {"a": 2}}, 0.995, 0.005)
+    assert not agreement.meets_targets(good, 0.996, None)
+    assert agreement.meets_targets({"rows": 5}, 0.995, 0.0)  # no heads' figures: nothing to miss
