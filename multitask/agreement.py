@@ -112,12 +112,13 @@ def check_agreement(
     batch_size: int = 64,
     max_length: int | None = None,
     held_out: np.ndarray | None = None,
+    reference: Scores | None = None,
 ) -> dict:
     """Score `texts` with the PyTorch model (fp32) and the exported one; `agreement` of the two.
 
     Args:
         model (`MultitaskModel`):
-            The PyTorch model (after `export_model`, in float32).
+            The PyTorch model, in float32 (as `export_model` leaves it).
         tokenizer (`PreTrainedTokenizerBase`):
             Tokenizer shared by both models.
         exported (`OnnxMultitaskModel`):
@@ -130,12 +131,15 @@ def check_agreement(
             Token length the inputs are cut to; None uses the length stored in the model.
         held_out (`np.ndarray`, *optional*):
             Row indices the export's float-layer choice did not see; their agreement is reported separately.
+        reference (`Scores`, *optional*):
+            The PyTorch model's scores of `texts`, when the caller has them already (same batching and length).
 
     Returns:
         `dict`: `gate_score` and `precision` (of the export), then the `agreement` keys over all rows, and with
         `held_out` a `held_out` entry holding the `agreement` on those rows.
     """
-    reference = predict_scores(model, tokenizer, texts, batch_size, max_length)
+    if reference is None:
+        reference = predict_scores(model, tokenizer, texts, batch_size, max_length)
     other = predict_scores(exported, tokenizer, texts, batch_size, max_length)
     result = {
         "gate_score": model.config.gate_score,

@@ -291,6 +291,8 @@ class Int8Calibration:
     max_gate_changed: float | None = None
     batch_size: int = 64
     max_length: int | None = None
+    # The PyTorch model's scores of `texts`, when the caller has them already (`main` scores every check row once).
+    reference: Scores | None = None
 
     @property
     def searches(self) -> bool:
@@ -318,14 +320,14 @@ def search_float_layers(
 ) -> tuple[list[str], dict]:
     """`quantization.choose_float_layers` with this model's outputs: each candidate graph is quantized into
     `candidate_dir` (which must already hold the config and gate statistics) and scored on the calibration rows
-    against the PyTorch model. Costs one quantization and one pass over the rows per linear layer, plus one per step of the
-    scan (k + 1 for k layers kept float).
+    against the PyTorch model. Costs one quantization and one pass over the rows per linear layer, plus one per
+    step of the scan (k + 1 for k layers kept float).
 
     Returns:
         `tuple`: the node names to keep float, and a report (targets, per-layer sensitivity by module name,
         quantizations tried).
     """
-    reference = calibration.scores(model, tokenizer)
+    reference = calibration.reference if calibration.reference is not None else calibration.scores(model, tokenizer)
     graph = candidate_dir / ONNX_FILE
 
     def scores(**which) -> Scores:
@@ -576,6 +578,14 @@ def check_texts(files: list[str], config, tokenizer, encoding: str | None = None
     return texts
 
 
+def calibration_flags(args: ExportArguments) -> list[str]:
+    """The int8 calibration flags given (`--smooth_alpha`, `--min_top1_agreement`, `--max_gate_changed`): any of
+    them makes the export fit on half of the check rows."""
+    given = (("--smooth_alpha", args.smooth_alpha), ("--min_top1_agreement", args.min_top1_agreement),
+             ("--max_gate_changed", args.max_gate_changed))
+    return [flag for flag, value in given if value is not None]
+
+
 def check_int8_options(args: ExportArguments, model: MultitaskModel, check_rows: int) -> None:
     """Refuse int8-only flags without `--quantize int8`, shares and strengths out of range, calibration (smoothing or
     a float-layer search) without check rows, and `--keep_float` patterns that are no regular expression or match
@@ -584,12 +594,7 @@ def check_int8_options(args: ExportArguments, model: MultitaskModel, check_rows:
     Raises:
         `UsageError`: Naming the flag.
     """
-    calibrated = [
-        flag
-        for flag, value in (("--smooth_alpha", args.smooth_alpha), ("--min_top1_agreement", args.min_top1_agreement),
-                            ("--max_gate_changed", args.max_gate_changed))
-        if value is not None
-    ]
+    calibrated = calibration_flags(args)
     if args.quantize is None and (calibrated or args.keep_float):
         raise UsageError(f"{(calibrated or ['--keep_float'])[0]}: applies to --quantize int8 only")
     if args.smooth_alpha is not None and not 0 <= args.smooth_alpha <= 1:
@@ -642,12 +647,15 @@ def main(argv: list[str] | None = None) -> dict:
     # Read before exporting, so a bad file fails before anything is written.
     texts = check_texts(check_files, model.config, tokenizer, args.encoding)
     check_int8_options(args, model, len(texts))
+    # The reference every comparison below is made against, scored once (fp32, as export_model leaves the model).
+    model = model.float().eval()
+    reference = predict_scores(model, tokenizer, texts, args.batch_size, args.max_seq_length) if texts else None
     calibration, held_out = None, None
-    if any(value is not None for value in (args.smooth_alpha, args.min_top1_agreement, args.max_gate_changed)):
+    if calibration_flags(args):
         fit, held_out = split_halves(len(texts))
         calibration = Int8Calibration(
             [texts[i] for i in fit], args.smooth_alpha, args.min_top1_agreement, args.max_gate_changed,
-            args.batch_size, args.max_seq_length,
+            args.batch_size, args.max_seq_length, reference.rows(fit),
         )
 
     export_model(
@@ -660,7 +668,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {"output_dir": str(output_dir), "agreement": None}
     result = {
         "check_files": [str(path) for path in check_files],
-        **check_agreement(model, tokenizer, exported, texts, args.batch_size, args.max_seq_length, held_out),
+        **check_agreement(model, tokenizer, exported, texts, args.batch_size, args.max_seq_length, held_out,
+                          reference),
     }
     quantization = json.loads((output_dir / EXPORT_INFO_FILE).read_text(encoding="utf-8"))["quantization"]
     if quantization and quantization["kept_float"]:
