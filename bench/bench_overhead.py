@@ -297,8 +297,8 @@ def step_breakdown(args, encoder: str, category_labels: list[str], steps: int = 
         model.encoder.get_input_embeddings().weight.requires_grad_(not frozen)
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, fused=True)  # the Trainer's default
+        vocabulary = model.encoder.get_input_embeddings().num_embeddings
         for length in map(int, args.breakdown_lengths.split(",")):
-            vocabulary = model.encoder.get_input_embeddings().num_embeddings
             ids = torch.randint(vocabulary // 2, vocabulary, (args.batch_size, length))
             times: dict[str, list[float]] = {part: [] for part in STEP_PARTS}
             for step in range(steps):

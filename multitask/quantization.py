@@ -101,7 +101,7 @@ def quantize_int8(
         keep_float (`Iterable[str]`, *optional*):
             Node names left in float32.
         only (`Iterable[str]`, *optional*):
-            When given, quantize these nodes and nothing else (how `layer_sensitivity` isolates one layer).
+            When given, quantize these nodes and nothing else (how the layer search measures one layer alone).
 
     Returns:
         `Path`: `target`.

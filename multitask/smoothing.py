@@ -51,12 +51,11 @@ def encoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
 
 
 @torch.no_grad()
-def input_absmax(model: nn.Module, layers: dict[str, nn.Linear], run: Callable[[], object]) -> dict[str, torch.Tensor]:
-    """max |x_j| per input channel of each layer in `layers`, over everything `run()` feeds the model.
+def input_absmax(layers: dict[str, nn.Linear], run: Callable[[], object]) -> dict[str, torch.Tensor]:
+    """max |x_j| per input channel of each layer in `layers`, over everything `run()` feeds the model they belong
+    to. The hooks this places are removed again, also when `run` raises.
 
     Args:
-        model (`nn.Module`):
-            The model `layers` belong to (hooks are removed again, also when `run` raises).
         layers (`dict[str, nn.Linear]`):
             Name → layer to observe.
         run (`Callable[[], object]`):
@@ -108,7 +107,7 @@ def smoothed_copy(model: nn.Module, alpha: float, run: Callable[[nn.Module], obj
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"smoothing alpha {alpha}: between 0 and 1")
-    maxima = input_absmax(model, encoder_linears(model), lambda: run(model))
+    maxima = input_absmax(encoder_linears(model), lambda: run(model))
     smoothed = copy.deepcopy(model)
     for name, absmax in maxima.items():
         parent_name, _, child = name.rpartition(".")

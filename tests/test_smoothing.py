@@ -45,7 +45,7 @@ def test_input_absmax_observes_every_layer_and_removes_its_hooks():
     model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
     layers = {"0": model[0], "2": model[2]}
     batches = [torch.tensor([[1.0, -5.0]]), torch.tensor([[-3.0, 2.0]])]
-    maxima = smoothing.input_absmax(model, layers, lambda: [model(batch) for batch in batches])
+    maxima = smoothing.input_absmax(layers, lambda: [model(batch) for batch in batches])
     assert torch.equal(maxima["0"], torch.tensor([3.0, 5.0]))
     assert maxima["2"].shape == (3,) and not model[0]._forward_hooks and not model[2]._forward_hooks
 
