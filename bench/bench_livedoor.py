@@ -213,9 +213,10 @@ def _val_gate(paths) -> list[int]:
     return pd.read_csv(paths["val"])["pick"].astype(int).tolist()
 
 
-def run_plain_trainer(mode: str, paths, args, out: Path, epochs: float, max_length: int) -> dict:
+def run_plain_trainer(mode: str, paths, args, out: Path, max_length: int) -> dict:
     """Plain Trainer + AutoModelForSequenceClassification (7 labels, Decline one of them), same encoder, rows,
-    epochs, batch, learning rate, frozen word embeddings and seed as ours; the last epoch's model is scored."""
+    epochs, batch, learning rate (those of `--common_flags`), frozen word embeddings and seed as ours; the last
+    epoch's model is scored."""
     import torch
     from datasets import Dataset
     from transformers import (
@@ -247,8 +248,11 @@ def run_plain_trainer(mode: str, paths, args, out: Path, epochs: float, max_leng
     val = Dataset.from_dict({"text": val_texts, "label": [label2id[n] for n in val_labels]})
     train, val = (d.map(encode, batched=True, remove_columns=["text"]) for d in (train, val))
     training_args = TrainingArguments(
-        output_dir=str(out / "runs" / f"plain_{mode}"), num_train_epochs=epochs, per_device_train_batch_size=16,
-        per_device_eval_batch_size=64, learning_rate=1e-4, warmup_steps=0.06, weight_decay=0.01,
+        output_dir=str(out / "runs" / f"plain_{mode}"),
+        num_train_epochs=_flag(args.common_flags, "--num_train_epochs", 2.0),
+        per_device_train_batch_size=_flag(args.common_flags, "--per_device_train_batch_size", 16),
+        learning_rate=_flag(args.common_flags, "--learning_rate", 1e-4),
+        per_device_eval_batch_size=64, warmup_steps=0.06, weight_decay=0.01,
         eval_strategy="no", save_strategy="no", logging_strategy="epoch", seed=args.seed, report_to="none",
         use_cpu=True, dataloader_pin_memory=False)
     trainer = Trainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
@@ -315,9 +319,8 @@ def main(argv=None) -> dict:
                 results["ours"][name] = run_ours(name, flags, paths, args, out)
                 write_json(out / "results.json", results)
             for mode in filter(None, args.baselines.split(",")):
-                epochs = _flag(args.common_flags, "--num_train_epochs", 2.0)
                 length = 64 if mode == "title" else 128
-                results["plain"][mode] = run_plain_trainer(mode, paths, args, out, epochs, length)
+                results["plain"][mode] = run_plain_trainer(mode, paths, args, out, length)
                 write_json(out / "results.json", results)
     write_json(out / "results.json", results)
     text = report(results, args)
