@@ -1,5 +1,7 @@
 """LLRD parameter groups: every trainable parameter in exactly one group at the expected rate."""
 
+import logging
+
 import pytest
 
 from multitask.arguments import MultitaskTrainingArguments
@@ -42,10 +44,15 @@ def test_every_parameter_in_exactly_one_group_with_expected_rate(model, tmp_path
     assert decay["category_head.weight"] == 0.01
 
 
-def test_trainer_optimizer_uses_llrd_groups(model, tmp_path):
+def test_trainer_optimizer_uses_llrd_groups(model, tmp_path, caplog):
     args = MultitaskTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, layerwise_lr_decay=0.5,
                                       use_cpu=True, eval_strategy="no", load_best_model_at_end=False)
-    optimizer = MultitaskTrainer(model=model, args=args).create_optimizer()
+    with caplog.at_level(logging.INFO, logger="multitask.trainer"):
+        optimizer = MultitaskTrainer(model=model, args=args).create_optimizer()
     rates = sorted({group["lr"] for group in optimizer.param_groups})
     assert rates == pytest.approx([2.5e-4, 5e-4, 1e-3])
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+    # The compounded rate is said once: two layers at 0.5 leave the embeddings at a quarter of the rate.
+    said = [record.getMessage() for record in caplog.records if "layer-wise LR decay" in record.getMessage()]
+    assert said == ["layer-wise LR decay 0.5 over 2 layers: the lowest trained group runs at 25.0% of "
+                    "--learning_rate (--layerwise_lr_decay 1.0 turns it off)"]
