@@ -188,17 +188,17 @@ class MultitaskTrainer(Trainer):
         unwrapped = self.accelerator.unwrap_model(opt_model)
         # Under LoRA (peft) parameter names gain a prefix; LLRD reads them relative to the MultitaskModel.
         base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        num_layers = base.config.encoder_config.num_hidden_layers
         groups = llrd_parameter_groups(base, self.args.learning_rate, self.args.layerwise_lr_decay,
-                                       self.args.weight_decay, self.get_decay_parameter_names(base),
-                                       base.config.encoder_config.num_hidden_layers)
+                                       self.args.weight_decay, self.get_decay_parameter_names(base), num_layers)
         for group in groups:
             group.pop("param_names")
         # The decay compounds with depth: 0.8 leaves a 12-layer encoder's embeddings at 7 % of the top's rate, which
         # cost 1-2 pp on livedoor titles (bench/README §5); say so where a user sees it.
         lowest = min(group["lr"] for group in groups)
         logger.info("layer-wise LR decay %g over %d layers: the lowest trained group runs at %.1f%% of --learning_rate "
-                    "(--layerwise_lr_decay 1.0 turns it off)", self.args.layerwise_lr_decay,
-                    base.config.encoder_config.num_hidden_layers, 100.0 * lowest / self.args.learning_rate)
+                    "(--layerwise_lr_decay 1.0 turns it off)", self.args.layerwise_lr_decay, num_layers,
+                    100.0 * lowest / self.args.learning_rate)
         # The optimizer class still comes from --optim, so any Trainer optimizer works with LLRD.
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         optimizer_kwargs.pop("lr", None)
