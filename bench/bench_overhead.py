@@ -55,10 +55,10 @@ from transformers import (
     TrainingArguments,
 )
 
-from multitask.arguments import MultitaskTrainingArguments
+from multitask.arguments import ModelArguments, MultitaskTrainingArguments
 from multitask.data import IGNORE_INDEX, MultitaskCollator, label_counts, load_training_data, tokenize
 from multitask.losses import inverse_frequency_weights
-from multitask.modeling import load_for_training
+from multitask.modeling import freeze_word_embeddings, load_for_training
 from multitask.text_encoding import text_separator
 from multitask.trainer import MultitaskTrainer
 
@@ -92,9 +92,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also time forward/backward/clip/AdamW/zero_grad in a bare loop at --breakdown_lengths")
     parser.add_argument("--breakdown_lengths", default="8,11,20,32",
                         help="padded lengths for --step_breakdown (11 and 20: the samplers' CLINC150 means)")
+    parser.add_argument("--freeze_embeddings", choices=("true", "false"), default=None,
+                        help="freeze both systems' word-embedding matrix (default: run_finetune.py's default)")
     parser.add_argument("--output_dir", default=None, help="default: bench/results/overhead_<timestamp>")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
+    if args.freeze_embeddings is None:
+        args.freeze_embeddings = ModelArguments.__dataclass_fields__["freeze_embeddings"].default
+    else:
+        args.freeze_embeddings = args.freeze_embeddings == "true"
     if args.output_dir is None:
         args.output_dir = str(ROOT / "bench" / "results" / time.strftime("overhead_%Y%m%d_%H%M%S"))
     return args
@@ -141,6 +147,9 @@ def build_systems(args, encoder: str, tokenizer, train_dataset, category_labels:
     num_categories = len(category_labels)
     multitask_model = load_for_training(encoder, category_labels, with_gate=True, text_columns=["title"])
     plain_model = AutoModelForSequenceClassification.from_pretrained(encoder, num_labels=num_categories + 1)
+    if args.freeze_embeddings:  # as run_finetune.py does; the plain Trainer too, so both train the same parameters
+        freeze_word_embeddings(multitask_model)
+        freeze_word_embeddings(plain_model)
     gate_labels = list(train_dataset["gate_labels"])
     category_labels_column = list(train_dataset["category_labels"])
     # Class weights as run_finetune builds them (recipe default: on, clipped to [0.6, 3]).
@@ -383,7 +392,8 @@ def main(argv: list[str] | None = None) -> dict:
         encoder_name = encoder
     lines = [
         f"## Trainer overhead ({encoder_name})",
-        f"\nMachine: {machine_line(info)}; batch {args.batch_size}, CLINC150 training rows, "
+        f"\nMachine: {machine_line(info)}; batch {args.batch_size}, CLINC150 training rows, word embeddings "
+        f"{'frozen' if args.freeze_embeddings else 'trained'}, "
         f"{args.rounds} ABBA rounds x {args.steps_per_round} timed steps per system\n",
     ]
     if "steps" in report:

@@ -32,6 +32,18 @@ def test_build_model_builds_a_fresh_model_each_call_and_changes_nothing(encoder_
     assert (model_args, data_args, training_args.to_dict()) == before
 
 
+
+@pytest.mark.parametrize(("flags", "embeddings_train"), [((), False), (("--freeze_embeddings", "false"), True)])
+def test_build_model_freezes_the_word_embeddings_unless_asked_not_to(encoder_dir, csv_files, tmp_path, flags,
+                                                                    embeddings_train):
+    """Word embeddings are frozen by default; everything else, position embeddings included, trains either way."""
+    model_args, data_args, training_args = parsed_finetune_args(encoder_dir, csv_files, tmp_path / "run", *flags)
+    model = build_model(model_args, data_args, training_args,
+                        prepare_inputs(model_args, data_args, training_args, tmp_path / "run"))
+    assert model.get_input_embeddings().weight.requires_grad is embeddings_train
+    others = [p.requires_grad for n, p in model.named_parameters() if "word_embeddings" not in n]
+    assert others and all(others)
+
 def test_class_weights_by_trainer_argument_name(caplog):
     data = SimpleNamespace(train={"gate_labels": [1, 1, 1, 0, -100], "category_labels": [0, 0, 0, -100, 1]},
                            has_gate=True, category_labels=["a", "b", "c"])
