@@ -62,7 +62,7 @@ class ModelArguments:
                   "layers and heads still train). Encoders spend many parameters there (DeBERTa-v3-base 98M of "
                   "184M, multilingual-e5-small 96M of 118M), and clipping plus AdamW over their dense gradient is a "
                   "fixed cost of every step; freezing them held validation quality on CLINC150 and livedoor "
-                  "(bench/README §1, §5). false: train them too."},
+                  "(bench/README §1, §5). false: train them too, which an encoder built from scratch needs (the demo does)."},
     )
 
 

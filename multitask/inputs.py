@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from .checks import check_sequence_length, check_training_steps, model_load_errors
 from .data import HubData, TrainingData, check_trainable, load_hub_dataset, load_training_data
-from .demo import DEMO_OVERRIDES, use_demo_inputs
+from .demo import DEMO_MODEL_OVERRIDES, DEMO_OVERRIDES, use_demo_inputs
 from .hub import download_data_files, resolve_dataset_repo, resolve_token, take_over_push
 from .lora import quantization_kwargs
 from .reporting import category_bands
@@ -61,7 +61,8 @@ def resolve_inputs(model_args, data_args, training_args, run_dir: Path) -> HubDa
     """
     if model_args.model_name_or_path is None:
         use_demo_inputs(model_args, data_args, training_args, run_dir)
-        logger.info("No model given: demo run (data/demo, tiny DeBERTa-v2 from scratch) with %s", DEMO_OVERRIDES)
+        logger.info("No model given: demo run (data/demo, tiny DeBERTa-v2 from scratch) with %s",
+                    {**DEMO_OVERRIDES, **DEMO_MODEL_OVERRIDES})
     elif data_args.dataset_repo:
         data_args.dataset_repo = resolve_dataset_repo(data_args.dataset_repo, "--dataset_repo")
         names = [data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,

@@ -214,5 +214,6 @@ def test_use_demo_inputs_fills_in_data_encoder_and_default_settings(tmp_path, mo
     assert data_args.task1_file == str(demo.default_demo_paths()["task1"]) and data_args.test_files
     assert training_args.num_train_epochs == 2.0  # given by the user: kept
     assert training_args.learning_rate == demo.DEMO_OVERRIDES["learning_rate"]  # left at the default: the demo's
+    assert model_args.freeze_embeddings is False  # an encoder built from scratch must train its word embeddings
     with pytest.raises(UsageError, match="--model_name_or_path is required"):
         demo.use_demo_inputs(ModelArguments(), DataArguments(task1_file="mine.csv"), training_args, tmp_path)
