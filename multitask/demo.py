@@ -635,8 +635,8 @@ def use_demo_inputs(model_args, data_args, training_args, run_dir: Path) -> None
     """Point run_finetune's arguments (changed in place) at the demo.
 
     The demo's CSVs, a tiny encoder built (or reused) in `run_dir/demo_encoder`, and `DEMO_OVERRIDES` /
-    `DEMO_MODEL_OVERRIDES` for each of those training and model settings left at its default. For a run given no `--model_name_or_path`. `--test_files`
-    given by the user are kept. A setting passed explicitly *with its default value* counts as left at the
+    `DEMO_MODEL_OVERRIDES` for each of those training and model settings left at its default. For a run given no
+    `--model_name_or_path`. `--test_files` given by the user are kept. A setting passed explicitly *with its default value* counts as left at the
     default, so the demo value replaces it.
 
     Args:
@@ -661,14 +661,11 @@ def use_demo_inputs(model_args, data_args, training_args, run_dir: Path) -> None
     data_args.test_files = data_args.test_files or [str(paths["test"])]
     model_args.model_name_or_path = str(build_demo_encoder(run_dir / "demo_encoder"))
     # A fresh instance of the same class gives the defaults that class defines (subclasses included).
-    defaults = type(training_args)(output_dir=str(run_dir))
-    for name, value in DEMO_OVERRIDES.items():
-        if getattr(training_args, name) == getattr(defaults, name):
-            setattr(training_args, name, value)
-    model_defaults = type(model_args)()
-    for name, value in DEMO_MODEL_OVERRIDES.items():
-        if getattr(model_args, name) == getattr(model_defaults, name):
-            setattr(model_args, name, value)
+    for arguments, defaults, overrides in ((training_args, type(training_args)(output_dir=str(run_dir)), DEMO_OVERRIDES),
+                                           (model_args, type(model_args)(), DEMO_MODEL_OVERRIDES)):
+        for name, value in overrides.items():
+            if getattr(arguments, name) == getattr(defaults, name):
+                setattr(arguments, name, value)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,7 +32,6 @@ def test_build_model_builds_a_fresh_model_each_call_and_changes_nothing(encoder_
     assert (model_args, data_args, training_args.to_dict()) == before
 
 
-
 @pytest.mark.parametrize(("flags", "embeddings_train"), [((), False), (("--freeze_embeddings", "false"), True)])
 def test_build_model_freezes_the_word_embeddings_unless_asked_not_to(encoder_dir, csv_files, tmp_path, flags,
                                                                     embeddings_train):
