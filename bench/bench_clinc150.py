@@ -41,6 +41,7 @@ from _common import (
     write_json,
 )
 
+from multitask.arguments import ModelArguments
 from multitask.metrics import (
     IGNORE_INDEX,
     category_metrics,
@@ -49,6 +50,7 @@ from multitask.metrics import (
     joint_predictions,
     softmax,
 )
+from multitask.modeling import freeze_word_embeddings
 from multitask.thresholds import search_gate_thresholds
 
 OOS = "oos"
@@ -131,8 +133,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="reuse a complete run of ours already in --output_dir (resume an interrupted ablation)",
     )
+    parser.add_argument("--freeze_embeddings", choices=("true", "false"), default=None,
+                        help="freeze the word-embedding matrix of ours and the baseline alike (default: "
+                             "run_finetune.py's default; --ours_args may still override it for ours)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
+    if args.freeze_embeddings is None:
+        args.freeze_embeddings = str(ModelArguments.__dataclass_fields__["freeze_embeddings"].default).lower()
     args.encoder = require_encoder(args.encoder)
     if args.output_dir is None:
         tag = "clinc150_ablation" if args.ablation else "clinc150"
@@ -226,6 +233,7 @@ def ours_argv(args, paths: dict[str, Path], run_dir: Path, extra: list[str]) -> 
         "--save_total_limit", "1",
         "--report_to", "none",
         "--output_dir", str(run_dir),
+        "--freeze_embeddings", args.freeze_embeddings,
         *shlex.split(args.ours_args),
         *extra,
     ]  # fmt: skip
@@ -304,9 +312,10 @@ def _cross_check(run_dir: Path, points: dict, label2id: dict) -> None:
 def run_baseline(args, paths: dict[str, Path], run_dir: Path, intents: list[str]) -> dict:
     """Plain Trainer + AutoModelForSequenceClassification, 151 labels (oos last), same encoder and budget.
 
-    Same epochs, batch, learning rate, warm-up (6 %), weight decay (0.01), max length and seed as ours, and
-    the same checkpoint choice (best val category macro-F1 of an epoch), so the only differences are the
-    model head(s) and loss.
+    Same epochs, batch, learning rate, warm-up (6 %), weight decay (0.01), max length, seed and word embeddings
+    (frozen or trained, `--freeze_embeddings`) as ours, and the same checkpoint choice (best val category macro-F1
+    of an epoch). Other differences: the model head(s) and loss, and the batch order (the Trainer's random
+    sampler; ours groups by length by default).
     """
     from datasets import Dataset
     from transformers import (
@@ -327,6 +336,8 @@ def run_baseline(args, paths: dict[str, Path], run_dir: Path, intents: list[str]
     model = AutoModelForSequenceClassification.from_pretrained(
         args.encoder, num_labels=len(classes), id2label=dict(enumerate(classes)), label2id=label2id
     )
+    if args.freeze_embeddings == "true":
+        freeze_word_embeddings(model)
     train_texts, train_names = training_rows(paths)
     val_texts, gate, category = val_labels(paths["val"], {name: i for i, name in enumerate(intents)})
     val_joint = np.where(gate == 0, num_categories, category)

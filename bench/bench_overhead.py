@@ -93,12 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--breakdown_lengths", default="8,11,20,32",
                         help="padded lengths for --step_breakdown (11 and 20: the samplers' CLINC150 means)")
     parser.add_argument("--freeze_embeddings", choices=("true", "false"), default=None,
-                        help="freeze both systems' word-embedding matrix (default: run_finetune.py's default)")
+                        help="freeze both systems' word-embedding matrix (default: run_finetune.py's default; "
+                             "false with --tiny, built from scratch like the demo's encoder)")
     parser.add_argument("--output_dir", default=None, help="default: bench/results/overhead_<timestamp>")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     if args.freeze_embeddings is None:
-        args.freeze_embeddings = ModelArguments.__dataclass_fields__["freeze_embeddings"].default
+        args.freeze_embeddings = not args.tiny and ModelArguments.__dataclass_fields__["freeze_embeddings"].default
     else:
         args.freeze_embeddings = args.freeze_embeddings == "true"
     if args.output_dir is None:

@@ -636,8 +636,8 @@ def use_demo_inputs(model_args, data_args, training_args, run_dir: Path) -> None
 
     The demo's CSVs, a tiny encoder built (or reused) in `run_dir/demo_encoder`, and `DEMO_OVERRIDES` /
     `DEMO_MODEL_OVERRIDES` for each of those training and model settings left at its default. For a run given no
-    `--model_name_or_path`. `--test_files` given by the user are kept. A setting passed explicitly *with its default value* counts as left at the
-    default, so the demo value replaces it.
+    `--model_name_or_path`. `--test_files` given by the user are kept. A setting passed explicitly *with its
+    default value* counts as left at the default, so the demo value replaces it.
 
     Args:
         model_args (`ModelArguments`):

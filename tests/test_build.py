@@ -43,6 +43,7 @@ def test_build_model_freezes_the_word_embeddings_unless_asked_not_to(encoder_dir
     others = [p.requires_grad for n, p in model.named_parameters() if "word_embeddings" not in n]
     assert others and all(others)
 
+
 def test_class_weights_by_trainer_argument_name(caplog):
     data = SimpleNamespace(train={"gate_labels": [1, 1, 1, 0, -100], "category_labels": [0, 0, 0, -100, 1]},
                            has_gate=True, category_labels=["a", "b", "c"])
