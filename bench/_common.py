@@ -178,6 +178,23 @@ def add_data_arguments(parser) -> None:
     )
 
 
+def add_freeze_embeddings_argument(parser, default_help: str = "run_finetune.py's default") -> None:
+    """`--freeze_embeddings true|false`: whether a bench freezes the word-embedding matrix of every system it trains,
+    so ours and a plain baseline train the same parameters. Resolve it with `freeze_embeddings`."""
+    parser.add_argument("--freeze_embeddings", choices=("true", "false"), default=None,
+                        help=f"freeze the word-embedding matrix of ours and the baseline alike (default: {default_help})")
+
+
+def freeze_embeddings(flag: str | None, from_scratch: bool = False) -> bool:
+    """The parsed `--freeze_embeddings` as a bool; unset, `run_finetune.py`'s default (`ModelArguments`), except for
+    an encoder built from scratch, whose word embeddings must train (as the demo's do)."""
+    if flag is not None:
+        return flag == "true"
+    from multitask.arguments import ModelArguments
+
+    return not from_scratch and ModelArguments().freeze_embeddings
+
+
 def publish(out: Path, name: str, lines: list[str]) -> str:
     """Write the Markdown report `out/name` and print it."""
     text = "\n".join(lines) + "\n"

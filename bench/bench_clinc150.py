@@ -31,7 +31,9 @@ import numpy as np
 from _common import (
     ROOT,
     add_data_arguments,
+    add_freeze_embeddings_argument,
     clinc_files,
+    freeze_embeddings,
     machine,
     machine_line,
     markdown_table,
@@ -41,7 +43,6 @@ from _common import (
     write_json,
 )
 
-from multitask.arguments import ModelArguments
 from multitask.metrics import (
     IGNORE_INDEX,
     category_metrics,
@@ -133,13 +134,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="reuse a complete run of ours already in --output_dir (resume an interrupted ablation)",
     )
-    parser.add_argument("--freeze_embeddings", choices=("true", "false"), default=None,
-                        help="freeze the word-embedding matrix of ours and the baseline alike (default: "
-                             "run_finetune.py's default; --ours_args may still override it for ours)")
+    add_freeze_embeddings_argument(parser, "run_finetune.py's default; --ours_args may still override it for ours")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
-    if args.freeze_embeddings is None:
-        args.freeze_embeddings = str(ModelArguments.__dataclass_fields__["freeze_embeddings"].default).lower()
+    args.freeze_embeddings = freeze_embeddings(args.freeze_embeddings)
     args.encoder = require_encoder(args.encoder)
     if args.output_dir is None:
         tag = "clinc150_ablation" if args.ablation else "clinc150"
@@ -233,7 +231,7 @@ def ours_argv(args, paths: dict[str, Path], run_dir: Path, extra: list[str]) -> 
         "--save_total_limit", "1",
         "--report_to", "none",
         "--output_dir", str(run_dir),
-        "--freeze_embeddings", args.freeze_embeddings,
+        "--freeze_embeddings", str(args.freeze_embeddings).lower(),
         *shlex.split(args.ours_args),
         *extra,
     ]  # fmt: skip
@@ -336,7 +334,7 @@ def run_baseline(args, paths: dict[str, Path], run_dir: Path, intents: list[str]
     model = AutoModelForSequenceClassification.from_pretrained(
         args.encoder, num_labels=len(classes), id2label=dict(enumerate(classes)), label2id=label2id
     )
-    if args.freeze_embeddings == "true":
+    if args.freeze_embeddings:
         freeze_word_embeddings(model)
     train_texts, train_names = training_rows(paths)
     val_texts, gate, category = val_labels(paths["val"], {name: i for i, name in enumerate(intents)})

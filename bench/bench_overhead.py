@@ -37,7 +37,9 @@ import torch
 from _common import (
     DEFAULT_DATA_DIR,
     ROOT,
+    add_freeze_embeddings_argument,
     clinc_files,
+    freeze_embeddings,
     machine,
     machine_line,
     markdown_table,
@@ -55,7 +57,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from multitask.arguments import ModelArguments, MultitaskTrainingArguments
+from multitask.arguments import MultitaskTrainingArguments
 from multitask.data import IGNORE_INDEX, MultitaskCollator, label_counts, load_training_data, tokenize
 from multitask.losses import inverse_frequency_weights
 from multitask.modeling import freeze_word_embeddings, load_for_training
@@ -92,16 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also time forward/backward/clip/AdamW/zero_grad in a bare loop at --breakdown_lengths")
     parser.add_argument("--breakdown_lengths", default="8,11,20,32",
                         help="padded lengths for --step_breakdown (11 and 20: the samplers' CLINC150 means)")
-    parser.add_argument("--freeze_embeddings", choices=("true", "false"), default=None,
-                        help="freeze both systems' word-embedding matrix (default: run_finetune.py's default; "
-                             "false with --tiny, built from scratch like the demo's encoder)")
+    add_freeze_embeddings_argument(parser, "run_finetune.py's default; false with --tiny, built from scratch")
     parser.add_argument("--output_dir", default=None, help="default: bench/results/overhead_<timestamp>")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
-    if args.freeze_embeddings is None:
-        args.freeze_embeddings = not args.tiny and ModelArguments.__dataclass_fields__["freeze_embeddings"].default
-    else:
-        args.freeze_embeddings = args.freeze_embeddings == "true"
+    args.freeze_embeddings = freeze_embeddings(args.freeze_embeddings, from_scratch=args.tiny)
     if args.output_dir is None:
         args.output_dir = str(ROOT / "bench" / "results" / time.strftime("overhead_%Y%m%d_%H%M%S"))
     return args

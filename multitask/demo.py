@@ -661,11 +661,15 @@ def use_demo_inputs(model_args, data_args, training_args, run_dir: Path) -> None
     data_args.test_files = data_args.test_files or [str(paths["test"])]
     model_args.model_name_or_path = str(build_demo_encoder(run_dir / "demo_encoder"))
     # A fresh instance of the same class gives the defaults that class defines (subclasses included).
-    for arguments, defaults, overrides in ((training_args, type(training_args)(output_dir=str(run_dir)), DEMO_OVERRIDES),
-                                           (model_args, type(model_args)(), DEMO_MODEL_OVERRIDES)):
-        for name, value in overrides.items():
-            if getattr(arguments, name) == getattr(defaults, name):
-                setattr(arguments, name, value)
+    _override_defaults(training_args, type(training_args)(output_dir=str(run_dir)), DEMO_OVERRIDES)
+    _override_defaults(model_args, type(model_args)(), DEMO_MODEL_OVERRIDES)
+
+
+def _override_defaults(arguments, defaults, overrides: dict) -> None:
+    """Set each of `overrides` on `arguments` where it still equals its value in `defaults`."""
+    for name, value in overrides.items():
+        if getattr(arguments, name) == getattr(defaults, name):
+            setattr(arguments, name, value)
 
 
 def main(argv: list[str] | None = None) -> None:
