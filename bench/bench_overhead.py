@@ -89,7 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip_steps", action="store_true", help="skip the step-time measurement")
     parser.add_argument("--epoch_time", action="store_true",
                         help="also time whole training epochs of ours, random vs group_by_length sampler, in "
-                             "R G G R order (4 epochs: ~10 min with MiniLM on 2 cores)")
+                             "R G G R order (4 epochs: ~6 min with MiniLM on 2 cores)")
+    parser.add_argument("--epoch_rounds", type=int, default=1,
+                        help="with --epoch_time: how many R G G R rounds (the per-round ratios show the noise)")
     parser.add_argument("--step_breakdown", action="store_true",
                         help="also time forward/backward/clip/AdamW/zero_grad in a bare loop at --breakdown_lengths")
     parser.add_argument("--breakdown_lengths", default="8,11,20,32",
@@ -98,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default=None, help="default: bench/results/overhead_<timestamp>")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
+    if args.epoch_rounds < 1:
+        parser.error(f"--epoch_rounds: {args.epoch_rounds}; at least 1")
     args.freeze_embeddings = freeze_embeddings(args.freeze_embeddings, from_scratch=args.tiny)
     if args.output_dir is None:
         args.output_dir = str(ROOT / "bench" / "results" / time.strftime("overhead_%Y%m%d_%H%M%S"))
@@ -276,19 +280,27 @@ def padding_efficiency(args, model_factory, rdrop: bool = False) -> dict:
 def epoch_times(args, model_factory, rows: int) -> dict:
     """Wall time of whole training epochs of ours (`trainer.train()` over every training row once: batching,
     collation, forward, backward, optimizer), with the random and the length-grouped sampler in R G G R order on
-    the same model, so drift from other load cancels. Returns seconds per epoch and grouped / random."""
+    the same model, --epoch_rounds times, so drift from other load cancels. Returns seconds per epoch, grouped /
+    random over all epochs, and the same ratio within each round (their spread is the measurement's noise)."""
     steps = -(-rows // args.batch_size)
     times: dict[str, list[float]] = {"random": [], "group_by_length": []}
-    for strategy in ("random", "group_by_length", "group_by_length", "random"):
-        trainer = model_factory(steps, False)
-        trainer.args.train_sampling_strategy = strategy
-        start = time.perf_counter()
-        trainer.train()
-        times[strategy].append(time.perf_counter() - start)
-        print(f"[epoch] {strategy}: {times[strategy][-1]:.1f} s for {steps} steps", flush=True)
+    per_round = []
+    for round_index in range(args.epoch_rounds):
+        this_round: dict[str, list[float]] = {"random": [], "group_by_length": []}
+        for strategy in ("random", "group_by_length", "group_by_length", "random"):
+            trainer = model_factory(steps, False)
+            trainer.args.train_sampling_strategy = strategy
+            start = time.perf_counter()
+            trainer.train()
+            this_round[strategy].append(time.perf_counter() - start)
+            times[strategy].append(this_round[strategy][-1])
+            print(f"[epoch] round {round_index + 1}/{args.epoch_rounds} {strategy}: "
+                  f"{this_round[strategy][-1]:.1f} s for {steps} steps", flush=True)
+        per_round.append(statistics.mean(this_round["group_by_length"]) / statistics.mean(this_round["random"]))
     means = {name: statistics.mean(values) for name, values in times.items()}
     return {"steps_per_epoch": steps, "seconds": times, "mean_seconds": means,
-            "ratio_grouped_over_random": means["group_by_length"] / means["random"]}
+            "ratio_grouped_over_random": means["group_by_length"] / means["random"],
+            "ratio_per_round": per_round}
 
 
 STEP_PARTS = ("forward", "backward", "clip", "adamw", "zero_grad")
@@ -435,12 +447,14 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if "epoch_time" in report:
         epoch = report["epoch_time"]
-        lines.append(f"\nWhole epochs of ours ({epoch['steps_per_epoch']} steps each, R G G R on one model):\n")
+        lines.append(f"\nWhole epochs of ours ({epoch['steps_per_epoch']} steps each, R G G R rounds on one model):\n")
         lines.append(markdown_table(
             ["train_sampling_strategy", "seconds per epoch (each)", "mean"],
             [[name, ", ".join(f"{v:.1f}" for v in values), f"{epoch['mean_seconds'][name]:.1f}"]
              for name, values in epoch["seconds"].items()]))
-        lines.append(f"\ngroup_by_length / random: {epoch['ratio_grouped_over_random']:.3f} (target <= 0.65)")
+        rounds = ", ".join(f"{ratio:.3f}" for ratio in epoch["ratio_per_round"])
+        lines.append(f"\ngroup_by_length / random: {epoch['ratio_grouped_over_random']:.3f} over all epochs "
+                     f"(target <= 0.65); per R G G R round: {rounds}")
     if "step_breakdown" in report:
         lines.append("\nParts of a training step, bare loop, ms (median; random ids, batch "
                      f"{args.batch_size}):\n")
