@@ -182,7 +182,8 @@ def add_freeze_embeddings_argument(parser, default_help: str = "run_finetune.py'
     """`--freeze_embeddings true|false`: whether a bench freezes the word-embedding matrix of every system it trains,
     so ours and a plain baseline train the same parameters. Resolve it with `freeze_embeddings`."""
     parser.add_argument("--freeze_embeddings", choices=("true", "false"), default=None,
-                        help=f"freeze the word-embedding matrix of ours and the baseline alike (default: {default_help})")
+                        help=f"freeze the word-embedding matrix of every system this bench trains, alike "
+                             f"(default: {default_help})")
 
 
 def freeze_embeddings(flag: str | None, from_scratch: bool = False) -> bool:

