@@ -13,9 +13,9 @@ training and prediction reach on CLINC150 with MiniLM-L6, measured side by side 
   clipping at 1.0, fused AdamW over the trained parameters; no weight decay, LLRD groups, class weights or
   scheduler; the word embeddings frozen or not as `--freeze_embeddings`, by default as `run_finetune.py`) on
   length-grouped batches of CLINC150 training rows (the default batching); **prediction**:
-  `multitask.predict.predict_scores` (run_predict's engine) on the validation rows, fp32. Both report real tokens/s (padding excluded: the useful
-  work) and padded tokens/s (what the hardware computed); the share of peak uses the padded count, since padding
-  costs the same FLOPs.
+  `multitask.predict.predict_scores` (run_predict's engine) on the validation rows, fp32. Both report real tokens/s
+  (padding excluded: the useful work) and padded tokens/s (what the hardware computed); the share of peak uses the
+  padded count, since padding costs the same FLOPs.
 
     python bench/bench_flops.py --output_dir bench/results/flops
 """

