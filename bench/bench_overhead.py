@@ -21,6 +21,11 @@ cancels; the ratio is median(ours) / median(plain) over all timed steps.
 --step_breakdown times the parts of a training step in a bare loop (no Trainer): forward, backward,
 clip_grad_norm_, fused AdamW and zero_grad at padded lengths --breakdown_lengths, with the word embeddings trained
 and frozen, so the part of a step that does not scale with tokens (what caps the length-grouped speed-up) shows.
+
+--epoch_time --epoch_bare follows every timed epoch with one more epoch of the same sampler (a fresh Trainer's own
+train dataloader) through a bare loop: the trainer's compute_loss, backward, clip_grad_norm_, fused AdamW and
+zero_grad, batches collated before the clock starts. Its grouped / random ratio is the model's own floor at this
+batch size; the gap to the Trainer's ratio is what the Trainer adds.
 """
 
 from __future__ import annotations
@@ -92,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "R G G R order (4 epochs: ~6 min with MiniLM on 2 cores)")
     parser.add_argument("--epoch_rounds", type=int, default=1,
                         help="with --epoch_time: how many R G G R rounds (the per-round ratios show the noise)")
+    parser.add_argument("--epoch_bare", action="store_true",
+                        help="with --epoch_time: follow each epoch with one of the same sampler in a bare training "
+                             "loop (no Trainer), so the ratio's floor and the Trainer's share show")
     parser.add_argument("--step_breakdown", action="store_true",
                         help="also time forward/backward/clip/AdamW/zero_grad in a bare loop at --breakdown_lengths")
     parser.add_argument("--breakdown_lengths", default="8,11,20,32",
@@ -102,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.epoch_rounds < 1:
         parser.error(f"--epoch_rounds: {args.epoch_rounds}; at least 1")
+    if args.epoch_bare and not args.epoch_time:
+        parser.error("--epoch_bare: needs --epoch_time")
     args.freeze_embeddings = freeze_embeddings(args.freeze_embeddings, from_scratch=args.tiny)
     if args.output_dir is None:
         args.output_dir = str(ROOT / "bench" / "results" / time.strftime("overhead_%Y%m%d_%H%M%S"))
@@ -277,29 +287,82 @@ def padding_efficiency(args, model_factory, rdrop: bool = False) -> dict:
     return result
 
 
+BARE_PARTS = ("forward_and_loss", "backward", "clip_adamw_zero_grad")
+
+
+def bare_epoch(trainer) -> dict:
+    """One epoch of `trainer`'s own batches (its train dataloader, sampler included; collated before the clock
+    starts) through a bare loop on its model: the trainer's `compute_loss`, `backward`, `clip_grad_norm_` at 1.0,
+    fused AdamW (one parameter group) and `zero_grad`. Returns the seconds in all and the mean ms of each part."""
+    model = trainer.model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=trainer.args.learning_rate,
+                                  weight_decay=trainer.args.weight_decay, fused=True)
+    # row_id is the per-step record's key, not a model input; compute_loss is called here without the Trainer.
+    batches = [{k: v for k, v in batch.items() if k != "row_id"} for batch in trainer.get_train_dataloader()]
+    spent = {part: 0.0 for part in BARE_PARTS}
+    for batch in batches:
+        marks = [time.perf_counter()]
+        loss = trainer.compute_loss(model, batch)
+        marks.append(time.perf_counter())
+        loss.backward()
+        marks.append(time.perf_counter())
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        marks.append(time.perf_counter())
+        for part, seconds in zip(BARE_PARTS, np.diff(marks)):
+            spent[part] += seconds
+    return {"seconds": float(sum(spent.values())),
+            "part_ms": {part: round(float(1000 * seconds / len(batches)), 1) for part, seconds in spent.items()}}
+
+
 def epoch_times(args, model_factory, rows: int) -> dict:
     """Wall time of whole training epochs of ours (`trainer.train()` over every training row once: batching,
     collation, forward, backward, optimizer), with the random and the length-grouped sampler in R G G R order on
     the same model, --epoch_rounds times, so drift from other load cancels. Returns seconds per epoch, grouped /
-    random over all epochs, and the same ratio within each round (their spread is the measurement's noise)."""
+    random over all epochs, and the same ratio within each round (their spread is the measurement's noise); with
+    --epoch_bare the same for a bare-loop epoch of the same sampler (`bare_epoch`) right after each."""
     steps = -(-rows // args.batch_size)
-    times: dict[str, list[float]] = {"random": [], "group_by_length": []}
-    per_round = []
+    systems = ("trainer", "bare") if args.epoch_bare else ("trainer",)
+    times = {system: {"random": [], "group_by_length": []} for system in systems}
+    parts: dict[str, list[dict]] = {"random": [], "group_by_length": []}
+    per_round: dict[str, list[float]] = {system: [] for system in systems}
     for round_index in range(args.epoch_rounds):
         for strategy in ("random", "group_by_length", "group_by_length", "random"):
             trainer = model_factory(steps, False)
             trainer.args.train_sampling_strategy = strategy
             start = time.perf_counter()
             trainer.train()
-            times[strategy].append(time.perf_counter() - start)
-            print(f"[epoch] round {round_index + 1}/{args.epoch_rounds} {strategy}: "
-                  f"{times[strategy][-1]:.1f} s for {steps} steps", flush=True)
+            times["trainer"][strategy].append(time.perf_counter() - start)
+            line = (f"[epoch] round {round_index + 1}/{args.epoch_rounds} {strategy}: "
+                    f"{times['trainer'][strategy][-1]:.1f} s for {steps} steps")
+            if args.epoch_bare:
+                trainer = model_factory(steps, False)
+                trainer.args.train_sampling_strategy = strategy
+                bare = bare_epoch(trainer)
+                times["bare"][strategy].append(bare["seconds"])
+                parts[strategy].append(bare["part_ms"])
+                line += f"; bare loop {bare['seconds']:.1f} s, ms/step {bare['part_ms']}"
+            print(line, flush=True)
         # A round adds two epochs of each sampler: the last two of each list.
-        per_round.append(statistics.mean(times["group_by_length"][-2:]) / statistics.mean(times["random"][-2:]))
-    means = {name: statistics.mean(values) for name, values in times.items()}
-    return {"steps_per_epoch": steps, "seconds": times, "mean_seconds": means,
-            "ratio_grouped_over_random": means["group_by_length"] / means["random"],
-            "ratio_per_round": per_round}
+        for system in systems:
+            per_round[system].append(statistics.mean(times[system]["group_by_length"][-2:])
+                                     / statistics.mean(times[system]["random"][-2:]))
+    means = {system: {name: statistics.mean(values) for name, values in by_strategy.items()}
+             for system, by_strategy in times.items()}
+    result = {"steps_per_epoch": steps, "seconds": times["trainer"], "mean_seconds": means["trainer"],
+              "ratio_grouped_over_random": means["trainer"]["group_by_length"] / means["trainer"]["random"],
+              "ratio_per_round": per_round["trainer"]}
+    if args.epoch_bare:
+        result["bare"] = {
+            "seconds": times["bare"], "mean_seconds": means["bare"],
+            "ratio_grouped_over_random": means["bare"]["group_by_length"] / means["bare"]["random"],
+            "ratio_per_round": per_round["bare"],
+            "part_ms": {name: {part: statistics.mean(p[part] for p in values) for part in BARE_PARTS}
+                        for name, values in parts.items()},
+        }
+    return result
 
 
 STEP_PARTS = ("forward", "backward", "clip", "adamw", "zero_grad")
@@ -456,6 +519,19 @@ def main(argv: list[str] | None = None) -> dict:
         rounds = ", ".join(f"{ratio:.3f}" for ratio in epoch["ratio_per_round"])
         lines.append(f"\ngroup_by_length / random: {epoch['ratio_grouped_over_random']:.3f} over all epochs "
                      f"(target <= 0.65); per R G G R round: {rounds}")
+        if "bare" in epoch:
+            bare = epoch["bare"]
+            lines.append("\nOne more epoch of each sampler after each of those, in a bare loop (compute_loss, "
+                         "backward, clip, fused AdamW, zero_grad; batches collated beforehand):\n")
+            lines.append(markdown_table(
+                ["train_sampling_strategy", "seconds per epoch (each)", "mean",
+                 *(f"{part} ms/step" for part in BARE_PARTS)],
+                [[name, ", ".join(f"{v:.1f}" for v in values), f"{bare['mean_seconds'][name]:.1f}",
+                  *(f"{bare['part_ms'][name][part]:.1f}" for part in BARE_PARTS)]
+                 for name, values in bare["seconds"].items()]))
+            bare_rounds = ", ".join(f"{ratio:.3f}" for ratio in bare["ratio_per_round"])
+            lines.append(f"\nBare loop group_by_length / random: {bare['ratio_grouped_over_random']:.3f} over all "
+                         f"epochs (the model's floor at this batch size); per round: {bare_rounds}")
     if "step_breakdown" in report:
         lines.append("\nParts of a training step, bare loop, ms (median; random ids, batch "
                      f"{args.batch_size}):\n")
