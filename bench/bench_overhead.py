@@ -314,7 +314,7 @@ def bare_epoch(trainer) -> dict:
         for part, seconds in zip(BARE_PARTS, np.diff(marks)):
             spent[part] += seconds
     return {"seconds": float(sum(spent.values())),
-            "part_ms": {part: round(float(1000 * seconds / len(batches)), 1) for part, seconds in spent.items()}}
+            "part_ms": {part: float(1000 * seconds / len(batches)) for part, seconds in spent.items()}}
 
 
 def epoch_times(args, model_factory, rows: int) -> dict:
@@ -343,25 +343,24 @@ def epoch_times(args, model_factory, rows: int) -> dict:
                 bare = bare_epoch(trainer)
                 times["bare"][strategy].append(bare["seconds"])
                 parts[strategy].append(bare["part_ms"])
-                line += f"; bare loop {bare['seconds']:.1f} s, ms/step {bare['part_ms']}"
+                per_part = ", ".join(f"{part} {ms:.1f}" for part, ms in bare["part_ms"].items())
+                line += f"; bare loop {bare['seconds']:.1f} s, ms/step: {per_part}"
             print(line, flush=True)
         # A round adds two epochs of each sampler: the last two of each list.
         for system in systems:
             per_round[system].append(statistics.mean(times[system]["group_by_length"][-2:])
                                      / statistics.mean(times[system]["random"][-2:]))
-    means = {system: {name: statistics.mean(values) for name, values in by_strategy.items()}
-             for system, by_strategy in times.items()}
-    result = {"steps_per_epoch": steps, "seconds": times["trainer"], "mean_seconds": means["trainer"],
-              "ratio_grouped_over_random": means["trainer"]["group_by_length"] / means["trainer"]["random"],
-              "ratio_per_round": per_round["trainer"]}
+    def summary(system: str) -> dict:
+        means = {name: statistics.mean(values) for name, values in times[system].items()}
+        return {"seconds": times[system], "mean_seconds": means,
+                "ratio_grouped_over_random": means["group_by_length"] / means["random"],
+                "ratio_per_round": per_round[system]}
+
+    result = {"steps_per_epoch": steps, **summary("trainer")}
     if args.epoch_bare:
-        result["bare"] = {
-            "seconds": times["bare"], "mean_seconds": means["bare"],
-            "ratio_grouped_over_random": means["bare"]["group_by_length"] / means["bare"]["random"],
-            "ratio_per_round": per_round["bare"],
-            "part_ms": {name: {part: statistics.mean(p[part] for p in values) for part in BARE_PARTS}
-                        for name, values in parts.items()},
-        }
+        result["bare"] = {**summary("bare"),
+                          "part_ms": {name: {part: statistics.mean(p[part] for p in values) for part in BARE_PARTS}
+                                      for name, values in parts.items()}}
     return result
 
 
