@@ -24,14 +24,14 @@ import sys
 import transformers
 from transformers import HfArgumentParser, set_seed
 
-from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
-from multitask.build import build_model, build_trainer, search_and_keep_best
-from multitask.callbacks import CartographyCallback, find_callback
-from multitask.checks import check_finetune_arguments, check_training_steps
 from multitask.errors import cli, parse_arguments
-from multitask.finish import finish_run
-from multitask.inputs import RunInputs, data_file_hashes, prepare_inputs
-from multitask.rundir import RunDirectory, arguments_record, library_versions, setup_logging
+from multitask.io.rundir import RunDirectory, arguments_record, library_versions, setup_logging
+from multitask.train.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
+from multitask.train.build import build_model, build_trainer, search_and_keep_best
+from multitask.train.callbacks import CartographyCallback, find_callback
+from multitask.train.checks import check_finetune_arguments, check_training_steps
+from multitask.train.finish import finish_run
+from multitask.train.inputs import RunInputs, data_file_hashes, prepare_inputs
 
 logger = logging.getLogger("run_finetune")
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
 def start_run(run: RunDirectory, trainer, model_args, data_args, inputs: RunInputs) -> dict[str, str]:
     """Inputs validated: create the run directory (main process) with run_config.json and label_map.json; other
     processes show their held log lines instead. On a resume, take up the cartography history saved in the
-    checkpoint (every process). Returns the data files' hashes (`multitask.inputs.data_file_hashes`)."""
+    checkpoint (every process). Returns the data files' hashes (`multitask.train.inputs.data_file_hashes`)."""
     training_args = trainer.args
     data_files = data_file_hashes(data_args, inputs.hub_data)
     if trainer.is_world_process_zero():

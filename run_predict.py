@@ -22,30 +22,30 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
 
-from multitask.checks import (
-    check_predict_arguments,
-    check_sequence_length,
-    model_load_errors,
-    resolve_model_source,
-)
-from multitask.configuration import MultitaskConfig
-from multitask.data import load_labeled_file
+from multitask.data.loading import load_labeled_file
+from multitask.data.text_encoding import check_chunking, check_truncation, special_template, text_separator
 from multitask.errors import ModelFileError, UsageError, cli, parse_arguments, usage_errors
-from multitask.hub import resolve_token
-from multitask.metrics import compute_all
-from multitask.onnx_backend import BACKENDS, load_predictor, onnx_export_for
-from multitask.precision import cpu_has_native_bf16, precision_warnings, resolve_inference_dtype
-from multitask.predict import (
+from multitask.io.hub import resolve_token
+from multitask.io.rundir import check_output_dir, setup_logging, staged_files, write_json
+from multitask.io.tables import FORMATS
+from multitask.model.configuration import MultitaskConfig
+from multitask.model.precision import cpu_has_native_bf16, precision_warnings, resolve_inference_dtype
+from multitask.scoring.metrics import compute_all
+from multitask.scoring.thresholds import resolve_threshold
+from multitask.serve.onnx_backend import BACKENDS, load_predictor, onnx_export_for
+from multitask.serve.predict import (
     predict_scores,
     prediction_records,
     prediction_table,
     select_device,
     stored_max_length,
 )
-from multitask.rundir import check_output_dir, setup_logging, staged_files, write_json
-from multitask.tables import FORMATS
-from multitask.text_encoding import check_chunking, check_truncation, special_template, text_separator
-from multitask.thresholds import resolve_threshold
+from multitask.train.checks import (
+    check_predict_arguments,
+    check_sequence_length,
+    model_load_errors,
+    resolve_model_source,
+)
 
 logger = logging.getLogger("run_predict")
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from multitask.errors import cli, raise_usage_errors
-from multitask.rundir import StagedFiles, check_output_dir, staged_files
-from multitask.stats import PROPORTION_METHODS
-from multitask.tables import FORMATS
+from multitask.io.rundir import StagedFiles, check_output_dir, staged_files
+from multitask.io.tables import FORMATS
+from multitask.scoring.stats import PROPORTION_METHODS
 
 from .load import IGNORE_INDEX, Predictions, load_input
 from .plots import confusion_heatmap

@@ -1,11 +1,11 @@
-"""Read prediction files (any format `multitask.tables` reads) and run directories into label-id arrays that
-`multitask.metrics` understands.
+"""Read prediction files (any format `multitask.io.tables` reads) and run directories into label-id arrays that
+`multitask.scoring.metrics` understands.
 
 Gold labels are read from the columns the model was trained with (a run directory's `model/config.json`), or the
 ones named (`--pick_column`, `--category_column`), else `pick`/`category`, else run_predict.py's JSON Lines
 records (`gold_pick`, `gold_category`). Predicted categories from `category_pred` (or `--prediction_column`).
 
-Deliberately does not import `multitask.data` (it pulls in torch and datasets): analysing a CSV should take
+Deliberately does not import `multitask.data.loading` (it pulls in torch and datasets): analysing a CSV should take
 a second, on a machine without a GPU stack.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from multitask.io.tables import DataError, parse_pick, read_table
 from multitask.labels import IGNORE_INDEX
-from multitask.tables import DataError, parse_pick, read_table
 
 _TOP_K = re.compile(r"category_top(\d+)$")
 

@@ -1,6 +1,6 @@
 """Per-class tables, confusions, frequency bands, headline metrics and run comparison, as dicts and Markdown.
 
-All numbers come from `multitask.metrics`; this module only selects rows, joins labels and formats.
+All numbers come from `multitask.scoring.metrics`; this module only selects rows, joins labels and formats.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from multitask.metrics import (
+from multitask.scoring.metrics import (
     band_f1,
     band_recall,
     compute_all,

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from multitask.errors import DataError, UsageError
-from multitask.metrics import category_metrics, per_class_metrics
-from multitask.stats import PROPORTION_METHODS, bootstrap_mean_interval, proportion_interval
+from multitask.scoring.metrics import category_metrics, per_class_metrics
+from multitask.scoring.stats import PROPORTION_METHODS, bootstrap_mean_interval, proportion_interval
 
 
 def let_through_rate(
@@ -38,7 +38,7 @@ def let_through_rate(
 
 def load_cost_matrix(path: str | Path) -> pd.DataFrame:
     """Cost CSV: rows = gold label, columns = predicted label; first column named ``gold`` or unnamed."""
-    from multitask.tables import read_csv
+    from multitask.io.tables import read_csv
 
     path = Path(path)
     frame = read_csv(path)  # every unreadable-file case is a DataError naming the file

@@ -191,7 +191,7 @@ def freeze_embeddings(flag: str | None, from_scratch: bool = False) -> bool:
     an encoder built from scratch, whose word embeddings must train (as the demo's do)."""
     if flag is not None:
         return flag == "true"
-    from multitask.arguments import ModelArguments
+    from multitask.train.arguments import ModelArguments
 
     return not from_scratch and ModelArguments().freeze_embeddings
 

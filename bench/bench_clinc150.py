@@ -43,7 +43,8 @@ from _common import (
     write_json,
 )
 
-from multitask.metrics import (
+from multitask.model.modeling import freeze_word_embeddings
+from multitask.scoring.metrics import (
     IGNORE_INDEX,
     category_metrics,
     compute_all,
@@ -51,8 +52,7 @@ from multitask.metrics import (
     joint_predictions,
     softmax,
 )
-from multitask.modeling import freeze_word_embeddings
-from multitask.thresholds import search_gate_thresholds
+from multitask.scoring.thresholds import search_gate_thresholds
 
 OOS = "oos"
 
@@ -153,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------------------------------- metrics
 def operating_point(pick_prob, category_probs, gate_labels, category_labels, threshold: float) -> dict:
-    """The issue's numbers at one gate threshold (Pick iff pick_prob >= threshold), via multitask.metrics."""
+    """The issue's numbers at one gate threshold (Pick iff pick_prob >= threshold), via multitask.scoring.metrics."""
     pick_prob, category_probs = np.asarray(pick_prob), np.asarray(category_probs)
     num_categories = category_probs.shape[1]
     gold = joint_labels(gate_labels, category_labels, num_categories)
@@ -187,7 +187,7 @@ def argmax_point(scores: np.ndarray, gate_labels, category_labels) -> dict:
 
 def val_labels(val_path: Path, label2id: dict[str, int]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Texts (built as training builds them), gate labels and category ids (-100 where none) of val.csv."""
-    from multitask.tables import build_texts, read_table
+    from multitask.io.tables import build_texts, read_table
 
     table = read_table(val_path)
     frame = table.frame
@@ -200,7 +200,7 @@ def val_labels(val_path: Path, label2id: dict[str, int]) -> tuple[list[str], np.
 def training_rows(paths: dict[str, Path]) -> tuple[list[str], list[str]]:
     """The 151-way training set of baseline and svm: task2 rows (intent) + task1 Decline rows (oos), one row
     per distinct text (first label kept), as run_finetune merges its files."""
-    from multitask.tables import build_text, read_table
+    from multitask.io.tables import build_text, read_table
 
     task1 = read_table(paths["task1"]).frame
     task2 = read_table(paths["task2"]).frame
@@ -240,7 +240,7 @@ def ours_argv(args, paths: dict[str, Path], run_dir: Path, extra: list[str]) -> 
 def run_ours(args, paths: dict[str, Path], run_dir: Path, extra: list[str]) -> dict:
     """Train with run_finetune.main (or reuse a complete run), then score val with the saved model."""
     import run_finetune
-    from multitask.predict import load_model, predict_scores
+    from multitask.serve.predict import load_model, predict_scores
 
     timing_file = run_dir / "bench_timing.json"
     status_file = run_dir / "run_status.json"
@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> dict:
     notes = "\n".join(f"- {note}" for note in POINT_NOTES.values())
     text = (
         f"## CLINC150 validation ({size})\n\nMachine: {machine_line(info)}\n\n{table}\n\n"
-        f"Operating points of ours (thresholds tuned on val by multitask.thresholds):\n{notes}\n"
+        f"Operating points of ours (thresholds tuned on val by multitask.scoring.thresholds):\n{notes}\n"
         f"- baseline oos_prob_*: the same search on 1 - P(oos) of the 151-way model\n"
     )
     publish(out, "results.md", [text])

@@ -13,7 +13,7 @@ training and prediction reach on CLINC150 with MiniLM-L6, measured side by side 
   clipping at 1.0, fused AdamW over the trained parameters; no weight decay, LLRD groups, class weights or
   scheduler; the word embeddings frozen or not as `--freeze_embeddings`, by default as `run_finetune.py`) on
   length-grouped batches of CLINC150 training rows (the default batching); **prediction**:
-  `multitask.predict.predict_scores` (run_predict's engine) on the validation rows, fp32. Both report real tokens/s
+  `multitask.serve.predict.predict_scores` (run_predict's engine) on the validation rows, fp32. Both report real tokens/s
   (padding excluded: the useful work) and padded tokens/s (what the hardware computed); the share of peak uses the
   padded count, since padding costs the same FLOPs.
 
@@ -87,8 +87,8 @@ def measure_training(model, dataset, tokenizer, args) -> dict:
     """Seconds, real and padded tokens of `--train_steps` optimizer steps on length-grouped batches."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from multitask.data import MultitaskCollator
-    from multitask.losses import masked_cross_entropy
+    from multitask.data.loading import MultitaskCollator
+    from multitask.model.losses import masked_cross_entropy
 
     sampler = LengthGroupedSampler(args.batch_size, lengths=dataset["length"],
                                    generator=torch.Generator().manual_seed(args.seed))
@@ -119,8 +119,8 @@ def measure_training(model, dataset, tokenizer, args) -> dict:
 
 def measure_prediction(model, tokenizer, texts: list[str], args) -> dict:
     """Seconds of `predict_scores` over `texts` (fp32) and the real and padded tokens its batches held."""
-    from multitask.predict import predict_scores
-    from multitask.text_encoding import encode_texts
+    from multitask.data.text_encoding import encode_texts
+    from multitask.serve.predict import predict_scores
 
     lengths = np.sort([len(ids) for ids in encode_texts(tokenizer, texts, args.max_seq_length)["input_ids"]])
     batches = [lengths[i:i + 64] for i in range(0, len(lengths), 64)]  # predict_scores' length-sorted batches
@@ -140,10 +140,10 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     from transformers import AutoTokenizer
 
-    from multitask.data import load_training_data, tokenize
-    from multitask.modeling import freeze_word_embeddings, load_for_training
-    from multitask.precision import cpu_has_native_bf16
-    from multitask.text_encoding import text_separator
+    from multitask.data.loading import load_training_data, tokenize
+    from multitask.data.text_encoding import text_separator
+    from multitask.model.modeling import freeze_word_embeddings, load_for_training
+    from multitask.model.precision import cpu_has_native_bf16
 
     encoder = require_encoder(args.encoder or minilm_dir())
     tokenizer = AutoTokenizer.from_pretrained(encoder)

@@ -5,12 +5,12 @@ Reads the runs `bench_clinc150.py --systems ours,baseline --seed S --output_dir 
 and for each seed:
 
   ours      the saved multitask model; the feature scores (energy, Mahalanobis, kNN) are fitted on the training
-            rows exactly as run_finetune does after training (`multitask.predict.fit_gate_statistics`, same data
+            rows exactly as run_finetune does after training (`multitask.serve.predict.fit_gate_statistics`, same data
             reader, same seed), then every gate score is computed on val.csv;
   baseline  the plain Trainer's 151-way val logits (oos is class 151): in-scope scores 1 - P(oos), max in-scope
             softmax probability (msp) and in-scope energy; category = argmax over the 150 intents.
 
-Every score is judged by `multitask.gate_selection.cross_validate_gate` (K folds over val rows stratified by
+Every score is judged by `multitask.scoring.gate_selection.cross_validate_gate` (K folds over val rows stratified by
 in/out of scope; threshold, and for `auto` the score, chosen on K-1 folds, applied to the held-out fold):
 held-out in-scope accuracy and OOS recall at the `leak` point (OOS recall >= --target_oos_recall on the fitting
 folds), OOS AUROC / AUPR-out / FPR at 95 % TPR on all of val (threshold-free), and, for contrast, the figure the
@@ -33,10 +33,10 @@ import _common  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 from _common import CLINC_FILES, ROOT, add_data_arguments, machine, machine_line, markdown_table, write_json
 
-from multitask.gate_selection import choose_gate, cross_validate_gate
-from multitask.metrics import IGNORE_INDEX, softmax
-from multitask.ood import ALL_SCORES
-from multitask.text_encoding import text_separator
+from multitask.data.text_encoding import text_separator
+from multitask.model.ood import ALL_SCORES
+from multitask.scoring.gate_selection import choose_gate, cross_validate_gate
+from multitask.scoring.metrics import IGNORE_INDEX, softmax
 
 
 def parse_args(argv=None):
@@ -52,8 +52,8 @@ def parse_args(argv=None):
 
 def ours_scores(run: Path, paths: dict, args) -> tuple:
     """All in-scope scores of the saved model on val, after fitting the feature statistics as run_finetune does."""
-    from multitask.data import load_training_data
-    from multitask.predict import fit_gate_statistics, load_model, predict_scores
+    from multitask.data.loading import load_training_data
+    from multitask.serve.predict import fit_gate_statistics, load_model, predict_scores
 
     model, tokenizer = load_model(str(run / "ours"), "cpu")
     arguments = json.loads((run / "ours" / "run_config.json").read_text())["arguments"]

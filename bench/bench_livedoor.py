@@ -12,7 +12,7 @@ Sections (`--sections`, any of):
           `--configs` (name=flags;…), plus a plain `Trainer` (AutoModelForSequenceClassification, 7 labels) on the
           same encoder, rows and budget for each text mode; the wall time of each.
 
-Every system sees the same training rows (`multitask.data.load_training_data`, `--max_train_samples` a stratified
+Every system sees the same training rows (`multitask.data.loading.load_training_data`, `--max_train_samples` a stratified
 seeded sample when given, so the reduced-size runs fit 2 CPU cores) and is scored on all 737 validation rows.
 Figures: joint (7-way) accuracy and macro-F1 at the untuned rule (ours: P(Pick) ≥ 0.5 then the argmax category;
 baselines: the argmax class) — nothing tuned on validation, so these need no held-out protocol — and, for ours, the
@@ -89,7 +89,7 @@ def unpack(data_dir: Path, workdir: Path) -> dict[str, Path]:
 def rows(paths: dict[str, Path], text_columns: list[str], args, separator: str = " "):
     """Training and validation rows exactly as run_finetune reads them: texts and joint labels (Decline or the
     category name)."""
-    from multitask.data import load_training_data
+    from multitask.data.loading import load_training_data
 
     data = load_training_data(paths["task1"], paths["task2"], paths["val"], text_columns=text_columns,
                               separator=separator, seed=args.seed, max_train_samples=args.max_train_samples)
@@ -135,8 +135,8 @@ def measure_steps(args) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from multitask import lora
-    from multitask.modeling import freeze_word_embeddings, load_for_training, parameter_counts
+    from multitask.model import lora
+    from multitask.model.modeling import freeze_word_embeddings, load_for_training, parameter_counts
 
     tokenizer = AutoTokenizer.from_pretrained(args.encoder)
     results = {}
@@ -228,7 +228,7 @@ def run_plain_trainer(mode: str, paths, args, out: Path, max_length: int) -> dic
         set_seed,
     )
 
-    from multitask.text_encoding import text_separator
+    from multitask.data.text_encoding import text_separator
 
     start = time.perf_counter()
     set_seed(args.seed)

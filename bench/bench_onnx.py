@@ -5,16 +5,16 @@ in fp32, same encoder, same rows, same batch size; agreement with the PyTorch mo
 Models are those of bench_predict.py (its build_models): without --model, an untrained multitask model on the
 MiniLM-L6 encoder (speed does not depend on the weights; agreement does, so pass a trained run for the agreement
 figures), and an AutoModelForSequenceClassification (151 labels) on the same encoder for the pipeline. The
-multitask model is exported with multitask.export.export_model (what `python -m multitask.export` runs) to fp32 and
+multitask model is exported with multitask.export.onnx_export.export_model (what `python -m multitask.export` runs) to fp32 and
 to int8 (ONNX Runtime quantize_dynamic). Rows are the CLINC150 validation queries, repeated up to --rows.
 
 Systems (--systems):
-- onnx_float32, onnx_int8: multitask.predict.predict_scores on the exported model (what run_predict.py
+- onnx_float32, onnx_int8: multitask.serve.predict.predict_scores on the exported model (what run_predict.py
   --backend onnx runs: tokenization, length-sorted batches, ONNX Runtime, gate scores, input order);
 - onnx_int8_smooth: int8 after SmoothQuant smoothing (`--smooth_alpha`, scales from one seeded half of the rows);
 - onnx_int8_mixed, onnx_int8_smooth_mixed: int8 (without, with smoothing) with the linear layers that move the
   outputs most kept in float32, as many as the agreement targets need on one seeded half of the rows
-  (`multitask.export --min_top1_agreement --max_gate_changed`); the calibrated systems' agreement counts on the
+  (`multitask.export.onnx_export --min_top1_agreement --max_gate_changed`); the calibrated systems' agreement counts on the
   other half;
 - torch_float32: predict_scores on the PyTorch model (run_predict.py's default backend), for reference;
 - pipeline_float32: pipe(texts, batch_size=B, truncation=True, max_length=L), as users call it.
@@ -23,8 +23,8 @@ ONNX Runtime gets as many intra-op threads as torch uses (torch.get_num_threads(
 Speed: one process, every system loaded once, ABBA rounds of a full pass each (odd rounds in reverse order, so
 drift hits all alike); rows/s = rows / wall time of the call, median over rounds (and best round). Ratios are
 against pipeline_float32. Agreement: the ONNX models' scores against torch_float32's on the same rows
-(multitask.agreement.agreement: max |Δ pick_prob|, top-1 category agreement, gate decisions changed at each stored
-threshold), on all rows and on the held-out half (`multitask.agreement.split_halves`). Targets (issue 15): onnx
+(multitask.export.agreement.agreement: max |Δ pick_prob|, top-1 category agreement, gate decisions changed at each stored
+threshold), on all rows and on the held-out half (`multitask.export.agreement.split_halves`). Targets (issue 15): onnx
 fp32 ≥ 2.0 × and int8 ≥ 3.5 × the pipeline's rows/s; int8 ≤ 0.5 % of gate decisions changed and ≥ 99.5 % top-1
 agreement.
 
@@ -115,9 +115,9 @@ def export_models(args, ours_dir: str, workdir: Path, texts: list[str]) -> dict:
     The calibrated ones are what `python -m multitask.export --quantize int8 [--smooth_alpha A]
     [--min_top1_agreement … --max_gate_changed …]` writes: smoothing scales and float layers fitted on the first of
     `split_halves(texts)`."""
-    from multitask.agreement import split_halves
-    from multitask.export import Int8Calibration, export_model
-    from multitask.predict import load_model
+    from multitask.export.agreement import split_halves
+    from multitask.export.onnx_export import Int8Calibration, export_model
+    from multitask.serve.predict import load_model
 
     model, tokenizer = load_model(ours_dir, "cpu")
     fit, _ = split_halves(len(texts))
@@ -154,8 +154,8 @@ def load(name: str, args, ours_dir: str, pipeline_dir: str, workdir: Path):
         return load_system("pipeline", pipeline_dir, "float32")
     if name == "torch_float32":
         return load_system("ours", ours_dir, "float32")
-    from multitask.onnx_backend import load_predictor
-    from multitask.predict import predict_scores
+    from multitask.serve.onnx_backend import load_predictor
+    from multitask.serve.predict import predict_scores
 
     model, tokenizer = load_predictor(str(export_dirs(workdir)[name]), "onnx", "cpu")
     return lambda texts, args: predict_scores(model, tokenizer, texts, args.batch_size, args.max_seq_length)
@@ -212,8 +212,8 @@ def measure_speed(args, ours_dir: str, pipeline_dir: str, workdir: Path, texts: 
     result["ratios_to_pipeline_float32"] = ratios
     result["agreement_with_torch_float32"] = {}
     if "torch_float32" in outputs:
-        from multitask.agreement import agreement, split_halves
-        from multitask.rundir import saved_model_dir
+        from multitask.export.agreement import agreement, split_halves
+        from multitask.io.rundir import saved_model_dir
 
         config = json.loads((Path(saved_model_dir(ours_dir)) / "config.json").read_text(encoding="utf-8"))
         thresholds = config.get("gate_thresholds", {"default": 0.5})
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             f"{name} {e['seconds']:.1f} s, {e['onnx_mib']:.1f} MiB" for name, e in report["export"].items()
         ),
     ]
-    from multitask.agreement import meets_targets
+    from multitask.export.agreement import meets_targets
 
     for name, agreed in speed["agreement_with_torch_float32"].items():
         for rows_name, figures in (("all rows", agreed), ("held-out half", agreed["held_out"])):

@@ -62,12 +62,12 @@ from transformers import (
     TrainingArguments,
 )
 
-from multitask.arguments import MultitaskTrainingArguments
-from multitask.data import IGNORE_INDEX, MultitaskCollator, label_counts, load_training_data, tokenize
-from multitask.losses import inverse_frequency_weights
-from multitask.modeling import freeze_word_embeddings, load_for_training
-from multitask.text_encoding import text_separator
-from multitask.trainer import MultitaskTrainer
+from multitask.data.loading import IGNORE_INDEX, MultitaskCollator, label_counts, load_training_data, tokenize
+from multitask.data.text_encoding import text_separator
+from multitask.model.losses import inverse_frequency_weights
+from multitask.model.modeling import freeze_word_embeddings, load_for_training
+from multitask.train.arguments import MultitaskTrainingArguments
+from multitask.train.trainer import MultitaskTrainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="bench_overhead_"))
     if args.tiny:
-        from multitask.demo import build_demo_encoder
+        from multitask.data.demo import build_demo_encoder
 
         encoder = str(build_demo_encoder(workdir / "tiny_encoder"))
     else:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prediction speed: multitask.predict.predict_scores (what run_predict.py runs) vs
+"""Prediction speed: multitask.serve.predict.predict_scores (what run_predict.py runs) vs
 transformers.pipeline("text-classification"), same encoder, same rows, same batch size; and peak memory.
 
 Nothing is trained: speed does not depend on the weights. Without --model, a multitask model (gate + 150
@@ -130,7 +130,7 @@ def build_models(args, workdir: Path) -> tuple[str, str]:
     """(multitask model dir, sequence-classification model dir), both on --encoder, saved with tokenizer."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from multitask.modeling import load_for_training
+    from multitask.model.modeling import load_for_training
 
     encoder = _common.require_encoder(args.encoder)
     intents = sorted(
@@ -159,10 +159,10 @@ def build_models(args, workdir: Path) -> tuple[str, str]:
 
 def load_system(name: str, model_dir: str, dtype: str = "float32"):
     """A callable texts -> results for one system in one precision, loaded as its users load it (CPU)."""
-    from multitask.precision import INFERENCE_DTYPES
+    from multitask.model.precision import INFERENCE_DTYPES
 
     if name == "ours":
-        from multitask.predict import load_model, predict_scores
+        from multitask.serve.predict import load_model, predict_scores
 
         model, tokenizer = load_model(model_dir, "cpu")
         return lambda texts, args: predict_scores(
@@ -232,7 +232,7 @@ def measure_speed(args, ours_dir: str, pipeline_dir: str, texts: list[str]) -> d
                 "ratio_per_round_median": statistics.median(per_round),
             }
     result["ratios"] = ratios
-    from multitask.rundir import saved_model_dir
+    from multitask.io.rundir import saved_model_dir
 
     thresholds = json.loads((Path(saved_model_dir(ours_dir)) / "config.json").read_text())["gate_thresholds"]
     result["agreement_with_float32"] = {
@@ -263,7 +263,7 @@ def agreement(reference, other, thresholds: dict[str, float]) -> dict:
 
 def measure_e2e(args, ours_dir: str, pipeline_dir: str, frame: pd.DataFrame, workdir: Path, dtype: str) -> dict:
     import run_predict
-    from multitask.precision import INFERENCE_DTYPES
+    from multitask.model.precision import INFERENCE_DTYPES
 
     csv_path = workdir / "bench_rows.csv"
     frame.to_csv(csv_path, index=False, encoding="utf-8")

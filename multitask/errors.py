@@ -212,7 +212,7 @@ def _name_the_flag(message: str, argv: Sequence[str]) -> str:
 def read_json_or_yaml(path: Any, flag: str = "", what: str = "config file") -> Any:
     """The parsed content of a JSON (by suffix) or YAML (otherwise) file, None when empty; a missing file, a
     directory, a non-UTF-8 file or a syntax error is a `UsageError` naming `flag` (if any), the file and the
-    line and column. Shared by config files and search-space files (`multitask.hp_search`)."""
+    line and column. Shared by config files and search-space files (`multitask.train.hp_search`)."""
     from pathlib import Path
 
     path = Path(path)

@@ -38,12 +38,10 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 
-from .configuration import DEFAULT_TEXT_COLUMNS
-from .errors import UsageError, cli, closest, parse_arguments
-from .labels import CATEGORY_COLUMN, PICK_COLUMN
-from .rundir import StagedFiles, check_output_dir, check_output_file, staged_files
-from .splits import stratified_split
-from .tables import (
+from multitask.data.splits import stratified_split
+from multitask.errors import UsageError, cli, closest, parse_arguments
+from multitask.io.rundir import StagedFiles, check_output_dir, check_output_file, staged_files
+from multitask.io.tables import (
     FORMATS,
     PLAIN_SEPARATOR,
     DataError,
@@ -53,9 +51,11 @@ from .tables import (
     pick_value,
     table_format,
 )
-from .tables import Table as InputTable
-from .tables import build_texts as build_row_texts
-from .tables import read_table as read_input
+from multitask.io.tables import Table as InputTable
+from multitask.io.tables import build_texts as build_row_texts
+from multitask.io.tables import read_table as read_input
+from multitask.labels import CATEGORY_COLUMN, PICK_COLUMN
+from multitask.model.configuration import DEFAULT_TEXT_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -485,7 +485,7 @@ def reduce_majority(labels: Sequence[Label], fraction: float, seed: int = 42) ->
 @dataclass
 class Table:
     """Rows of one or more input tables (concatenated in order): the original columns (for the output) and where
-    each row came from, as the user sees it (`multitask.tables.Table.where`)."""
+    each row came from, as the user sees it (`multitask.io.tables.Table.where`)."""
 
     frame: pd.DataFrame
     parts: list[InputTable]
@@ -536,7 +536,7 @@ def read_table(
     paths: Sequence[str | Path], required_columns: Sequence[str], encoding: str | None = None,
     file_format: str | None = None, flags: dict[str, str] | None = None,
 ) -> Table:
-    """Read and concatenate data files of any supported format (`multitask.tables.read_table`).
+    """Read and concatenate data files of any supported format (`multitask.io.tables.read_table`).
 
     Args:
         paths (`Sequence[str | Path]`):
@@ -574,7 +574,7 @@ def read_table(
 
 
 def build_texts(table: Table, text_columns: Sequence[str]) -> list[str]:
-    """The texts that are deduplicated: `multitask.tables.build_text`, the builder training and prediction
+    """The texts that are deduplicated: `multitask.io.tables.build_text`, the builder training and prediction
     use.
 
     NFKC, empty parts skipped, joined with a newline here (`PLAIN_SEPARATOR`; training joins with the
@@ -864,7 +864,7 @@ def check_arguments(args: PrepareArguments) -> None:
             raise UsageError(f"{flag}: the output {path} would overwrite an input file; choose another prefix")
     check_output_dir(Path(args.output_prefix).parent, "--output_prefix")
     if args.push_to_hub:
-        from .hub import check_push_target
+        from multitask.io.hub import check_push_target
 
         # Now, not at upload: a missing token or bad repo id stops the run before minutes of deduplication.
         args.push_to_hub = check_push_target(args.push_to_hub, "--push_to_hub")
@@ -1257,7 +1257,7 @@ def push_prepared(args: PrepareArguments, report: dict, paths: dict[str, Path]) 
     """
     import tempfile
 
-    from .hub import upload_files
+    from multitask.io.hub import upload_files
 
     data_files = {split: f"data/{paths[split].name}" for split in SPLITS if split in paths}
     files = {path: paths[split] for split, path in data_files.items()}

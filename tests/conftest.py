@@ -17,12 +17,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from transformers import DebertaV2Model, HfArgumentParser  # noqa: E402
 
-from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments  # noqa: E402
-from multitask.data import MultitaskCollator, load_training_data, tokenize  # noqa: E402
-from multitask.demo import tiny_deberta_config, train_tokenizer  # noqa: E402
-from multitask.metrics import build_compute_metrics  # noqa: E402
-from multitask.modeling import MultitaskModel, build_config  # noqa: E402
-from multitask.trainer import MultitaskTrainer  # noqa: E402
+from multitask.data.demo import tiny_deberta_config, train_tokenizer  # noqa: E402
+from multitask.data.loading import MultitaskCollator, load_training_data, tokenize  # noqa: E402
+from multitask.model.modeling import MultitaskModel, build_config  # noqa: E402
+from multitask.scoring.metrics import build_compute_metrics  # noqa: E402
+from multitask.train.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments  # noqa: E402
+from multitask.train.trainer import MultitaskTrainer  # noqa: E402
 
 CATEGORIES = ["economy", "politics", "sports"]
 SENTENCES = {

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from multitask import agreement
-from multitask.predict import Scores
+from multitask.export import agreement
+from multitask.serve.predict import Scores
 
 
 def test_agreement_counts_changed_decisions():

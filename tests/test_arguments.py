@@ -1,11 +1,11 @@
-"""multitask.arguments: what MultitaskTrainingArguments does beyond holding values (the --help of every field is
+"""multitask.train.arguments: what MultitaskTrainingArguments does beyond holding values (the --help of every field is
 checked on run_finetune.py in test_scripts.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from multitask.arguments import MultitaskTrainingArguments
+from multitask.train.arguments import MultitaskTrainingArguments
 
 
 def arguments(tmp_path, **values):

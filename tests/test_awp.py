@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from multitask.awp import AdversarialWeightPerturbation
+from multitask.train.awp import AdversarialWeightPerturbation
 from tests.conftest import make_trainer
 
 

@@ -21,9 +21,10 @@ from transformers.trainer_utils import TrainOutput
 import analysis.__main__ as analysis_cli
 import run_finetune
 import run_predict
-from multitask import inputs, prepare
+from multitask import prepare
 from multitask.errors import UserError, cli, debug_requested
-from multitask.trainer import MultitaskTrainer
+from multitask.train import inputs
+from multitask.train.trainer import MultitaskTrainer
 from tests.conftest import CATEGORIES, SENTENCES, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent

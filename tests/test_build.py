@@ -1,4 +1,4 @@
-"""The model and the Trainer of a run (multitask.build), each built on its own from the run's inputs."""
+"""The model and the Trainer of a run (multitask.train.build), each built on its own from the run's inputs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import set_seed
 
-from multitask.build import build_model, build_trainer, class_weights
 from multitask.errors import UsageError
-from multitask.inputs import prepare_inputs
-from multitask.modeling import MultitaskModel
+from multitask.model.modeling import MultitaskModel
+from multitask.train.build import build_model, build_trainer, class_weights
+from multitask.train.inputs import prepare_inputs
 from tests.conftest import CATEGORIES, parsed_finetune_args
 
 

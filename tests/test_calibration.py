@@ -3,7 +3,7 @@
 import numpy as np
 from pytest import approx
 
-from multitask import calibration
+from multitask.scoring import calibration
 
 
 def test_ece_equal_mass_bins_hand_checked():
@@ -40,7 +40,7 @@ def test_joint_probabilities_sum_to_one():
 
 
 def test_temperature_applied_by_the_model(model, tokenizer):
-    from multitask.predict import predict_scores
+    from multitask.serve.predict import predict_scores
 
     texts = ["stock market rally lifts shares", "home team wins the championship"]
     raw = predict_scores(model, tokenizer, texts, return_features=True)

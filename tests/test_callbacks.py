@@ -1,4 +1,4 @@
-"""The training record, the per-epoch log and dataset cartography (multitask.callbacks)."""
+"""The training record, the per-epoch log and dataset cartography (multitask.train.callbacks)."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from multitask.callbacks import CartographyCallback, EpochLogCallback, TrainingRecord, find_callback
+from multitask.train.callbacks import CartographyCallback, EpochLogCallback, TrainingRecord, find_callback
 from tests.conftest import make_trainer
 
 LN3 = math.log(3.0)

@@ -1,4 +1,4 @@
-"""multitask.checks: argument and model-directory checks that run before anything is loaded or written.
+"""multitask.train.checks: argument and model-directory checks that run before anything is loaded or written.
 
 The command-line side (one `error:` line per bad input) is in test_bad_inputs.py; these are the functions alone.
 """
@@ -12,7 +12,9 @@ from types import SimpleNamespace
 import pytest
 from transformers import BertConfig, RobertaConfig
 
-from multitask.checks import (
+from multitask.data.demo import tiny_deberta_config
+from multitask.errors import ModelFileError, UsageError
+from multitask.train.checks import (
     check_columns,
     check_device,
     check_fraction,
@@ -23,8 +25,6 @@ from multitask.checks import (
     require,
     resolve_model_source,
 )
-from multitask.demo import tiny_deberta_config
-from multitask.errors import ModelFileError, UsageError
 
 
 def test_small_checks_name_the_flag_and_value():

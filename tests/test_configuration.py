@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from transformers import AutoConfig, AutoModel
 
-from multitask.configuration import MultitaskConfig
-from multitask.demo import tiny_deberta_config
-from multitask.modeling import MultitaskModel, build_config
+from multitask.data.demo import tiny_deberta_config
+from multitask.model.configuration import MultitaskConfig
+from multitask.model.modeling import MultitaskModel, build_config
 
 
 def test_label_maps_restored_with_int_keys_and_derived_fields(tmp_path):

@@ -5,14 +5,14 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from multitask.data import (
+from multitask.data.loading import (
     IGNORE_INDEX,
     DataError,
     MultitaskCollator,
     load_labeled_file,
     load_training_data,
 )
-from multitask.tables import read_csv
+from multitask.io.tables import read_csv
 
 
 def write_csv(path, rows, encoding="utf-8"):
@@ -141,7 +141,7 @@ def test_encodings_bom_and_cp932(tmp_path):
 
 
 def test_collator_pads_and_whitelists(files):
-    from multitask.demo import train_tokenizer
+    from multitask.data.demo import train_tokenizer
 
     tokenizer = train_tokenizer(["hello world", "election results today", "選挙の結果"], vocab_size=400)
     _, task1, task2, val = files

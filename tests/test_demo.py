@@ -10,9 +10,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, DebertaV2Model
 
-from multitask import demo
-from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
-from multitask.demo import (
+from multitask.data import demo
+from multitask.data.demo import (
     CATEGORY_WEIGHTS,
     DEMO_DATA_DIR,
     build_demo_encoder,
@@ -22,6 +21,7 @@ from multitask.demo import (
     write_demo_data,
 )
 from multitask.errors import UsageError
+from multitask.train.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -78,7 +78,7 @@ def test_two_process_run_writes_once_and_correctly(encoder_dir, csv_files, tmp_p
     # Our own messages come once (rank 0 only); a library warning may legitimately repeat (one per checkpoint).
     ours = {m: count for m, count in messages.items() if m.startswith(("INFO run_finetune", "INFO multitask"))}
     assert ours and not [m for m, count in ours.items() if count > 1]
-    assert sum("gate thresholds" in m for m in messages) == 1 and sum(m.startswith("INFO multitask.callbacks: epoch 1 ")
+    assert sum("gate thresholds" in m for m in messages) == 1 and sum(m.startswith("INFO multitask.train.callbacks: epoch 1 ")
                                                                        for m in messages) == 1
 
     # Evaluation gathered from both ranks: every validation row counted once, despite the sampler's padding.
@@ -136,8 +136,7 @@ def test_accelerate_launch_runs_two_processes(encoder_dir, csv_files, tmp_path):
 
 
 def test_full_model_gathers_a_whole_copy_only_when_sharded(model, tokenizer, csv_files, tmp_path, monkeypatch):
-    from multitask import distributed
-
+    from multitask.train import distributed
     trainer = make_trainer(model, tokenizer, csv_files, tmp_path)
     assert distributed.full_model(trainer) is model  # DDP and one process: the trained model itself
     # FSDP/ZeRO-3 need GPUs (use_cpu turns FSDP off); stand in for their gathered state dict.

@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from multitask import export
-from multitask.modeling import MultitaskModel, build_config
-from multitask.onnx_backend import OnnxMultitaskModel, load_predictor, onnx_export_for
-from multitask.predict import fit_gate_statistics, predict_scores
+from multitask.export import onnx_export as export
+from multitask.model.modeling import MultitaskModel, build_config
+from multitask.serve.onnx_backend import OnnxMultitaskModel, load_predictor, onnx_export_for
+from multitask.serve.predict import fit_gate_statistics, predict_scores
 from tests.conftest import CATEGORIES, SENTENCES, write_csv
 
 CHECK_TEXTS = [text for texts in SENTENCES.values() for text in texts]

@@ -1,4 +1,4 @@
-"""Everything after train() (multitask.finish): no false success, the outputs of a finished run."""
+"""Everything after train() (multitask.train.finish): no false success, the outputs of a finished run."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 from transformers.trainer_utils import TrainOutput
 
-from multitask.build import build_model, build_trainer
 from multitask.errors import UserError
-from multitask.finish import check_trained, finish_run
-from multitask.inputs import data_file_hashes, prepare_inputs
-from multitask.rundir import RunDirectory
+from multitask.io.rundir import RunDirectory
+from multitask.train.build import build_model, build_trainer
+from multitask.train.finish import check_trained, finish_run
+from multitask.train.inputs import data_file_hashes, prepare_inputs
 from tests.conftest import parsed_finetune_args
 
 

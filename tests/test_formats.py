@@ -12,7 +12,7 @@ import analysis.__main__ as analysis_cli
 import run_finetune
 import run_predict
 from multitask import prepare
-from multitask.tables import read_table
+from multitask.io.tables import read_table
 from tests.conftest import CATEGORIES, SENTENCES
 
 QUICK = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--use_cpu", "true",

@@ -3,7 +3,12 @@
 import numpy as np
 from pytest import approx
 
-from multitask.gate_selection import choose_gate, cross_validate_gate, decision_figures, reweighted_figures
+from multitask.scoring.gate_selection import (
+    choose_gate,
+    cross_validate_gate,
+    decision_figures,
+    reweighted_figures,
+)
 
 
 def test_decision_figures_hand_checked():

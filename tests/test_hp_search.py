@@ -13,12 +13,15 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FixedTrial, TrialState, create_trial
 
-from multitask.arguments import MultitaskTrainingArguments
-from multitask.callbacks import EpochLogCallback, TrainingRecord
-from multitask.checks import check_hp_search_arguments
-from multitask.data import MultitaskCollator, label_counts, load_training_data, tokenize
+from multitask.data.loading import MultitaskCollator, label_counts, load_training_data, tokenize
 from multitask.errors import UsageError
-from multitask.hp_search import (
+from multitask.model.losses import inverse_frequency_weights
+from multitask.model.modeling import load_for_training
+from multitask.scoring.metrics import build_compute_metrics
+from multitask.train.arguments import MultitaskTrainingArguments
+from multitask.train.callbacks import EpochLogCallback, TrainingRecord
+from multitask.train.checks import check_hp_search_arguments
+from multitask.train.hp_search import (
     SearchParameter,
     TrialObjective,
     apply_params,
@@ -34,10 +37,7 @@ from multitask.hp_search import (
     trials_table,
     write_trials,
 )
-from multitask.losses import inverse_frequency_weights
-from multitask.metrics import build_compute_metrics
-from multitask.modeling import load_for_training
-from multitask.trainer import MultitaskTrainer
+from multitask.train.trainer import MultitaskTrainer
 
 
 def training_args(tmp_path, **overrides):
@@ -414,7 +414,7 @@ def test_search_without_a_completed_trial_still_writes_the_table(tmp_path):
 
 
 def test_ray_trials_become_table_rows():
-    from multitask.hp_search import _ray_rows
+    from multitask.train.hp_search import _ray_rows
 
     def ray_trial(trial_id, status, objective, rate):
         return types.SimpleNamespace(trial_id=trial_id, status=status, config={"learning_rate": rate, "wandb": {}},

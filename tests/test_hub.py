@@ -1,4 +1,4 @@
-"""multitask.hub against the in-process fake Hub: the real huggingface_hub client builds every request."""
+"""multitask.io.hub against the in-process fake Hub: the real huggingface_hub client builds every request."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.hf_api import RepoFile
 
-from multitask import hub as hub_module
 from multitask.errors import UsageError
-from multitask.hub import (
+from multitask.io import hub as hub_module
+from multitask.io.hub import (
     HubError,
     _same_content,
     download_data_files,

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 import run_finetune
-from multitask import hub as hub_module
 from multitask import prepare
 from multitask.errors import UsageError
-from multitask.hub import HubError, resolve_dataset_repo, resolve_token, upload_data, upload_files
+from multitask.io import hub as hub_module
+from multitask.io.hub import HubError, resolve_dataset_repo, resolve_token, upload_data, upload_files
 from tests.conftest import CATEGORIES, SENTENCES
 from tests.hub_server import serve_fake_hub
 

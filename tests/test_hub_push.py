@@ -7,7 +7,7 @@ from huggingface_hub import ModelCard
 
 import run_finetune
 import run_predict
-from multitask.hub import upload_data
+from multitask.io.hub import upload_data
 from tests.hub_server import serve_fake_hub
 
 

@@ -1,4 +1,4 @@
-"""What a training run reads (multitask.inputs): resolved and checked before anything is written."""
+"""What a training run reads (multitask.train.inputs): resolved and checked before anything is written."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from multitask.errors import UsageError
-from multitask.inputs import data_file_hashes, prepare_inputs
+from multitask.train.inputs import data_file_hashes, prepare_inputs
 from tests.conftest import CATEGORIES, parsed_finetune_args
 
 

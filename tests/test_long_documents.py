@@ -14,10 +14,10 @@ from transformers import AutoTokenizer
 
 import run_finetune
 import run_predict
-from multitask.data import tokenize
+from multitask.data.loading import tokenize
+from multitask.data.text_encoding import encode_texts, encode_windows
 from multitask.errors import UsageError
-from multitask.predict import predict_scores
-from multitask.text_encoding import encode_texts, encode_windows
+from multitask.serve.predict import predict_scores
 
 
 def test_training_and_prediction_cut_the_same_tokens(tokenizer, model):

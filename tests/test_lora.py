@@ -10,10 +10,10 @@ from transformers import AutoModel
 
 import run_finetune
 import run_predict
-from multitask import lora
 from multitask.errors import UsageError
-from multitask.modeling import MultitaskModel, build_config
-from multitask.predict import load_model
+from multitask.model import lora
+from multitask.model.modeling import MultitaskModel, build_config
+from multitask.serve.predict import load_model
 from tests.conftest import CATEGORIES, finetune_args, make_trainer
 
 pytest.importorskip("peft")

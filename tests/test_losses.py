@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from multitask import losses
+from multitask.model import losses
 
 LN3 = math.log(3.0)
 
@@ -108,7 +108,7 @@ def test_uncertainty_weighted():
 
 
 def test_supervised_contrastive_hand_value():
-    from multitask.losses import supervised_contrastive
+    from multitask.model.losses import supervised_contrastive
 
     features = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]], requires_grad=True)  # cosines: 1, 0, 0
     labels = torch.tensor([0, 0, -100])  # the third row (Decline) is only a negative
@@ -120,7 +120,7 @@ def test_supervised_contrastive_hand_value():
 
 
 def test_supervised_contrastive_without_positive_pair_is_graph_zero():
-    from multitask.losses import supervised_contrastive
+    from multitask.model.losses import supervised_contrastive
 
     features = torch.randn(3, 4, requires_grad=True)
     loss = supervised_contrastive(features, torch.tensor([0, 1, -100]))
@@ -141,7 +141,7 @@ def test_combine_terms_weighted_sum_and_uncertainty():
 
 def test_task_terms_names_each_present_term():
     """Terms only for heads and labels that exist; the optional ones only when asked for and computable."""
-    from multitask.losses import task_terms
+    from multitask.model.losses import task_terms
 
     gate = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     category = torch.tensor([[1.0, 0.0, 0.0], [0.0, 3.0, 0.0]])

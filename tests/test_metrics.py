@@ -7,7 +7,7 @@ import pytest
 from transformers import EvalPrediction
 
 from multitask.errors import UsageError
-from multitask.metrics import (
+from multitask.scoring.metrics import (
     band_f1,
     band_recall,
     build_compute_metrics,

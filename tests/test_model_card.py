@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from multitask.demo import tiny_deberta_config
-from multitask.model_card import build_model_card
-from multitask.modeling import build_config
+from multitask.data.demo import tiny_deberta_config
+from multitask.model.modeling import build_config
+from multitask.scoring.model_card import build_model_card
 
 METRICS = {"eval_gate_f1": 0.81234, "eval_loss": 0.3, "eval_gate_loss": 0.2, "eval_category_macro_f1": 0.5, "epoch": 3}
 

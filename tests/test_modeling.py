@@ -7,9 +7,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, DebertaV2Model
 
-from multitask.arguments import MultitaskTrainingArguments
-from multitask.configuration import MultitaskConfig
-from multitask.modeling import (
+from multitask.model.configuration import MultitaskConfig
+from multitask.model.modeling import (
     MultitaskModel,
     build_config,
     freeze_word_embeddings,
@@ -17,7 +16,8 @@ from multitask.modeling import (
     parameter_counts,
     pool,
 )
-from multitask.trainer import MultitaskTrainer
+from multitask.train.arguments import MultitaskTrainingArguments
+from multitask.train.trainer import MultitaskTrainer
 from tests.conftest import CATEGORIES, no_dropout
 
 WORD = "encoder.embeddings.word_embeddings.weight"
@@ -174,7 +174,7 @@ def test_parameter_counts_count_a_shared_tensor_once():
 
 def test_split_stacked_gives_the_two_rdrop_passes():
     """A forward on the batch stacked twice comes back as two outputs, first half then second, None kept None."""
-    from multitask.modeling import MultitaskOutput
+    from multitask.model.modeling import MultitaskOutput
 
     gate = torch.arange(8.0).reshape(4, 2)
     first, second = MultitaskOutput(gate_logits=gate, category_logits=None).split_stacked()

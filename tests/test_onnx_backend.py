@@ -1,4 +1,4 @@
-"""multitask.onnx_backend: which backend a --model/--backend/--dtype choice gets, on stand-in directories (a real
+"""multitask.serve.onnx_backend: which backend a --model/--backend/--dtype choice gets, on stand-in directories (a real
 export, and scoring with it, are in test_export.py)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from multitask.errors import UsageError
-from multitask.onnx_backend import find_onnx_export, is_onnx_export, onnx_export_for, onnx_providers
+from multitask.serve.onnx_backend import find_onnx_export, is_onnx_export, onnx_export_for, onnx_providers
 
 
 @pytest.fixture

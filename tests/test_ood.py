@@ -5,9 +5,9 @@ import pytest
 import torch
 from pytest import approx
 
-from multitask import ood
-from multitask.modeling import MultitaskModel
-from multitask.predict import fit_gate_statistics, predict_scores
+from multitask.model import ood
+from multitask.model.modeling import MultitaskModel
+from multitask.serve.predict import fit_gate_statistics, predict_scores
 
 
 def test_energy_is_logsumexp():
@@ -110,7 +110,7 @@ def test_fitted_model_round_trip_and_prediction(model, tokenizer, tmp_path):
 
 
 def test_feature_score_without_statistics_is_refused(model):
-    from multitask.configuration import MultitaskConfig
+    from multitask.model.configuration import MultitaskConfig
 
     with pytest.raises(ValueError, match="fitted gate statistics"):
         MultitaskConfig(encoder_config=model.config.encoder_config, gate_score="maha")

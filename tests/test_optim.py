@@ -4,9 +4,9 @@ import logging
 
 import pytest
 
-from multitask.arguments import MultitaskTrainingArguments
-from multitask.optim import llrd_parameter_groups, parameter_depth
-from multitask.trainer import MultitaskTrainer
+from multitask.train.arguments import MultitaskTrainingArguments
+from multitask.train.optim import llrd_parameter_groups, parameter_depth
+from multitask.train.trainer import MultitaskTrainer
 
 
 def test_parameter_depth_rules():
@@ -47,7 +47,7 @@ def test_every_parameter_in_exactly_one_group_with_expected_rate(model, tmp_path
 def test_trainer_optimizer_uses_llrd_groups(model, tmp_path, caplog):
     args = MultitaskTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, layerwise_lr_decay=0.5,
                                       use_cpu=True, eval_strategy="no", load_best_model_at_end=False)
-    with caplog.at_level(logging.INFO, logger="multitask.trainer"):
+    with caplog.at_level(logging.INFO, logger="multitask.train.trainer"):
         optimizer = MultitaskTrainer(model=model, args=args).create_optimizer()
     rates = sorted({group["lr"] for group in optimizer.param_groups})
     assert rates == pytest.approx([2.5e-4, 5e-4, 1e-3])

@@ -1,4 +1,4 @@
-"""multitask.plots: learning curves, cartography, heatmaps and the redraw CLI; Japanese category names are drawn,
+"""multitask.scoring.plots: learning curves, cartography, heatmaps and the redraw CLI; Japanese category names are drawn,
 not boxes, on a machine without a system CJK font (the font comes from the `matplotlib-fontja` package, and a
 missing glyph shows up as matplotlib's "Glyph … missing" warning)."""
 
@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from matplotlib import font_manager
 
-from multitask import plots
-from multitask.plots import (
+from multitask.scoring import plots
+from multitask.scoring.plots import (
     main,
     plot_cartography,
     plot_confusion_heatmap,
@@ -135,8 +135,7 @@ def test_redraw_and_cli(tmp_path, capsys):
 
 
 def test_kept_checkpoint_is_marked(tmp_path, monkeypatch):
-    from multitask import plots
-
+    from multitask.scoring import plots
     run = tmp_path / "run"
     (run / "checkpoint-4").mkdir(parents=True)
     (run / "checkpoint-4" / "trainer_state.json").write_text(json.dumps({"best_global_step": 2}))

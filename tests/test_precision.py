@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import run_finetune
-from multitask import predict
-from multitask.precision import precision_warnings
+from multitask.model.precision import precision_warnings
+from multitask.serve import predict
 from tests.conftest import finetune_args, make_trainer, no_dropout
 
 
@@ -88,7 +88,7 @@ def test_select_device_auto(monkeypatch, cuda, mps, expected):
 
 
 def test_inference_dtype_resolution(tmp_path):
-    from multitask.precision import cpu_has_native_bf16, resolve_inference_dtype
+    from multitask.model.precision import cpu_has_native_bf16, resolve_inference_dtype
 
     cpu = torch.device("cpu")
     assert resolve_inference_dtype("auto", cpu) == torch.float32  # fp32 stays the CPU default

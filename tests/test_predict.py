@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from multitask.predict import Scores, predict_scores, prediction_records, prediction_table
+from multitask.serve.predict import Scores, predict_scores, prediction_records, prediction_table
 
 
 def test_length_sorted_batches_keep_input_order(model, tokenizer):

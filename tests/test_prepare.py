@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multitask.data import DataError
+from multitask.data.loading import DataError
 from multitask.prepare import (
     PrepareArguments,
     _tfidf,

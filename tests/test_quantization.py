@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from multitask import quantization
-from multitask.export import export_onnx
-from multitask.modeling import MultitaskModel, build_config
+from multitask.export import quantization
+from multitask.export.onnx_export import export_onnx
+from multitask.model.modeling import MultitaskModel, build_config
 from tests.conftest import CATEGORIES
 
 
@@ -95,7 +95,7 @@ def test_choose_float_layers_stops_when_full_int8_passes_and_keeps_the_forced_on
 
 
 def test_smoothed_layers_keep_their_names_in_the_graph(bert_graph, tokenizer, tmp_path):
-    from multitask.smoothing import smoothed_copy
+    from multitask.export.smoothing import smoothed_copy
 
     path, model = bert_graph
     inputs = tokenizer(["an example"], return_tensors="pt")

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from multitask.errors import DataError, OutputError, UsageError
-from multitask.rundir import (
+from multitask.io.rundir import (
     RunDirectory,
     check_output_dir,
     check_output_file,

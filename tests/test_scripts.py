@@ -11,9 +11,9 @@ import yaml
 
 import run_finetune
 import run_predict
-from multitask.data import DataError
+from multitask.data.loading import DataError
 from multitask.errors import UsageError
-from multitask.trainer import MultitaskTrainer
+from multitask.train.trainer import MultitaskTrainer
 from tests.conftest import CATEGORIES, SENTENCES, finetune_args, write_csv
 
 
@@ -163,7 +163,7 @@ def test_help_documents_every_flag():
         assert "--help" in text
     from transformers import HfArgumentParser
 
-    from multitask.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
+    from multitask.train.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 
     for dataclass_type in (ModelArguments, DataArguments, MultitaskTrainingArguments, run_predict.PredictArguments):
         for field in dataclass_type.__dataclass_fields__.values():
@@ -259,7 +259,7 @@ def test_resume_restores_cartography_and_epoch_log(encoder_dir, csv_files, tmp_p
 def test_auto_gate_score_cross_validated_and_applied_by_run_predict(encoder_dir, tmp_path):
     """--gate_score auto: feature scores fitted after training, the choice and thresholds made on validation with a
     held-out-fold report, all stored in the model and applied unchanged by run_predict.py."""
-    from multitask.ood import ALL_SCORES
+    from multitask.model.ood import ALL_SCORES
 
     pick_rows = [(t, 1) for c in CATEGORIES for t in SENTENCES[c]] + [(t, 0) for t in SENTENCES["junk"]]
     cat_rows = [(t, c) for c in CATEGORIES for t in SENTENCES[c]]

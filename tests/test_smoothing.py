@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from multitask import smoothing
-from multitask.modeling import MultitaskModel, build_config
+from multitask.export import smoothing
+from multitask.model.modeling import MultitaskModel, build_config
 from tests.conftest import CATEGORIES
 
 

@@ -1,4 +1,4 @@
-"""multitask.splits: the one stratified split and stratified samples (prepare, validation split, --max_*_samples)."""
+"""multitask.data.splits: the one stratified split and stratified samples (prepare, validation split, --max_*_samples)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from multitask.splits import UNLABELLED, strata, stratified_sample, stratified_split
+from multitask.data.splits import UNLABELLED, strata, stratified_sample, stratified_split
 
 
 def test_stratified_split_cover_sizes_and_samples():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multitask.stats import bootstrap_mean_interval, proportion_interval
+from multitask.scoring.stats import bootstrap_mean_interval, proportion_interval
 
 approx = pytest.approx
 

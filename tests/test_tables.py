@@ -1,4 +1,4 @@
-"""multitask.tables: the one reader of every format, the one text builder, and the gate label's spellings."""
+"""multitask.io.tables: the one reader of every format, the one text builder, and the gate label's spellings."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from multitask import prepare
-from multitask.data import load_training_data
+from multitask.data.loading import load_training_data
 from multitask.errors import DataError
-from multitask.tables import PLAIN_SEPARATOR, build_text, cell_text, parse_pick, read_table, table_format
+from multitask.io.tables import PLAIN_SEPARATOR, build_text, cell_text, parse_pick, read_table, table_format
 
 ROWS = [
     {"pick": "1", "category": "economy", "title": "株価が上昇", "body": "Shares rose, sharply."},
@@ -111,7 +111,7 @@ def test_errors_name_the_row_as_the_user_sees_it(tmp_path, name, location):
 
 def test_one_text_builder_for_prepare_and_training(tmp_path, monkeypatch):
     """prepare deduplicates the very texts training sees: one builder (NFKC, strip, empty parts skipped)."""
-    import multitask.tables as tables
+    import multitask.io.tables as tables
 
     built: list[tuple[str, str]] = []
     original = tables.build_text

@@ -1,4 +1,4 @@
-"""multitask.text_encoding: head / tail / head_tail truncation with the tokenizer's own special tokens, for a
+"""multitask.data.text_encoding: head / tail / head_tail truncation with the tokenizer's own special tokens, for a
 DeBERTa ([CLS] … [SEP]), a BERT (token types too) and an XLM-R (<s> … </s>) tokenizer. The end-to-end use in
 training and prediction is in test_long_documents.py."""
 
@@ -7,9 +7,8 @@ import pytest
 from datasets import Dataset
 from transformers import BertTokenizer, XLMRobertaTokenizer
 
-from multitask.data import tokenize
-from multitask.errors import UsageError
-from multitask.text_encoding import (
+from multitask.data.loading import tokenize
+from multitask.data.text_encoding import (
     EncodingSettings,
     aggregate_windows,
     check_chunking,
@@ -21,6 +20,7 @@ from multitask.text_encoding import (
     special_template,
     window_starts,
 )
+from multitask.errors import UsageError
 
 WORDS = "the stock market rally lifts shares as central bank cuts interest rates and exports grow".split()
 TEXTS = [

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multitask.metrics import gate_metrics
-from multitask.thresholds import candidate_thresholds, resolve_threshold, search_gate_thresholds
+from multitask.scoring.metrics import gate_metrics
+from multitask.scoring.thresholds import candidate_thresholds, resolve_threshold, search_gate_thresholds
 
 approx = pytest.approx
 
@@ -123,7 +123,7 @@ def test_resolve_threshold():
 
 
 def test_cost_threshold_minimises_expected_cost_hand_checked():
-    from multitask.thresholds import review_band  # noqa: F401  (same module)
+    from multitask.scoring.thresholds import review_band  # noqa: F401  (same module)
 
     scores = np.array([0.9, 0.8, 0.6, 0.4, 0.7, 0.3])
     gold = np.array([1, 1, 1, 1, 0, 0])
@@ -145,7 +145,7 @@ def test_cost_threshold_minimises_expected_cost_hand_checked():
 
 
 def test_review_band_holds_the_share_around_the_threshold():
-    from multitask.thresholds import review_band
+    from multitask.scoring.thresholds import review_band
 
     scores = np.arange(10) / 10  # 0.0 ... 0.9
     low, high = review_band(scores, 0.5, 0.4)  # 2 rows below 0.5 (0.3, 0.4) and 2 from it (0.5, 0.6)

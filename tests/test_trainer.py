@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from multitask.modeling import MultitaskModel, build_config
+from multitask.model.modeling import MultitaskModel, build_config
 from tests.conftest import make_trainer, no_dropout
 
 

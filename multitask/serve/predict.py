@@ -1,0 +1,336 @@
+"""Batched, length-sorted inference and the prediction table, shared by run_predict.py and training runs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from multitask.data.text_encoding import EncodingSettings, aggregate_windows, encode_documents
+from multitask.io.rundir import saved_model_dir
+from multitask.model.configuration import MultitaskConfig
+from multitask.model.modeling import MultitaskModel, MultitaskOutput
+from multitask.model.ood import PROBABILITY_SCORES
+
+logger = logging.getLogger(__name__)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_model(model: str, device: str = "auto", config: MultitaskConfig | None = None, tokenizer=None,
+               **hub_kwargs) -> tuple[MultitaskModel, object]:
+    """Model and tokenizer from a run dir, a model dir or a Hub id, in eval mode on the chosen device.
+
+    A `config` or `tokenizer` the caller already loaded from the same place is reused, not read again.
+    """
+    source = saved_model_dir(model)
+    extra = {"config": config} if config is not None else {}
+    multitask_model = AutoModel.from_pretrained(source, **extra, **hub_kwargs)
+    if not isinstance(multitask_model, MultitaskModel):
+        raise ValueError(f"{model}: not a multitask model (model_type {multitask_model.config.model_type!r})")
+    multitask_model.check_gate_statistics(str(model))
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
+    multitask_model.to(select_device(device)).eval()
+    return multitask_model, tokenizer
+
+
+@dataclass
+class Scores:
+    """Model scores aligned with the input rows. A head the model lacks gives None.
+
+    `pick_prob` is the score the gate thresholds apply to (`config.gate_score`; P(Pick) by default);
+    `gate_scores` holds every in-scope score the model can give (`multitask.model.ood.ALL_SCORES`), `pick_prob`
+    among them. `features` and `category_logits` are filled only when asked for (fitting gate statistics).
+    """
+
+    pick_prob: np.ndarray | None
+    category_probs: np.ndarray | None
+    gate_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    features: np.ndarray | None = None
+    category_logits: np.ndarray | None = None
+    gate_logits: np.ndarray | None = None
+
+    def rows(self, index: np.ndarray) -> Scores:
+        """The scores of the rows at `index` (positions or a boolean mask), every field alike."""
+
+        def take(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[index]
+
+        return Scores(
+            take(self.pick_prob),
+            take(self.category_probs),
+            {name: values[index] for name, values in self.gate_scores.items()},
+            take(self.features),
+            take(self.category_logits),
+            take(self.gate_logits),
+        )
+
+
+def stored_max_length(config: MultitaskConfig) -> int:
+    """The input length the model was trained with; 256 (the old default) for models saved before it was stored."""
+    return EncodingSettings.from_config(config).max_seq_length
+
+
+@dataclass
+class WindowOutputs:
+    """Raw head outputs (float32 numpy) of every model input, and the document (text index) each belongs to."""
+
+    documents: np.ndarray
+    gate_logits: np.ndarray | None
+    category_logits: np.ndarray | None
+    features: np.ndarray | None
+
+    def per_document(self, aggregation: str = "mean") -> WindowOutputs:
+        """One row per document: logits by `aggregation` (mean or max), features averaged. A no-op when every
+        document is one input (truncated texts)."""
+        if np.array_equal(self.documents, np.arange(len(self.documents))):
+            return self
+
+        def combine(values: np.ndarray | None, how: str) -> np.ndarray | None:
+            return None if values is None else aggregate_windows(values, self.documents, how)[1]
+
+        ids = np.unique(self.documents)
+        return WindowOutputs(ids, combine(self.gate_logits, aggregation), combine(self.category_logits, aggregation),
+                             combine(self.features, "mean"))
+
+
+@torch.inference_mode()
+def window_outputs(
+    model: MultitaskModel,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 64,
+    max_length: int | None = None,
+    progress: bool = False,
+    dtype: torch.dtype = torch.float32,
+    with_features: bool = False,
+) -> WindowOutputs:
+    """Run the model on the inputs of `texts` (one per text, or its windows in chunked mode), in batches of
+    similar length (less padding); rows come back in input order.
+
+    A `dtype` other than float32 runs the forward under autocast (weights stay fp32); outputs are stored as float32.
+    """
+    device = model.device  # also an ONNX model (multitask.serve.onnx_backend), which has no parameters
+    was_training = model.training
+    model.eval()  # dropout off, whatever state the caller left the model in
+    encoded = encode_documents(tokenizer, texts, EncodingSettings.from_config(model.config, max_length))
+    inputs = encoded["input_ids"]
+    # Stable: equal lengths keep input order, so the batches (and their rounding) are the same every run.
+    order = np.argsort([len(ids) for ids in inputs], kind="stable")
+    config = model.config
+    gate_logits = np.zeros((len(inputs), 2), np.float32) if config.has_gate else None
+    category_logits = np.zeros((len(inputs), config.num_categories), np.float32) if config.has_category else None
+    features = np.zeros((len(inputs), config.hidden_size), np.float32) if with_features else None
+    starts = range(0, len(inputs), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="Predicting", unit="batch")
+    # One autocast region for all batches: its cache then casts each weight to `dtype` once, not once per batch.
+    with torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext():
+        for start in starts:
+            rows = order[start : start + batch_size]
+            # pad() builds the attention mask and pads only to this batch's longest input (sorted: little).
+            batch = tokenizer.pad({"input_ids": [inputs[i] for i in rows]}, return_tensors="pt").to(device)
+            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            output_features=with_features)
+            for stored, value in ((gate_logits, outputs.gate_logits), (category_logits, outputs.category_logits),
+                                  (features, outputs.features)):
+                if stored is not None:
+                    # .float(): under autocast the outputs may be bf16, which numpy cannot hold.
+                    stored[rows] = value.float().cpu().numpy()
+    model.train(was_training)
+    return WindowOutputs(np.asarray(encoded["document"]), gate_logits, category_logits, features)
+
+
+def scores_from_outputs(model: MultitaskModel, outputs: WindowOutputs, batch_size: int = 64) -> Scores:
+    """`Scores` from per-document outputs: calibrated probabilities and every gate score the model can give,
+    computed in float32 on the model's device, `batch_size` rows at a time (the kNN score compares each row
+    with the whole bank)."""
+    config = model.config
+    rows = len(outputs.documents)
+    gate_scores: dict[str, np.ndarray] = {}
+
+    def tensor(values: np.ndarray | None, part: slice) -> torch.Tensor | None:
+        return None if values is None else torch.from_numpy(values[part]).to(model.device)
+
+    with torch.inference_mode():
+        for start in range(0, rows, batch_size):
+            part = slice(start, start + batch_size)
+            batch = MultitaskOutput(gate_logits=tensor(outputs.gate_logits, part),
+                                    category_logits=tensor(outputs.category_logits, part),
+                                    features=tensor(outputs.features, part) if config.gate_statistics else None)
+            for name, value in model.in_scope_scores(batch).items():
+                gate_scores.setdefault(name, np.zeros(rows, dtype=np.float32))[part] = value.cpu().numpy()
+    category_probs = None
+    if outputs.category_logits is not None:
+        category_probs = torch.softmax(torch.from_numpy(outputs.category_logits) / config.head_temperature("category"),
+                                       dim=-1).numpy()
+    pick_prob = None
+    if config.has_gate:
+        name = config.gate_score
+        if name not in gate_scores and rows:
+            if config.has_category or name not in PROBABILITY_SCORES:
+                # Thresholds were tuned on this score: applying them to another would decide wrongly, silently.
+                raise ValueError(f"the model's gate score {name!r} cannot be computed (it gives {sorted(gate_scores)})")
+            name = "pick"  # a gate-only model: its only probability score is P(Pick)
+        pick_prob = gate_scores.get(name, np.zeros(rows, np.float32))
+    return Scores(pick_prob, category_probs, gate_scores, outputs.features, outputs.category_logits,
+                  outputs.gate_logits)
+
+
+def predict_scores(
+    model: MultitaskModel,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 64,
+    max_length: int | None = None,
+    progress: bool = False,
+    dtype: torch.dtype = torch.float32,
+    return_features: bool = False,
+    aggregation: str | None = None,
+) -> Scores:
+    """Score texts, one row per text in input order: `window_outputs` → per document → `scores_from_outputs`.
+
+    Texts are encoded as in training, from the model config (`truncation`/`head_tokens`, or `long_text="chunk"`
+    windows recombined by `aggregation`, default the config's `chunk_aggregation`) at `max_length` tokens (None:
+    the length stored in the config, 256 for older models). `return_features` also returns the pooled vectors
+    and the raw logits (used to fit gate statistics and calibration).
+    """
+    with_features = return_features or bool(model.config.gate_statistics)
+    raw = window_outputs(model, tokenizer, texts, batch_size, max_length, progress, dtype, with_features)
+    scores = scores_from_outputs(
+        model, raw.per_document(aggregation or getattr(model.config, "chunk_aggregation", "mean")), batch_size)
+    if not return_features:
+        scores.features = scores.category_logits = scores.gate_logits = None
+    return scores
+
+
+def prediction_table(
+    frame: pd.DataFrame,
+    scores: Scores,
+    config: MultitaskConfig,
+    threshold: float = 0.5,
+    top_k: int = 3,
+    review_band: tuple[float, float] | None = None,
+) -> pd.DataFrame:
+    """Input columns kept, plus pick_prob, pick_pred, category_pred, category_prob, category_top{k}, decision.
+
+    With ``review_band`` (low, high), rows whose gate score lies in [low, high) get the decision ``review``.
+    """
+    table = frame.copy()
+    if scores.pick_prob is not None:
+        table["pick_prob"] = np.round(scores.pick_prob, 6)
+        table["pick_pred"] = (scores.pick_prob >= threshold).astype(int)
+    if scores.category_probs is not None:
+        id2label = config.category_id2label
+        k = min(top_k, config.num_categories)
+        # Stable sort: tied probabilities rank the lower category id first, as argmax does elsewhere.
+        top = np.argsort(-scores.category_probs, axis=1, kind="stable")[:, :k]
+        top_probs = np.take_along_axis(scores.category_probs, top, axis=1)
+        table["category_pred"] = [id2label[int(i)] for i in top[:, 0]]
+        table["category_prob"] = np.round(top_probs[:, 0], 6)
+        table[f"category_top{k}"] = [
+            "|".join(f"{id2label[int(i)]}:{p:.4f}" for i, p in zip(ids, probs)) for ids, probs in zip(top, top_probs)
+        ]
+    if scores.pick_prob is not None and scores.category_probs is not None:
+        table["decision"] = np.where(table["pick_pred"] == 1, table["category_pred"], "Decline")
+    elif scores.pick_prob is not None:
+        table["decision"] = np.where(table["pick_pred"] == 1, "Pick", "Decline")
+    else:
+        table["decision"] = table["category_pred"]
+    if review_band is not None and scores.pick_prob is not None:
+        low, high = review_band
+        table.loc[(scores.pick_prob >= low) & (scores.pick_prob < high), "decision"] = "review"
+    return table
+
+
+def prediction_records(
+    table: pd.DataFrame,
+    gate_labels: list[int],
+    category_labels: list[int],
+    config: MultitaskConfig,
+    row_numbers: Sequence[int] | None = None,
+    row_unit: str = "row",
+) -> list[dict]:
+    """One JSON-ready record per row: decisions, scores, and correctness flags where a gold label exists.
+
+    ``row_numbers``: each row's number as the user sees it in its input file (``row_unit``: "row" for CSV/TSV,
+    "line" for JSON Lines, "record" otherwise; `tables.Table.numbers`); None: spreadsheet rows of a CSV (header = 1).
+    """
+    id2label = config.category_id2label
+    top_column = next((c for c in table.columns if c.startswith("category_top")), None)
+    label_maps_hash = config.label_maps_hash()
+    records = []
+    for position, (gold_pick, gold_category) in enumerate(zip(gate_labels, category_labels)):
+        row = table.iloc[position]
+        number = int(row_numbers[position]) if row_numbers is not None else position + 2
+        record: dict = {row_unit: number, "decision": row["decision"], "label_maps_hash": label_maps_hash}
+        if "pick_prob" in table:
+            record.update(pick_prob=float(row["pick_prob"]), pick_pred=int(row["pick_pred"]))
+        if "category_pred" in table:
+            record.update(category_pred=row["category_pred"], category_prob=float(row["category_prob"]))
+            record["category_top"] = [
+                {"label": label, "prob": float(prob)}
+                # rsplit: a category name may contain ":", the formatted probability never does.
+                for label, prob in (item.rsplit(":", 1) for item in row[top_column].split("|"))
+            ]
+        if gold_pick != -100 and "pick_pred" in table:
+            record.update(gold_pick=int(gold_pick), pick_correct=int(row["pick_pred"]) == gold_pick)
+        if gold_category != -100 and "category_pred" in table:
+            record.update(gold_category=id2label[gold_category],
+                          category_correct=row["category_pred"] == id2label[gold_category])
+        # The end-to-end decision is right when it is Decline for gold Decline, or the gold category.
+        if gold_pick == 0 and config.has_gate:
+            record["decision_correct"] = row["decision"] == "Decline"
+        elif gold_category != -100 and gold_pick != 0:
+            record["decision_correct"] = row["decision"] == id2label[gold_category]
+        records.append(record)
+    return records
+
+
+def fit_gate_statistics(
+    model: MultitaskModel,
+    tokenizer,
+    texts: list[str],
+    category_labels: list[int] | np.ndarray,
+    gate_labels: list[int] | np.ndarray | None = None,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    bank_size: int = 10000,
+    knn_k: int = 10,
+    seed: int = 0,
+) -> dict:
+    """Fit the feature gate scores (energy, Mahalanobis, kNN) on training rows and attach them to ``model``.
+
+    Only rows with a category label and not labelled Decline are used (the Pick rows the categories describe;
+    a Decline row the data kept with a category is left out); each is scored once with dropout off, as at
+    prediction. Returns the fitted squash constants and row counts for the run log.
+    """
+    from multitask.model.ood import fit_gate_statistics as fit
+
+    labels = np.asarray(category_labels)
+    declined = np.asarray(gate_labels) == 0 if gate_labels is not None else np.zeros(labels.size, dtype=bool)
+    keep = np.flatnonzero((labels != -100) & ~declined)
+    scores = predict_scores(model, tokenizer, [texts[i] for i in keep], batch_size, max_length, return_features=True)
+    fitted = fit(scores.features, scores.category_logits, labels[keep], model.config.num_categories,
+                 bank_size=bank_size, knn_k=knn_k, seed=seed)
+    model.attach_gate_statistics(fitted)
+    return {"rows": int(keep.size), "bank_size": int(fitted["bank"].shape[0]), "knn_k": knn_k,
+            "squash": model.config.gate_statistics["squash"]}

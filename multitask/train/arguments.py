@@ -1,0 +1,453 @@
+"""Command-line arguments: three dataclasses parsed by `transformers.HfArgumentParser`.
+
+`MultitaskTrainingArguments` subclasses `TrainingArguments`, so every Trainer flag (`--bf16`, `--report_to`,
+`--push_to_hub`, `--resume_from_checkpoint`, …) passes through, and our knobs travel with the Trainer state.
+Defaults follow the design memo's "plain configuration".
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from multitask.io.tables import FORMATS
+from multitask.model.configuration import DEFAULT_TEXT_COLUMNS
+
+
+@dataclass
+class ModelArguments:
+    """Which encoder to start from and how the model around it is built (pooling, dropout, LoRA, k-bit loading)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Encoder to start from: a local directory or a Hub id (e.g. microsoft/deberta-v3-base), a plain "
+            "encoder checkpoint or a saved multitask model (e.g. a Stage1 run's model/ dir). Empty: a tiny "
+            "DeBERTa-v2 built from scratch with a tokenizer trained offline on the demo data."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use when it is not stored with the model."}
+    )
+    pooling: str = field(
+        default="mean",
+        metadata={"help": "How the encoder's tokens become one vector: mean (over real tokens) or cls (first token).",
+                  "choices": ["mean", "cls"]},
+    )
+    classifier_dropout: float = field(default=0.1, metadata={"help": "Dropout before both heads."})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and data are cached."})
+    # --- parameter-efficient fine-tuning (peft); see multitask/model/lora.py ---
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0 = off: full fine-tuning). Heads always train fully."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (updates scaled by alpha/r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Encoder Linear layers that get LoRA adapters (name suffixes). Empty: every Linear layer of "
+                  "the encoder (DeBERTa-v2/v3: query_proj key_proj value_proj dense; BERT/RoBERTa: query key value dense)."},
+    )
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "QLoRA: load the encoder in 4-bit NF4 (bitsandbytes, CUDA GPU only; needs --lora_r)."}
+    )
+    load_in_8bit: bool = field(
+        default=False, metadata={"help": "Load the encoder in 8-bit (bitsandbytes, CUDA GPU only; needs --lora_r)."}
+    )
+    freeze_embeddings: bool = field(
+        default=True,
+        metadata={"help": "Keep the encoder's word-embedding matrix fixed (position/token-type embeddings, LayerNorm, "
+                  "layers and heads still train). Encoders spend many parameters there (DeBERTa-v3-base 98M of "
+                  "184M, multilingual-e5-small 96M of 118M), and clipping plus AdamW over their dense gradient is a "
+                  "fixed cost of every step; freezing them held validation quality on CLINC150 and livedoor "
+                  "(bench/README §1, §5). false: train them too, which an encoder built from scratch needs (the demo does)."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from (files or a Hub dataset), its columns and format, and how texts become tokens."""
+
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Training data with the text columns and a category column and/or a pick column, either "
+                  "may be empty per row (e.g. prepare's <prefix>_train output). Any format: CSV, TSV, JSON Lines, "
+                  "JSON or Parquet (by extension, or --format). May be combined with --task1_file/--task2_file."},
+    )
+    task1_file: str | None = field(
+        default=None,
+        metadata={"help": "Task1 (gate) data (any format): a pick column (1/0, true/false, Pick/Decline; see "
+                  "--pick_column) and the text columns."},
+    )
+    task2_file: str | None = field(
+        default=None,
+        metadata={"help": "Task2 (category) data (any format): a category column (see --category_column) and the "
+                  "text columns."},
+    )
+    validation_file: str | None = field(
+        default=None,
+        metadata={"help": "Validation data (any format) with a pick and/or category column. Empty: a Hub dataset's "
+                  "validation split, else a stratified split of training (--validation_split)."},
+    )
+    test_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Test files (any format) to predict (and score where they carry labels) after training."},
+    )
+    format: str | None = field(
+        default=None,
+        metadata={"help": "Format of the data files when their extension does not say it. Empty: by extension (.csv, "
+                  ".tsv, .jsonl, .json, .parquet; others are read as CSV).",
+                  "choices": list(FORMATS)},
+    )
+    dataset_repo: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset repo (user/name; HF_DATASET_REPO: the id in that environment variable or .env "
+            "entry). Without file arguments it is loaded with datasets.load_dataset (CSV, JSON Lines, Parquet repos; "
+            "splits --train_split_name, --validation_split_name, --test_split_names); with them, the file arguments "
+            "are paths inside the repo, downloaded with huggingface_hub. Token: HF_TOKEN or HF_AUTH_TOKEN "
+            "(environment or .env)."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Configuration (subset) of --dataset_repo, for datasets.load_dataset."}
+    )
+    dataset_revision: str | None = field(default=None, metadata={"help": "Revision (branch, tag, commit) of --dataset_repo."})
+    train_split_name: str = field(default="train", metadata={"help": "The --dataset_repo split to train on."})
+    validation_split_name: str | None = field(
+        default=None,
+        metadata={"help": "The --dataset_repo split to validate on. Empty: validation, valid, dev or val when the "
+                  "dataset has one, else a stratified --validation_split of the training split."},
+    )
+    test_split_names: list[str] = field(
+        default_factory=list,
+        metadata={"help": "--dataset_repo splits predicted and scored after training. Empty: test, when the dataset "
+                  "has it."},
+    )
+    text_columns: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TEXT_COLUMNS),
+        metadata={"help": "Columns joined (empty parts skipped) with the tokenizer's separator into the input; stored "
+                  "in the model, so run_predict.py and analysis read the same columns."},
+    )
+    category_column: str = field(
+        default="category",
+        metadata={"help": "Column of the category labels (stored in the model, like the other column names).",
+                  "aliases": ["--label_column"]},
+    )
+    pick_column: str = field(
+        default="pick", metadata={"help": "Column of the gate labels: 1/0, true/false or Pick/Decline (any case)."}
+    )
+    max_seq_length: int = field(default=256, metadata={"help": "Inputs are truncated to this many tokens."})
+    truncation: str = field(
+        default="head",
+        metadata={"help": "Which part of a longer text is kept, in training, evaluation and prediction alike (stored "
+                  "in the model): head (the beginning), tail (the end), or head_tail (the first --head_tokens and "
+                  "the last tokens that fit; Sun et al. 2019: head 128 + tail 382 at 512 tokens).",
+                  "choices": ["head", "tail", "head_tail"]},
+    )
+    head_tokens: int | None = field(
+        default=None,
+        metadata={"help": "--truncation head_tail: tokens kept from the beginning; the rest of --max_seq_length (less "
+                  "the special tokens) goes to the end. Empty: a quarter of --max_seq_length (128 of 512)."},
+    )
+    long_text: str = field(
+        default="truncate",
+        metadata={"help": "truncate: one input per text, cut as --truncation says. chunk: a text longer than "
+                  "--max_seq_length becomes overlapping windows (training, evaluation and prediction alike); each "
+                  "window is scored and the document's logits are the mean or max over its windows "
+                  "(--chunk_aggregation). Metrics, thresholds and predictions stay per document.",
+                  "choices": ["truncate", "chunk"]},
+    )
+    chunk_stride: int | None = field(
+        default=None,
+        metadata={"help": "--long_text chunk: tokens two neighbouring windows share. Empty: an eighth of "
+                  "--max_seq_length less the special tokens (63 of 512 for BERT-style tokenizers)."},
+    )
+    max_chunks: int | None = field(
+        default=None,
+        metadata={"help": "--long_text chunk: at most this many windows per document (the first ones), to bound the "
+                  "cost of very long texts. Empty: every window."},
+    )
+    chunk_aggregation: str = field(
+        default="auto",
+        metadata={"help": "--long_text chunk: how window logits become the document's: mean, max, or auto (the "
+                  "better joint accuracy on validation after training; per-epoch evaluation uses mean).",
+                  "choices": ["auto", "mean", "max"]},
+    )
+    validation_split: float = field(
+        default=0.1, metadata={"help": "Share of training rows held out (stratified) when no validation file is given."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Processes that tokenize the data (datasets.Dataset.map num_proc), for large sets. Empty: "
+                  "the main process."},
+    )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Train on a stratified, seeded sample of this many training rows (after the validation "
+                  "split), for quick runs; logged and recorded in run_config.json. Empty: all rows."},
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Validate on a stratified, seeded sample of this many validation rows (the gate thresholds "
+                  "are then tuned on it too). Empty: all rows."},
+    )
+    encoding: str | None = field(
+        default=None,
+        metadata={"help": "Encoding of text data files (CSV, TSV, JSON Lines, JSON). Empty: UTF-8 (with or without "
+                  "BOM), else CP932/Shift-JIS."},
+    )
+
+
+@dataclass
+class MultitaskTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with this project's defaults and the multitask knobs: loss weights and terms, class
+    weighting, LLRD, the optional recipe pieces (R-Drop, MSD, AWP, uncertainty weighting), threshold tuning and
+    reports. Being one object, they are saved with every checkpoint (training_args.bin) like the Trainer's own.
+    """
+
+    # --- TrainingArguments whose defaults we change (design memo) ---
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Run directory. Empty: output/output_<YYYYmmdd_HHMMSS>/ (must be given under torchrun)."},
+    )
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (of the top encoder layer and heads)."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Training epochs."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
+    warmup_steps: float = field(
+        default=0.06, metadata={"help": "Linear warm-up: a ratio of all steps if < 1, else a number of steps."}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (never on biases or LayerNorm)."})
+    # Length-grouped by default: on CLINC150 it cut padding from 45 % to 3 % of the tokens and an epoch's wall time by
+    # 29 %, with validation quality within seed noise (bench/README, latest figures §1 and §2). The lengths are the `length`
+    # column `data.tokenize` computes once; batches are still shuffled between epochs.
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "Sampler for training: group_by_length (default: batches of similar length, shuffled, "
+                  "little padding), random, sequential or batch_rebalance.",
+                  "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]},
+    )
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: no, steps, epoch, best."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "When to log: no, steps or epoch."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Checkpoints kept in the run dir (the best one always stays)."}
+    )
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "Reload the checkpoint with the best --metric_for_best_model at the end."}
+    )
+    metric_for_best_model: str | None = field(
+        default="category_macro_f1",
+        metadata={"help": "Validation metric that picks the best checkpoint (and drives early stopping)."},
+    )
+    greater_is_better: bool | None = field(default=True, metadata={"help": "Whether a larger metric is better."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: our collator picks the model's inputs itself."}
+    )
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["gate_labels", "category_labels"],
+        metadata={"help": "Label arguments of the model's forward (both heads)."},
+    )
+    hub_private_repo: bool | None = field(
+        default=None,
+        metadata={"help": "Visibility of the model repo --push_to_hub creates: private unless this is false (we push "
+                  "ourselves, privately by default, unlike the Trainer). An existing repo keeps its visibility."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "DDP's unused-parameter search. Off: every parameter gets a gradient on every batch (a head "
+                  "with no labels in the batch still gets a graph-connected zero). Set true for an encoder whose "
+                  "forward skips some of its own parameters."},
+    )
+
+    # --- our loss knobs ---
+    gate_loss_weight: float = field(default=0.4, metadata={"help": "λ1: weight of the gate (Task1) loss."})
+    category_loss_weight: float = field(default=1.0, metadata={"help": "λ2: weight of the category (Task2) loss."})
+    gate_label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the gate loss."})
+    category_label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the category loss."})
+    gate_class_weighting: bool = field(
+        default=True, metadata={"help": "Inverse-frequency class weights (clipped) for the gate loss."}
+    )
+    category_class_weighting: bool = field(
+        default=True, metadata={"help": "Inverse-frequency class weights (clipped) for the category loss."}
+    )
+    class_weight_min: float = field(default=0.6, metadata={"help": "Lower clip of the inverse-frequency weights."})
+    class_weight_max: float = field(default=3.0, metadata={"help": "Upper clip of the inverse-frequency weights."})
+    hierarchy_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of KL(category distribution ‖ uniform) on Decline rows (0 = off)."},
+    )
+    pick_consistency_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the Pick-consistency term on Pick rows: max(0, log P(category) − log P(Pick))."},
+    )
+    contrastive_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of a supervised contrastive term on the pooled vectors (same-category rows pulled "
+                  "together, other rows and Decline rows pushed away): meant to tighten the categories for the "
+                  "feature gate scores (maha, knn). 0 = off."},
+    )
+    contrastive_temperature: float = field(default=0.1, metadata={"help": "Temperature of the contrastive term."})
+    rdrop: bool = field(default=False, metadata={"help": "R-Drop: two dropout passes with a symmetric-KL penalty."})
+    rdrop_alpha_category: float = field(default=0.5, metadata={"help": "R-Drop KL weight on the category head."})
+    rdrop_alpha_gate: float = field(default=0.0, metadata={"help": "R-Drop KL weight on the gate head."})
+    msd_samples: int = field(
+        default=1, metadata={"help": "Multi-sample dropout: average the heads over this many dropout masks (1 = off)."}
+    )
+    awp_lr: float = field(
+        default=0.0, metadata={"help": "Adversarial weight perturbation step size (0 = off; 1.0 is a common value)."}
+    )
+    awp_eps: float = field(default=0.001, metadata={"help": "AWP: largest relative change of any weight."})
+    awp_start_epoch: float = field(default=1.0, metadata={"help": "AWP starts at this (fractional) epoch."})
+    uncertainty_weighting: bool = field(
+        default=False,
+        metadata={"help": "Learn the two task weights (Kendall et al. log-variances) instead of fixed λ1/λ2."},
+    )
+    layerwise_lr_decay: float = field(
+        default=0.8,
+        metadata={"help": "Layer-wise LR decay: layer k from the top trains at lr·decay^k; embeddings lowest. 1 = off."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement (empty = never)."}
+    )
+    frequency_band_quantiles: list[float] = field(
+        default_factory=lambda: [1 / 3, 2 / 3],
+        metadata={"help": "Training-frequency cut points (quantiles) splitting categories into Low/Mid/High bands."},
+    )
+    pick_low_confidence_levels: list[float] = field(
+        default_factory=lambda: [0.3, 0.5],
+        metadata={"help": "hierarchy_stats.json: share of gate-Pick rows whose top category probability is below each."},
+    )
+    decline_high_confidence_levels: list[float] = field(
+        default_factory=lambda: [0.5, 0.8],
+        metadata={"help": "hierarchy_stats.json: share of gate-Decline rows whose top category probability is above each."},
+    )
+    cartography: bool = field(
+        default=True, metadata={"help": "Record dataset cartography (confidence/variability per training row)."}
+    )
+    worst_k: int = field(default=50, metadata={"help": "Rows in worst_k.csv (lowest-confidence training rows)."})
+    gate_score: str = field(
+        default="auto",
+        metadata={"help": "What the gate thresholds apply to (stored in the model; used by run_predict): pick = P(Pick); "
+                  "joint = P(Pick)·max P(category|Pick); msp = max P(category|Pick); energy = logsumexp of the "
+                  "category logits; maha = Mahalanobis distance to the nearest category mean (shared covariance); "
+                  "knn = cosine to the k-th nearest training row; pick_maha / pick_knn = P(Pick) times that score; "
+                  "auto = the candidate (--gate_score_candidates) with the best in-scope accuracy at the leak "
+                  "target on validation. Feature scores are fitted on the training rows after training "
+                  "(multitask/model/ood.py).",
+                  "choices": ["auto", "pick", "joint", "msp", "energy", "maha", "knn", "pick_maha", "pick_knn"]},
+    )
+    gate_score_candidates: list[str] = field(
+        default_factory=lambda: ["pick", "joint", "msp", "energy", "maha", "knn", "pick_maha", "pick_knn"],
+        metadata={"help": "Scores --gate_score auto chooses from (those the model can give: a gate-only model has "
+                  "only pick)."},
+    )
+    knn_k: int = field(default=10, metadata={"help": "The k of the knn gate score (k-th nearest training row)."})
+    knn_bank_size: int = field(
+        default=10000,
+        metadata={"help": "At most this many training rows (a seeded sample) are stored in the model for the knn "
+                  "score (bank_size x hidden floats)."},
+    )
+    calibration: str = field(
+        default="temperature",
+        metadata={"help": "temperature: after training, one temperature per head is fitted on validation (NLL) and "
+                  "stored in the model, so the probabilities run_predict reports are calibrated; thresholds are "
+                  "searched on the calibrated scores. none: raw softmax. metrics.json['calibration'] holds ECE "
+                  "(15 equal-mass bins), Brier and NLL per head before/after.",
+                  "choices": ["temperature", "none"]},
+    )
+    threshold_cv: int = field(
+        default=5,
+        metadata={"help": "Honest gate figures: K-fold over validation rows (stratified by Pick/Decline); score and "
+                  "thresholds are chosen on K-1 folds and applied to the held-out one; gate_cv.json reports the "
+                  "pooled held-out figures with bootstrap intervals and the per-fold mean ± sd. The stored choice is "
+                  "refitted on all of validation. 0 = off."},
+    )
+    target_oos_recall: float | None = field(
+        default=None,
+        metadata={"help": "Same as --max_decline_leak 1-X: the 'leak' threshold keeps at least this share of "
+                  "validation Decline rows declined. Recall does not depend on the Decline share of the data."},
+    )
+    leak_cost: float | None = field(
+        default=None,
+        metadata={"help": "Adds the 'cost' gate threshold: the one minimising expected cost per item on validation, "
+                  "with this cost for a Decline item let through, --miss_cost for a Pick item declined and "
+                  "--wrong_category_cost for a Pick item let through with the wrong category. Unset: no cost point."},
+    )
+    miss_cost: float = field(default=1.0, metadata={"help": "Cost of declining a Pick item (see --leak_cost)."})
+    wrong_category_cost: float = field(
+        default=1.0, metadata={"help": "Cost of a Pick item let through with the wrong category (see --leak_cost)."}
+    )
+    cost_oos_share: float | None = field(
+        default=None,
+        metadata={"help": "Decline share expected in use, for the cost point (default: validation's own share)."},
+    )
+    review_share: float = field(
+        default=0.0,
+        metadata={"help": "Store, per gate threshold, a band of scores around it holding this share of validation "
+                  "rows; run_predict.py --review sends items in it to a person (decision 'review'). thresholds.json "
+                  "reports the share sent and the accuracy on the rest. 0 = none."},
+    )
+    max_decline_leak: float = field(
+        default=0.05,
+        metadata={"help": "Target share of Decline rows let through as Pick, for the 'leak' gate threshold."},
+    )
+
+    # --- hyper-parameter search (multitask/train/hp_search.py) ---
+    hp_search_trials: int = field(
+        default=0,
+        metadata={"help": "Hyper-parameter search before the final training: this many trials of "
+                  "Trainer.hyperparameter_search, each a full training run evaluated on validation; the best "
+                  "trial's values are then retrained and kept. Trials are listed in hp_trials.csv/.md/.png in the "
+                  "run directory. 0 = no search."},
+    )
+    hp_search_space: str | None = field(
+        default=None,
+        metadata={"help": "YAML or JSON file of the search space: training-argument name -> {type: float|int, low, "
+                  "high, log: true|false, step} or {type: categorical, choices: [...]}. Empty: learning_rate "
+                  "(lr/4 to 4·lr, log), layerwise_lr_decay, gate_loss_weight, class_weight_max, "
+                  "category_label_smoothing and num_train_epochs."},
+    )
+    hp_search_backend: str = field(
+        default="optuna",
+        metadata={"help": "Search backend: optuna (TPE sampler seeded with --seed, median pruning, in this process) "
+                  "or ray (Ray Tune, to spread trials over a cluster; install ray[tune] yourself).",
+                  "choices": ["optuna", "ray"]},
+    )
+    hp_search_metric: str | None = field(
+        default=None,
+        metadata={"help": "Validation metric the search optimises (e.g. joint_macro_f1). Empty: "
+                  "--metric_for_best_model, in the direction of --greater_is_better. Another metric is minimised "
+                  "when it is a loss, leak or ECE, else maximised."},
+    )
+
+    def loss_term_weights(self) -> dict[str, float]:
+        """The weight of every loss term `MultitaskTrainer` may compute, by the name it logs the term under."""
+        return {
+            "gate_loss": self.gate_loss_weight,
+            "category_loss": self.category_loss_weight,
+            "hierarchy_loss": self.hierarchy_weight,
+            "pick_consistency_loss": self.pick_consistency_weight,
+            "rdrop_category_kl": self.rdrop_alpha_category,
+            "rdrop_gate_kl": self.rdrop_alpha_gate,
+            "contrastive_loss": self.contrastive_weight,
+        }
+
+    def __post_init__(self) -> None:
+        """Fill the timestamped default `output_dir`, switch pinned memory off without CUDA, and turn
+        `--target_oos_recall` r into `max_decline_leak` = 1 - r (it overrides a given --max_decline_leak)."""
+        # Before super().__post_init__(), which would turn a None output_dir into "trainer_output".
+        if self.output_dir is None:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ValueError("Under a distributed launch pass --output_dir: each process would pick its own name.")
+            self.output_dir = os.path.join("output", time.strftime("output_%Y%m%d_%H%M%S"))
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs CUDA; elsewhere it only warns every epoch
+        if self.target_oos_recall is not None:
+            if not 0.0 <= self.target_oos_recall <= 1.0:
+                raise ValueError(f"--target_oos_recall must be in [0, 1], got {self.target_oos_recall}")
+            self.max_decline_leak = 1.0 - self.target_oos_recall
+        super().__post_init__()

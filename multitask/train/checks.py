@@ -1,0 +1,670 @@
+"""Checks run before anything is loaded or written: arguments, input files, model directories.
+
+Each raises a `multitask.errors.UserError` whose message names the flag or file and says what to do, so the
+CLIs refuse a run that cannot work (or would train nothing) before they create any output. `model_load_errors`
+translates what transformers/safetensors/huggingface_hub raise while a model loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from multitask.errors import ModelFileError, UsageError, UserError, closest, one_line
+from multitask.io.rundir import saved_model_dir
+from multitask.io.tables import check_encoding, check_format, check_readable_file
+
+TOKENIZER_FILES = ("tokenizer.json", "spm.model", "vocab.txt", "vocab.json", "sentencepiece.bpe.model",
+                   "tokenizer.model", "spiece.model")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+_REFETCH = "re-download it (or re-save the model with save_pretrained)"
+
+
+# ------------------------------------------------------------------------------------------------ small checks
+def require(condition: bool, message: str) -> None:
+    """Raise `UsageError(message)` unless `condition`; `message` should start with the flag and its value.
+
+    Args:
+        condition (`bool`):
+            What must hold.
+        message (`str`):
+            The whole error message, e.g. `"--lora_r -1: must be >= 0"`.
+
+    Raises:
+        `UsageError`: When `condition` is false.
+    """
+    if not condition:
+        raise UsageError(message)
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_positive(value: Any, flag: str, what: str = "") -> None:
+    """`value` is a finite number > 0 (NaN, inf and non-numbers fail); `what` is appended to the message.
+
+    Args:
+        value (`Any`):
+            The parsed flag value.
+        flag (`str`):
+            The flag as the user types it, e.g. `"--learning_rate"`.
+        what (`str`, *optional*, defaults to `""`):
+            Extra text after "must be a positive number", starting with a space.
+
+    Raises:
+        `UsageError`: When the check fails.
+    """
+    require(_finite(value) and value > 0, f"{flag} {value}: must be a positive number{what}")
+
+
+def check_fraction(value: float, flag: str, low_open: bool = False, high_open: bool = False) -> None:
+    """`value` is finite and in [0, 1], with either end excluded by `low_open` / `high_open`.
+
+    Args:
+        value (`float`):
+            The parsed flag value; a non-number raises `TypeError` from the comparison rather than a
+            `UsageError`.
+        flag (`str`):
+            The flag as the user types it.
+        low_open (`bool`, *optional*, defaults to `False`):
+            Exclude 0.
+        high_open (`bool`, *optional*, defaults to `False`):
+            Exclude 1.
+
+    Raises:
+        `UsageError`: When `value` is NaN, inf or outside the interval; the message shows the interval.
+    """
+    low_ok = value > 0 if low_open else value >= 0
+    high_ok = value < 1 if high_open else value <= 1
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    require(_finite(value) and low_ok and high_ok, f"{flag} {value}: must be in {interval}")
+
+
+# --------------------------------------------------------------------------------------------- model sources
+def _looks_local(name: str) -> bool:
+    """True when `name` can only be a local path (huggingface_hub would reject it as a repo id)."""
+    # A Hub id is `name` or `user/name`: a leading . / ~, a backslash, a trailing or second slash mean a path.
+    if name.startswith(("/", ".", "~", "\\")) or "\\" in name or name.endswith("/") or name.count("/") > 1:
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _check_json(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+        value = json.loads(text)
+    except UnicodeDecodeError:
+        raise ModelFileError(f"{path}: not a text file, the {what} is corrupt; {_REFETCH}") from None
+    except json.JSONDecodeError as error:
+        state = "empty" if not text.strip() else f"not valid JSON (line {error.lineno}: {error.msg})"
+        raise ModelFileError(f"{path}: {state}, the {what} is truncated or corrupt; {_REFETCH}") from None
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{path}: expected a JSON object, the {what} is corrupt; {_REFETCH}")
+    return value
+
+
+def _check_safetensors(path: Path) -> None:
+    """Open the header and list the tensors: catches truncation and garbage without reading the weights."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as error:
+        raise ModelFileError(f"{path}: truncated or corrupt weights ({one_line(str(error))}); {_REFETCH}") from None
+
+
+def check_model_dir(path: Path, flag: str, need_tokenizer: bool = True, multitask_only: bool = False) -> None:
+    """Everything `from_pretrained` needs in a local model directory, each file readable and not truncated.
+
+    Checks config.json (valid JSON with a `model_type`), a weights file (safetensors headers opened, every
+    shard of an index present, a .bin not empty) and, with `need_tokenizer`, a tokenizer file (tokenizer.json
+    and tokenizer_config.json must parse when present). Weights are not loaded.
+
+    Args:
+        path (`Path`):
+            The model directory (not a run directory: see `resolve_model_source`).
+        flag (`str`):
+            The flag that named it, for the messages.
+        need_tokenizer (`bool`, *optional*, defaults to `True`):
+            Also require tokenizer files (False when `--tokenizer_name` points elsewhere).
+        multitask_only (`bool`, *optional*, defaults to `False`):
+            Refuse a plain encoder checkpoint (prediction and export need a trained `MultitaskModel`).
+
+    Raises:
+        `ModelFileError`: Naming the missing, empty or corrupt file and how to fix it.
+    """
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ModelFileError(f"{flag} {path}: no config.json, this is not a model directory (a run directory "
+                             "holds its model in model/)")
+    config = _check_json(config_path, "model config")
+    model_type = config.get("model_type")
+    if not model_type:
+        raise ModelFileError(f"{config_path}: no 'model_type' key, the config is incomplete; {_REFETCH}")
+    if multitask_only and model_type != "multitask":
+        raise ModelFileError(f"{flag} {path}: a plain {model_type!r} encoder, not a trained multitask model; give a "
+                             "run directory of run_finetune.py or its model/ folder")
+    weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        # [::2]: the message names the single-file forms; their .index.json variants are implied.
+        raise ModelFileError(f"{flag} {path}: no weights file ({' or '.join(WEIGHT_FILES[::2])}); {_REFETCH}")
+    for weight in weights:
+        if weight.name == "model.safetensors":
+            _check_safetensors(weight)
+        elif weight.name.endswith(".index.json"):
+            index = _check_json(weight, "weights index")
+            # weight_map names a shard once per tensor: check each file once, in a fixed order.
+            for shard in sorted(set((index.get("weight_map") or {}).values())):
+                if not (path / shard).is_file():
+                    raise ModelFileError(f"{path / shard}: missing weights shard (listed in {weight.name}); {_REFETCH}")
+                if shard.endswith(".safetensors"):
+                    _check_safetensors(path / shard)
+        # A .bin cannot be checked without unpickling it; an empty file is the common truncation.
+        elif weight.stat().st_size == 0:
+            raise ModelFileError(f"{weight}: empty weights file; {_REFETCH}")
+    if need_tokenizer:
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise ModelFileError(
+                f"{flag} {path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, …); save the tokenizer with "
+                "the model, or pass --tokenizer_name"
+            )
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if (path / name).is_file():
+                _check_json(path / name, "tokenizer")
+
+
+def resolve_model_source(name: str, flag: str, need_tokenizer: bool = True, multitask_only: bool = False) -> str:
+    """What to pass to `from_pretrained` for `name`: a checked local directory, or a Hub id (checked on download).
+
+    A run directory of run_finetune.py stands for its `model/` folder. A path that cannot be a Hub id and does
+    not exist is "no such directory" (huggingface_hub would report a malformed repo id).
+
+    Args:
+        name (`str`):
+            A local path (`~` expanded) or a Hub id.
+        flag (`str`):
+            The flag that named it, for the messages.
+        need_tokenizer (`bool`, *optional*, defaults to `True`):
+            Passed to `check_model_dir`.
+        multitask_only (`bool`, *optional*, defaults to `False`):
+            Passed to `check_model_dir`.
+
+    Returns:
+        `str`: The directory to load (for a run directory, its `model/`), or `name` unchanged as a Hub id.
+
+    Raises:
+        `ModelFileError`: A file where a directory is expected, a run directory without a saved model (its
+        run_status.json is quoted), a local-looking path that does not exist, or a failed `check_model_dir`.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelFileError(f"{flag} {name}: is a file; give the model directory (config.json and weights)")
+        if Path(saved_model_dir(path)) != path:  # a run directory: its model/ folder
+            path = Path(saved_model_dir(path))
+        elif not (path / "config.json").is_file() and (path / "run_status.json").is_file():
+            try:
+                status = json.loads((path / "run_status.json").read_text(encoding="utf-8"))
+            # A half-written run_status.json must not hide the real message (no saved model).
+            except (OSError, ValueError):
+                status = {}
+            said = f"status {status.get('status', 'unknown')}" + (f": {status['error']}" if status.get("error") else "")
+            raise ModelFileError(f"{flag} {name}: a run directory without a saved model ({one_line(said)})")
+        check_model_dir(path, flag, need_tokenizer, multitask_only)
+        return str(path)
+    if _looks_local(name):
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        # "/" or "." existing tells the user nothing.
+        hint = f" ({parent} exists)" if parent is not None and str(parent) not in ("/", ".") else ""
+        raise ModelFileError(f"{flag} {name}: no such directory{hint}")
+    return name
+
+
+@contextlib.contextmanager
+def model_load_errors(name: str, flag: str) -> Iterator[None]:
+    """Translate what loading a model or tokenizer raises into a `ModelFileError` naming it and the fix.
+
+    Wrap the `from_pretrained` calls in it. A `UserError` passes unchanged, and so does any exception it does
+    not recognise (a bug keeps its traceback); a translated one is chained to the original.
+
+    Args:
+        name (`str`):
+            The model path or Hub id being loaded.
+        flag (`str`):
+            The flag that named it, for the message.
+
+    Raises:
+        `ModelFileError`: For known failures: corrupt or truncated files, unknown or unreachable Hub repos,
+        weights of the wrong shape, unreadable tokenizer files.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - only the known library failures are translated below
+        translated = _translate_load_error(name, flag, error)
+        if translated is None:
+            raise
+        raise translated from error
+
+
+def _translate_load_error(name: str, flag: str, error: Exception) -> UserError | None:
+    """The `ModelFileError` for a known loading failure, or None for anything else (a bug keeps its traceback).
+
+    Hub error classes are matched by name so this module need not import huggingface_hub/safetensors up front.
+    """
+    message = one_line(str(error))
+    local = Path(name).expanduser().exists()
+    kind = type(error).__name__
+    if kind == "SafetensorError":
+        return ModelFileError(f"{flag} {name}: truncated or corrupt model.safetensors ({message}); {_REFETCH}")
+    # transformers hands a missing local path to huggingface_hub, which rejects it as a repo id.
+    if kind == "HFValidationError":
+        return ModelFileError(f"{flag} {name}: no such directory")
+    if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "LocalEntryNotFoundError",
+                "EntryNotFoundError", "RemoteEntryNotFoundError", "OfflineModeIsEnabled") or (
+        # transformers re-raises Hub failures as OSError with these phrases; for a local path they mislead.
+        isinstance(error, OSError) and not local and re.search(
+            r"couldn't connect|not a local folder|not a valid model identifier|Repository Not Found|offline",
+            message, re.IGNORECASE)
+    ):
+        return ModelFileError(
+            f"{flag} {name}: not a local directory, and no Hub model of that name could be loaded ({message[:300]}); "
+            "check the path, or the model id, your token (HF_TOKEN) and connection"
+        )
+    if isinstance(error, json.JSONDecodeError) or isinstance(error, UnicodeDecodeError):
+        return ModelFileError(f"{flag} {name}: a JSON file is truncated or corrupt ({message}); {_REFETCH}")
+    if isinstance(error, OSError):
+        return ModelFileError(f"{flag} {name}: {message}")
+    if isinstance(error, ValueError) and re.search(r"Unrecognized model|model_type|not a multitask model", message):
+        return ModelFileError(f"{flag} {name}: {message}")
+    if isinstance(error, RuntimeError) and re.search(r"PytorchStreamReader|size mismatch|Error\(s\) in loading",
+                                                     message):
+        return ModelFileError(f"{flag} {name}: the weights do not load ({message[:300]}); {_REFETCH}")
+    if type(error) is Exception:  # the tokenizers library raises bare Exceptions for a corrupt tokenizer.json
+        return ModelFileError(f"{flag} {name}: the tokenizer does not load ({message[:300]}); {_REFETCH}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------- run_finetune.py
+def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any) -> None:
+    """Refuse, before anything is loaded or written, arguments that cannot work or would train nothing.
+
+    Local input files are checked to exist and be readable, not parsed. One side effect: a local
+    `model_args.model_name_or_path` is replaced by the directory to load (a run directory becomes its `model/`).
+
+    Args:
+        model_args (`ModelArguments`):
+            run_finetune.py's model arguments (modified in place, see above).
+        data_args (`DataArguments`):
+            Its data arguments.
+        training_args (`MultitaskTrainingArguments`):
+            Its training arguments.
+
+    Raises:
+        `UsageError`: A value out of range or a combination that cannot work (the message names the flag).
+        `DataError`: A local input file that is missing, a directory or unreadable.
+        `ModelFileError`: A local model or tokenizer directory that is missing or incomplete.
+    """
+    args = training_args
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(args, flag)
+        require(isinstance(value, int) and value >= 1, f"--{flag} {value}: must be a whole number >= 1")
+    require(data_args.max_seq_length >= 1, f"--max_seq_length {data_args.max_seq_length}: must be >= 1")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise UsageError(f"--max_steps {args.max_steps}: would train nothing; give a positive number of optimizer "
+                         "steps, or leave it at -1 to train --num_train_epochs epochs")
+    if args.max_steps < 0 and not (_finite(args.num_train_epochs) and args.num_train_epochs > 0):
+        raise UsageError(f"--num_train_epochs {args.num_train_epochs}: would train nothing; give a positive number "
+                         "of epochs (or --max_steps N)")
+    check_positive(args.learning_rate, "--learning_rate", " (0 would leave every weight unchanged)")
+    require(_finite(args.weight_decay) and args.weight_decay >= 0, f"--weight_decay {args.weight_decay}: must be >= 0")
+    require(_finite(args.max_grad_norm), f"--max_grad_norm {args.max_grad_norm}: must be a number")
+    if not data_args.validation_file:
+        # Only checked when used: a validation file replaces the split.
+        check_fraction(data_args.validation_split, "--validation_split", low_open=True, high_open=True)
+    for flag in ("gate_loss_weight", "category_loss_weight", "hierarchy_weight", "pick_consistency_weight",
+                 "rdrop_alpha_category", "rdrop_alpha_gate", "awp_lr"):
+        value = getattr(args, flag)
+        require(_finite(value) and value >= 0, f"--{flag} {value}: must be >= 0")
+    # Uncertainty weighting learns the two task weights itself, so zero λs are allowed with it.
+    if not args.uncertainty_weighting:
+        require(args.gate_loss_weight > 0 or args.category_loss_weight > 0,
+                "--gate_loss_weight 0 and --category_loss_weight 0: the loss would be zero, nothing would train")
+    for flag in ("gate_label_smoothing", "category_label_smoothing"):
+        check_fraction(getattr(args, flag), f"--{flag}", high_open=True)
+    check_fraction(model_args.classifier_dropout, "--classifier_dropout", high_open=True)
+    check_positive(args.class_weight_min, "--class_weight_min")
+    require(args.class_weight_min <= args.class_weight_max,
+            f"--class_weight_min {args.class_weight_min} is above --class_weight_max {args.class_weight_max}")
+    require(isinstance(args.msd_samples, int) and args.msd_samples >= 1, f"--msd_samples {args.msd_samples}: must be >= 1")
+    check_positive(args.awp_eps, "--awp_eps")
+    require(_finite(args.layerwise_lr_decay) and 0 < args.layerwise_lr_decay <= 1,
+            f"--layerwise_lr_decay {args.layerwise_lr_decay}: must be in (0, 1] (1 = off)")
+    check_fraction(args.max_decline_leak, "--max_decline_leak")
+    require(args.worst_k >= 0, f"--worst_k {args.worst_k}: must be >= 0")
+    quantiles = list(args.frequency_band_quantiles)
+    require(bool(quantiles) and all(_finite(q) and 0 < q < 1 for q in quantiles) and quantiles == sorted(set(quantiles)),
+            f"--frequency_band_quantiles {' '.join(map(str, quantiles))}: must be increasing numbers in (0, 1)")
+    for flag in ("pick_low_confidence_levels", "decline_high_confidence_levels"):
+        for value in getattr(args, flag):
+            check_fraction(value, f"--{flag}")
+    if args.early_stopping_patience is not None:
+        require(args.early_stopping_patience >= 1,
+                f"--early_stopping_patience {args.early_stopping_patience}: must be >= 1 (leave it out to never stop)")
+        # `.value`: str() of the IntervalStrategy enum is "IntervalStrategy.NO", never "no".
+        require(args.load_best_model_at_end and str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no",
+                "--early_stopping_patience needs evaluations and --load_best_model_at_end true")
+    require(model_args.lora_r >= 0, f"--lora_r {model_args.lora_r}: must be >= 0 (0 = full fine-tuning)")
+    if model_args.lora_r:
+        check_positive(model_args.lora_alpha, "--lora_alpha")
+        check_fraction(model_args.lora_dropout, "--lora_dropout", high_open=True)
+    _check_report_to(args.report_to)
+    for flag in ("seed", "data_seed"):
+        value = getattr(args, flag, None)
+        # np.random.seed (via transformers.set_seed) refuses values outside [0, 2**32), but only later.
+        require(value is None or 0 <= value < 2**32, f"--{flag} {value}: must be in [0, 2**32)")
+    require(args.dataloader_num_workers >= 0, f"--dataloader_num_workers {args.dataloader_num_workers}: must be >= 0 "
+                                              "(0 loads batches in the main process)")
+    require(not args.dataloader_persistent_workers or args.dataloader_num_workers > 0,
+            "--dataloader_persistent_workers needs --dataloader_num_workers > 0")
+    for flag in ("logging_steps", "eval_steps", "save_steps"):
+        value = getattr(args, flag)
+        require(value is None or (_finite(value) and value >= 0), f"--{flag} {value}: must be >= 0")
+    for flag, low in (("knn_k", 1), ("knn_bank_size", 1), ("threshold_cv", 0)):
+        value = getattr(args, flag, low)
+        require(isinstance(value, int) and value >= low, f"--{flag} {value}: must be a whole number >= {low}")
+    require(getattr(args, "threshold_cv", 0) != 1, "--threshold_cv 1: give 0 (off) or at least 2 folds")
+    for flag in ("contrastive_weight",):
+        value = getattr(args, flag, 0.0)
+        require(_finite(value) and value >= 0, f"--{flag} {value}: must be >= 0")
+    if getattr(args, "contrastive_weight", 0.0):
+        check_positive(args.contrastive_temperature, "--contrastive_temperature")
+    if args.push_to_hub and not args.hub_model_id:
+        raise UsageError("--push_to_hub needs --hub_model_id user/name (the model repo to create or update)")
+    require(bool(data_args.text_columns), "--text_columns: give at least one column")
+    check_columns(data_args.text_columns, data_args.pick_column, data_args.category_column)
+    check_encoding(data_args.encoding)
+    check_format(data_args.format)
+    workers = data_args.preprocessing_num_workers
+    require(workers is None or workers >= 1, f"--preprocessing_num_workers {workers}: must be >= 1 (or left out)")
+    for flag in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data_args, flag)
+        require(value is None or (isinstance(value, int) and value >= 1),
+                f"--{flag} {value}: must be a whole number >= 1 (leave it out to use every row)")
+    check_optimizer(args)
+    check_hp_search_arguments(args)
+
+    own_data = any([data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,
+                    data_args.dataset_repo])
+    if model_args.model_name_or_path is None and own_data:
+        raise UsageError("--model_name_or_path is required with your own data (the demo encoder knows only demo text)")
+    hub_only = [flag for flag, given in (
+        ("--dataset_config_name", data_args.dataset_config_name), ("--dataset_revision", data_args.dataset_revision),
+        ("--train_split_name", data_args.train_split_name != "train"),
+        ("--validation_split_name", data_args.validation_split_name), ("--test_split_names", data_args.test_split_names),
+    ) if given]
+    if hub_only and not data_args.dataset_repo:
+        raise UsageError(f"{hub_only[0]} applies to a Hub dataset: give --dataset_repo user/name too")
+    file_arguments = [data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,
+                      *data_args.test_files]
+    # A revision applies to files fetched from the repo too; the other Hub flags only to load_dataset's splits.
+    split_flags = [flag for flag in hub_only if flag not in ("--dataset_revision",)]
+    if data_args.dataset_repo and split_flags and any(file_arguments):
+        raise UsageError(f"{split_flags[0]} names a split of a dataset loaded with datasets.load_dataset, but file "
+                         "arguments were given (they are paths inside --dataset_repo); drop one or the other")
+    if not data_args.dataset_repo:  # with a repo, file arguments are paths inside it, checked after download
+        for flag, path in (("--train_file", data_args.train_file), ("--task1_file", data_args.task1_file),
+                           ("--task2_file", data_args.task2_file), ("--validation_file", data_args.validation_file)):
+            if path:
+                check_readable_file(path, flag)
+        for path in data_args.test_files:
+            check_readable_file(path, "--test_files")
+        stems = [Path(path).stem for path in data_args.test_files]
+        duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
+        if duplicate is not None:
+            raise UsageError(f"--test_files: two files are named {duplicate!r}; their predictions would overwrite "
+                             "each other")
+    if model_args.model_name_or_path is not None:
+        model_args.model_name_or_path = resolve_model_source(
+            model_args.model_name_or_path, "--model_name_or_path", need_tokenizer=not model_args.tokenizer_name)
+    if model_args.tokenizer_name:
+        source = Path(model_args.tokenizer_name).expanduser()
+        if source.exists() and not any((source / name).is_file() for name in TOKENIZER_FILES):
+            raise ModelFileError(f"--tokenizer_name {model_args.tokenizer_name}: no tokenizer files in this directory")
+        if not source.exists() and _looks_local(model_args.tokenizer_name):
+            raise ModelFileError(f"--tokenizer_name {model_args.tokenizer_name}: no such directory")
+    resume = args.resume_from_checkpoint
+    if resume and resume.lower() not in ("true", "last", "false") and not Path(resume).is_dir():
+        raise UsageError(f"--resume_from_checkpoint {resume}: no such checkpoint directory (or pass true for the "
+                         "newest checkpoint-* in --output_dir)")
+
+
+def check_columns(text_columns: list[str] | None, pick_column: str | None, category_column: str | None) -> None:
+    """The column mapping: names given, distinct roles, and no label column fed to the model as text.
+
+    Args:
+        text_columns (`list[str]`, *optional*):
+            `--text_columns`; None when not given (prediction then uses the model's own).
+        pick_column (`str`, *optional*):
+            `--pick_column`; None when not given.
+        category_column (`str`, *optional*):
+            `--category_column`; None when not given.
+
+    Raises:
+        `UsageError`: A blank label column name, a label column also listed as text, or one column for both
+        labels.
+    """
+    for flag, name in (("--pick_column", pick_column), ("--category_column", category_column)):
+        require(name is None or bool(str(name).strip()), f"{flag}: give a column name")
+        if name and text_columns and name in text_columns:
+            raise UsageError(f"{flag} {name} is also one of --text_columns: the label would be part of the model input")
+    if pick_column and category_column:
+        require(pick_column != category_column,
+                f"--pick_column and --category_column are both {pick_column!r}: the gate and category labels need "
+                "their own columns")
+
+
+def check_hp_search_arguments(args: Any) -> None:
+    """--hp_search_*: a whole number of trials, an installed backend, a valid space file, nothing given in vain.
+
+    Args:
+        args (`MultitaskTrainingArguments`):
+            The training arguments holding the `hp_search_*` fields and `resume_from_checkpoint`.
+
+    Raises:
+        `UsageError`: A bad trial count, a search flag without `--hp_search_trials`, a missing backend
+        package, a bad search-space file, or a search combined with `--resume_from_checkpoint`.
+    """
+    trials = args.hp_search_trials
+    require(isinstance(trials, int) and trials >= 0,
+            f"--hp_search_trials {trials}: must be a whole number >= 0 (0 = no search)")
+    if not trials:
+        for flag, given in (("--hp_search_space", args.hp_search_space), ("--hp_search_metric", args.hp_search_metric),
+                            ("--hp_search_backend", args.hp_search_backend != "optuna")):
+            require(not given, f"{flag} applies to a hyper-parameter search: give --hp_search_trials N too")
+        return
+    from multitask.train.hp_search import (  # only now: it loads the training-argument types
+        check_backend,
+        load_search_space,
+    )
+
+    check_backend(args.hp_search_backend)
+    if args.hp_search_space:
+        load_search_space(args.hp_search_space)
+    resume = args.resume_from_checkpoint
+    require(not resume or resume.lower() == "false",
+            "--resume_from_checkpoint continues one training; it cannot be combined with --hp_search_trials")
+
+
+def _check_report_to(report_to: Any) -> None:
+    """An unknown --report_to name fails at start-up, not after the data is loaded and tokenized."""
+    try:
+        # A private module: if a release moves it, skip this early check (the Trainer still rejects the name).
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+    except ImportError:
+        return
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name not in ("all", "none") and name not in INTEGRATION_TO_CALLBACK:
+            raise UsageError(f"--report_to {name}: unknown integration{closest(name, INTEGRATION_TO_CALLBACK)}; "
+                             f"choose from none, all, {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+
+
+def check_optimizer(training_args: Any, model: Any = None) -> None:
+    """A --optim whose package is missing (bitsandbytes, galore, …) fails before training, not at its first step.
+
+    Without the model only the missing packages are checked (some optimizers need the model for the rest).
+
+    Args:
+        training_args (`TrainingArguments`):
+            Arguments holding `optim` (and `optim_args`, `optim_target_modules`).
+        model (`nn.Module`, *optional*):
+            The model; with it, every `ValueError` of the Trainer's optimizer lookup is reported too.
+
+    Raises:
+        `UsageError`: Naming `--optim` and the library's reason.
+    """
+    from transformers import Trainer
+
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+    except (ImportError, ValueError) as error:
+        # Without the model a ValueError may only mean the optimizer needs one: decide once it is loaded.
+        if model is None and not isinstance(error, ImportError):
+            return
+        name = getattr(training_args.optim, "value", training_args.optim)
+        raise UsageError(f"--optim {name}: {one_line(str(error))}") from error
+
+
+def check_sequence_length(encoder_config: Any, max_seq_length: int, flag: str = "--max_seq_length") -> None:
+    """An encoder with absolute position embeddings cannot read past them: refuse before the first batch fails.
+
+    Args:
+        encoder_config (`PretrainedConfig`):
+            The encoder's config; without `max_position_embeddings`, or with `position_biased_input=False`
+            (DeBERTa-v3: relative positions only), any length passes.
+        max_seq_length (`int`):
+            The requested input length in tokens.
+        flag (`str`, *optional*, defaults to `"--max_seq_length"`):
+            The flag named in the message.
+
+    Raises:
+        `UsageError`: When the length exceeds the position embeddings (2 fewer for RoBERTa-family encoders,
+        whose position ids start after the padding index).
+    """
+    limit = getattr(encoder_config, "max_position_embeddings", None)
+    if not limit or getattr(encoder_config, "position_biased_input", True) is False:
+        return  # relative positions only (DeBERTa-v3): any length works, only slower
+    if getattr(encoder_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        limit -= 2  # position ids start after the padding index
+    if max_seq_length > limit:
+        raise UsageError(f"{flag} {max_seq_length}: the encoder ({encoder_config.model_type}) has position embeddings "
+                         f"for {limit} tokens; use at most {limit}")
+
+
+def check_training_steps(train_rows: int, training_args: Any) -> int:
+    """The optimizer steps the Trainer will take (as `Trainer.set_initial_training_values` counts them); refuses 0.
+
+    Args:
+        train_rows (`int`):
+            Training examples the dataloader will iterate (`len(train_dataset)`).
+        training_args (`TrainingArguments`):
+            Batch size, world size, accumulation, epochs, `max_steps` and `dataloader_drop_last`.
+
+    Returns:
+        `int`: `max_steps` when > 0, else ceil(epochs × optimizer steps per epoch).
+
+    Raises:
+        `UsageError`: When no full batch exists under `--dataloader_drop_last`, or the epochs give 0 steps.
+    """
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    # Every process takes its own batch per step, so one step consumes batch × world_size rows.
+    batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
+    batches = train_rows // batch if training_args.dataloader_drop_last else math.ceil(train_rows / batch)
+    if batches == 0:
+        raise UsageError(
+            f"{train_rows} training row(s) and --dataloader_drop_last with a batch of {batch}: not one full batch, "
+            "nothing would train; lower --per_device_train_batch_size"
+        )
+    # A last partial accumulation window still makes a step, and every epoch makes at least one.
+    per_epoch = max(math.ceil(batches / training_args.gradient_accumulation_steps), 1)
+    steps = math.ceil(training_args.num_train_epochs * per_epoch)
+    if steps <= 0:
+        raise UsageError(f"--num_train_epochs {training_args.num_train_epochs}: 0 optimizer steps, nothing would train")
+    return steps
+
+
+# ----------------------------------------------------------------------------------------- run_predict.py
+def check_predict_arguments(args: Any) -> None:
+    """run_predict.py's arguments that can be checked before the model is loaded.
+
+    A `--threshold` that is not a number is taken as a stored threshold name and checked once the config is
+    read.
+
+    Args:
+        args (`PredictArguments`):
+            run_predict.py's parsed arguments.
+
+    Raises:
+        `UsageError`: A value out of range, a bad column mapping, an unavailable `--device`, or two input
+        files with the same stem (their outputs would collide). `DataError`: An input file that is missing, a
+        directory or unreadable.
+    """
+    require(bool(args.input_files), "--input_files: give at least one data file (CSV, TSV, JSONL, JSON or Parquet)")
+    for flag in ("batch_size", "top_k", "max_seq_length"):
+        value = getattr(args, flag)
+        if flag == "max_seq_length" and value is None:
+            continue  # the length stored in the model
+        require(isinstance(value, int) and value >= 1, f"--{flag} {value}: must be a whole number >= 1")
+    check_encoding(args.encoding)
+    check_format(getattr(args, "format", None))
+    if args.text_columns is not None:
+        require(bool(args.text_columns), "--text_columns: give at least one column")
+    check_columns(args.text_columns, getattr(args, "pick_column", None), getattr(args, "category_column", None))
+    try:
+        value = float(args.threshold)
+    except ValueError:
+        value = None  # a stored threshold name, checked once the model config is read
+    if value is not None:
+        require(0.0 <= value <= 1.0, f"--threshold {args.threshold}: a number must be in [0, 1]")
+    check_device(args.device)
+    for path in args.input_files:
+        check_readable_file(path, "--input_files")
+    stems = [Path(path).stem for path in args.input_files]
+    duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
+    if duplicate is not None:
+        raise UsageError(f"--input_files: two files are named {duplicate!r}; their outputs would overwrite each other")
+
+
+def check_device(name: str) -> None:
+    """`--device cuda…` / `mps` is refused when that accelerator is absent; other names pass (torch checks them).
+
+    Args:
+        name (`str`):
+            `--device`: `auto`, `cpu`, `cuda`, `cuda:N`, `mps`, ….
+
+    Raises:
+        `UsageError`: For a CUDA device without a CUDA GPU, or `mps` without Apple MPS.
+    """
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is available here; use --device auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: Apple MPS is not available here; use --device auto or cpu")
