@@ -194,13 +194,11 @@ def build_systems(args, encoder: str, tokenizer, train_dataset, category_labels:
     ).add_column("labels", plain_labels)
     clock = StepClock()
 
-    def ours(max_steps: int, rdrop: bool) -> Trainer:
-        training_args = MultitaskTrainingArguments(
-            **_common_arguments(args, str(workdir / "ours"), max_steps),
-            rdrop=rdrop,
-            metric_for_best_model=None,
-            cartography=False,
-        )
+    def ours(max_steps: int, rdrop: bool, **overrides) -> Trainer:
+        """A fresh MultitaskTrainer on the shared model; `overrides` replace MultitaskTrainingArguments fields."""
+        arguments = {**_common_arguments(args, str(workdir / "ours"), max_steps), "rdrop": rdrop,
+                     "metric_for_best_model": None, "cartography": False, **overrides}
+        training_args = MultitaskTrainingArguments(**arguments)
         trainer = MultitaskTrainer(
             model=multitask_model,
             args=training_args,

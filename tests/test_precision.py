@@ -1,6 +1,7 @@
 """Precision and memory: fp16 advice for DeBERTa, bf16 on CPU, activation checkpointing, device selection."""
 
 import copy
+import json
 import logging
 
 import numpy as np
@@ -8,9 +9,16 @@ import pytest
 import torch
 
 import run_finetune
-from multitask.model.precision import precision_warnings
+import run_predict
+from multitask.errors import cli
+from multitask.model import precision as precision_module
+from multitask.model.precision import cpu_has_native_bf16, precision_warnings, resolve_training_precision
 from multitask.serve import predict
+from multitask.train.arguments import MultitaskTrainingArguments
 from tests.conftest import finetune_args, make_trainer, no_dropout
+
+NATIVE_BF16 = cpu_has_native_bf16()
+needs_native_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no AVX512-BF16/AMX: bf16 is refused")
 
 
 def test_fp16_with_deberta_warns_and_names_bf16():
@@ -30,8 +38,8 @@ def test_run_finetune_logs_the_fp16_warning(encoder_dir, csv_files, tmp_path, ca
     assert any("--fp16 with a deberta-v2 encoder" in record.getMessage() for record in caplog.records)
 
 
+@needs_native_bf16
 def test_bf16_training_step_on_cpu(model, tokenizer, csv_files, tmp_path):
-    # torch's CPU autocast runs bf16 on any x86 CPU (natively on AMX/AVX512-BF16, emulated elsewhere).
     trainer = make_trainer(model, tokenizer, csv_files, tmp_path, bf16=True, max_steps=2)
     dtypes = []
     hook = model.category_head.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
@@ -119,3 +127,83 @@ def test_bf16_prediction_on_cpu_is_close_to_fp32(model, tokenizer):
     assert np.allclose(bf16.category_probs, fp32.category_probs, atol=2e-2)
     assert np.allclose(bf16.pick_prob, fp32.pick_prob, atol=2e-2)
     assert not torch.is_autocast_enabled("cpu")  # no autocast state leaks out of the call
+
+
+@pytest.mark.parametrize(
+    ("precision", "bf16_flag", "cuda", "cuda_bf16", "cpu_bf16", "expected"),
+    [
+        ("auto", False, False, False, True, (True, True)),  # a CPU with AVX512-BF16: bf16, and use_cpu for transformers
+        ("auto", False, False, False, False, (False, False)),  # emulated bf16 is slower: fp32
+        ("auto", False, True, True, False, (True, False)),  # an Ampere GPU
+        ("auto", False, True, False, True, (False, False)),  # a pre-Ampere GPU: the CPU's bf16 does not matter
+        ("fp32", False, False, False, True, (False, False)),
+        ("bf16", False, False, False, True, (True, True)),
+        ("fp32", True, True, True, True, ValueError),  # --bf16 true contradicts --precision fp32
+        ("bf16", False, False, False, False, ValueError),  # asked for, but only emulated here
+        ("auto", True, False, False, False, ValueError),  # --bf16 true is asking for it too
+        ("fast", False, False, False, True, ValueError),
+    ],
+)
+def test_resolve_training_precision(precision, bf16_flag, cuda, cuda_bf16, cpu_bf16, expected):
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            resolve_training_precision(precision, bf16_flag, False, cuda, cuda_bf16, cpu_bf16)
+        return
+    resolved = resolve_training_precision(precision, bf16_flag, False, cuda, cuda_bf16, cpu_bf16)
+    assert (resolved.bf16, resolved.use_cpu) == expected
+    assert resolved.name == ("bf16" if expected[0] else "fp32") and resolved.reason
+
+
+def test_fp16_flag_is_left_alone_by_auto():
+    resolved = resolve_training_precision("auto", False, True, True, True, True)
+    assert not resolved.bf16 and "fp16" in resolved.reason
+    with pytest.raises(ValueError, match="choose one"):
+        resolve_training_precision("bf16", False, True, True, True, True)
+
+
+def test_arguments_resolve_precision(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("multitask.train.arguments.cpu_has_native_bf16", lambda: True)
+    args = MultitaskTrainingArguments(output_dir=str(tmp_path), precision="auto")
+    assert args.bf16 and args.use_cpu and "bf16" in args.precision_reason
+    flag = MultitaskTrainingArguments(output_dir=str(tmp_path), bf16=True)  # no --use_cpu needed
+    assert flag.bf16 and flag.use_cpu and flag.precision == "bf16"
+    default = MultitaskTrainingArguments(output_dir=str(tmp_path))
+    assert default.precision == precision_module.DEFAULT_PRECISION
+    monkeypatch.setattr("multitask.train.arguments.cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="emulated"):
+        MultitaskTrainingArguments(output_dir=str(tmp_path), bf16=True)
+    fallback = MultitaskTrainingArguments(output_dir=str(tmp_path), precision="auto")
+    assert not fallback.bf16 and "no native bf16" in fallback.precision_reason
+
+
+def test_refused_bf16_is_one_error_line(encoder_dir, csv_files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("multitask.train.arguments.cpu_has_native_bf16", lambda: False)
+    status = cli(run_finetune.main, finetune_args(encoder_dir, csv_files, tmp_path / "run", "--precision", "bf16"))
+    assert status == 2
+    assert capsys.readouterr().err.strip().startswith("error: --precision bf16: this CPU has no native bf16")
+    assert not (tmp_path / "run").exists()
+
+
+@needs_native_bf16
+def test_bf16_run_trains_fits_in_fp32_and_predicts(encoder_dir, csv_files, tmp_path, caplog, monkeypatch):
+    from multitask.train import finish
+
+    fitted_with = []
+    original = finish.fit_after_training
+
+    def spy(trained, *args, **kwargs):
+        fitted_with.append(hasattr(trained.forward, "__wrapped__"))  # accelerate's autocast wrapper
+        return original(trained, *args, **kwargs)
+
+    monkeypatch.setattr(finish, "fit_after_training", spy)
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="run_finetune"):
+        run_finetune.main(finetune_args(encoder_dir, csv_files, run_dir, "--bf16", "true"))
+    assert fitted_with == [False]  # thresholds and gate statistics fitted without autocast, as prediction runs
+    assert any("precision: bf16 autocast" in record.getMessage() for record in caplog.records)
+    recorded = json.loads((run_dir / "run_config.json").read_text())
+    assert recorded["MultitaskTrainingArguments"]["bf16"] is True
+    metrics = run_predict.main(["--model", str(run_dir), "--input_files", str(csv_files["test"]),
+                                "--output_dir", str(tmp_path / "pred")])
+    assert metrics and (tmp_path / "pred").is_dir()

@@ -6,6 +6,7 @@ exponent range and is the mixed precision to use on Ampere and newer GPUs; elsew
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,6 +46,84 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
         return False
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+# What --precision means when not given.
+DEFAULT_PRECISION = "fp32"
+
+
+@dataclass(frozen=True)
+class TrainingPrecision:
+    """What `--precision` resolved to: whether to train under bf16 autocast, whether the Trainer must be told
+    `use_cpu` (transformers refuses `bf16` without a GPU unless it is), and a sentence for the run log."""
+
+    bf16: bool
+    use_cpu: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+
+def resolve_training_precision(
+    precision: str, bf16_flag: bool, fp16_flag: bool, cuda: bool, cuda_bf16: bool, cpu_bf16: bool
+) -> TrainingPrecision:
+    """Resolve `--precision` (auto, fp32, bf16) and the Trainer's own `--bf16`/`--fp16` into one choice.
+
+    bf16 autocast keeps fp32 master weights, gradients and optimizer state; only matrix products and
+    activations run in bf16. It pays where the hardware multiplies bf16 natively (Ampere+ GPUs; CPUs with
+    AVX512-BF16 or AMX); elsewhere it is emulated and slower than fp32.
+
+    Args:
+        precision (`str`):
+            `auto`: bf16 where native, else fp32. `fp32`: never bf16. `bf16`: bf16, or a `ValueError` where it
+            would be emulated.
+        bf16_flag (`bool`):
+            The Trainer's `--bf16`: the same as `--precision bf16`.
+        fp16_flag (`bool`):
+            The Trainer's `--fp16`: an explicit fp16 choice that `auto` leaves alone.
+        cuda (`bool`):
+            Whether training runs on a CUDA GPU.
+        cuda_bf16 (`bool`):
+            Whether that GPU multiplies bf16 natively (`torch.cuda.is_bf16_supported(including_emulation=False)`).
+        cpu_bf16 (`bool`):
+            Whether the CPU has AVX512-BF16 or AMX-BF16 (`cpu_has_native_bf16`).
+
+    Returns:
+        `TrainingPrecision`.
+
+    Raises:
+        `ValueError`: For an unknown `precision`, `--precision fp32` with `--bf16`, bf16 with fp16, or bf16 asked
+        for explicitly where the hardware would only emulate it.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if bf16_flag and precision == "fp32":
+        raise ValueError("--bf16 true contradicts --precision fp32: give one of them")
+    if bf16_flag and fp16_flag:
+        raise ValueError("--bf16 and --fp16 both set: choose one")
+    device = "GPU" if cuda else "CPU"
+    native = cuda_bf16 if cuda else cpu_bf16
+    hardware = "an Ampere or newer GPU" if cuda else "a CPU with AVX512-BF16 or AMX"
+    use_cpu = not cuda
+    if fp16_flag:
+        if precision == "bf16":
+            raise ValueError("--precision bf16 with --fp16: choose one")
+        return TrainingPrecision(False, False, "fp16 mixed precision (--fp16)")
+    if bf16_flag or precision == "bf16":
+        if not native:
+            flag = "--bf16 true" if bf16_flag else "--precision bf16"
+            raise ValueError(f"{flag}: this {device} has no native bf16 matrix instructions, so bf16 would be emulated "
+                             f"and slower than fp32; it needs {hardware}. Use --precision auto or fp32")
+        return TrainingPrecision(True, use_cpu, f"bf16 autocast on the {device} (asked for)")
+    if precision == "fp32":
+        return TrainingPrecision(False, False, "fp32 (--precision fp32)")
+    if native:
+        return TrainingPrecision(True, use_cpu, f"bf16 autocast (--precision auto: {hardware} multiplies bf16 natively)")
+    return TrainingPrecision(False, False, f"fp32 (--precision auto: this {device} has no native bf16 matrix "
+                                           "instructions, where bf16 is slower than fp32)")
 
 
 def resolve_inference_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -16,6 +16,7 @@ from transformers import TrainingArguments
 
 from multitask.io.tables import FORMATS
 from multitask.model.configuration import DEFAULT_TEXT_COLUMNS
+from multitask.model.precision import DEFAULT_PRECISION, cpu_has_native_bf16, resolve_training_precision
 
 
 @dataclass
@@ -209,6 +210,17 @@ class MultitaskTrainingArguments(TrainingArguments):
     """
 
     # --- TrainingArguments whose defaults we change (design memo) ---
+    precision: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Training precision (default: {DEFAULT_PRECISION}). auto: bf16 autocast where the hardware multiplies bf16 natively (Ampere+ "
+            "GPUs; CPUs with AVX512-BF16 or AMX), else fp32. bf16: bf16 autocast, refused where it would be "
+            "emulated. fp32: full precision. Weights, gradients and optimizer state stay fp32 under bf16; "
+            "--bf16 true is the same as --precision bf16, and a CPU needs no --use_cpu for it. Thresholds and gate "
+            "statistics are fitted in fp32 after training, as run_predict.py predicts by default.",
+            "choices": ["auto", "fp32", "bf16"],
+        },
+    )
     output_dir: str | None = field(
         default=None,
         metadata={"help": "Run directory. Empty: output/output_<YYYYmmdd_HHMMSS>/ (must be given under torchrun)."},
@@ -436,9 +448,23 @@ class MultitaskTrainingArguments(TrainingArguments):
             "contrastive_loss": self.contrastive_weight,
         }
 
+    def _resolve_precision(self) -> None:
+        """Set `bf16` (and `use_cpu` for bf16 on a CPU, which transformers requires) from `--precision`; the
+        sentence saying what ran and why is kept as `precision_reason` for the run log."""
+        cuda = torch.cuda.is_available() and not self.use_cpu
+        cuda_bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+        if self.precision is None:
+            self.precision = "bf16" if self.bf16 else DEFAULT_PRECISION
+        resolved = resolve_training_precision(self.precision, bool(self.bf16), bool(self.fp16), cuda, cuda_bf16,
+                                              cpu_has_native_bf16())
+        self.bf16 = resolved.bf16
+        self.use_cpu = self.use_cpu or resolved.use_cpu
+        self.precision_reason = resolved.reason
+
     def __post_init__(self) -> None:
-        """Fill the timestamped default `output_dir`, switch pinned memory off without CUDA, and turn
-        `--target_oos_recall` r into `max_decline_leak` = 1 - r (it overrides a given --max_decline_leak)."""
+        """Fill the timestamped default `output_dir`, switch pinned memory off without CUDA, resolve `--precision`
+        into the Trainer's `bf16`/`use_cpu`, and turn `--target_oos_recall` r into `max_decline_leak` = 1 - r (it
+        overrides a given --max_decline_leak)."""
         # Before super().__post_init__(), which would turn a None output_dir into "trainer_output".
         if self.output_dir is None:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -446,6 +472,7 @@ class MultitaskTrainingArguments(TrainingArguments):
             self.output_dir = os.path.join("output", time.strftime("output_%Y%m%d_%H%M%S"))
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs CUDA; elsewhere it only warns every epoch
+        self._resolve_precision()
         if self.target_oos_recall is not None:
             if not 0.0 <= self.target_oos_recall <= 1.0:
                 raise ValueError(f"--target_oos_recall must be in [0, 1], got {self.target_oos_recall}")

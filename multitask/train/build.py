@@ -70,6 +70,8 @@ def build_model(model_args, data_args, training_args, inputs: RunInputs):
             encoder_kwargs=inputs.quantization,
             **inputs.hub_kwargs,
         )
+    logger.info("precision: %s; evaluation during training runs the same way, the thresholds, gate statistics "
+                "and reports after it in fp32", getattr(training_args, "precision_reason", "fp32"))
     for message in precision_warnings(model.config.encoder_config.model_type, training_args.fp16,
                                       training_args.bf16, training_args.device.type):
         logger.warning(message)

@@ -46,7 +46,9 @@ def full_model(trainer: Trainer):
     this) into an unsharded copy on the main process that shares the config (thresholds set on it are saved).
     Other ranks get their own wrapped-out model back.
     """
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    # keep_fp32_wrapper=False: under bf16/fp16 accelerate wrapped forward in autocast; what is fitted and scored
+    # after training must run in fp32, as run_predict.py predicts by default.
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     if not shards_parameters(trainer):
         return model
     # accelerate gathers ZeRO-3 weights through the DeepSpeed engine's methods, FSDP's from the wrapped model.
