@@ -85,8 +85,9 @@ def start_run(run: RunDirectory, trainer, model_args, data_args, inputs: RunInpu
     if trainer.is_world_process_zero():
         run.start()  # from here on the run directory exists and says running/complete/failed
         # Counted on the tokenized set: with --long_text chunk a row may become several windows.
-        logger.info("training: %d optimizer steps planned over %d training rows",
-                    check_training_steps(len(trainer.train_dataset), training_args), len(inputs.data.train))
+        logger.info("training: %d optimizer steps planned over %d training rows (by labels carried: %s)",
+                    check_training_steps(len(trainer.train_dataset), training_args), len(inputs.data.train),
+                    ", ".join(f"{name} {count}" for name, count in inputs.data.report["train_rows_by_labels"].items()))
         run.write_json("run_config.json", {
             "arguments": arguments_record(model_args, data_args, training_args),
             "versions": library_versions(),

@@ -32,6 +32,6 @@ def test_target_oos_recall_sets_the_leak_target(tmp_path):
 
 def test_loss_term_weights_name_every_logged_term(tmp_path):
     weights = arguments(tmp_path, gate_loss_weight=0.4, hierarchy_weight=0.2, rdrop_alpha_gate=0.3).loss_term_weights()
-    assert set(weights) == {"gate_loss", "category_loss", "hierarchy_loss", "pick_consistency_loss",
+    assert set(weights) == {"gate_loss", "category_loss", "hierarchy_loss", "pick_consistency_loss", "pseudo_label_loss",
                             "rdrop_category_kl", "rdrop_gate_kl", "contrastive_loss"}
     assert (weights["gate_loss"], weights["hierarchy_loss"], weights["rdrop_gate_kl"]) == (0.4, 0.2, 0.3)

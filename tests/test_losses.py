@@ -154,3 +154,31 @@ def test_task_terms_names_each_present_term():
                        smoothing=(0.0, 0.1), with_hierarchy=True, with_pick_consistency=True)
     assert set(every) == {"gate_loss", "category_loss", "hierarchy_loss", "pick_consistency_loss"}
     assert set(task_terms(None, category, None, category_labels, with_hierarchy=True)) == {"category_loss"}
+
+
+def test_confident_pseudo_label_ce_by_hand():
+    # Rows: Pick without category (confident), Pick without category (unsure), Pick with category, Decline.
+    logits = torch.tensor([[3.0, 0.0], [0.1, 0.0], [5.0, 0.0], [5.0, 0.0]], requires_grad=True)
+    gate = torch.tensor([1, 1, 1, 0])
+    category = torch.tensor([-100, -100, 1, -100])
+    loss = losses.confident_pseudo_label_ce(logits, gate, category, threshold=0.9)
+    # Only row 0 passes (softmax 0.9526 >= 0.9); its target is its argmax (0); divided by the 2 unlabelled Pick rows.
+    expected = math.log(1 + math.exp(-3.0)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert logits.grad[1:].abs().sum() == 0  # unsure, labelled and Decline rows get no gradient
+    assert logits.grad[0, 0] < 0  # pushes the confident guess further up
+
+
+def test_confident_pseudo_label_ce_without_such_rows_is_a_graph_zero():
+    logits = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    loss = losses.confident_pseudo_label_ce(logits, torch.tensor([1]), torch.tensor([0]), threshold=0.5)
+    assert loss.item() == 0.0 and loss.requires_grad
+
+
+def test_task_terms_adds_the_pseudo_label_term_only_when_asked():
+    gate_logits, category_logits = torch.zeros(2, 2), torch.tensor([[4.0, 0.0], [0.0, 0.0]])
+    gate, category = torch.tensor([1, 1]), torch.tensor([-100, 1])
+    assert "pseudo_label_loss" not in losses.task_terms(gate_logits, category_logits, gate, category)
+    terms = losses.task_terms(gate_logits, category_logits, gate, category, pseudo_label_threshold=0.9)
+    assert terms["pseudo_label_loss"].item() == pytest.approx(math.log(1 + math.exp(-4.0)))

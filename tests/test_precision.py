@@ -203,7 +203,8 @@ def test_bf16_run_trains_fits_in_fp32_and_predicts(encoder_dir, csv_files, tmp_p
     assert fitted_with == [False]  # thresholds and gate statistics fitted without autocast, as prediction runs
     assert any("precision: bf16 autocast" in record.getMessage() for record in caplog.records)
     recorded = json.loads((run_dir / "run_config.json").read_text())
-    assert recorded["MultitaskTrainingArguments"]["bf16"] is True
+    assert recorded["arguments"]["MultitaskTrainingArguments"]["bf16"] is True
+    assert recorded["data_report"]["train_rows_by_labels"]["gate_only_pick"] >= 0
     metrics = run_predict.main(["--model", str(run_dir), "--input_files", str(csv_files["test"]),
                                 "--output_dir", str(tmp_path / "pred")])
     assert metrics and (tmp_path / "pred").is_dir()

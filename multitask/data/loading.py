@@ -397,6 +397,7 @@ def load_training_data(
     train = train.add_column("row_id", list(range(len(train))))
     report.update(
         train_rows=len(train),
+        train_rows_by_labels=rows_by_labels(train["gate_labels"], train["category_labels"]),
         validation_rows=len(validation),
         num_categories=len(category_labels),
         category_counts=dict(Counter(category_names[i] for i in range(len(texts)) if category_names[i])),
@@ -404,6 +405,23 @@ def load_training_data(
     )
     return TrainingData(train, validation, validation_frame, tests, category_labels, has_gate, report,
                         pick_column=pick_column, category_column=category_column)
+
+
+def rows_by_labels(gate_labels: list[int], category_labels: list[int]) -> dict[str, int]:
+    """Training rows counted by the labels they carry: `both`, `gate_only_pick` (a Pick without a category: the
+    rows a flat (N+1)-way classifier cannot use), `gate_only_decline` and `category_only`."""
+    counts = Counter()
+    for gate, category in zip(gate_labels, category_labels):
+        has_category = category != IGNORE_INDEX
+        if gate != IGNORE_INDEX and has_category:
+            counts["both"] += 1
+        elif gate == 1:
+            counts["gate_only_pick"] += 1
+        elif gate == 0:
+            counts["gate_only_decline"] += 1
+        elif has_category:
+            counts["category_only"] += 1
+    return {name: counts[name] for name in ("both", "gate_only_pick", "gate_only_decline", "category_only")}
 
 
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "dev", "val")

@@ -158,6 +158,35 @@ def pick_consistency(
     return F.relu(log_true_category - log_pick).mean()
 
 
+def confident_pseudo_label_ce(
+    category_logits: torch.Tensor, gate_labels: torch.Tensor, category_labels: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """Self-training on Pick rows without a category: cross-entropy against the model's own argmax category,
+    counted only where its probability reaches ``threshold`` (FixMatch's confidence mask, Sohn et al. 2020).
+
+    These rows carry a gate label but no category, so a flat (N+1)-way classifier cannot use them. The target is
+    taken from the same forward pass, detached (with dropout on, a noisy student fits its own confident guess;
+    the pseudo-labels follow the model, so they are refreshed at every step). As in FixMatch the sum is divided
+    by all such rows, not just the confident ones, so the term grows as the model becomes sure of more of them.
+
+    Args:
+        category_logits (`torch.Tensor` of shape `(batch, N)`): The category head's logits.
+        gate_labels (`torch.Tensor` of shape `(batch,)`): 1 Pick, 0 Decline, -100 unknown.
+        category_labels (`torch.Tensor` of shape `(batch,)`): Category ids, -100 where a row has none.
+        threshold (`float`): The least top-1 probability that makes a pseudo-label.
+
+    Returns:
+        `torch.Tensor`: A 0-dim loss; a graph zero when the batch has no Pick row without a category.
+    """
+    unlabelled = (gate_labels == 1) & (category_labels == IGNORE_INDEX)
+    if not bool(unlabelled.any()):
+        return category_logits.sum() * 0.0
+    logits = category_logits[unlabelled].float()
+    confidence, target = logits.detach().softmax(dim=-1).max(dim=-1)
+    per_row = F.cross_entropy(logits, target, reduction="none")
+    return (per_row * (confidence >= threshold)).sum() / unlabelled.sum()
+
+
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """R-Drop consistency: ½·(KL(p_a ‖ p_b) + KL(p_b ‖ p_a)), averaged over the rows in `mask` (all if None).
 
@@ -291,6 +320,7 @@ def task_terms(
     smoothing: tuple[float, float] = (0.0, 0.0),
     with_hierarchy: bool = False,
     with_pick_consistency: bool = False,
+    pseudo_label_threshold: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """The unweighted terms of one forward pass, by the name their weight and log line use.
 
@@ -304,6 +334,8 @@ def task_terms(
         smoothing (`tuple[float, float]`): label smoothing of the gate and the category cross-entropy.
         with_hierarchy (`bool`): add `hierarchy_loss` (`hierarchy_kl_to_uniform`) when both heads and gate labels exist.
         with_pick_consistency (`bool`): add `pick_consistency_loss` when both heads and both labels exist.
+        pseudo_label_threshold (`float`, *optional*): add `pseudo_label_loss` (`confident_pseudo_label_ce`) at
+            this confidence when both heads and both labels exist; None: off.
 
     Returns:
         `dict[str, torch.Tensor]`: `gate_loss`, `category_loss` (`masked_cross_entropy`, each a mean over its
@@ -321,4 +353,8 @@ def task_terms(
         terms["hierarchy_loss"] = hierarchy_kl_to_uniform(category_logits, gate_labels)
     if both_heads and category_labels is not None and gate_labels is not None and with_pick_consistency:
         terms["pick_consistency_loss"] = pick_consistency(gate_logits, category_logits, gate_labels, category_labels)
+    if category_logits is not None and category_labels is not None and gate_labels is not None \
+            and pseudo_label_threshold is not None:
+        terms["pseudo_label_loss"] = confident_pseudo_label_ce(category_logits, gate_labels, category_labels,
+                                                               pseudo_label_threshold)
     return terms

@@ -93,7 +93,7 @@ _HYPERPARAMETERS = (
     "learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
     "warmup_steps", "weight_decay", "layerwise_lr_decay", "gate_loss_weight", "category_loss_weight",
     "gate_label_smoothing", "category_label_smoothing", "gate_class_weighting", "category_class_weighting",
-    "class_weight_min", "class_weight_max", "hierarchy_weight", "rdrop", "msd_samples", "awp_lr",
+    "class_weight_min", "class_weight_max", "hierarchy_weight", "pseudo_label_weight", "rdrop", "msd_samples", "awp_lr",
     "uncertainty_weighting", "seed", "bf16", "fp16",
 )  # fmt: skip
 

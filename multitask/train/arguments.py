@@ -296,6 +296,16 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=0.0,
         metadata={"help": "Weight of the Pick-consistency term on Pick rows: max(0, log P(category) − log P(Pick))."},
     )
+    pseudo_label_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of self-training on Pick rows without a category (rows a flat classifier cannot "
+                          "use): cross-entropy against the model's own top category where its probability reaches "
+                          "--pseudo_label_threshold (0 = off)."},
+    )
+    pseudo_label_threshold: float = field(
+        default=0.9,
+        metadata={"help": "Least top-1 category probability that makes a pseudo-label (--pseudo_label_weight)."},
+    )
     contrastive_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of a supervised contrastive term on the pooled vectors (same-category rows pulled "
@@ -443,6 +453,7 @@ class MultitaskTrainingArguments(TrainingArguments):
             "category_loss": self.category_loss_weight,
             "hierarchy_loss": self.hierarchy_weight,
             "pick_consistency_loss": self.pick_consistency_weight,
+            "pseudo_label_loss": self.pseudo_label_weight,
             "rdrop_category_kl": self.rdrop_alpha_category,
             "rdrop_gate_kl": self.rdrop_alpha_gate,
             "contrastive_loss": self.contrastive_weight,

@@ -338,13 +338,14 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
         # Only checked when used: a validation file replaces the split.
         check_fraction(data_args.validation_split, "--validation_split", low_open=True, high_open=True)
     for flag in ("gate_loss_weight", "category_loss_weight", "hierarchy_weight", "pick_consistency_weight",
-                 "rdrop_alpha_category", "rdrop_alpha_gate", "awp_lr"):
+                 "pseudo_label_weight", "rdrop_alpha_category", "rdrop_alpha_gate", "awp_lr"):
         value = getattr(args, flag)
         require(_finite(value) and value >= 0, f"--{flag} {value}: must be >= 0")
     # Uncertainty weighting learns the two task weights itself, so zero λs are allowed with it.
     if not args.uncertainty_weighting:
         require(args.gate_loss_weight > 0 or args.category_loss_weight > 0,
                 "--gate_loss_weight 0 and --category_loss_weight 0: the loss would be zero, nothing would train")
+    check_fraction(args.pseudo_label_threshold, "--pseudo_label_threshold")
     for flag in ("gate_label_smoothing", "category_label_smoothing"):
         check_fraction(getattr(args, flag), f"--{flag}", high_open=True)
     check_fraction(model_args.classifier_dropout, "--classifier_dropout", high_open=True)
