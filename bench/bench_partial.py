@@ -113,9 +113,10 @@ def partial_tables(frames: dict[str, pd.DataFrame], fraction: float, seed: int, 
     out.mkdir(parents=True, exist_ok=True)
     task2 = frames["task2"]
     if fraction < 1.0:
-        task2 = (task2.groupby("category", group_keys=False)
-                 .apply(lambda group: group.sample(n=max(1, round(len(group) * fraction)), random_state=seed))
-                 .sort_index())
+        rng = np.random.default_rng(seed)
+        kept = [position for positions in task2.groupby("category").indices.values()
+                for position in rng.choice(positions, max(1, round(len(positions) * fraction)), replace=False)]
+        task2 = task2.iloc[sorted(kept)]
     decline = frames["task1"][frames["task1"]["pick"] == "0"]
     flat = pd.concat([task2.assign(label=task2["category"]), decline.assign(label=DECLINE)], ignore_index=True)
     paths = {"task1": out / "task1.csv", "task2": out / "task2.csv", "flat": out / "flat_train.csv",

@@ -13,7 +13,7 @@ from multitask.io.rundir import RunDirectory
 from multitask.train.build import build_model, build_trainer
 from multitask.train.finish import check_trained, finish_run
 from multitask.train.inputs import data_file_hashes, prepare_inputs
-from tests.conftest import parsed_finetune_args
+from tests.conftest import finetune_args, parsed_finetune_args
 
 
 def fake_trainer(global_step: int, initial_step: int = 0, log_history: list | None = None):
@@ -62,3 +62,20 @@ def test_finish_run_writes_the_outputs_and_stores_the_settings(encoder_dir, csv_
         assert (run_dir / name).is_file(), name
     config = json.loads((run_dir / "model" / "config.json").read_text())
     assert set(config["gate_thresholds"]) == {"default", "f1", "acc", "leak"} and config["calibration"]
+
+
+def test_guaranteed_leak_threshold_is_recorded_and_logged(encoder_dir, csv_files, tmp_path, caplog):
+    import logging
+
+    import run_finetune
+
+    run_dir = tmp_path / "run"
+    argv = finetune_args(encoder_dir, csv_files, run_dir, "--max_steps", "2", "--report_to", "none",
+                         "--target_oos_recall", "0.5", "--oos_recall_confidence", "0.9", "--threshold_cv", "0")
+    with caplog.at_level(logging.INFO, logger="run_finetune"):
+        run_finetune.main(argv)
+    leak = json.loads((run_dir / "thresholds.json").read_text())["leak"]
+    # The fixture's validation has one Decline row: no threshold can promise anything with 90 % confidence.
+    assert leak["confidence"] == 0.9 and leak["decline_rows"] == 1 and not leak["met_target"]
+    assert any("leak threshold guarantee" in r.getMessage() and "does not cover a shift" in r.getMessage()
+               for r in caplog.records)

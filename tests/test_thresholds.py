@@ -153,3 +153,31 @@ def test_review_band_holds_the_share_around_the_threshold():
     assert ((scores >= low) & (scores < high)).sum() == 4
     assert review_band(scores, 0.5, 0.0) == (0.5, 0.5)
     assert review_band(scores, 0.05, 0.4)[0] == 0.0  # clipped at the lowest score
+
+
+def test_leak_upper_bound_by_hand():
+    from multitask.scoring.thresholds import leak_upper_bound
+
+    # No leaked row of 100: the bound solves (1 - p)^100 = 0.05.
+    assert leak_upper_bound(np.array([0]), 100, 0.95)[0] == pytest.approx(1 - 0.05 ** (1 / 100), rel=1e-9)
+    # All rows leaked, or no Decline row at all: nothing can be promised.
+    assert leak_upper_bound(np.array([10]), 10, 0.95)[0] == 1.0
+    assert leak_upper_bound(np.array([0]), 0, 0.95)[0] == 1.0
+    bounds = leak_upper_bound(np.array([0, 5, 10]), 100, 0.95)
+    assert np.all(np.diff(bounds) > 0) and np.all(bounds > np.array([0, 5, 10]) / 100)
+
+
+def test_guaranteed_leak_threshold_is_stricter_and_says_what_it_rests_on():
+    rng = np.random.default_rng(0)
+    gold = np.array([1] * 300 + [0] * 100)
+    scores = np.concatenate([rng.beta(5, 2, 300), rng.beta(2, 5, 100)])
+    point = search_gate_thresholds(scores, gold, max_decline_leak=0.1)["leak"]
+    sure = search_gate_thresholds(scores, gold, max_decline_leak=0.1, confidence=0.95)["leak"]
+    assert sure["threshold"] > point["threshold"]
+    assert sure["confidence"] == 0.95 and sure["decline_rows"] == 100 and sure["met_target"]
+    assert sure["leak_upper_bound"] <= 0.1
+    # Its point leak is well inside the target: the bound is what had to fit.
+    assert sure["gate_decline_leak"] < point["gate_decline_leak"] <= 0.1
+    # Too few Decline rows for the promise: not met, and the lowest bound is kept.
+    few = search_gate_thresholds(scores[-20:], gold[-20:] * 0, max_decline_leak=0.05, confidence=0.95)["leak"]
+    assert not few["met_target"] and few["leak_upper_bound"] > 0.05

@@ -73,6 +73,7 @@ def choose_gate(
     candidates: list[str],
     max_decline_leak: float,
     costs: dict | None = None,
+    confidence: float | None = None,
 ) -> tuple[str, dict]:
     """The candidate score whose `leak` threshold gives the best in-scope accuracy, and its threshold search.
 
@@ -94,6 +95,8 @@ def choose_gate(
             Target share of gold-Decline rows let through (`--max_decline_leak`).
         costs (`dict`, *optional*):
             Per-item costs; adds the ``cost`` threshold to each search (see `search_gate_thresholds`).
+        confidence (`float`, *optional*):
+            Choose ``leak`` thresholds with the guarantee of `search_gate_thresholds`.
 
     Returns:
         `tuple[str, dict]`: The chosen name and its `search_gate_thresholds` result (fitted on all given
@@ -102,8 +105,8 @@ def choose_gate(
     Raises:
         `KeyError`: When no row has a gate label: the searches then hold no leak figures to compare.
     """
-    searches = {name: search_gate_thresholds(scores[name], gold, correct, max_decline_leak, costs=costs)
-                for name in candidates}
+    searches = {name: search_gate_thresholds(scores[name], gold, correct, max_decline_leak, costs=costs,
+                                             confidence=confidence) for name in candidates}
     name = best_of(searches)
     return name, searches[name]
 
@@ -185,6 +188,7 @@ def cross_validate_gate(
     bootstrap_rounds: int = 1000,
     shares: tuple[float, ...] = DEFAULT_SHARES,
     costs: dict | None = None,
+    confidence: float | None = None,
 ) -> dict:
     """Held-out-fold estimate of the gate's operating points; see the module docstring.
 
@@ -213,6 +217,8 @@ def cross_validate_gate(
             Out-of-scope shares for ``reweighted``, reported after validation's own share.
         costs (`dict`, *optional*):
             Per-item costs; adds the ``cost`` operating point.
+        confidence (`float`, *optional*):
+            Each fold chooses its ``leak`` threshold with the guarantee of `search_gate_thresholds`.
 
     Returns:
         `dict`: ``folds``, ``seed``, ``rows``, ``oos_rows``, ``candidates``, ``chosen_per_fold``,
@@ -245,7 +251,7 @@ def cross_validate_gate(
     for fit, held in splitter.split(np.zeros(gold.size), gold):
         # Every candidate's search on the fitting folds, once: the choice and the per-score table both use it.
         searches = {other: search_gate_thresholds(kept[other][fit], gold[fit], correct[fit], max_decline_leak,
-                                                  costs=costs) for other in candidates}
+                                                  costs=costs, confidence=confidence) for other in candidates}
         name = best_of(searches)
         search = searches[name]
         chosen_per_fold.append(name)

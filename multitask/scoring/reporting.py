@@ -66,6 +66,7 @@ def tune_gate(
     seed: int = 0,
     costs: dict | None = None,
     review_share: float = 0.0,
+    confidence: float | None = None,
 ) -> dict:
     """Choose the gate score and its thresholds on validation, with a held-out-fold estimate of how they hold.
 
@@ -88,11 +89,11 @@ def tune_gate(
         names = ["pick"]
     gate_labels = np.asarray(dataset["gate_labels"])
     correct = _category_correct(scores, dataset)
-    name, search = choose_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, costs)
+    name, search = choose_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, costs, confidence)
     cv = None
     if folds >= 2:
         cv = cross_validate_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, folds, seed,
-                                 costs=costs)
+                                 costs=costs, confidence=confidence)
     probability = name in PROBABILITY_SCORES
     default = 0.5 if probability else search["leak"]["threshold"]
     bands = {}

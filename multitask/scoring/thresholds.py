@@ -55,6 +55,31 @@ def _best(keys: list[np.ndarray]) -> int:
     return int(np.lexsort([-key for key in reversed(keys)])[0])
 
 
+def leak_upper_bound(leaked: np.ndarray, declines: int, confidence: float) -> np.ndarray:
+    """One-sided Clopper–Pearson upper bounds on the true decline leak, one per count of leaked Decline rows.
+
+    With probability at least ``confidence`` over a draw of ``declines`` exchangeable Decline rows, the leak on
+    new such rows is at most the bound (Clopper & Pearson 1934); a threshold whose bound meets the target then
+    meets it on new data with that confidence (the risk-controlling choice of Bates et al. 2021, as leak falls
+    monotonically with the threshold).
+
+    Args:
+        leaked (`np.ndarray`): Decline rows let through (score >= threshold), per candidate threshold.
+        declines (`int`): Decline rows in all.
+        confidence (`float`): In (0, 1), e.g. 0.95.
+
+    Returns:
+        `np.ndarray`: Bounds in [0, 1], 1 where there is no Decline row.
+    """
+    from scipy.stats import beta
+
+    leaked = np.asarray(leaked, dtype=np.float64)
+    if declines == 0:
+        return np.ones_like(leaked)
+    bound = beta.ppf(confidence, leaked + 1, np.maximum(declines - leaked, 1e-12))
+    return np.where(leaked >= declines, 1.0, bound)
+
+
 def search_gate_thresholds(
     pick_prob: np.ndarray,
     gate_labels: np.ndarray,
@@ -62,6 +87,7 @@ def search_gate_thresholds(
     max_decline_leak: float = 0.05,
     grid: np.ndarray | None = None,
     costs: Mapping[str, float | None] | None = None,
+    confidence: float | None = None,
 ) -> dict[str, dict]:
     """Search gate thresholds on validation scores; rows whose gate label is -100 are ignored.
 
@@ -86,6 +112,11 @@ def search_gate_thresholds(
         costs (`Mapping[str, float | None]`, *optional*):
             Per-item costs ``leak``, ``miss`` and ``wrong`` (all three required) and ``oos_share``; adds the
             ``cost`` threshold.
+        confidence (`float`, *optional*):
+            Make ``leak`` a guarantee: a threshold is feasible only when the one-sided Clopper–Pearson upper
+            bound of its leak at this confidence (`leak_upper_bound`) is <= ``max_decline_leak``, so the leak
+            on new exchangeable Decline rows is within the target with that probability. The entry adds
+            ``confidence``, ``decline_rows`` and ``leak_upper_bound``.
 
     Returns:
         `dict[str, dict]`: ``{"f1": entry, "acc": entry, "leak": entry}``, plus ``"cost"`` with ``costs``.
@@ -142,12 +173,14 @@ def search_gate_thresholds(
         "f1": _best([f1, accuracy, lower_first]),
         "acc": _best([accuracy, f1, lower_first]),
     }
-    feasible = leak <= max_decline_leak + 1e-12  # tolerance: 1/20 must meet a 0.05 target
+    # The guarantee bounds the leak from above; without it the point estimate must meet the target.
+    bound = leak_upper_bound(false_pick, n_decline, confidence) if confidence is not None else leak
+    feasible = bound <= max_decline_leak + 1e-12  # tolerance: 1/20 must meet a 0.05 target
     met_target = bool(feasible.any())
     if met_target:
         chosen["leak"] = _best([np.where(feasible, 1.0, -1.0), end_to_end, f1, lower_first])  # feasible ones first
     else:
-        chosen["leak"] = _best([-leak, end_to_end, f1, lower_first])
+        chosen["leak"] = _best([-bound, end_to_end, f1, lower_first])
 
     if costs:
         share = costs.get("oos_share")
@@ -176,6 +209,9 @@ def search_gate_thresholds(
         if name == "leak":
             entry["max_decline_leak"] = float(max_decline_leak)
             entry["met_target"] = met_target
+            if confidence is not None:
+                entry.update(confidence=float(confidence), decline_rows=n_decline,
+                             leak_upper_bound=float(bound[index]))
         if name == "cost":
             entry["expected_cost"] = float(expected_cost[index])
             entry["costs"] = {key: value for key, value in costs.items()}

@@ -417,6 +417,14 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=0.05,
         metadata={"help": "Target share of Decline rows let through as Pick, for the 'leak' gate threshold."},
     )
+    oos_recall_confidence: float | None = field(
+        default=None,
+        metadata={"help": "Make the 'leak' threshold a guarantee: with this confidence (e.g. 0.95) the share of new "
+                          "Decline items let through is at most --max_decline_leak (out-of-scope recall at least "
+                          "--target_oos_recall), by a Clopper-Pearson bound on the validation Decline rows. Holds for "
+                          "new items like validation's, not for a shift in what out-of-scope looks like. Empty: the "
+                          "point estimate on validation."},
+    )
 
     # --- hyper-parameter search (multitask/train/hp_search.py) ---
     hp_search_trials: int = field(

@@ -357,6 +357,8 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
     require(_finite(args.layerwise_lr_decay) and 0 < args.layerwise_lr_decay <= 1,
             f"--layerwise_lr_decay {args.layerwise_lr_decay}: must be in (0, 1] (1 = off)")
     check_fraction(args.max_decline_leak, "--max_decline_leak")
+    if args.oos_recall_confidence is not None:
+        check_fraction(args.oos_recall_confidence, "--oos_recall_confidence", low_open=True, high_open=True)
     require(args.worst_k >= 0, f"--worst_k {args.worst_k}: must be >= 0")
     quantiles = list(args.frequency_band_quantiles)
     require(bool(quantiles) and all(_finite(q) and 0 < q < 1 for q in quantiles) and quantiles == sorted(set(quantiles)),

@@ -189,7 +189,7 @@ def _tune_gate(trained, scores: Scores, validation: LabeledFile, training_args, 
         "wrong": training_args.wrong_category_cost, "oos_share": training_args.cost_oos_share}
     gate = tune_gate(scores, validation.dataset, training_args.gate_score, training_args.gate_score_candidates,
                      training_args.max_decline_leak, training_args.threshold_cv, training_args.seed,
-                     costs, training_args.review_share)
+                     costs, training_args.review_share, training_args.oos_recall_confidence)
     trained.config.gate_score = gate["gate_score"]
     # The validation predictions written next must show the score the thresholds were chosen for.
     scores.pick_prob = scores.gate_scores[gate["gate_score"]]
@@ -200,6 +200,13 @@ def _tune_gate(trained, scores: Scores, validation: LabeledFile, training_args, 
                                              **gate["search"],
                                              **({"review": gate["review_bands"]} if gate["review_bands"] else {})})
     logger.info("gate score %s; gate thresholds (validation): %s", gate["gate_score"], trained.config.gate_thresholds)
+    leak = gate["search"]["leak"]
+    if "confidence" in leak:
+        logger.info("leak threshold guarantee: with %.0f%% confidence the share of new Decline items let through is "
+                    "at most %.3f (Clopper-Pearson bound %.3f on %d validation Decline rows; %s). It assumes new "
+                    "Decline items are like validation's: it does not cover a shift in what out-of-scope looks like",
+                    100 * leak["confidence"], leak["max_decline_leak"], leak["leak_upper_bound"], leak["decline_rows"],
+                    "met" if leak["met_target"] else "NOT met: no threshold reaches it, the lowest bound was kept")
     if gate["cv"] is None:
         return None
     write_json(run_dir / "gate_cv.json", gate["cv"])
