@@ -27,7 +27,7 @@ from multitask.data.text_encoding import check_chunking, check_truncation, speci
 from multitask.errors import ModelFileError, UsageError, cli, parse_arguments, usage_errors
 from multitask.io.hub import resolve_token
 from multitask.io.rundir import check_output_dir, setup_logging, staged_files, write_json
-from multitask.io.tables import FORMATS
+from multitask.io.tables import FORMATS, guard_formulas
 from multitask.model.configuration import MultitaskConfig
 from multitask.model.precision import cpu_has_native_bf16, precision_warnings, resolve_inference_dtype
 from multitask.scoring.metrics import compute_all
@@ -118,6 +118,13 @@ class PredictArguments:
         metadata={"help": "A gold category the model does not know: count and report it, leave the row unscored "
                   "(default: an error naming the row)."},
     )
+    csv_formula_guard: bool = field(
+        default=True,
+        metadata={"help": "In predictions_<stem>.csv, put a ' before text and label cells starting with =, +, -, @, "
+                  "tab or CR (not plain numbers such as -0.5), so a spreadsheet shows them as text instead of "
+                  "running them as formulas (OWASP CSV injection). `python -m analysis` removes the quote again. "
+                  "false: write every cell unchanged. The .jsonl records are always unchanged."},
+    )
     debug: bool = field(
         default=False, metadata={"help": "On an error, print the full traceback too (or set MULTITASK_DEBUG=1)."}
     )
@@ -200,9 +207,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             stem = labeled.path.stem
             scores = predict_scores(model, tokenizer, list(labeled.dataset["text"]), args.batch_size,
                                     max_seq_length, progress=True, dtype=dtype)
-            table = prediction_table(labeled.frame, scores, config, threshold, args.top_k, band)
+            table = prediction_table(labeled.frame, scores, config, threshold, args.top_k, band, str(labeled.path))
             target = output_dir / f"predictions_{stem}.csv"
-            table.to_csv(stage.path(target), index=False, encoding="utf-8")
+            (guard_formulas(table) if args.csv_formula_guard else table).to_csv(stage.path(target), index=False,
+                                                                               encoding="utf-8")
             logger.info("%s: %d rows → %s", labeled.path, len(table), target)
             gate_labels, category_labels = list(labeled.dataset["gate_labels"]), list(labeled.dataset["category_labels"])
             with stage.path(output_dir / f"predictions_{stem}.jsonl").open("w", encoding="utf-8") as handle:
@@ -217,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             if metrics or labeled.unknown_categories:
                 metrics = {"threshold": threshold, "dtype": dtype_name, "backend": "onnx" if onnx_dir else "torch",
                            "label_maps_hash": config.label_maps_hash(),
-                           "unscored_unknown_categories": labeled.unknown_categories, "columns": columns, **metrics}
+                           "unscored_unknown_categories": labeled.unknown_categories, "columns": columns,
+                           "csv_formula_guard": args.csv_formula_guard, **metrics}
                 write_json(stage.path(output_dir / f"metrics_{stem}.json"), metrics)
                 logger.info("%s: %s", stem, metrics)
             all_metrics[stem] = metrics

@@ -62,6 +62,18 @@ def one_line(message: str) -> str:
     return re.sub(r"\s*\n\s*", "; ", str(message).strip()).strip("; ") or "unknown error"
 
 
+EXCERPT_CHARS = 80  # how much of a user's cell an error line quotes
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """`repr` of a (user's) cell cut to `limit` characters with "…" and its full length, so a huge cell never
+    floods the one error line; line breaks show as \\n (repr), so the line stays one line."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
 def format_error(error: BaseException) -> str:
     """The one stderr line for `error`: `error: ` and its message collapsed to one line."""
     return f"error: {one_line(str(error))}"

@@ -77,6 +77,11 @@ def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
         json.dumps({"pick": int(p), "category": c, "title": t, "body": ""}, ensure_ascii=False) + "\n" for t, p, c in
         [(SENTENCES["economy"][0], "1", "economy"), (SENTENCES["junk"][0], "0", ""),
          (SENTENCES["sports"][0], "1", "culture")]), encoding="utf-8")
+    pd.DataFrame({"pick": ["1", "0"], "title": [["a", "b"], ["c"]], "body": ["", ""]}).to_parquet(
+        data / "list_text.parquet")
+    write_csv(data / "task2_newline_category.csv", _rows([(cat_rows[0][0], "arts\nculture"), *cat_rows[1:]], "category"))
+    write_csv(data / "task2_nan_category.csv", _rows([*cat_rows[:2], (cat_rows[2][0], "NaN"), *cat_rows[3:]], "category"))
+    write_csv(data / "task1_huge_pick.csv", _rows([(pick_rows[0][0], "1"), (pick_rows[1][0], "y" * 5000)], "pick"))
     (data / "semicolon.csv").write_text("pick;title;body\n1;a;b\n", encoding="utf-8")
     (data / "ragged.csv").write_text("pick,title,body\n1,a,b\n0,c,d,e\n", encoding="utf-8")
     (data / "workbook.csv").write_bytes(b"PK\x03\x04\x14\x00\x06\x00not really a csv")
@@ -213,6 +218,14 @@ CASES = [
     ("ft-semicolons", "finetune", replace("--task1_file", "{D}/semicolon.csv"), ["semicolon.csv", "semicolons"]),
     ("ft-ragged-row", "finetune", replace("--task1_file", "{D}/ragged.csv"), ["ragged.csv, row 3", "4 fields"]),
     ("ft-xlsx-as-csv", "finetune", replace("--task1_file", "{D}/workbook.csv"), ["workbook.csv", "Excel"]),
+    ("ft-parquet-list-text", "finetune", replace("--task1_file", "{D}/list_text.parquet"),
+     ["list_text.parquet, record 1, column 'title'", "holds a list"]),
+    ("ft-category-line-break", "finetune", replace("--task2_file", "{D}/task2_newline_category.csv"),
+     ["task2_newline_category.csv, row 2, column 'category'", "'arts\\nculture'", "control character"]),
+    ("ft-category-nan", "finetune", replace("--task2_file", "{D}/task2_nan_category.csv"),
+     ["task2_nan_category.csv, row 4, column 'category'", "empty category", "'NaN' is read as a missing value"]),
+    ("ft-huge-cell-excerpt", "finetune", replace("--task1_file", "{D}/task1_huge_pick.csv"),
+     ["task1_huge_pick.csv, row 3, column 'pick'", "… (5,000 characters)"]),
     ("ft-json-as-csv", "finetune", replace("--task1_file", "{D}/records.csv"), ["records.csv", "JSON"]),
     ("ft-duplicate-columns", "finetune", replace("--task1_file", "{D}/duplicate_columns.csv"),
      ["duplicate_columns.csv, row 1", "'title' appears twice"]),
@@ -437,6 +450,7 @@ def test_bad_input_ends_in_one_error_line(world, tmp_path, capsys, name, tool, a
     assert code == 2, captured.err
     assert len(error_lines) == 1 and captured.err.rstrip("\n").splitlines()[-1] == error_lines[0], captured.err
     assert "Traceback" not in captured.err + captured.out
+    assert len(error_lines[0]) < 1500, "an error line quotes a short excerpt of a cell, never the whole cell"
     for piece in pieces:
         assert piece.format(D=world["data"], M=world["models"]) in error_lines[0], error_lines[0]
     # Nothing written: no output folder, no partial file, the world exactly as it was (a complete run stays so).
@@ -497,6 +511,50 @@ def test_a_good_run_after_bad_ones_still_works(world, tmp_path):
     assert Path(report["outputs"]["train"]).is_file()
     removed = pd.read_csv(tmp_path / "prep" / "removed_rows.csv", dtype=str)
     assert all("." not in value for value in removed["row"])  # row numbers as ints, never 2.0
+
+
+ODD_CATEGORIES = ["arts|culture", 'say "hi": now', "=cmd|' /C calc'!A0", "ß" * 400]
+
+
+def test_any_category_name_round_trips_train_predict_analysis(world, tmp_path):
+    """Separators, quotes, a formula and a very long name: trained, stored, predicted, quoted for spreadsheets,
+    written raw to JSON Lines, and read back by the analysis as the same four categories."""
+    texts = [t for c in CATEGORIES for t in SENTENCES[c]] + SENTENCES["junk"]
+    rows = [(text, ODD_CATEGORIES[index % 4]) for index, text in enumerate(texts)]
+    write_csv(tmp_path / "odd.csv", {**_rows(rows, "category"), "decision": ["keep me"] * len(rows)})
+    run = tmp_path / "run"
+    run_finetune.main(_format(["--model_name_or_path", "{E}", "--task2_file", str(tmp_path / "odd.csv"),
+                               "--validation_split", "0.4", "--output_dir", str(run), "--max_steps", "1",
+                               "--use_cpu", "true"], world, run))
+    labels = json.loads((run / "label_map.json").read_text(encoding="utf-8"))["category_id2label"]
+    assert sorted(labels.values()) == sorted(ODD_CATEGORIES)
+    assert "arts\\|culture" in (run / "model" / "README.md").read_text(encoding="utf-8")
+    out = tmp_path / "preds"
+    run_predict.main(["--model", str(run), "--input_files", str(tmp_path / "odd.csv"), "--output_dir", str(out)])
+    table = pd.read_csv(out / "predictions_odd.csv", dtype=str, keep_default_na=False)
+    assert table["decision_input"].tolist() == ["keep me"] * len(rows)  # the input column, kept beside the output
+    assert set(table["category"]) == {"arts|culture", 'say "hi": now', "'=cmd|' /C calc'!A0", "ß" * 400}
+    records = [json.loads(line) for line in (out / "predictions_odd.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {item["label"] for item in records[0]["category_top"]} <= set(ODD_CATEGORIES)
+    assert all(record["gold_category"] in ODD_CATEGORIES for record in records)
+    analysis_cli.main([str(out / "predictions_odd.csv"), "--out", str(tmp_path / "analysis")])
+    analysed = _labels_in(json.loads((tmp_path / "analysis" / "predictions_odd_analysis.json").read_text("utf-8")))
+    assert set(ODD_CATEGORIES) <= analysed and "'=cmd|' /C calc'!A0" not in analysed  # the guard's quote removed
+    # Turned off, the CSV keeps every cell as it was.
+    raw = tmp_path / "raw"
+    run_predict.main(["--model", str(run), "--input_files", str(tmp_path / "odd.csv"), "--output_dir", str(raw),
+                      "--csv_formula_guard", "false"])
+    raw_table = pd.read_csv(raw / "predictions_odd.csv", dtype=str, keep_default_na=False)
+    assert set(raw_table["category"]) == set(ODD_CATEGORIES)
+
+
+def _labels_in(value) -> set[str]:
+    """Every string anywhere in a JSON value (keys included)."""
+    if isinstance(value, dict):
+        return set(value) | {s for item in value.values() for s in _labels_in(item)}
+    if isinstance(value, list):
+        return {s for item in value for s in _labels_in(item)}
+    return {value} if isinstance(value, str) else set()
 
 
 def test_zero_steps_after_training_is_never_complete(world, tmp_path, monkeypatch):
