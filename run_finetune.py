@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
     check_finetune_arguments(model_args, data_args, training_args)
     is_main = training_args.process_index == 0
-    run = RunDirectory(training_args.output_dir)
+    run = RunDirectory(training_args.output_dir, resuming=bool(training_args.resume_from_checkpoint))
     if is_main:
         run.check_target()
     setup_logging(main_process=is_main)

@@ -123,6 +123,10 @@ def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
     run = models / "a_run"
     shutil.copytree(multitask, run / "model")
     (run / "run_status.json").write_text(json.dumps({"status": "complete"}), encoding="utf-8")
+    interrupted = models / "interrupted_run"  # killed during training: a checkpoint and epoch lines, no end
+    (interrupted / "checkpoint-2").mkdir(parents=True)
+    (interrupted / "epoch_log.jsonl").write_text('{"epoch": 1}\n', encoding="utf-8")
+    (interrupted / "run_status.json").write_text(json.dumps({"status": "running"}), encoding="utf-8")
 
     def broken(name, change):
         path = models / name
@@ -309,6 +313,11 @@ CASES = [
     ("ft-output-is-a-file", "finetune", replace("--output_dir", "{D}/task1.csv"), ["--output_dir", "is a file"]),
     ("ft-output-below-a-file", "finetune", replace("--output_dir", "{D}/task1.csv/run"), ["task1.csv is a file"]),
     ("ft-output-complete-run", "finetune", replace("--output_dir", "{M}/a_run"), ["holds a complete run"]),
+    ("ft-output-interrupted-run", "finetune", replace("--output_dir", "{M}/interrupted_run"),
+     ["interrupted_run: holds another run that did not complete (status running, checkpoint-2, epoch_log.jsonl)",
+      "--resume_from_checkpoint true", "another --output_dir"]),
+    ("ft-output-failed-run", "finetune", replace("--output_dir", "{D}/failed_run"),
+     ["failed_run: holds another run that did not complete (status failed)", "no checkpoint to resume from"]),
     ("ft-unknown-flag", "finetune", finetune("--num_epochs", "3"), ["unknown argument --num_epochs",
                                                                     "did you mean --num_train_epochs"]),
     ("ft-bad-float", "finetune", finetune("--learning_rate", "fast"), ["--learning_rate", "'fast'"]),

@@ -62,6 +62,23 @@ def test_complete_run_is_protected(tmp_path):
     assert json.loads((tmp_path / "run" / "run_status.json").read_text())["status"] == "complete"
 
 
+def test_an_unfinished_run_is_refused_unless_resumed(tmp_path):
+    run = RunDirectory(tmp_path / "run").start()  # killed here: status running
+    (tmp_path / "run" / "checkpoint-4").mkdir()
+    (tmp_path / "run" / "checkpoint-8").mkdir()
+    with pytest.raises(OutputError, match=r"status running, checkpoint-8\); continue it with --resume_from_check"):
+        RunDirectory(tmp_path / "run").check_target()
+    RunDirectory(tmp_path / "run", resuming=True).check_target()
+    run.close(DataError("disk full"))
+    (tmp_path / "run" / "checkpoint-4").rmdir()
+    (tmp_path / "run" / "checkpoint-8").rmdir()
+    with pytest.raises(OutputError, match="status failed.*no checkpoint to resume from"):
+        RunDirectory(tmp_path / "run").check_target()
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "notes.txt").write_text("a folder of the user's own files is fine")
+    RunDirectory(tmp_path / "own").check_target()
+
+
 def test_held_log_lines_reach_train_log_or_are_dropped(tmp_path, caplog):
     logger = logging.getLogger("run_finetune")
     with caplog.at_level(logging.INFO):

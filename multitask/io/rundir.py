@@ -27,6 +27,8 @@ from typing import Any
 from multitask.errors import OutputError, UsageError, UserError
 
 STATUS_FILE = "run_status.json"
+EPOCH_LOG = "epoch_log.jsonl"  # multitask.train.callbacks.EpochLogCallback's file
+PREFIX_CHECKPOINT_DIR = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR (not imported: light module)
 _LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "huggingface_hub", "scikit-learn", "tokenizers")
 
 
@@ -239,8 +241,9 @@ def setup_logging(main_process: bool = True) -> None:
 class RunDirectory:
     """Owns one run's output folder. Only the main process should create one."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, resuming: bool = False) -> None:
         self.path = Path(path)
+        self.resuming = resuming  # --resume_from_checkpoint was given: another run's checkpoints are expected
         self._log_handler: logging.Handler | None = None
         self._held: _HeldLogs | None = None
         # What was there before this run, so `discard` removes only what the run itself created.
@@ -249,16 +252,30 @@ class RunDirectory:
         self.notes: dict[str, Any] = {}  # said plainly in run_status.json at the end (e.g. what was not done)
 
     def check_target(self) -> None:
-        """Refuse, before anything is created, a path that is a file, not writable, or holds a complete run."""
+        """Refuse, before anything is created, a path that is a file, not writable, or holds a complete run; and,
+        unless resuming, one that holds another run's traces (checkpoints, epoch log, a running/failed status):
+        a fresh run there would mix its files with the old ones, and a later resume would take up the old run's
+        checkpoint."""
         check_output_dir(self.path)
+        status = None
         if (self.path / STATUS_FILE).is_file():
             try:
                 status = json.loads((self.path / STATUS_FILE).read_text(encoding="utf-8")).get("status")
             # AttributeError: valid JSON that is not an object has no .get; such a file marks no complete run.
             except (OSError, ValueError, AttributeError):
-                status = None
+                status = "unreadable"
             if status == "complete":
                 raise OutputError(f"--output_dir {self.path}: holds a complete run; choose another --output_dir")
+        if self.resuming or not self.path.is_dir():
+            return
+        checkpoints = sorted(p.name for p in self.path.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir())
+        traces = [*checkpoints[-1:], *(name for name in (EPOCH_LOG,) if (self.path / name).exists())]
+        if status is None and not traces:
+            return
+        found = ", ".join([*([f"status {status}"] if status else []), *traces])
+        fix = ("continue it with --resume_from_checkpoint true, or choose another --output_dir" if checkpoints else
+               "it has no checkpoint to resume from: remove it, or choose another --output_dir")
+        raise OutputError(f"--output_dir {self.path}: holds another run that did not complete ({found}); {fix}")
 
     def hold_logs(self) -> None:
         """Keep log lines back until `start` (replayed to the console and train.log) or `discard` (dropped)."""
