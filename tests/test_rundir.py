@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -16,6 +20,34 @@ from multitask.io.rundir import (
     staged_files,
     write_json,
 )
+
+
+def test_staged_outputs_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        with staged_files() as stage:
+            stage.path(tmp_path / "out" / "predictions_x.csv").write_text("a\n")
+        with staged_files() as stage:
+            stage.path(tmp_path / "out" / "model.parquet").write_bytes(b"x")
+    finally:
+        os.umask(previous)
+    for name in ("predictions_x.csv", "model.parquet"):
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o644
+
+
+def test_partial_files_of_a_killed_run_are_removed_by_the_next(tmp_path, caplog):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a process that has ended: its partial files are stale
+    stale = tmp_path / f".predictions_x.partial-{dead}-abc123.csv"
+    live = tmp_path / f".predictions_x.partial-{os.getppid()}-def456.csv"  # a running writer: kept
+    other = tmp_path / f".predictions_y.partial-{dead}-abc123.csv"  # another target: not this run's business
+    for path in (stale, live, other):
+        path.write_text("half")
+    with caplog.at_level(logging.WARNING), staged_files() as stage:
+        stage.path(tmp_path / "out" / "predictions_x.csv").write_text("whole")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert "removed 1 partial file(s) a killed run left" in caplog.text and str(stale) in caplog.text
+    assert (tmp_path / "out" / "predictions_x.csv").read_text() == "whole"
 
 
 def test_staged_files_appear_together_or_not_at_all(tmp_path):

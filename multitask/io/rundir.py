@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -92,6 +94,46 @@ def check_output_file(path: str | Path, flag: str) -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back: the only portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_PARTIAL_PID = re.compile(r"\.partial-(\d+)-")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or a platform that cannot tell: keep its files
+    return True
+
+
+def remove_stale_partials(folder: Path, target: Path) -> list[Path]:
+    """Delete the temporaries of `target` in `folder` whose writing process is gone (a killed run); returns them.
+
+    Only names `StagedFiles.path` gives (`.<stem>.partial-<pid>-…<suffix>`) with a dead process id are touched:
+    a run writing the same target right now keeps its file.
+    """
+    removed = []
+    pattern = f".{glob.escape(target.stem)}.partial-*{glob.escape(target.suffix)}"
+    for candidate in Path(folder).glob(pattern):
+        match = _PARTIAL_PID.search(candidate.name)
+        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    if removed:
+        logging.getLogger(__name__).warning("removed %d partial file(s) a killed run left: %s", len(removed),
+                                            ", ".join(str(path) for path in removed))
+    return removed
+
+
 class StagedFiles:
     """Output files written under temporary names and moved into place together at `commit`.
 
@@ -103,12 +145,22 @@ class StagedFiles:
         self._staged: list[tuple[Path, Path]] = []
 
     def path(self, target: str | Path) -> Path:
-        """A new, empty temporary file to write `target`'s content to; `target`'s folder need not exist yet."""
+        """A new, empty temporary file to write `target`'s content to; `target`'s folder need not exist yet.
+
+        Its mode follows the umask (0644 under 022), as every other file of a run does. Temporaries of the same
+        target left by a killed process (the process id in their name is gone) are removed first, with a warning.
+        """
         target = Path(target)
         home = _existing_ancestor(target.parent)
-        # mkstemp creates the file exclusively: two stages writing the same target never share a temporary.
-        handle, temporary = tempfile.mkstemp(dir=home, prefix=f".{target.stem}.partial-", suffix=target.suffix)
-        os.close(handle)
+        remove_stale_partials(home, target)
+        # mkstemp creates the file exclusively: two stages writing the same target never share a temporary. The
+        # process id in the name tells a later run whether its writer is still alive.
+        handle, temporary = tempfile.mkstemp(dir=home, prefix=f".{target.stem}.partial-{os.getpid()}-",
+                                             suffix=target.suffix)
+        try:
+            os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp's 0600 would make outputs private to the user
+        finally:
+            os.close(handle)
         self._staged.append((Path(temporary), target))
         return Path(temporary)
 
