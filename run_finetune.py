@@ -24,7 +24,7 @@ import sys
 import transformers
 from transformers import HfArgumentParser, set_seed
 
-from multitask.errors import cli, parse_arguments
+from multitask.errors import cli, output_fault, parse_arguments
 from multitask.io.rundir import RunDirectory, arguments_record, library_versions, setup_logging
 from multitask.train.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 from multitask.train.build import build_model, build_trainer, search_and_keep_best
@@ -66,10 +66,14 @@ def main(argv: list[str] | None = None) -> dict:
         train_result = trainer.train(resume_from_checkpoint=inputs.resume)
         metrics = finish_run(trainer, train_result, run, model_args, data_args, inputs, data_files)
     except BaseException as error:
+        # A full disk or an unwritable path (a checkpoint, the model, a report): one error line, status failed.
+        fault = output_fault(error, resumable=run.started)
         if is_main and run.started:
-            run.close(error)
+            run.close(fault or error)
         else:
-            run.discard(error, remove=is_main)
+            run.discard(fault or error, remove=is_main)
+        if fault is not None:
+            raise fault from error
         raise
     if is_main:
         run.close()

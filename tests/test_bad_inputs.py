@@ -7,6 +7,7 @@ cases at the end run the real scripts in a subprocess, where every byte of stder
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from transformers import Trainer
 from transformers.trainer_utils import TrainOutput
 
 import analysis.__main__ as analysis_cli
@@ -564,6 +566,69 @@ def _labels_in(value) -> set[str]:
     if isinstance(value, list):
         return {s for item in value for s in _labels_in(item)}
     return {value} if isinstance(value, str) else set()
+
+
+def _disk_full(*args, **kwargs):
+    path = next((str(a) for a in [*args[1:], *kwargs.values()] if isinstance(a, (str, Path))), "out")
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+
+
+# (id, cli, argv, what to patch so that the write fails)
+FAULT_CASES = [
+    ("ft-disk-full-saving-model", "finetune", FINETUNE, (Trainer, "save_model")),
+    ("pr-disk-full-writing-predictions", "predict", PREDICT, (pd.DataFrame, "to_csv")),
+    ("pp-disk-full-writing-splits", "prepare", PREPARE, (pd.DataFrame, "to_csv")),
+    ("an-disk-full-writing-report", "analysis", ["{D}/predictions.csv", "--out", "{O}"], (Path, "write_text")),
+]
+
+
+@pytest.mark.parametrize(("name", "tool", "argv", "patched"), FAULT_CASES, ids=[case[0] for case in FAULT_CASES])
+def test_a_full_disk_ends_in_one_error_line(world, tmp_path, capsys, monkeypatch, name, tool, argv, patched):
+    """Out of space while writing: one line naming the file and what to do; a training run says failed,
+    the other tools leave no output and no partial file."""
+    out = tmp_path / "out"
+    argv = _format(argv, world, out)
+    monkeypatch.setattr(*patched, _disk_full)
+    main, bare_debug_only = MAINS[tool]
+    code = cli(main, argv, bare_debug_only=bare_debug_only)
+    err = capsys.readouterr().err
+    # The error line is the last (after the progress bars the Trainer draws with carriage returns).
+    assert code == 2 and err.count("error: ") == 1 and "error: " in err.rstrip("\n").splitlines()[-1], err
+    assert "Traceback" not in err, err
+    assert "No space left on device" in err and "free some space" in err, err
+    monkeypatch.undo()
+    if tool == "finetune":
+        assert "--resume_from_checkpoint true" in err
+        status = json.loads((out / "run_status.json").read_text())
+        assert status["status"] == "failed" and "No space left on device" in status["error"]
+        assert "run failed: OutputError" in (out / "train.log").read_text()
+    else:
+        assert not out.exists()
+    assert not list(tmp_path.rglob("*.partial*"))
+
+
+def test_a_bug_that_is_no_write_fault_keeps_its_traceback(world, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")  # not a fault the user can fix by choosing a path
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        cli(run_predict.main, _format(PREDICT, world, tmp_path / "out"))
+
+
+def test_an_output_dir_that_cannot_be_created_is_one_line(world, tmp_path, capsys, monkeypatch):
+    """It passed the up-front check (a special filesystem says writable), yet mkdir fails."""
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self == tmp_path / "run":
+            raise OSError(errno.ENOENT, "No such file or directory", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert cli(run_finetune.main, _format(FINETUNE, world, tmp_path / "run"), bare_debug_only=True) == 2
+    err = capsys.readouterr().err.rstrip("\n").splitlines()[-1]
+    assert err.startswith("error: ") and "cannot be created" in err and "choose another --output_dir" in err, err
 
 
 def test_zero_steps_after_training_is_never_complete(world, tmp_path, monkeypatch):

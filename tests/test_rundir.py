@@ -165,8 +165,30 @@ def test_failed_run_says_why_in_status_and_log(tmp_path):
 def test_resolve_resume_checkpoint_finds_the_newest(tmp_path):
     for step in (3, 12):
         (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     assert resolve_resume_checkpoint("True", tmp_path) == str(tmp_path / "checkpoint-12")
     assert resolve_resume_checkpoint("some/path", tmp_path) == "some/path"
     assert resolve_resume_checkpoint(None, tmp_path) is None
     with pytest.raises(UsageError, match="no checkpoint-"):
         resolve_resume_checkpoint("last", tmp_path / "missing")
+
+
+def test_resume_skips_a_checkpoint_cut_off_while_written(tmp_path, caplog):
+    """A kill or a full disk while the Trainer wrote checkpoint-20: resume continues from the last whole one."""
+    (tmp_path / "checkpoint-10").mkdir()
+    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-20").mkdir()
+    (tmp_path / "checkpoint-20" / "model.safetensors").write_bytes(b"half")
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume_checkpoint("true", tmp_path) == str(tmp_path / "checkpoint-10")
+    assert "checkpoint-20: cut off while being written" in caplog.text
+    (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
+    with pytest.raises(UsageError, match="no whole checkpoint to resume from"):
+        resolve_resume_checkpoint("true", tmp_path)
+
+
+def test_an_empty_output_dir_is_refused(tmp_path):
+    with pytest.raises(OutputError, match="--output_dir is empty"):
+        check_output_dir("")
+    with pytest.raises(OutputError, match="--out is empty"):
+        check_output_dir("  ", "--out")

@@ -69,6 +69,8 @@ def _existing_ancestor(path: Path) -> Path:
 
 def check_output_dir(path: str | Path, flag: str = "--output_dir") -> Path:
     """An `OutputError` unless `path` is (or can become) a writable directory; creates nothing."""
+    if not str(path).strip():  # Path("") is ".", so an empty value would write into the current folder unasked
+        raise OutputError(f"{flag} is empty; name a folder (e.g. {flag} runs/first)")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{flag} {path}: is a file, not a directory; choose another path")
@@ -251,6 +253,18 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | Path) -> str 
     checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
     if checkpoint is None:
         raise UsageError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
+    # The Trainer writes trainer_state.json last: a checkpoint without it was cut off (a kill, a full disk).
+    steps = sorted((int(p.name.rsplit("-", 1)[1]), p) for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                   if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit())
+    whole = [path for _, path in steps if (path / "trainer_state.json").is_file()]
+    cut_off = [path.name for _, path in steps if not (path / "trainer_state.json").is_file()]
+    if cut_off:
+        if not whole:
+            raise UsageError(f"--resume_from_checkpoint {value}: {', '.join(cut_off)} in {output_dir} was cut off "
+                             "while being written (no trainer_state.json); no whole checkpoint to resume from")
+        logging.getLogger(__name__).warning("%s: cut off while being written (no trainer_state.json), skipped; "
+                                            "resuming from %s", ", ".join(cut_off), whole[-1].name)
+        return str(whole[-1])
     return checkpoint
 
 
@@ -340,7 +354,11 @@ class RunDirectory:
         From here on `discard` leaves the folder alone; end the run with `close`.
         """
         self.check_target()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # passed the up-front check, yet cannot be created (a special filesystem)
+            raise OutputError(f"--output_dir {self.path}: cannot be created ({error.strerror or error}); choose "
+                              "another --output_dir") from error
         self.set_status("running")
         self._log_handler = logging.FileHandler(self.path / "train.log", encoding="utf-8")
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -410,7 +428,12 @@ class RunDirectory:
             bug = not isinstance(error, (UserError, KeyboardInterrupt))
             self._to_log_file(logging.ERROR, f"run failed: {type(error).__name__}: {error}",
                               (type(error), error, error.__traceback__) if bug else None)
-            self.set_status("failed", error=f"{type(error).__name__}: {error}", **self.notes)
+            try:
+                self.set_status("failed", error=f"{type(error).__name__}: {error}", **self.notes)
+            except OSError as status_error:
+                # The disk that failed the run may refuse this small file too; its earlier "running" still says
+                # the run did not complete, and the error line the user sees is the run's own.
+                logging.getLogger("run_finetune").warning("could not mark %s failed: %s", self.path, status_error)
         if self._log_handler is not None:
             for name in ("", "transformers"):
                 logging.getLogger(name).removeHandler(self._log_handler)
