@@ -84,6 +84,7 @@ def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
     write_csv(data / "task2_newline_category.csv", _rows([(cat_rows[0][0], "arts\nculture"), *cat_rows[1:]], "category"))
     write_csv(data / "task2_nan_category.csv", _rows([*cat_rows[:2], (cat_rows[2][0], "NaN"), *cat_rows[3:]], "category"))
     write_csv(data / "task1_huge_pick.csv", _rows([(pick_rows[0][0], "1"), (pick_rows[1][0], "y" * 5000)], "pick"))
+    (data / "task1_utf16.csv").write_text("pick,title,body\n1,株価が上昇,\n0,星占い,\n", encoding="utf-16")
     (data / "semicolon.csv").write_text("pick;title;body\n1;a;b\n", encoding="utf-8")
     (data / "ragged.csv").write_text("pick,title,body\n1,a,b\n0,c,d,e\n", encoding="utf-8")
     (data / "workbook.csv").write_bytes(b"PK\x03\x04\x14\x00\x06\x00not really a csv")
@@ -282,6 +283,9 @@ CASES = [
     ("ft-max-seq-length", "finetune", finetune("--max_seq_length", "0"), ["--max_seq_length 0"]),
     ("ft-drop-last-no-batch", "finetune", finetune("--dataloader_drop_last", "true", "--per_device_train_batch_size",
                                                    "512", drop=("--max_steps",)), ["dataloader_drop_last", "512"]),
+    ("ft-drop-last-with-max-steps", "finetune", finetune("--dataloader_drop_last", "true",
+                                                         "--per_device_train_batch_size", "512"),
+     ["20 training row(s)", "--dataloader_drop_last with a batch of 512", "not one full batch"]),
     # ------------------------------------------------------------ run_finetune.py: model paths and files
     ("ft-model-missing-relative", "finetune", replace("--model_name_or_path", "./no/such/encoder"),
      ["--model_name_or_path ./no/such/encoder", "no such directory"]),
@@ -327,6 +331,8 @@ CASES = [
     ("ft-bad-bool", "finetune", finetune("--bf16", "maybe"), ["--bf16", "maybe"]),
     ("ft-bad-strategy", "finetune", finetune("--eval_strategy", "sometimes"), ["--eval_strategy sometimes"]),
     ("ft-bad-report-to", "finetune", finetune("--report_to", "wandbx"), ["--report_to wandbx", "did you mean wandb"]),
+    ("ft-report-to-not-installed", "finetune", finetune("--report_to", "wandb"),
+     ["--report_to wandb", "pip install wandb"]),
     ("ft-bad-metric", "finetune", finetune("--metric_for_best_model", "category_macro_f"),
      ["--metric_for_best_model", "did you mean category_macro_f1"]),
     ("ft-push-no-repo", "finetune", finetune("--push_to_hub", "true"), ["--hub_model_id"]),
@@ -334,6 +340,7 @@ CASES = [
     ("ft-resume-missing-path", "finetune", finetune("--resume_from_checkpoint", "{O}/checkpoint-9"),
      ["no such checkpoint directory"]),
     ("ft-unknown-encoding", "finetune", finetune("--encoding", "utf-9"), ["--encoding 'utf-9'", "unknown encoding"]),
+    ("ft-utf16-named-for-utf8", "finetune", finetune("--encoding", "utf-16"), ["task1.csv", "cannot decode as utf-16"]),
     ("ft-early-stop-no-best", "finetune", finetune("--early_stopping_patience", "2", "--load_best_model_at_end", "false"),
      ["--early_stopping_patience"]),
     ("ft-positional-junk", "finetune", finetune("{D}/task1.csv"), ["unknown argument", "task1.csv"]),
@@ -629,6 +636,28 @@ def test_an_output_dir_that_cannot_be_created_is_one_line(world, tmp_path, capsy
     assert cli(run_finetune.main, _format(FINETUNE, world, tmp_path / "run"), bare_debug_only=True) == 2
     err = capsys.readouterr().err.rstrip("\n").splitlines()[-1]
     assert err.startswith("error: ") and "cannot be created" in err and "choose another --output_dir" in err, err
+
+
+@pytest.mark.parametrize("encoding", [[], ["--encoding", "utf-16"]], ids=["detected", "named"])
+def test_a_utf16_file_with_bom_trains_and_predicts(world, tmp_path, encoding):
+    """Excel's "Unicode text" / PowerShell output: UTF-16 with a byte-order mark, read with or without --encoding."""
+    for name in ("task1", "task2", "val"):  # --encoding names the encoding of every input file
+        frame = pd.read_csv(world["data"] / f"{name}.csv", dtype=str, keep_default_na=False)
+        frame.to_csv(tmp_path / f"{name}.csv", index=False, encoding="utf-16")
+    source = tmp_path / "utf16.csv"
+    frame.to_csv(source, index=False, encoding="utf-16")
+    run = tmp_path / "run"
+    argv = _format(FINETUNE, world, run)
+    if encoding:  # all three files UTF-16, named once
+        argv = [arg.replace(str(world["data"]), str(tmp_path)) for arg in argv] + encoding
+    else:  # a UTF-16 file beside UTF-8 ones: its byte-order mark says how to read it
+        argv = [arg.replace(str(world["data"] / "task1.csv"), str(tmp_path / "task1.csv")) for arg in argv]
+    run_finetune.main(argv)
+    assert json.loads((run / "run_status.json").read_text())["status"] == "complete"
+    run_predict.main(["--model", str(run), "--input_files", str(source), "--output_dir", str(tmp_path / "p"),
+                      *encoding])
+    predicted = pd.read_csv(tmp_path / "p" / "predictions_utf16.csv", dtype=str, keep_default_na=False)
+    assert predicted["title"].tolist() == frame["title"].tolist()
 
 
 def test_zero_steps_after_training_is_never_complete(world, tmp_path, monkeypatch):

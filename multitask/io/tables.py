@@ -422,14 +422,23 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: cannot decompress ({one_line(str(error))})") from error
 
 
+def _bom_encoding(data: bytes, encoding: str | None) -> str | None:
+    """`encoding`, or "utf-16" when none is given and `data` starts with a UTF-16 byte-order mark (Excel's
+    "Unicode text" and PowerShell's default): unambiguous, so such a file is read without --encoding."""
+    if encoding is None and data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return encoding
+
+
 def _decode(path: Path, data: bytes, encoding: str | None) -> str:
     """Text of `data` in `encoding`, else the first of `DEFAULT_ENCODINGS` that decodes it; a BOM is dropped."""
+    encoding = _bom_encoding(data, encoding)
     encodings = [encoding] if encoding else list(DEFAULT_ENCODINGS)
     for candidate in encodings:
         try:
             # Only utf-8-sig drops a BOM itself; strip it so the first column's name is clean.
             return data.decode(candidate).lstrip("\ufeff")
-        except UnicodeDecodeError:
+        except UnicodeError:  # also utf-16's "stream does not start with BOM"
             continue
     raise DataError(f"{path}: cannot decode as {' or '.join(encodings)}; pass --encoding")
 
@@ -480,6 +489,7 @@ def _duplicate_columns(path: Path, header: str, delimiter: str) -> None:
 def _read_delimited(path: Path, encoding: str | None, kind: str, allow_empty: bool) -> pd.DataFrame:
     """A CSV/TSV as a frame of strings, every cell kept as written ("NA", "null" stay text; empty stays "")."""
     raw = _read_bytes(path)
+    encoding = _bom_encoding(raw, encoding)
     header = _sniff(path, raw[:65536], encoding, kind)  # the first 64 KiB: magic bytes and the header row
     delimiter = "\t" if kind == "tsv" else ","
     encodings = [encoding] if encoding else list(DEFAULT_ENCODINGS)
@@ -488,7 +498,7 @@ def _read_delimited(path: Path, encoding: str | None, kind: str, allow_empty: bo
             # dtype=str, keep_default_na=False: "NA", "null" and "007" stay exactly as written.
             frame = pd.read_csv(io.BytesIO(raw), sep=delimiter, dtype=str, keep_default_na=False, encoding=candidate)
             break
-        except UnicodeDecodeError:
+        except UnicodeError:  # also utf-16's "stream does not start with BOM"
             continue
         except pd.errors.EmptyDataError as error:
             raise DataError(f"{path}: the file is empty (expected a header row, then one row per item)") from error

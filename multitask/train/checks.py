@@ -511,6 +511,10 @@ def check_hp_search_arguments(args: Any) -> None:
             "--resume_from_checkpoint continues one training; it cannot be combined with --hp_search_trials")
 
 
+# pip names of the --report_to integrations whose name is not the package's own.
+_REPORT_TO_PACKAGES = {"azure_ml": "azureml-core", "flyte": "flytekit", "codecarbon": "codecarbon"}
+
+
 def _check_report_to(report_to: Any) -> None:
     """An unknown --report_to name fails at start-up, not after the data is loaded and tokenized."""
     try:
@@ -518,11 +522,21 @@ def _check_report_to(report_to: Any) -> None:
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
     except ImportError:
         return
+    from transformers.integrations import integration_utils
+
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     for name in names:
         if name not in ("all", "none") and name not in INTEGRATION_TO_CALLBACK:
             raise UsageError(f"--report_to {name}: unknown integration{closest(name, INTEGRATION_TO_CALLBACK)}; "
                              f"choose from none, all, {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+        # Its callback would raise a RuntimeError only when the Trainer is built, after the data is read.
+        checks = (f"is_{name}_available", f"is_{name.replace('_', '')}_available", f"is_{name.split('_')[0]}_available")
+        available = next((getattr(integration_utils, check) for check in checks if hasattr(integration_utils, check)),
+                         None)
+        if available is not None and not available():
+            package = _REPORT_TO_PACKAGES.get(name, name)
+            raise UsageError(f"--report_to {name}: the {package} package is not installed; pip install {package}, or "
+                             "choose another --report_to (none: no tracking)")
 
 
 def check_optimizer(training_args: Any, model: Any = None) -> None:
@@ -592,16 +606,17 @@ def check_training_steps(train_rows: int, training_args: Any) -> int:
     Raises:
         `UsageError`: When no full batch exists under `--dataloader_drop_last`, or the epochs give 0 steps.
     """
-    if training_args.max_steps > 0:
-        return training_args.max_steps
     # Every process takes its own batch per step, so one step consumes batch × world_size rows.
     batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
     batches = train_rows // batch if training_args.dataloader_drop_last else math.ceil(train_rows / batch)
+    # Checked before --max_steps: an epoch without one full batch trains nothing, however many steps are asked for.
     if batches == 0:
         raise UsageError(
             f"{train_rows} training row(s) and --dataloader_drop_last with a batch of {batch}: not one full batch, "
             "nothing would train; lower --per_device_train_batch_size"
         )
+    if training_args.max_steps > 0:
+        return training_args.max_steps
     # A last partial accumulation window still makes a step, and every epoch makes at least one.
     per_epoch = max(math.ceil(batches / training_args.gradient_accumulation_steps), 1)
     steps = math.ceil(training_args.num_train_epochs * per_epoch)
