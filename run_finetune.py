@@ -29,7 +29,7 @@ from multitask.io.rundir import RunDirectory, arguments_record, library_versions
 from multitask.train.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 from multitask.train.build import build_model, build_trainer, search_and_keep_best
 from multitask.train.callbacks import CartographyCallback, find_callback
-from multitask.train.checks import check_finetune_arguments, check_training_steps
+from multitask.train.checks import check_finetune_arguments, check_training_steps, refused_pickle
 from multitask.train.finish import finish_run
 from multitask.train.inputs import RunInputs, data_file_hashes, prepare_inputs
 
@@ -63,7 +63,13 @@ def main(argv: list[str] | None = None) -> dict:
         data_files = start_run(run, trainer, model_args, data_args, inputs)
         if training_args.hp_search_trials:  # trials first; the best trial's values then train this run's model
             search_and_keep_best(trainer, run.path, model_args, data_args, training_args, inputs)
-        train_result = trainer.train(resume_from_checkpoint=inputs.resume)
+        try:
+            train_result = trainer.train(resume_from_checkpoint=inputs.resume)
+        except Exception as error:  # noqa: BLE001 - only a refused checkpoint pickle is translated
+            refused = refused_pickle(inputs.resume, "--resume_from_checkpoint", error) if inputs.resume else None
+            if refused is None:
+                raise
+            raise refused from error
         metrics = finish_run(trainer, train_result, run, model_args, data_args, inputs, data_files)
     except BaseException as error:
         # A full disk or an unwritable path (a checkpoint, the model, a report): one error line, status failed.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from transformers import Trainer
 from transformers.trainer_utils import TrainOutput
 
@@ -41,6 +42,13 @@ MAINS = {
 def _rows(texts_labels, column):
     return {column: [label for _, label in texts_labels], "title": [t for t, _ in texts_labels],
             "body": [""] * len(texts_labels)}
+
+
+class _RunsCode:
+    """Pickles as a call to print: what torch's safe loader must refuse (and never run)."""
+
+    def __reduce__(self):
+        return print, ("this line must never be printed",)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +134,15 @@ def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
     run = models / "a_run"
     shutil.copytree(multitask, run / "model")
     (run / "run_status.json").write_text(json.dumps({"status": "complete"}), encoding="utf-8")
+    mismatched = models / "heads_mismatch"  # config.json of a 4-category model beside 3-category weights
+    shutil.copytree(multitask, mismatched)
+    config = json.loads((mismatched / "config.json").read_text())
+    config["category_id2label"] = {**config["category_id2label"], "3": "culture"}
+    (mismatched / "config.json").write_text(json.dumps(config))
+    pickled = models / "pickled"  # a .bin whose pickle would call a function when loaded unsafely
+    shutil.copytree(multitask, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save({**_base_model.state_dict(), "extra": _RunsCode()}, pickled / "pytorch_model.bin")
     interrupted = models / "interrupted_run"  # killed during training: a checkpoint and epoch lines, no end
     (interrupted / "checkpoint-2").mkdir(parents=True)
     (interrupted / "epoch_log.jsonl").write_text('{"epoch": 1}\n', encoding="utf-8")
@@ -372,6 +389,12 @@ CASES = [
      ["not a trained multitask model"]),
     ("pr-model-truncated", "predict", ["--model", "{M}/multitask_truncated", "--input_files", "{D}/val.csv",
                                        "--output_dir", "{O}"], ["multitask_truncated/model.safetensors", "truncated"]),
+    ("pr-model-head-mismatch", "predict", ["--model", "{M}/heads_mismatch", "--input_files", "{D}/val.csv",
+                                           "--output_dir", "{O}"],
+     ["heads_mismatch/model.safetensors", "category head has 3 outputs", "names 4 categories"]),
+    ("pr-model-unsafe-pickle", "predict", ["--model", "{M}/pickled", "--input_files", "{D}/val.csv",
+                                           "--output_dir", "{O}"],
+     ["--model", "pickled: refused a pickled file", "print", "could run code", "safetensors"]),
     ("pr-model-failed-run", "predict", ["--model", "{D}/failed_run", "--input_files", "{D}/val.csv", "--output_dir",
                                         "{O}"], ["a run directory without a saved model", "status failed"]),
     ("pr-model-empty-run", "predict", ["--model", "{D}/empty_run", "--input_files", "{D}/val.csv", "--output_dir",
@@ -469,6 +492,8 @@ def test_bad_input_ends_in_one_error_line(world, tmp_path, capsys, name, tool, a
     assert len(error_lines) == 1 and captured.err.rstrip("\n").splitlines()[-1] == error_lines[0], captured.err
     assert "Traceback" not in captured.err + captured.out
     assert len(error_lines[0]) < 1500, "an error line quotes a short excerpt of a cell, never the whole cell"
+    assert "weights_only" not in captured.err + captured.out, "never suggest loading a pickle unsafely"
+    assert "must never be printed" not in captured.out
     for piece in pieces:
         assert piece.format(D=world["data"], M=world["models"]) in error_lines[0], error_lines[0]
     # Nothing written: no output folder, no partial file, the world exactly as it was (a complete run stays so).
