@@ -26,6 +26,7 @@ from transformers import HfArgumentParser, set_seed
 
 from multitask.errors import cli, output_fault, parse_arguments
 from multitask.io.rundir import RunDirectory, arguments_record, library_versions, setup_logging
+from multitask.io.tables import set_read_limits
 from multitask.train.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 from multitask.train.build import build_model, build_trainer, search_and_keep_best
 from multitask.train.callbacks import CartographyCallback, find_callback
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     run directory exists; `cli(main)` turns it into one `error:` line."""
     model_args, data_args, training_args = parse_args(argv)
     check_finetune_arguments(model_args, data_args, training_args)
+    set_read_limits(data_args.max_input_bytes, data_args.max_cell_chars)
     is_main = training_args.process_index == 0
     run = RunDirectory(training_args.output_dir, resuming=bool(training_args.resume_from_checkpoint))
     if is_main:

@@ -27,7 +27,7 @@ from multitask.data.text_encoding import check_chunking, check_truncation, speci
 from multitask.errors import ModelFileError, UsageError, cli, parse_arguments, usage_errors
 from multitask.io.hub import resolve_token
 from multitask.io.rundir import check_output_dir, setup_logging, staged_files, write_json
-from multitask.io.tables import FORMATS, guard_formulas
+from multitask.io.tables import FORMATS, guard_formulas, set_read_limits
 from multitask.model.configuration import MultitaskConfig
 from multitask.model.precision import cpu_has_native_bf16, precision_warnings, resolve_inference_dtype
 from multitask.scoring.metrics import compute_all
@@ -113,6 +113,16 @@ class PredictArguments:
         default=None,
         metadata={"help": "Encoding of text input files. Empty: UTF-8 (with or without BOM), else CP932/Shift-JIS."},
     )
+    max_input_bytes: int = field(
+        default=2 * 1024**3,
+        metadata={"help": "Refuse an input file larger than this many bytes once decompressed (.gz/.bz2/.xz are "
+                  "read only up to it, so a small archive that expands hugely is refused quickly). Default 2 GiB."},
+    )
+    max_cell_chars: int = field(
+        default=1_000_000,
+        metadata={"help": "Refuse an input file with a cell longer than this many characters (more likely a broken "
+                  "export than a text). Error lines quote at most 80 characters of any cell."},
+    )
     allow_unknown_labels: bool = field(
         default=False,
         metadata={"help": "A gold category the model does not know: count and report it, leave the row unscored "
@@ -136,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = HfArgumentParser(PredictArguments)
     (args,) = parse_arguments(parser, sys.argv[1:] if argv is None else argv)
     check_predict_arguments(args)
+    set_read_limits(args.max_input_bytes, args.max_cell_chars)
     output_dir = check_output_dir(args.output_dir)
     with usage_errors():
         onnx_dir = onnx_export_for(args.model, args.backend, args.dtype)  # None: the PyTorch model

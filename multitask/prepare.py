@@ -45,10 +45,12 @@ from multitask.io.tables import (
     FORMATS,
     PLAIN_SEPARATOR,
     DataError,
+    ReadLimits,
     check_encoding,
     check_format,
     check_readable_file,
     pick_value,
+    set_read_limits,
     table_format,
 )
 from multitask.io.tables import Table as InputTable
@@ -1367,6 +1369,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         `dict`: `prepare`'s or `check_leakage`'s report.
     """
     args = parse_args(argv)
+    set_read_limits(ReadLimits.max_input_bytes, ReadLimits.max_cell_chars)  # the defaults, whatever ran before
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.leakage_check:
         return check_leakage(args)

@@ -8,6 +8,7 @@ cases at the end run the real scripts in a subprocess, where every byte of stder
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import os
 import shutil
@@ -93,6 +94,9 @@ def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
     write_csv(data / "task2_nan_category.csv", _rows([*cat_rows[:2], (cat_rows[2][0], "NaN"), *cat_rows[3:]], "category"))
     write_csv(data / "task1_huge_pick.csv", _rows([(pick_rows[0][0], "1"), (pick_rows[1][0], "y" * 5000)], "pick"))
     (data / "task1_utf16.csv").write_text("pick,title,body\n1,株価が上昇,\n0,星占い,\n", encoding="utf-16")
+    with gzip.open(data / "bomb.csv.gz", "wt", encoding="utf-8") as handle:  # ~2 MB of text in a few KB
+        handle.write("pick,title,body\n" + "1,stock market rally lifts shares,\n" * 60000)
+    write_csv(data / "task1_long_cell.csv", _rows([(pick_rows[0][0], "1"), ("word " * 400, "0")], "pick"))
     (data / "semicolon.csv").write_text("pick;title;body\n1;a;b\n", encoding="utf-8")
     (data / "ragged.csv").write_text("pick,title,body\n1,a,b\n0,c,d,e\n", encoding="utf-8")
     (data / "workbook.csv").write_bytes(b"PK\x03\x04\x14\x00\x06\x00not really a csv")
@@ -250,6 +254,13 @@ CASES = [
      ["task2_nan_category.csv, row 4, column 'category'", "empty category", "'NaN' is read as a missing value"]),
     ("ft-huge-cell-excerpt", "finetune", replace("--task1_file", "{D}/task1_huge_pick.csv"),
      ["task1_huge_pick.csv, row 3, column 'pick'", "… (5,000 characters)"]),
+    ("ft-zip-bomb", "finetune", finetune("--task1_file", "{D}/bomb.csv.gz", "--max_input_bytes", "100000",
+                                         drop=("--task1_file",)),
+     ["bomb.csv.gz: more than 100,000 bytes once decompressed", "--max_input_bytes"]),
+    ("ft-cell-too-long", "finetune", finetune("--task1_file", "{D}/task1_long_cell.csv", "--max_cell_chars", "1000",
+                                              drop=("--task1_file",)),
+     ["task1_long_cell.csv, row 3, column 'title'", "2,000 characters", "limit of 1,000", "--max_cell_chars"]),
+    ("ft-max-cell-chars-zero", "finetune", finetune("--max_cell_chars", "0"), ["--max_cell_chars 0"]),
     ("ft-json-as-csv", "finetune", replace("--task1_file", "{D}/records.csv"), ["records.csv", "JSON"]),
     ("ft-duplicate-columns", "finetune", replace("--task1_file", "{D}/duplicate_columns.csv"),
      ["duplicate_columns.csv, row 1", "'title' appears twice"]),
@@ -407,6 +418,8 @@ CASES = [
                                         "--output_dir", "{O}"], ["val_unseen.csv, row 2, column 'category'"]),
     ("pr-unknown-category-jsonl", "predict", ["--model", "{M}/a_run", "--input_files", "{D}/val_unseen.jsonl",
                                               "--output_dir", "{O}"], ["val_unseen.jsonl, line 3, column 'category'"]),
+    ("pr-zip-bomb", "predict", [*PREDICT[:3], "{D}/bomb.csv.gz", *PREDICT[4:], "--max_input_bytes", "100000"],
+     ["bomb.csv.gz: more than 100,000 bytes once decompressed"]),
     ("pr-bad-format", "predict", [*PREDICT, "--format", "excel"], ["--format", "'excel'"]),
     ("pr-stems-clash", "predict", ["--model", "{M}/multitask", "--input_files", "{D}/val.csv", "{D}/sub/val.csv",
                                    "--output_dir", "{O}"], ["two files are named 'val'"]),

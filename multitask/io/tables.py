@@ -45,14 +45,13 @@ from multitask.labels import IGNORE_INDEX, PICK_COLUMN, PICK_VALUES
 __all__ = [
     "DataError", "FORMATS", "Table", "where", "read_table", "read_csv", "table_format", "require_columns",
     "parse_pick", "pick_value", "check_encoding", "check_format", "build_text", "build_texts", "cell_text",
-    "guard_formulas", "formula_safe", "unguard_formula",
+    "guard_formulas", "formula_safe", "unguard_formula", "READ_LIMITS", "set_read_limits",
 ]  # fmt: skip
 
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
              ".parquet": "parquet", ".pq": "parquet"}  # fmt: skip
-_DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {".gz": gzip.decompress, ".bz2": bz2.decompress,
-                                                    ".xz": lzma.decompress}  # fmt: skip
+_DECOMPRESS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 # UTF-8 first: it is strict, so CP932 bytes almost never decode as UTF-8 by accident (the reverse is common).
 DEFAULT_ENCODINGS = ("utf-8-sig", "cp932")
 # The separator of texts built outside a tokenizer (prepare's deduplication, reports); training and prediction
@@ -70,6 +69,43 @@ _MAGIC = {
 }
 _DELIMITERS = {",": "commas", "\t": "tabs (a TSV file)", ";": "semicolons", "|": "vertical bars"}
 _FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+# ------------------------------------------------------------------------------------------------- limits
+@dataclass
+class ReadLimits:
+    """How much one input may hold: a small compressed file can expand to gigabytes (a "zip bomb"), and one huge
+    cell is more likely a broken export than a text. Every reader here checks them; the CLIs set them from
+    `--max_input_bytes` / `--max_cell_chars` (`set_read_limits`)."""
+
+    max_input_bytes: int = 2 * 1024**3  # 2 GiB, after decompression
+    max_cell_chars: int = 1_000_000
+
+
+READ_LIMITS = ReadLimits()
+
+
+def set_read_limits(max_input_bytes: int | None = None, max_cell_chars: int | None = None) -> None:
+    """Set the limits every later read checks (None keeps the current value); a value below 1 is a `UsageError`."""
+    for flag, value in (("--max_input_bytes", max_input_bytes), ("--max_cell_chars", max_cell_chars)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: must be a whole number >= 1")
+    if max_input_bytes is not None:
+        READ_LIMITS.max_input_bytes = int(max_input_bytes)
+    if max_cell_chars is not None:
+        READ_LIMITS.max_cell_chars = int(max_cell_chars)
+
+
+def _check_cells(frame: pd.DataFrame, source: str, numbers: Sequence[int] | np.ndarray, unit: str) -> None:
+    """A `DataError` naming the first cell longer than `READ_LIMITS.max_cell_chars` (its length, not its text)."""
+    limit = READ_LIMITS.max_cell_chars
+    for column in frame.columns:
+        lengths = frame[column].str.len()
+        if len(lengths) and lengths.max() > limit:
+            position = int(lengths.to_numpy().argmax())
+            raise DataError(f"{source}, {unit} {int(numbers[position])}, column '{column}': a cell of "
+                            f"{int(lengths.iloc[position]):,} characters, over the limit of {limit:,} "
+                            "(--max_cell_chars); a broken export, or raise the limit")
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -391,11 +427,15 @@ def read_table(
     if kind in ("csv", "tsv"):
         frame = _read_delimited(path, encoding, kind, allow_empty)
         # Row 1 is the header, so data row i (0-based) is spreadsheet row i + 2.
-        return Table(frame, str(path), kind, np.arange(2, len(frame) + 2), "row")
+        numbers = np.arange(2, len(frame) + 2)
+        _check_cells(frame, str(path), numbers, "row")
+        return Table(frame, str(path), kind, numbers, "row")
     if kind == "parquet":
         raw_frame = _read_parquet(path, allow_empty)
         numbers = np.arange(1, len(raw_frame) + 1)
-        return Table(_as_strings(raw_frame), str(path), kind, numbers, "record", _nested_cells(raw_frame, numbers))
+        frame = _as_strings(raw_frame)
+        _check_cells(frame, str(path), numbers, "record")
+        return Table(frame, str(path), kind, numbers, "record", _nested_cells(raw_frame, numbers))
     text = _decode(path, _read_bytes(path), encoding)
     if kind == "jsonl":
         records, numbers = _parse_jsonl(path, text)
@@ -406,20 +446,31 @@ def read_table(
         raise DataError(f"{path}: no records (expected one JSON object per {'line' if unit == 'line' else 'record'})")
     raw_frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
     numbers = np.asarray(numbers, dtype=np.int64)
-    return Table(_as_strings(raw_frame), str(path), kind, numbers, unit, _nested_cells(raw_frame, numbers))
+    frame = _as_strings(raw_frame)
+    _check_cells(frame, str(path), numbers, unit)
+    return Table(frame, str(path), kind, numbers, unit, _nested_cells(raw_frame, numbers))
 
 
 def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed when its last suffix is .gz/.bz2/.xz (whole file in memory)."""
-    data = path.read_bytes()
+    """The file's bytes, decompressed when its last suffix is .gz/.bz2/.xz (whole file in memory); more than
+    `READ_LIMITS.max_input_bytes` (after decompression) is a `DataError`, found without reading past the limit."""
+    limit = READ_LIMITS.max_input_bytes
+    too_large = (f"{path}: more than {limit:,} bytes{{}}, over the limit (--max_input_bytes); split the file, or "
+                 "raise the limit")
     decompress = _DECOMPRESS.get(path.suffix.lower())
     if decompress is None:
-        return data
+        if path.stat().st_size > limit:
+            raise DataError(too_large.format(""))
+        return path.read_bytes()
     try:
-        return decompress(data)
+        with decompress(path, "rb") as handle:
+            data = handle.read(limit + 1)
     # Damaged or truncated archives: gzip raises OSError/EOFError, bz2 OSError/ValueError, xz LZMAError.
     except (OSError, EOFError, lzma.LZMAError, ValueError) as error:
         raise DataError(f"{path}: cannot decompress ({one_line(str(error))})") from error
+    if len(data) > limit:
+        raise DataError(too_large.format(" once decompressed"))
+    return data
 
 
 def _bom_encoding(data: bytes, encoding: str | None) -> str | None:
@@ -605,6 +656,9 @@ def _parse_json(path: Path, text: str) -> tuple[list[dict], list[int], str]:
 def _read_parquet(path: Path, allow_empty: bool) -> pd.DataFrame:
     """A Parquet file as pandas reads it (cells not yet strings); the PAR1 magic is checked first so a misnamed
     file gets a clear error."""
+    if path.stat().st_size > READ_LIMITS.max_input_bytes:
+        raise DataError(f"{path}: more than {READ_LIMITS.max_input_bytes:,} bytes, over the limit "
+                        "(--max_input_bytes); split the file, or raise the limit")
     with path.open("rb") as handle:
         head = handle.read(4)
     if head != b"PAR1":
