@@ -4,8 +4,10 @@
     python run_predict.py --model output/output_20260101_120000 --input_files x.csv y.csv --output_dir preds/
     python run_predict.py --model user/my-model --input_files x.csv --threshold f1
 
-Writes <output_dir>/predictions_<input stem>.csv (every input column kept, plus pick_prob, pick_pred,
-category_pred, category_prob, category_top<k>, decision) and, where the file carries gold labels (in the columns
+Writes <output_dir>/predictions_<input stem>.csv (every input column kept, one named like an output column as
+<name>_input, plus pick_prob, pick_pred, category_pred, category_prob, category_top<k> (a JSON list of [label,
+probability] pairs), decision; cells a spreadsheet would run as formulas start with ' unless --csv_formula_guard
+false), predictions_<stem>.jsonl (raw) and, where the file carries gold labels (in the columns
 the model was trained with, or --pick_column / --category_column),
 metrics_<input stem>.json. Every argument, the model and every input file are checked before anything is
 written; the files are written under temporary names and moved into place at the end, so a failed or killed
