@@ -24,12 +24,13 @@ import sys
 import transformers
 from transformers import HfArgumentParser, set_seed
 
-from multitask.errors import cli, parse_arguments
+from multitask.errors import cli, output_fault, parse_arguments
 from multitask.io.rundir import RunDirectory, arguments_record, library_versions, setup_logging
+from multitask.io.tables import set_read_limits
 from multitask.train.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 from multitask.train.build import build_model, build_trainer, search_and_keep_best
 from multitask.train.callbacks import CartographyCallback, find_callback
-from multitask.train.checks import check_finetune_arguments, check_training_steps
+from multitask.train.checks import check_finetune_arguments, check_training_steps, refused_pickle
 from multitask.train.finish import finish_run
 from multitask.train.inputs import RunInputs, data_file_hashes, prepare_inputs
 
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     run directory exists; `cli(main)` turns it into one `error:` line."""
     model_args, data_args, training_args = parse_args(argv)
     check_finetune_arguments(model_args, data_args, training_args)
+    set_read_limits(data_args.max_input_bytes, data_args.max_cell_chars)
     is_main = training_args.process_index == 0
-    run = RunDirectory(training_args.output_dir)
+    run = RunDirectory(training_args.output_dir, resuming=bool(training_args.resume_from_checkpoint))
     if is_main:
         run.check_target()
     setup_logging(main_process=is_main)
@@ -63,13 +65,23 @@ def main(argv: list[str] | None = None) -> dict:
         data_files = start_run(run, trainer, model_args, data_args, inputs)
         if training_args.hp_search_trials:  # trials first; the best trial's values then train this run's model
             search_and_keep_best(trainer, run.path, model_args, data_args, training_args, inputs)
-        train_result = trainer.train(resume_from_checkpoint=inputs.resume)
+        try:
+            train_result = trainer.train(resume_from_checkpoint=inputs.resume)
+        except Exception as error:  # noqa: BLE001 - only a refused checkpoint pickle is translated
+            refused = refused_pickle(inputs.resume, "--resume_from_checkpoint", error) if inputs.resume else None
+            if refused is None:
+                raise
+            raise refused from error
         metrics = finish_run(trainer, train_result, run, model_args, data_args, inputs, data_files)
     except BaseException as error:
+        # A full disk or an unwritable path (a checkpoint, the model, a report): one error line, status failed.
+        fault = output_fault(error, resumable=run.started)
         if is_main and run.started:
-            run.close(error)
+            run.close(fault or error)
         else:
-            run.discard(error, remove=is_main)
+            run.discard(fault or error, remove=is_main)
+        if fault is not None:
+            raise fault from error
         raise
     if is_main:
         run.close()

@@ -4,8 +4,10 @@
     python run_predict.py --model output/output_20260101_120000 --input_files x.csv y.csv --output_dir preds/
     python run_predict.py --model user/my-model --input_files x.csv --threshold f1
 
-Writes <output_dir>/predictions_<input stem>.csv (every input column kept, plus pick_prob, pick_pred,
-category_pred, category_prob, category_top<k>, decision) and, where the file carries gold labels (in the columns
+Writes <output_dir>/predictions_<input stem>.csv (every input column kept, one named like an output column as
+<name>_input, plus pick_prob, pick_pred, category_pred, category_prob, category_top<k> (a JSON list of [label,
+probability] pairs), decision; cells a spreadsheet would run as formulas start with ' unless --csv_formula_guard
+false), predictions_<stem>.jsonl (raw) and, where the file carries gold labels (in the columns
 the model was trained with, or --pick_column / --category_column),
 metrics_<input stem>.json. Every argument, the model and every input file are checked before anything is
 written; the files are written under temporary names and moved into place at the end, so a failed or killed
@@ -27,7 +29,7 @@ from multitask.data.text_encoding import check_chunking, check_truncation, speci
 from multitask.errors import ModelFileError, UsageError, cli, parse_arguments, usage_errors
 from multitask.io.hub import resolve_token
 from multitask.io.rundir import check_output_dir, setup_logging, staged_files, write_json
-from multitask.io.tables import FORMATS
+from multitask.io.tables import FORMATS, guard_formulas, set_read_limits
 from multitask.model.configuration import MultitaskConfig
 from multitask.model.precision import cpu_has_native_bf16, precision_warnings, resolve_inference_dtype
 from multitask.scoring.metrics import compute_all
@@ -113,10 +115,27 @@ class PredictArguments:
         default=None,
         metadata={"help": "Encoding of text input files. Empty: UTF-8 (with or without BOM), else CP932/Shift-JIS."},
     )
+    max_input_bytes: int = field(
+        default=2 * 1024**3,
+        metadata={"help": "Refuse an input file larger than this many bytes once decompressed (.gz/.bz2/.xz are "
+                  "read only up to it, so a small archive that expands hugely is refused quickly). Default 2 GiB."},
+    )
+    max_cell_chars: int = field(
+        default=1_000_000,
+        metadata={"help": "Refuse an input file with a cell longer than this many characters (more likely a broken "
+                  "export than a text). Error lines quote at most 80 characters of any cell."},
+    )
     allow_unknown_labels: bool = field(
         default=False,
         metadata={"help": "A gold category the model does not know: count and report it, leave the row unscored "
                   "(default: an error naming the row)."},
+    )
+    csv_formula_guard: bool = field(
+        default=True,
+        metadata={"help": "In predictions_<stem>.csv, put a ' before text and label cells starting with =, +, -, @, "
+                  "tab or CR (not plain numbers such as -0.5), so a spreadsheet shows them as text instead of "
+                  "running them as formulas (OWASP CSV injection). `python -m analysis` removes the quote again. "
+                  "false: write every cell unchanged. The .jsonl records are always unchanged."},
     )
     debug: bool = field(
         default=False, metadata={"help": "On an error, print the full traceback too (or set MULTITASK_DEBUG=1)."}
@@ -129,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = HfArgumentParser(PredictArguments)
     (args,) = parse_arguments(parser, sys.argv[1:] if argv is None else argv)
     check_predict_arguments(args)
+    set_read_limits(args.max_input_bytes, args.max_cell_chars)
     output_dir = check_output_dir(args.output_dir)
     with usage_errors():
         onnx_dir = onnx_export_for(args.model, args.backend, args.dtype)  # None: the PyTorch model
@@ -200,9 +220,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             stem = labeled.path.stem
             scores = predict_scores(model, tokenizer, list(labeled.dataset["text"]), args.batch_size,
                                     max_seq_length, progress=True, dtype=dtype)
-            table = prediction_table(labeled.frame, scores, config, threshold, args.top_k, band)
+            table = prediction_table(labeled.frame, scores, config, threshold, args.top_k, band, str(labeled.path))
             target = output_dir / f"predictions_{stem}.csv"
-            table.to_csv(stage.path(target), index=False, encoding="utf-8")
+            (guard_formulas(table) if args.csv_formula_guard else table).to_csv(stage.path(target), index=False,
+                                                                               encoding="utf-8")
             logger.info("%s: %d rows → %s", labeled.path, len(table), target)
             gate_labels, category_labels = list(labeled.dataset["gate_labels"]), list(labeled.dataset["category_labels"])
             with stage.path(output_dir / f"predictions_{stem}.jsonl").open("w", encoding="utf-8") as handle:
@@ -217,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             if metrics or labeled.unknown_categories:
                 metrics = {"threshold": threshold, "dtype": dtype_name, "backend": "onnx" if onnx_dir else "torch",
                            "label_maps_hash": config.label_maps_hash(),
-                           "unscored_unknown_categories": labeled.unknown_categories, "columns": columns, **metrics}
+                           "unscored_unknown_categories": labeled.unknown_categories, "columns": columns,
+                           "csv_formula_guard": args.csv_formula_guard, **metrics}
                 write_json(stage.path(output_dir / f"metrics_{stem}.json"), metrics)
                 logger.info("%s: %s", stem, metrics)
             all_metrics[stem] = metrics

@@ -19,7 +19,7 @@ from typing import Any
 
 from multitask.errors import cli, raise_usage_errors
 from multitask.io.rundir import StagedFiles, check_output_dir, staged_files
-from multitask.io.tables import FORMATS
+from multitask.io.tables import FORMATS, ReadLimits, set_read_limits
 from multitask.scoring.stats import PROPORTION_METHODS
 
 from .load import IGNORE_INDEX, Predictions, load_input
@@ -132,6 +132,7 @@ def _write_json(path: Path, payload: Any) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """Analyse each input, write its files, compare inputs when there are several; returns what was written."""
     args = parse_args(argv)
+    set_read_limits(ReadLimits.max_input_bytes, ReadLimits.max_cell_chars)  # the defaults, whatever ran before
     out = check_output_dir(args.out, "--out") if args.out else None
     costs = load_cost_matrix(args.cost_matrix) if args.cost_matrix else None
     with staged_files() as stage:  # all files appear at the end, or none (a bad input, a crash)

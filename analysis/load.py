@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from multitask.io.tables import DataError, parse_pick, read_table
-from multitask.labels import IGNORE_INDEX
+from multitask.io.tables import DataError, parse_pick, read_table, unguard_formula
+from multitask.labels import IGNORE_INDEX, is_missing_label, parse_top_k_cell
 
 _TOP_K = re.compile(r"category_top(\d+)$")
 
@@ -60,15 +60,9 @@ def _missing(path: Path, column: str, why: str) -> InputError:
 
 
 def _parse_top_k(cell: str) -> list[str]:
-    """The category names of a `category_top<k>` cell, best first; [] for a JSON cell it cannot read."""
-    # "label:prob|label:prob" (rsplit keeps labels that themselves contain ':'), or run_predict.py's JSON Lines
-    # records: [{"label": …, "prob": …}, …].
-    if cell.startswith("["):
-        try:
-            return [str(item["label"]) for item in json.loads(cell) if isinstance(item, dict) and "label" in item]
-        except (ValueError, TypeError):
-            return []
-    return [part.rsplit(":", 1)[0] for part in cell.split("|") if part]
+    """The category names of a `category_top<k>` cell, best first: the JSON pairs run_predict.py writes, its JSON
+    Lines records, or the older `label:prob|label:prob` form."""
+    return [label for label, _ in parse_top_k_cell(cell)]
 
 
 def _first_present(columns: set[str], *candidates: str | None) -> str | None:
@@ -85,14 +79,20 @@ def read_predictions(
     category_column: str | None = None,
     prediction_column: str | None = None,
     file_format: str | None = None,
+    formula_guard: bool = True,
 ) -> Predictions:
     """Parse one predictions file (CSV, TSV, JSON Lines, JSON or Parquet). Raises `InputError` naming the file
-    and the missing column."""
+    and the missing column. In a CSV/TSV written with run_predict.py's `--csv_formula_guard` (the default; False
+    when its metrics file says it was off), the `'` put before formula-like cells and column names is removed."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     table = read_table(path, file_format)
     frame = table.frame
+    if formula_guard and table.format in ("csv", "tsv"):
+        frame = frame.rename(columns=unguard_formula)
+        for column in frame.columns:
+            frame[column] = frame[column].map(unguard_formula)
     columns = set(frame.columns)
     predicted_column = prediction_column or "category_pred"
     top_column = next((c for c in frame.columns if _TOP_K.match(c)), None)
@@ -125,7 +125,8 @@ def read_predictions(
     top_k_listed = 1
     id2label = dict(id2label or {})
     if category_scored:
-        gold = frame[gold_category].str.strip()
+        # A missing value written as text (NaN, None) is no gold category, as in training.
+        gold = frame[gold_category].str.strip().map(lambda name: "" if is_missing_label(name) else name)
         predicted = frame[predicted_column].str.strip()
         if (predicted == "").any():
             raise InputError(f"{table.where(int(np.argmax(predicted == '')))}: empty '{predicted_column}'")
@@ -195,13 +196,10 @@ def load_input(
                "prediction_column": prediction_column, "file_format": file_format}
     if path.is_file():
         # run_predict.py records the gold columns it read in metrics_<stem>.json beside predictions_<stem>.*
-        recorded = {}
-        if path.name.startswith("predictions_"):
-            metrics = _json(path.with_name(f"metrics_{path.stem.removeprefix('predictions_')}.json"))
-            recorded = metrics.get("columns") or {}
+        recorded = _recorded_columns(path).get("columns") or {}
         columns["pick_column"] = pick_column or recorded.get("pick_column")
         columns["category_column"] = category_column or recorded.get("category_column")
-        return [read_predictions(path, **columns)]
+        return [read_predictions(path, **columns, formula_guard=_formula_guard(path))]
     if not path.is_dir():
         raise InputError(f"{path}: no such file or directory")
     files = sorted(path.glob("predictions_*.csv"))
@@ -217,5 +215,19 @@ def load_input(
     columns["pick_column"] = pick_column or model_config.get("pick_column")
     columns["category_column"] = category_column or model_config.get("category_column")
     return [
-        read_predictions(file, file.stem.removeprefix("predictions_"), id2label, counts, **columns) for file in files
+        read_predictions(file, file.stem.removeprefix("predictions_"), id2label, counts, **columns,
+                         formula_guard=_formula_guard(file))
+        for file in files
     ]
+
+
+def _recorded_columns(path: Path) -> dict:
+    """The metrics_<stem>.json run_predict.py wrote beside predictions_<stem>.*, or {}."""
+    if not path.name.startswith("predictions_"):
+        return {}
+    return _json(path.with_name(f"metrics_{path.stem.removeprefix('predictions_')}.json"))
+
+
+def _formula_guard(path: Path) -> bool:
+    """Whether `path` was written with formula-like cells quoted: yes unless its metrics file says it was off."""
+    return _recorded_columns(path).get("csv_formula_guard", True) is not False

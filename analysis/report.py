@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from multitask.labels import markdown_cell
 from multitask.scoring.metrics import (
     band_f1,
     band_recall,
@@ -139,7 +140,7 @@ def _fmt(value) -> str:
         return "–"
     if isinstance(value, float):
         return f"{value:.3f}"
-    return str(value).replace("|", "\\|")
+    return markdown_cell(value)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:

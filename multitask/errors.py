@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import os
 import re
 import sys
@@ -57,9 +58,64 @@ class OutputError(UserError, OSError):
     """An output path that cannot be written (a file where a folder is expected, no permission, a finished run)."""
 
 
+# What the user can do about an OSError met while writing outputs (the one fault boundary: `output_fault`).
+WRITE_FAULTS = {
+    errno.ENOSPC: "the disk is full: free some space (or choose a folder on another disk) and run again",
+    errno.EDQUOT: "the disk quota is used up: free some space (or choose a folder on another disk) and run again",
+    errno.EFBIG: "the file is too large for this filesystem: choose a folder on another disk",
+    errno.EACCES: "no permission to write there: choose a folder you can write to",
+    errno.EPERM: "no permission to write there: choose a folder you can write to",
+    errno.EROFS: "the filesystem is read-only: choose a folder on a writable disk",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "a folder is in the way of a file of the same name: choose another path",
+    errno.ENAMETOOLONG: "the name is too long for this filesystem: choose a shorter path",
+}
+
+
+def output_fault(error: BaseException, resumable: bool = False) -> UserError | None:
+    """The one `error:` line for an out-of-space, permission or path fault met while writing (`WRITE_FAULTS`),
+    naming the file and what to do; None for any other error (a bug keeps its traceback).
+
+    Args:
+        error (`BaseException`):
+            What the write raised. An `OSError` with one of `WRITE_FAULTS`' errno values, or torch's
+            `RuntimeError` for a failed checkpoint write (its stream writer does not raise OSError).
+        resumable (`bool`, *optional*, defaults to `False`):
+            A training run: say that `--resume_from_checkpoint true` continues from the last whole checkpoint.
+    """
+    if isinstance(error, UserError):
+        return None
+    if isinstance(error, OSError) and error.errno in WRITE_FAULTS:
+        where = error.filename or "an output file"
+        advice = WRITE_FAULTS[error.errno]
+        what = error.strerror or one_line(str(error))
+    elif isinstance(error, RuntimeError) and re.search(r"file write failed|No space left on device", str(error)):
+        where, what = "a checkpoint file", one_line(str(error))[:200]
+        advice = "the disk is probably full: free some space and run again"
+    else:
+        return None
+    if resumable:
+        advice += " (with --resume_from_checkpoint true it continues from the last whole checkpoint)"
+    fault = OutputError(f"{where}: cannot write ({what}); {advice}")
+    fault.__cause__ = error
+    return fault
+
+
 def one_line(message: str) -> str:
     """Collapse a (library's) multi-line message into one line."""
     return re.sub(r"\s*\n\s*", "; ", str(message).strip()).strip("; ") or "unknown error"
+
+
+EXCERPT_CHARS = 80  # how much of a user's cell an error line quotes
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """`repr` of a (user's) cell cut to `limit` characters with "…" and its full length, so a huge cell never
+    floods the one error line; line breaks show as \\n (repr), so the line stays one line."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
 
 
 def format_error(error: BaseException) -> str:
@@ -97,7 +153,8 @@ def debugging() -> bool:
 def cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, bare_debug_only: bool = False) -> int:
     """Run a CLI `main(argv)` behind the error contract; returns the exit status for `sys.exit`.
 
-    UserError: one `error: …` line on stderr, status 2 (traceback too with --debug / MULTITASK_DEBUG=1).
+    UserError: one `error: …` line on stderr, status 2 (traceback too with --debug / MULTITASK_DEBUG=1); so is
+    a write fault (disk full, permission, read-only or impossible path: `output_fault`), wherever it happens.
     KeyboardInterrupt: one line, status 130. Anything else propagates with its traceback (a bug).
     """
     global _debugging
@@ -112,6 +169,15 @@ def cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, bar
         sys.stdout.flush()
         print(format_error(error), file=sys.stderr, flush=True)
         return error.exit_code
+    except (OSError, RuntimeError) as error:
+        fault = output_fault(error)  # a full disk or a path that cannot be written is no bug: one line too
+        if fault is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        sys.stdout.flush()
+        print(format_error(fault), file=sys.stderr, flush=True)
+        return fault.exit_code
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

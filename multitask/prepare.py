@@ -45,16 +45,18 @@ from multitask.io.tables import (
     FORMATS,
     PLAIN_SEPARATOR,
     DataError,
+    ReadLimits,
     check_encoding,
     check_format,
     check_readable_file,
     pick_value,
+    set_read_limits,
     table_format,
 )
 from multitask.io.tables import Table as InputTable
 from multitask.io.tables import build_texts as build_row_texts
 from multitask.io.tables import read_table as read_input
-from multitask.labels import CATEGORY_COLUMN, PICK_COLUMN
+from multitask.labels import CATEGORY_COLUMN, PICK_COLUMN, markdown_cell
 from multitask.model.configuration import DEFAULT_TEXT_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -1209,7 +1211,7 @@ def dataset_card(report: dict, args: PrepareArguments, repo_id: str, data_files:
     per_class = report["split"]["per_class"]
     names = {"pick=0": "Decline (pick=0)", "pick=1": "Pick, no category (pick=1)"}
     for label, counts in per_class.items():
-        lines.append(f"| {names.get(label, label)} | " + " | ".join(str(counts.get(split, 0)) for split in splits) + " |")
+        lines.append(f"| {markdown_cell(names.get(label, label))} | " + " | ".join(str(counts.get(split, 0)) for split in splits) + " |")
     totals = [str(report["split"].get(f"{split}_rows", 0)) for split in splits]
     lines += ["| **all** | " + " | ".join(totals) + " |", "", "## What was removed", "",
               "| step | rows before | removed | rows after | settings |", "|---|---:|---:|---:|---|"]
@@ -1367,6 +1369,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         `dict`: `prepare`'s or `check_leakage`'s report.
     """
     args = parse_args(argv)
+    set_read_limits(ReadLimits.max_input_bytes, ReadLimits.max_cell_chars)  # the defaults, whatever ran before
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.leakage_check:
         return check_leakage(args)

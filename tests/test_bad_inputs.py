@@ -7,6 +7,8 @@ cases at the end run the real scripts in a subprocess, where every byte of stder
 
 from __future__ import annotations
 
+import errno
+import gzip
 import json
 import os
 import shutil
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from transformers import Trainer
 from transformers.trainer_utils import TrainOutput
 
 import analysis.__main__ as analysis_cli
@@ -39,6 +43,13 @@ MAINS = {
 def _rows(texts_labels, column):
     return {column: [label for _, label in texts_labels], "title": [t for t, _ in texts_labels],
             "body": [""] * len(texts_labels)}
+
+
+class _RunsCode:
+    """Pickles as a call to print: what torch's safe loader must refuse (and never run)."""
+
+    def __reduce__(self):
+        return print, ("this line must never be printed",)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +88,15 @@ def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
         json.dumps({"pick": int(p), "category": c, "title": t, "body": ""}, ensure_ascii=False) + "\n" for t, p, c in
         [(SENTENCES["economy"][0], "1", "economy"), (SENTENCES["junk"][0], "0", ""),
          (SENTENCES["sports"][0], "1", "culture")]), encoding="utf-8")
+    pd.DataFrame({"pick": ["1", "0"], "title": [["a", "b"], ["c"]], "body": ["", ""]}).to_parquet(
+        data / "list_text.parquet")
+    write_csv(data / "task2_newline_category.csv", _rows([(cat_rows[0][0], "arts\nculture"), *cat_rows[1:]], "category"))
+    write_csv(data / "task2_nan_category.csv", _rows([*cat_rows[:2], (cat_rows[2][0], "NaN"), *cat_rows[3:]], "category"))
+    write_csv(data / "task1_huge_pick.csv", _rows([(pick_rows[0][0], "1"), (pick_rows[1][0], "y" * 5000)], "pick"))
+    (data / "task1_utf16.csv").write_text("pick,title,body\n1,株価が上昇,\n0,星占い,\n", encoding="utf-16")
+    with gzip.open(data / "bomb.csv.gz", "wt", encoding="utf-8") as handle:  # ~2 MB of text in a few KB
+        handle.write("pick,title,body\n" + "1,stock market rally lifts shares,\n" * 60000)
+    write_csv(data / "task1_long_cell.csv", _rows([(pick_rows[0][0], "1"), ("word " * 400, "0")], "pick"))
     (data / "semicolon.csv").write_text("pick;title;body\n1;a;b\n", encoding="utf-8")
     (data / "ragged.csv").write_text("pick,title,body\n1,a,b\n0,c,d,e\n", encoding="utf-8")
     (data / "workbook.csv").write_bytes(b"PK\x03\x04\x14\x00\x06\x00not really a csv")
@@ -118,6 +138,19 @@ def world(tmp_path_factory, encoder_dir, _base_model, tokenizer):
     run = models / "a_run"
     shutil.copytree(multitask, run / "model")
     (run / "run_status.json").write_text(json.dumps({"status": "complete"}), encoding="utf-8")
+    mismatched = models / "heads_mismatch"  # config.json of a 4-category model beside 3-category weights
+    shutil.copytree(multitask, mismatched)
+    config = json.loads((mismatched / "config.json").read_text())
+    config["category_id2label"] = {**config["category_id2label"], "3": "culture"}
+    (mismatched / "config.json").write_text(json.dumps(config))
+    pickled = models / "pickled"  # a .bin whose pickle would call a function when loaded unsafely
+    shutil.copytree(multitask, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save({**_base_model.state_dict(), "extra": _RunsCode()}, pickled / "pytorch_model.bin")
+    interrupted = models / "interrupted_run"  # killed during training: a checkpoint and epoch lines, no end
+    (interrupted / "checkpoint-2").mkdir(parents=True)
+    (interrupted / "epoch_log.jsonl").write_text('{"epoch": 1}\n', encoding="utf-8")
+    (interrupted / "run_status.json").write_text(json.dumps({"status": "running"}), encoding="utf-8")
 
     def broken(name, change):
         path = models / name
@@ -213,6 +246,21 @@ CASES = [
     ("ft-semicolons", "finetune", replace("--task1_file", "{D}/semicolon.csv"), ["semicolon.csv", "semicolons"]),
     ("ft-ragged-row", "finetune", replace("--task1_file", "{D}/ragged.csv"), ["ragged.csv, row 3", "4 fields"]),
     ("ft-xlsx-as-csv", "finetune", replace("--task1_file", "{D}/workbook.csv"), ["workbook.csv", "Excel"]),
+    ("ft-parquet-list-text", "finetune", replace("--task1_file", "{D}/list_text.parquet"),
+     ["list_text.parquet, record 1, column 'title'", "holds a list"]),
+    ("ft-category-line-break", "finetune", replace("--task2_file", "{D}/task2_newline_category.csv"),
+     ["task2_newline_category.csv, row 2, column 'category'", "'arts\\nculture'", "control character"]),
+    ("ft-category-nan", "finetune", replace("--task2_file", "{D}/task2_nan_category.csv"),
+     ["task2_nan_category.csv, row 4, column 'category'", "empty category", "'NaN' is read as a missing value"]),
+    ("ft-huge-cell-excerpt", "finetune", replace("--task1_file", "{D}/task1_huge_pick.csv"),
+     ["task1_huge_pick.csv, row 3, column 'pick'", "… (5,000 characters)"]),
+    ("ft-zip-bomb", "finetune", finetune("--task1_file", "{D}/bomb.csv.gz", "--max_input_bytes", "100000",
+                                         drop=("--task1_file",)),
+     ["bomb.csv.gz: more than 100,000 bytes once decompressed", "--max_input_bytes"]),
+    ("ft-cell-too-long", "finetune", finetune("--task1_file", "{D}/task1_long_cell.csv", "--max_cell_chars", "1000",
+                                              drop=("--task1_file",)),
+     ["task1_long_cell.csv, row 3, column 'title'", "2,000 characters", "limit of 1,000", "--max_cell_chars"]),
+    ("ft-max-cell-chars-zero", "finetune", finetune("--max_cell_chars", "0"), ["--max_cell_chars 0"]),
     ("ft-json-as-csv", "finetune", replace("--task1_file", "{D}/records.csv"), ["records.csv", "JSON"]),
     ("ft-duplicate-columns", "finetune", replace("--task1_file", "{D}/duplicate_columns.csv"),
      ["duplicate_columns.csv, row 1", "'title' appears twice"]),
@@ -263,6 +311,9 @@ CASES = [
     ("ft-max-seq-length", "finetune", finetune("--max_seq_length", "0"), ["--max_seq_length 0"]),
     ("ft-drop-last-no-batch", "finetune", finetune("--dataloader_drop_last", "true", "--per_device_train_batch_size",
                                                    "512", drop=("--max_steps",)), ["dataloader_drop_last", "512"]),
+    ("ft-drop-last-with-max-steps", "finetune", finetune("--dataloader_drop_last", "true",
+                                                         "--per_device_train_batch_size", "512"),
+     ["20 training row(s)", "--dataloader_drop_last with a batch of 512", "not one full batch"]),
     # ------------------------------------------------------------ run_finetune.py: model paths and files
     ("ft-model-missing-relative", "finetune", replace("--model_name_or_path", "./no/such/encoder"),
      ["--model_name_or_path ./no/such/encoder", "no such directory"]),
@@ -296,6 +347,11 @@ CASES = [
     ("ft-output-is-a-file", "finetune", replace("--output_dir", "{D}/task1.csv"), ["--output_dir", "is a file"]),
     ("ft-output-below-a-file", "finetune", replace("--output_dir", "{D}/task1.csv/run"), ["task1.csv is a file"]),
     ("ft-output-complete-run", "finetune", replace("--output_dir", "{M}/a_run"), ["holds a complete run"]),
+    ("ft-output-interrupted-run", "finetune", replace("--output_dir", "{M}/interrupted_run"),
+     ["interrupted_run: holds another run that did not complete (status running, checkpoint-2, epoch_log.jsonl)",
+      "--resume_from_checkpoint true", "another --output_dir"]),
+    ("ft-output-failed-run", "finetune", replace("--output_dir", "{D}/failed_run"),
+     ["failed_run: holds another run that did not complete (status failed)", "no checkpoint to resume from"]),
     ("ft-unknown-flag", "finetune", finetune("--num_epochs", "3"), ["unknown argument --num_epochs",
                                                                     "did you mean --num_train_epochs"]),
     ("ft-bad-float", "finetune", finetune("--learning_rate", "fast"), ["--learning_rate", "'fast'"]),
@@ -303,6 +359,8 @@ CASES = [
     ("ft-bad-bool", "finetune", finetune("--bf16", "maybe"), ["--bf16", "maybe"]),
     ("ft-bad-strategy", "finetune", finetune("--eval_strategy", "sometimes"), ["--eval_strategy sometimes"]),
     ("ft-bad-report-to", "finetune", finetune("--report_to", "wandbx"), ["--report_to wandbx", "did you mean wandb"]),
+    ("ft-report-to-not-installed", "finetune", finetune("--report_to", "wandb"),
+     ["--report_to wandb", "pip install wandb"]),
     ("ft-bad-metric", "finetune", finetune("--metric_for_best_model", "category_macro_f"),
      ["--metric_for_best_model", "did you mean category_macro_f1"]),
     ("ft-push-no-repo", "finetune", finetune("--push_to_hub", "true"), ["--hub_model_id"]),
@@ -310,6 +368,7 @@ CASES = [
     ("ft-resume-missing-path", "finetune", finetune("--resume_from_checkpoint", "{O}/checkpoint-9"),
      ["no such checkpoint directory"]),
     ("ft-unknown-encoding", "finetune", finetune("--encoding", "utf-9"), ["--encoding 'utf-9'", "unknown encoding"]),
+    ("ft-utf16-named-for-utf8", "finetune", finetune("--encoding", "utf-16"), ["task1.csv", "cannot decode as utf-16"]),
     ("ft-early-stop-no-best", "finetune", finetune("--early_stopping_patience", "2", "--load_best_model_at_end", "false"),
      ["--early_stopping_patience"]),
     ("ft-positional-junk", "finetune", finetune("{D}/task1.csv"), ["unknown argument", "task1.csv"]),
@@ -341,6 +400,12 @@ CASES = [
      ["not a trained multitask model"]),
     ("pr-model-truncated", "predict", ["--model", "{M}/multitask_truncated", "--input_files", "{D}/val.csv",
                                        "--output_dir", "{O}"], ["multitask_truncated/model.safetensors", "truncated"]),
+    ("pr-model-head-mismatch", "predict", ["--model", "{M}/heads_mismatch", "--input_files", "{D}/val.csv",
+                                           "--output_dir", "{O}"],
+     ["heads_mismatch/model.safetensors", "category head has 3 outputs", "names 4 categories"]),
+    ("pr-model-unsafe-pickle", "predict", ["--model", "{M}/pickled", "--input_files", "{D}/val.csv",
+                                           "--output_dir", "{O}"],
+     ["--model", "pickled: refused a pickled file", "print", "could run code", "safetensors"]),
     ("pr-model-failed-run", "predict", ["--model", "{D}/failed_run", "--input_files", "{D}/val.csv", "--output_dir",
                                         "{O}"], ["a run directory without a saved model", "status failed"]),
     ("pr-model-empty-run", "predict", ["--model", "{D}/empty_run", "--input_files", "{D}/val.csv", "--output_dir",
@@ -353,6 +418,8 @@ CASES = [
                                         "--output_dir", "{O}"], ["val_unseen.csv, row 2, column 'category'"]),
     ("pr-unknown-category-jsonl", "predict", ["--model", "{M}/a_run", "--input_files", "{D}/val_unseen.jsonl",
                                               "--output_dir", "{O}"], ["val_unseen.jsonl, line 3, column 'category'"]),
+    ("pr-zip-bomb", "predict", [*PREDICT[:3], "{D}/bomb.csv.gz", *PREDICT[4:], "--max_input_bytes", "100000"],
+     ["bomb.csv.gz: more than 100,000 bytes once decompressed"]),
     ("pr-bad-format", "predict", [*PREDICT, "--format", "excel"], ["--format", "'excel'"]),
     ("pr-stems-clash", "predict", ["--model", "{M}/multitask", "--input_files", "{D}/val.csv", "{D}/sub/val.csv",
                                    "--output_dir", "{O}"], ["two files are named 'val'"]),
@@ -437,6 +504,9 @@ def test_bad_input_ends_in_one_error_line(world, tmp_path, capsys, name, tool, a
     assert code == 2, captured.err
     assert len(error_lines) == 1 and captured.err.rstrip("\n").splitlines()[-1] == error_lines[0], captured.err
     assert "Traceback" not in captured.err + captured.out
+    assert len(error_lines[0]) < 1500, "an error line quotes a short excerpt of a cell, never the whole cell"
+    assert "weights_only" not in captured.err + captured.out, "never suggest loading a pickle unsafely"
+    assert "must never be printed" not in captured.out
     for piece in pieces:
         assert piece.format(D=world["data"], M=world["models"]) in error_lines[0], error_lines[0]
     # Nothing written: no output folder, no partial file, the world exactly as it was (a complete run stays so).
@@ -497,6 +567,135 @@ def test_a_good_run_after_bad_ones_still_works(world, tmp_path):
     assert Path(report["outputs"]["train"]).is_file()
     removed = pd.read_csv(tmp_path / "prep" / "removed_rows.csv", dtype=str)
     assert all("." not in value for value in removed["row"])  # row numbers as ints, never 2.0
+
+
+ODD_CATEGORIES = ["arts|culture", 'say "hi": now', "=cmd|' /C calc'!A0", "ß" * 400]
+
+
+def test_any_category_name_round_trips_train_predict_analysis(world, tmp_path):
+    """Separators, quotes, a formula and a very long name: trained, stored, predicted, quoted for spreadsheets,
+    written raw to JSON Lines, and read back by the analysis as the same four categories."""
+    texts = [t for c in CATEGORIES for t in SENTENCES[c]] + SENTENCES["junk"]
+    rows = [(text, ODD_CATEGORIES[index % 4]) for index, text in enumerate(texts)]
+    write_csv(tmp_path / "odd.csv", {**_rows(rows, "category"), "decision": ["keep me"] * len(rows)})
+    run = tmp_path / "run"
+    run_finetune.main(_format(["--model_name_or_path", "{E}", "--task2_file", str(tmp_path / "odd.csv"),
+                               "--validation_split", "0.4", "--output_dir", str(run), "--max_steps", "1",
+                               "--use_cpu", "true"], world, run))
+    labels = json.loads((run / "label_map.json").read_text(encoding="utf-8"))["category_id2label"]
+    assert sorted(labels.values()) == sorted(ODD_CATEGORIES)
+    assert "arts\\|culture" in (run / "model" / "README.md").read_text(encoding="utf-8")
+    out = tmp_path / "preds"
+    run_predict.main(["--model", str(run), "--input_files", str(tmp_path / "odd.csv"), "--output_dir", str(out)])
+    table = pd.read_csv(out / "predictions_odd.csv", dtype=str, keep_default_na=False)
+    assert table["decision_input"].tolist() == ["keep me"] * len(rows)  # the input column, kept beside the output
+    assert set(table["category"]) == {"arts|culture", 'say "hi": now', "'=cmd|' /C calc'!A0", "ß" * 400}
+    records = [json.loads(line) for line in (out / "predictions_odd.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {item["label"] for item in records[0]["category_top"]} <= set(ODD_CATEGORIES)
+    assert all(record["gold_category"] in ODD_CATEGORIES for record in records)
+    analysis_cli.main([str(out / "predictions_odd.csv"), "--out", str(tmp_path / "analysis")])
+    analysed = _labels_in(json.loads((tmp_path / "analysis" / "predictions_odd_analysis.json").read_text("utf-8")))
+    assert set(ODD_CATEGORIES) <= analysed and "'=cmd|' /C calc'!A0" not in analysed  # the guard's quote removed
+    # Turned off, the CSV keeps every cell as it was.
+    raw = tmp_path / "raw"
+    run_predict.main(["--model", str(run), "--input_files", str(tmp_path / "odd.csv"), "--output_dir", str(raw),
+                      "--csv_formula_guard", "false"])
+    raw_table = pd.read_csv(raw / "predictions_odd.csv", dtype=str, keep_default_na=False)
+    assert set(raw_table["category"]) == set(ODD_CATEGORIES)
+
+
+def _labels_in(value) -> set[str]:
+    """Every string anywhere in a JSON value (keys included)."""
+    if isinstance(value, dict):
+        return set(value) | {s for item in value.values() for s in _labels_in(item)}
+    if isinstance(value, list):
+        return {s for item in value for s in _labels_in(item)}
+    return {value} if isinstance(value, str) else set()
+
+
+def _disk_full(*args, **kwargs):
+    path = next((str(a) for a in [*args[1:], *kwargs.values()] if isinstance(a, (str, Path))), "out")
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+
+
+# (id, cli, argv, what to patch so that the write fails)
+FAULT_CASES = [
+    ("ft-disk-full-saving-model", "finetune", FINETUNE, (Trainer, "save_model")),
+    ("pr-disk-full-writing-predictions", "predict", PREDICT, (pd.DataFrame, "to_csv")),
+    ("pp-disk-full-writing-splits", "prepare", PREPARE, (pd.DataFrame, "to_csv")),
+    ("an-disk-full-writing-report", "analysis", ["{D}/predictions.csv", "--out", "{O}"], (Path, "write_text")),
+]
+
+
+@pytest.mark.parametrize(("name", "tool", "argv", "patched"), FAULT_CASES, ids=[case[0] for case in FAULT_CASES])
+def test_a_full_disk_ends_in_one_error_line(world, tmp_path, capsys, monkeypatch, name, tool, argv, patched):
+    """Out of space while writing: one line naming the file and what to do; a training run says failed,
+    the other tools leave no output and no partial file."""
+    out = tmp_path / "out"
+    argv = _format(argv, world, out)
+    monkeypatch.setattr(*patched, _disk_full)
+    main, bare_debug_only = MAINS[tool]
+    code = cli(main, argv, bare_debug_only=bare_debug_only)
+    err = capsys.readouterr().err
+    # The error line is the last (after the progress bars the Trainer draws with carriage returns).
+    assert code == 2 and err.count("error: ") == 1 and "error: " in err.rstrip("\n").splitlines()[-1], err
+    assert "Traceback" not in err, err
+    assert "No space left on device" in err and "free some space" in err, err
+    monkeypatch.undo()
+    if tool == "finetune":
+        assert "--resume_from_checkpoint true" in err
+        status = json.loads((out / "run_status.json").read_text())
+        assert status["status"] == "failed" and "No space left on device" in status["error"]
+        assert "run failed: OutputError" in (out / "train.log").read_text()
+    else:
+        assert not out.exists()
+    assert not list(tmp_path.rglob("*.partial*"))
+
+
+def test_a_bug_that_is_no_write_fault_keeps_its_traceback(world, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")  # not a fault the user can fix by choosing a path
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        cli(run_predict.main, _format(PREDICT, world, tmp_path / "out"))
+
+
+def test_an_output_dir_that_cannot_be_created_is_one_line(world, tmp_path, capsys, monkeypatch):
+    """It passed the up-front check (a special filesystem says writable), yet mkdir fails."""
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self == tmp_path / "run":
+            raise OSError(errno.ENOENT, "No such file or directory", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert cli(run_finetune.main, _format(FINETUNE, world, tmp_path / "run"), bare_debug_only=True) == 2
+    err = capsys.readouterr().err.rstrip("\n").splitlines()[-1]
+    assert err.startswith("error: ") and "cannot be created" in err and "choose another --output_dir" in err, err
+
+
+@pytest.mark.parametrize("encoding", [[], ["--encoding", "utf-16"]], ids=["detected", "named"])
+def test_a_utf16_file_with_bom_trains_and_predicts(world, tmp_path, encoding):
+    """Excel's "Unicode text" / PowerShell output: UTF-16 with a byte-order mark, read with or without --encoding."""
+    for name in ("task1", "task2", "val"):  # --encoding names the encoding of every input file
+        frame = pd.read_csv(world["data"] / f"{name}.csv", dtype=str, keep_default_na=False)
+        frame.to_csv(tmp_path / f"{name}.csv", index=False, encoding="utf-16")
+    source = tmp_path / "utf16.csv"
+    frame.to_csv(source, index=False, encoding="utf-16")
+    run = tmp_path / "run"
+    argv = _format(FINETUNE, world, run)
+    if encoding:  # all three files UTF-16, named once
+        argv = [arg.replace(str(world["data"]), str(tmp_path)) for arg in argv] + encoding
+    else:  # a UTF-16 file beside UTF-8 ones: its byte-order mark says how to read it
+        argv = [arg.replace(str(world["data"] / "task1.csv"), str(tmp_path / "task1.csv")) for arg in argv]
+    run_finetune.main(argv)
+    assert json.loads((run / "run_status.json").read_text())["status"] == "complete"
+    run_predict.main(["--model", str(run), "--input_files", str(source), "--output_dir", str(tmp_path / "p"),
+                      *encoding])
+    predicted = pd.read_csv(tmp_path / "p" / "predictions_utf16.csv", dtype=str, keep_default_na=False)
+    assert predicted["title"].tolist() == frame["title"].tolist()
 
 
 def test_zero_steps_after_training_is_never_complete(world, tmp_path, monkeypatch):

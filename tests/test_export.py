@@ -14,6 +14,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from multitask.export import onnx_export as export
+from multitask.labels import parse_top_k_cell
 from multitask.model.modeling import MultitaskModel, build_config
 from multitask.serve.onnx_backend import OnnxMultitaskModel, load_predictor, onnx_export_for
 from multitask.serve.predict import fit_gate_statistics, predict_scores
@@ -221,8 +222,8 @@ def test_run_predict_onnx_backend_writes_the_torch_predictions(
         "category_prob",
     ):  # rounded to 6 decimals: a 1e-7 difference may show in the last
         np.testing.assert_allclose(written[column].astype(float), expected[column].astype(float), atol=2e-6)
-    top = [[item.split(":")[0] for item in cell.split("|")] for cell in expected["category_top3"]]
-    assert [[item.split(":")[0] for item in cell.split("|")] for cell in written["category_top3"]] == top
+    top = [[label for label, _ in parse_top_k_cell(cell)] for cell in expected["category_top3"]]
+    assert [[label for label, _ in parse_top_k_cell(cell)] for cell in written["category_top3"]] == top
     for key in ("gate_accuracy", "category_accuracy", "joint_accuracy"):
         if key in torch_metrics["val"]:
             assert onnx_metrics["val"][key] == torch_metrics["val"][key], key

@@ -1,10 +1,15 @@
 """Batched, length-sorted inference and the prediction table/records."""
 
+import copy
+import json
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from multitask.labels import parse_top_k_cell
 from multitask.serve.predict import Scores, predict_scores, prediction_records, prediction_table
 
 
@@ -29,7 +34,7 @@ def test_prediction_table_and_records(model):
     assert list(table.columns[:3]) == ["title", "pick", "category"]
     assert table["pick_pred"].tolist() == [1, 0, 1]
     assert table["category_pred"].tolist() == ["sports", "economy", "politics"]
-    assert table["category_top2"][0] == "sports:0.7000|politics:0.2000"
+    assert json.loads(table["category_top2"][0]) == [["sports", 0.7], ["politics", 0.2]]
     assert table["decision"].tolist() == ["sports", "Decline", "politics"]
     records = prediction_records(table, [1, 0, 1], [2, -100, 0], config)
     assert records[0]["decision_correct"] and records[0]["category_correct"] and records[0]["pick_correct"]
@@ -52,3 +57,38 @@ def test_joint_gate_score(model, tokenizer):
     joint = predict_scores(model, tokenizer, texts)
     assert np.allclose(joint.pick_prob, plain.pick_prob * plain.category_probs.max(axis=1))
     assert np.allclose(joint.category_probs, plain.category_probs)
+
+
+ODD_LABELS = ["arts|culture", 'say "hi": now', "=HYPERLINK(x)", "ß" * 300]
+
+
+def test_any_label_text_round_trips_through_the_top_k_column_and_records(model):
+    config = copy.deepcopy(model.config)
+    config.category_id2label = dict(enumerate(ODD_LABELS[:3]))
+    frame = pd.DataFrame({"title": ["a", "b"]})
+    scores = Scores(np.array([0.9, 0.8]), np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]]))
+    table = prediction_table(frame, scores, config, top_k=3)
+    assert [label for label, _ in parse_top_k_cell(table["category_top3"][0])] == [
+        "=HYPERLINK(x)", 'say "hi": now', "arts|culture"]
+    records = prediction_records(table, [1, 1], [0, 0], config)
+    assert records[1]["category_top"][0] == {"label": "arts|culture", "prob": 0.6}
+    assert records[1]["category_correct"] and not records[0]["category_correct"]
+
+
+def test_top_k_cells_of_older_files_are_still_read():
+    assert parse_top_k_cell("a:b:0.9000|c:0.1000") == [("a:b", 0.9), ("c", 0.1)]
+    assert parse_top_k_cell('[{"label": "x|y", "prob": 0.5}]') == [("x|y", 0.5)]
+    assert parse_top_k_cell(json.dumps([["ß" * 300, 1.0]])) == [("ß" * 300, 1.0)]
+
+
+def test_input_columns_named_like_outputs_are_kept_and_reported(model, caplog):
+    frame = pd.DataFrame({"title": ["a", "b"], "decision": ["mine", "mine too"], "pick_prob": ["x", "y"],
+                          "decision_input": ["taken", "taken"], "category_top3": ["old", "old"]})
+    scores = Scores(np.array([0.9, 0.2]), np.array([[0.1, 0.2, 0.7], [0.5, 0.3, 0.2]]))
+    with caplog.at_level(logging.WARNING):
+        table = prediction_table(frame, scores, model.config, source="in.csv")
+    assert table["decision_input2"].tolist() == ["mine", "mine too"] and table["pick_prob_input"].tolist() == ["x", "y"]
+    assert table["decision_input"].tolist() == ["taken", "taken"] and table["category_top3_input"].tolist() == ["old"] * 2
+    assert table["decision"].tolist() == ["sports", "Decline"] and table["pick_prob"].tolist() == [0.9, 0.2]
+    assert "in.csv" in caplog.text and "'decision' -> 'decision_input2'" in caplog.text
+    assert list(frame.columns) == ["title", "decision", "pick_prob", "decision_input", "category_top3"]  # untouched

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -16,6 +20,34 @@ from multitask.io.rundir import (
     staged_files,
     write_json,
 )
+
+
+def test_staged_outputs_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        with staged_files() as stage:
+            stage.path(tmp_path / "out" / "predictions_x.csv").write_text("a\n")
+        with staged_files() as stage:
+            stage.path(tmp_path / "out" / "model.parquet").write_bytes(b"x")
+    finally:
+        os.umask(previous)
+    for name in ("predictions_x.csv", "model.parquet"):
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o644
+
+
+def test_partial_files_of_a_killed_run_are_removed_by_the_next(tmp_path, caplog):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a process that has ended: its partial files are stale
+    stale = tmp_path / f".predictions_x.partial-{dead}-abc123.csv"
+    live = tmp_path / f".predictions_x.partial-{os.getppid()}-def456.csv"  # a running writer: kept
+    other = tmp_path / f".predictions_y.partial-{dead}-abc123.csv"  # another target: not this run's business
+    for path in (stale, live, other):
+        path.write_text("half")
+    with caplog.at_level(logging.WARNING), staged_files() as stage:
+        stage.path(tmp_path / "out" / "predictions_x.csv").write_text("whole")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert "removed 1 partial file(s) a killed run left" in caplog.text and str(stale) in caplog.text
+    assert (tmp_path / "out" / "predictions_x.csv").read_text() == "whole"
 
 
 def test_staged_files_appear_together_or_not_at_all(tmp_path):
@@ -60,6 +92,23 @@ def test_complete_run_is_protected(tmp_path):
     with pytest.raises(OutputError, match="holds a complete run"):
         RunDirectory(tmp_path / "run").check_target()
     assert json.loads((tmp_path / "run" / "run_status.json").read_text())["status"] == "complete"
+
+
+def test_an_unfinished_run_is_refused_unless_resumed(tmp_path):
+    run = RunDirectory(tmp_path / "run").start()  # killed here: status running
+    (tmp_path / "run" / "checkpoint-4").mkdir()
+    (tmp_path / "run" / "checkpoint-8").mkdir()
+    with pytest.raises(OutputError, match=r"status running, checkpoint-8\); continue it with --resume_from_check"):
+        RunDirectory(tmp_path / "run").check_target()
+    RunDirectory(tmp_path / "run", resuming=True).check_target()
+    run.close(DataError("disk full"))
+    (tmp_path / "run" / "checkpoint-4").rmdir()
+    (tmp_path / "run" / "checkpoint-8").rmdir()
+    with pytest.raises(OutputError, match="status failed.*no checkpoint to resume from"):
+        RunDirectory(tmp_path / "run").check_target()
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "notes.txt").write_text("a folder of the user's own files is fine")
+    RunDirectory(tmp_path / "own").check_target()
 
 
 def test_held_log_lines_reach_train_log_or_are_dropped(tmp_path, caplog):
@@ -116,8 +165,30 @@ def test_failed_run_says_why_in_status_and_log(tmp_path):
 def test_resolve_resume_checkpoint_finds_the_newest(tmp_path):
     for step in (3, 12):
         (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     assert resolve_resume_checkpoint("True", tmp_path) == str(tmp_path / "checkpoint-12")
     assert resolve_resume_checkpoint("some/path", tmp_path) == "some/path"
     assert resolve_resume_checkpoint(None, tmp_path) is None
     with pytest.raises(UsageError, match="no checkpoint-"):
         resolve_resume_checkpoint("last", tmp_path / "missing")
+
+
+def test_resume_skips_a_checkpoint_cut_off_while_written(tmp_path, caplog):
+    """A kill or a full disk while the Trainer wrote checkpoint-20: resume continues from the last whole one."""
+    (tmp_path / "checkpoint-10").mkdir()
+    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-20").mkdir()
+    (tmp_path / "checkpoint-20" / "model.safetensors").write_bytes(b"half")
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume_checkpoint("true", tmp_path) == str(tmp_path / "checkpoint-10")
+    assert "checkpoint-20: cut off while being written" in caplog.text
+    (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
+    with pytest.raises(UsageError, match="no whole checkpoint to resume from"):
+        resolve_resume_checkpoint("true", tmp_path)
+
+
+def test_an_empty_output_dir_is_refused(tmp_path):
+    with pytest.raises(OutputError, match="--output_dir is empty"):
+        check_output_dir("")
+    with pytest.raises(OutputError, match="--out is empty"):
+        check_output_dir("  ", "--out")

@@ -78,8 +78,8 @@ def test_run_predict_on_trained_run(trained_run, tmp_path):
     for column in ("pick_prob", "pick_pred", "category_pred", "category_prob", "category_top3", "decision"):
         assert column in table.columns
     assert set(table["pick_pred"]) <= {"0", "1"}
-    top3 = table["category_top3"][0].split("|")
-    assert len(top3) == 3 and all(":" in item for item in top3)
+    top3 = json.loads(table["category_top3"][0])  # [label, probability] pairs, best first
+    assert len(top3) == 3 and top3[0][0] == table["category_pred"][0] and top3[0][1] >= top3[1][1] >= top3[2][1]
     decline = table["pick_pred"] == "0"
     assert (table.loc[decline, "decision"] == "Decline").all()
     assert (table.loc[~decline, "decision"] == table.loc[~decline, "category_pred"]).all()

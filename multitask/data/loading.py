@@ -28,8 +28,9 @@ from datasets import Dataset
 
 from multitask.data.splits import strata, stratified_sample, stratified_split
 from multitask.data.text_encoding import EncodingSettings, encode_documents
+from multitask.errors import excerpt
 from multitask.io.tables import DataError, Table, build_texts, parse_pick, read_table
-from multitask.labels import CATEGORY_COLUMN, IGNORE_INDEX, PICK_COLUMN
+from multitask.labels import CATEGORY_COLUMN, IGNORE_INDEX, PICK_COLUMN, is_missing_label, label_problem
 
 logger = logging.getLogger(__name__)
 
@@ -62,26 +63,35 @@ def parse_categories(
     """Category names (when `label2id` is None) or ids.
 
     A name outside `label2id` is an error naming the row, unless an `unknown` counter is given: then the
-    row gets no category label (-100) and the name is counted, for the caller to report.
+    row gets no category label (-100) and the name is counted, for the caller to report. A cell spelling a
+    missing value (`NaN`, `None`, `<NA>`, any case: what `astype(str)` writes for one) is empty, never a class.
+    Building the label map (`label2id` None), a name with a line break or another control character is refused.
     """
     # row i + 2: 1-based, plus the header line, as a spreadsheet numbers it.
     locate = source.where if isinstance(source, Table) else lambda i, c: f"{source}, row {i + 2}, column '{c}'"
     parsed: list[str | int] = []
     for row_index, raw in enumerate(values):
         name = raw.strip()
+        spelled_missing = is_missing_label(name)
+        if spelled_missing:
+            name = ""
         if not name:
             if required:
-                raise DataError(f"{locate(row_index, column)}: empty category")
+                read_as = f" ({raw.strip()!r} is read as a missing value)" if spelled_missing else ""
+                raise DataError(f"{locate(row_index, column)}: empty category{read_as}")
             # Names keep "" (the merge compares strings); ids need -100, which the losses ignore.
             parsed.append(IGNORE_INDEX if label2id is not None else "")
         elif label2id is None:
+            problem = label_problem(name)
+            if problem:
+                raise DataError(f"{locate(row_index, column)}: category {excerpt(name)} {problem}")
             parsed.append(name)
         elif name not in label2id and unknown is not None:
             unknown[name] += 1
             parsed.append(IGNORE_INDEX)
         elif name not in label2id:
             raise DataError(
-                f"{locate(row_index, column)}: category {name!r} never appears in training "
+                f"{locate(row_index, column)}: category {excerpt(name)} never appears in training "
                 f"(known: {len(label2id)} categories)"
             )
         else:

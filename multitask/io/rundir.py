@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -27,6 +29,8 @@ from typing import Any
 from multitask.errors import OutputError, UsageError, UserError
 
 STATUS_FILE = "run_status.json"
+EPOCH_LOG = "epoch_log.jsonl"  # multitask.train.callbacks.EpochLogCallback's file
+PREFIX_CHECKPOINT_DIR = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR (not imported: light module)
 _LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "huggingface_hub", "scikit-learn", "tokenizers")
 
 
@@ -65,6 +69,8 @@ def _existing_ancestor(path: Path) -> Path:
 
 def check_output_dir(path: str | Path, flag: str = "--output_dir") -> Path:
     """An `OutputError` unless `path` is (or can become) a writable directory; creates nothing."""
+    if not str(path).strip():  # Path("") is ".", so an empty value would write into the current folder unasked
+        raise OutputError(f"{flag} is empty; name a folder (e.g. {flag} runs/first)")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{flag} {path}: is a file, not a directory; choose another path")
@@ -90,6 +96,46 @@ def check_output_file(path: str | Path, flag: str) -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back: the only portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_PARTIAL_PID = re.compile(r"\.partial-(\d+)-")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or a platform that cannot tell: keep its files
+    return True
+
+
+def remove_stale_partials(folder: Path, target: Path) -> list[Path]:
+    """Delete the temporaries of `target` in `folder` whose writing process is gone (a killed run); returns them.
+
+    Only names `StagedFiles.path` gives (`.<stem>.partial-<pid>-…<suffix>`) with a dead process id are touched:
+    a run writing the same target right now keeps its file.
+    """
+    removed = []
+    pattern = f".{glob.escape(target.stem)}.partial-*{glob.escape(target.suffix)}"
+    for candidate in Path(folder).glob(pattern):
+        match = _PARTIAL_PID.search(candidate.name)
+        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    if removed:
+        logging.getLogger(__name__).warning("removed %d partial file(s) a killed run left: %s", len(removed),
+                                            ", ".join(str(path) for path in removed))
+    return removed
+
+
 class StagedFiles:
     """Output files written under temporary names and moved into place together at `commit`.
 
@@ -101,12 +147,22 @@ class StagedFiles:
         self._staged: list[tuple[Path, Path]] = []
 
     def path(self, target: str | Path) -> Path:
-        """A new, empty temporary file to write `target`'s content to; `target`'s folder need not exist yet."""
+        """A new, empty temporary file to write `target`'s content to; `target`'s folder need not exist yet.
+
+        Its mode follows the umask (0644 under 022), as every other file of a run does. Temporaries of the same
+        target left by a killed process (the process id in their name is gone) are removed first, with a warning.
+        """
         target = Path(target)
         home = _existing_ancestor(target.parent)
-        # mkstemp creates the file exclusively: two stages writing the same target never share a temporary.
-        handle, temporary = tempfile.mkstemp(dir=home, prefix=f".{target.stem}.partial-", suffix=target.suffix)
-        os.close(handle)
+        remove_stale_partials(home, target)
+        # mkstemp creates the file exclusively: two stages writing the same target never share a temporary. The
+        # process id in the name tells a later run whether its writer is still alive.
+        handle, temporary = tempfile.mkstemp(dir=home, prefix=f".{target.stem}.partial-{os.getpid()}-",
+                                             suffix=target.suffix)
+        try:
+            os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp's 0600 would make outputs private to the user
+        finally:
+            os.close(handle)
         self._staged.append((Path(temporary), target))
         return Path(temporary)
 
@@ -197,6 +253,18 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | Path) -> str 
     checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
     if checkpoint is None:
         raise UsageError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
+    # The Trainer writes trainer_state.json last: a checkpoint without it was cut off (a kill, a full disk).
+    steps = sorted((int(p.name.rsplit("-", 1)[1]), p) for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                   if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit())
+    whole = [path for _, path in steps if (path / "trainer_state.json").is_file()]
+    cut_off = [path.name for _, path in steps if not (path / "trainer_state.json").is_file()]
+    if cut_off:
+        if not whole:
+            raise UsageError(f"--resume_from_checkpoint {value}: {', '.join(cut_off)} in {output_dir} was cut off "
+                             "while being written (no trainer_state.json); no whole checkpoint to resume from")
+        logging.getLogger(__name__).warning("%s: cut off while being written (no trainer_state.json), skipped; "
+                                            "resuming from %s", ", ".join(cut_off), whole[-1].name)
+        return str(whole[-1])
     return checkpoint
 
 
@@ -239,8 +307,9 @@ def setup_logging(main_process: bool = True) -> None:
 class RunDirectory:
     """Owns one run's output folder. Only the main process should create one."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, resuming: bool = False) -> None:
         self.path = Path(path)
+        self.resuming = resuming  # --resume_from_checkpoint was given: another run's checkpoints are expected
         self._log_handler: logging.Handler | None = None
         self._held: _HeldLogs | None = None
         # What was there before this run, so `discard` removes only what the run itself created.
@@ -249,16 +318,30 @@ class RunDirectory:
         self.notes: dict[str, Any] = {}  # said plainly in run_status.json at the end (e.g. what was not done)
 
     def check_target(self) -> None:
-        """Refuse, before anything is created, a path that is a file, not writable, or holds a complete run."""
+        """Refuse, before anything is created, a path that is a file, not writable, or holds a complete run; and,
+        unless resuming, one that holds another run's traces (checkpoints, epoch log, a running/failed status):
+        a fresh run there would mix its files with the old ones, and a later resume would take up the old run's
+        checkpoint."""
         check_output_dir(self.path)
+        status = None
         if (self.path / STATUS_FILE).is_file():
             try:
                 status = json.loads((self.path / STATUS_FILE).read_text(encoding="utf-8")).get("status")
             # AttributeError: valid JSON that is not an object has no .get; such a file marks no complete run.
             except (OSError, ValueError, AttributeError):
-                status = None
+                status = "unreadable"
             if status == "complete":
                 raise OutputError(f"--output_dir {self.path}: holds a complete run; choose another --output_dir")
+        if self.resuming or not self.path.is_dir():
+            return
+        checkpoints = sorted(p.name for p in self.path.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir())
+        traces = [*checkpoints[-1:], *(name for name in (EPOCH_LOG,) if (self.path / name).exists())]
+        if status is None and not traces:
+            return
+        found = ", ".join([*([f"status {status}"] if status else []), *traces])
+        fix = ("continue it with --resume_from_checkpoint true, or choose another --output_dir" if checkpoints else
+               "it has no checkpoint to resume from: remove it, or choose another --output_dir")
+        raise OutputError(f"--output_dir {self.path}: holds another run that did not complete ({found}); {fix}")
 
     def hold_logs(self) -> None:
         """Keep log lines back until `start` (replayed to the console and train.log) or `discard` (dropped)."""
@@ -271,7 +354,11 @@ class RunDirectory:
         From here on `discard` leaves the folder alone; end the run with `close`.
         """
         self.check_target()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # passed the up-front check, yet cannot be created (a special filesystem)
+            raise OutputError(f"--output_dir {self.path}: cannot be created ({error.strerror or error}); choose "
+                              "another --output_dir") from error
         self.set_status("running")
         self._log_handler = logging.FileHandler(self.path / "train.log", encoding="utf-8")
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -341,7 +428,12 @@ class RunDirectory:
             bug = not isinstance(error, (UserError, KeyboardInterrupt))
             self._to_log_file(logging.ERROR, f"run failed: {type(error).__name__}: {error}",
                               (type(error), error, error.__traceback__) if bug else None)
-            self.set_status("failed", error=f"{type(error).__name__}: {error}", **self.notes)
+            try:
+                self.set_status("failed", error=f"{type(error).__name__}: {error}", **self.notes)
+            except OSError as status_error:
+                # The disk that failed the run may refuse this small file too; its earlier "running" still says
+                # the run did not complete, and the error line the user sees is the run's own.
+                logging.getLogger("run_finetune").warning("could not mark %s failed: %s", self.path, status_error)
         if self._log_handler is not None:
             for name in ("", "transformers"):
                 logging.getLogger(name).removeHandler(self._log_handler)

@@ -10,6 +10,9 @@ Every command (training, prediction, prepare, analysis) reads its data here:
 - **Where** (`Table.where`) is said as the user sees the file: the spreadsheet row for CSV/TSV (header = row 1),
   the line for JSON Lines, the record (1-based) for JSON, Parquet and Hub datasets.
 
+- **Spreadsheet safety** (`guard_formulas`): text cells written to a CSV for people to open are neutralised
+  against formula injection, as OWASP recommends; `unguard_formula` reads them back.
+
 Only pandas here (pyarrow for Parquet), so tools that just read tables (the analysis CLI) stay light; `data.py`
 builds training data on it and `prepare.py` deduplicates with the same texts. Not here: label maps, categories
 and the merge of Task1/Task2 rows (`data.py`), Hub downloads (`hub.py`), writing tables (`prepare.py`).
@@ -29,26 +32,26 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from multitask.errors import DataError, UsageError, one_line
+from multitask.errors import DataError, UsageError, excerpt, one_line
 from multitask.labels import IGNORE_INDEX, PICK_COLUMN, PICK_VALUES
 
 __all__ = [
     "DataError", "FORMATS", "Table", "where", "read_table", "read_csv", "table_format", "require_columns",
     "parse_pick", "pick_value", "check_encoding", "check_format", "build_text", "build_texts", "cell_text",
+    "guard_formulas", "formula_safe", "unguard_formula", "READ_LIMITS", "set_read_limits",
 ]  # fmt: skip
 
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
              ".parquet": "parquet", ".pq": "parquet"}  # fmt: skip
-_DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {".gz": gzip.decompress, ".bz2": bz2.decompress,
-                                                    ".xz": lzma.decompress}  # fmt: skip
+_DECOMPRESS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 # UTF-8 first: it is strict, so CP932 bytes almost never decode as UTF-8 by accident (the reverse is common).
 DEFAULT_ENCODINGS = ("utf-8-sig", "cp932")
 # The separator of texts built outside a tokenizer (prepare's deduplication, reports); training and prediction
@@ -66,6 +69,43 @@ _MAGIC = {
 }
 _DELIMITERS = {",": "commas", "\t": "tabs (a TSV file)", ";": "semicolons", "|": "vertical bars"}
 _FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+# ------------------------------------------------------------------------------------------------- limits
+@dataclass
+class ReadLimits:
+    """How much one input may hold: a small compressed file can expand to gigabytes (a "zip bomb"), and one huge
+    cell is more likely a broken export than a text. Every reader here checks them; the CLIs set them from
+    `--max_input_bytes` / `--max_cell_chars` (`set_read_limits`)."""
+
+    max_input_bytes: int = 2 * 1024**3  # 2 GiB, after decompression
+    max_cell_chars: int = 1_000_000
+
+
+READ_LIMITS = ReadLimits()
+
+
+def set_read_limits(max_input_bytes: int | None = None, max_cell_chars: int | None = None) -> None:
+    """Set the limits every later read checks (None keeps the current value); a value below 1 is a `UsageError`."""
+    for flag, value in (("--max_input_bytes", max_input_bytes), ("--max_cell_chars", max_cell_chars)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: must be a whole number >= 1")
+    if max_input_bytes is not None:
+        READ_LIMITS.max_input_bytes = int(max_input_bytes)
+    if max_cell_chars is not None:
+        READ_LIMITS.max_cell_chars = int(max_cell_chars)
+
+
+def _check_cells(frame: pd.DataFrame, source: str, numbers: Sequence[int] | np.ndarray, unit: str) -> None:
+    """A `DataError` naming the first cell longer than `READ_LIMITS.max_cell_chars` (its length, not its text)."""
+    limit = READ_LIMITS.max_cell_chars
+    for column in frame.columns:
+        lengths = frame[column].str.len()
+        if len(lengths) and lengths.max() > limit:
+            position = int(lengths.to_numpy().argmax())
+            raise DataError(f"{source}, {unit} {int(numbers[position])}, column '{column}': a cell of "
+                            f"{int(lengths.iloc[position]):,} characters, over the limit of {limit:,} "
+                            "(--max_cell_chars); a broken export, or raise the limit")
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -86,6 +126,9 @@ class Table:
         unit (`str`, *optional*, defaults to `"row"`):
             "row" (CSV/TSV, header = row 1), "line" (JSON Lines) or "record" (JSON, Parquet, Hub datasets;
             1-based).
+        nested (`dict[str, int]`, *optional*):
+            Column -> the number (in `unit`) of its first cell that held a list or an object (JSON, Parquet);
+            such a column is refused as text or label (`column`, `build_texts`), never read as its JSON form.
     """
 
     frame: pd.DataFrame
@@ -93,6 +136,7 @@ class Table:
     format: str
     numbers: np.ndarray
     unit: str = "row"
+    nested: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -136,8 +180,20 @@ class Table:
         require_columns(self.frame, self.source, columns, flags)
 
     def column(self, name: str) -> list[str]:
-        """The cells of column `name` as a list of strings (a `KeyError` if absent; check with `require_columns`)."""
+        """The cells of column `name` as a list of strings (a `KeyError` if absent; check with `require_columns`).
+
+        A column that held lists or objects is a `DataError` (see `check_flat`).
+        """
+        self.check_flat([name])
         return self.frame[name].tolist()
+
+    def check_flat(self, columns: Sequence[str]) -> None:
+        """A `DataError` naming the file, row and column when one of `columns` held a list or an object (a Parquet
+        list column, a JSON array): its text would be the JSON form, which no model should learn or be scored on."""
+        for name in columns:
+            if name in self.nested:
+                raise DataError(f"{self.source}, {self.unit} {self.nested[name]}, column '{name}': holds a list or "
+                                "an object, not text; give one string per row (e.g. join the items first)")
 
     def take(self, positions: Sequence[int] | np.ndarray) -> Table:
         """The rows at 0-based `positions`, in that order, keeping each row's original number for error messages.
@@ -151,7 +207,7 @@ class Table:
         """
         positions = np.asarray(positions, dtype=np.int64)
         return Table(self.frame.iloc[positions].reset_index(drop=True), self.source, self.format,
-                     self.numbers[positions], self.unit)
+                     self.numbers[positions], self.unit, dict(self.nested))
 
 
 def where(path: str | Path, row_index: int | None = None, column: str | None = None) -> str:
@@ -318,6 +374,18 @@ def _as_strings(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(str)  # the dtype pandas gives a CSV read with dtype=str
 
 
+def _nested_cells(frame: pd.DataFrame, numbers: Sequence[int] | np.ndarray) -> dict[str, int]:
+    """Column -> the number (from `numbers`) of its first cell holding a list, array or object, before
+    `_as_strings` turns such cells into JSON text."""
+    nested = {}
+    for column in frame.columns:
+        for position, value in enumerate(frame[column].tolist()):
+            if isinstance(value, (list, tuple, dict, np.ndarray)):
+                nested[str(column)] = int(numbers[position])
+                break
+    return nested
+
+
 # ------------------------------------------------------------------------------------------------- reading
 def read_table(
     path: str | Path,
@@ -359,10 +427,15 @@ def read_table(
     if kind in ("csv", "tsv"):
         frame = _read_delimited(path, encoding, kind, allow_empty)
         # Row 1 is the header, so data row i (0-based) is spreadsheet row i + 2.
-        return Table(frame, str(path), kind, np.arange(2, len(frame) + 2), "row")
+        numbers = np.arange(2, len(frame) + 2)
+        _check_cells(frame, str(path), numbers, "row")
+        return Table(frame, str(path), kind, numbers, "row")
     if kind == "parquet":
-        frame = _read_parquet(path, allow_empty)
-        return Table(frame, str(path), kind, np.arange(1, len(frame) + 1), "record")
+        raw_frame = _read_parquet(path, allow_empty)
+        numbers = np.arange(1, len(raw_frame) + 1)
+        frame = _as_strings(raw_frame)
+        _check_cells(frame, str(path), numbers, "record")
+        return Table(frame, str(path), kind, numbers, "record", _nested_cells(raw_frame, numbers))
     text = _decode(path, _read_bytes(path), encoding)
     if kind == "jsonl":
         records, numbers = _parse_jsonl(path, text)
@@ -371,31 +444,52 @@ def read_table(
         records, numbers, unit = _parse_json(path, text)
     if not records and not allow_empty:
         raise DataError(f"{path}: no records (expected one JSON object per {'line' if unit == 'line' else 'record'})")
-    frame = _as_strings(pd.DataFrame.from_records(records)) if records else pd.DataFrame()
-    return Table(frame, str(path), kind, np.asarray(numbers, dtype=np.int64), unit)
+    raw_frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    numbers = np.asarray(numbers, dtype=np.int64)
+    frame = _as_strings(raw_frame)
+    _check_cells(frame, str(path), numbers, unit)
+    return Table(frame, str(path), kind, numbers, unit, _nested_cells(raw_frame, numbers))
 
 
 def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed when its last suffix is .gz/.bz2/.xz (whole file in memory)."""
-    data = path.read_bytes()
+    """The file's bytes, decompressed when its last suffix is .gz/.bz2/.xz (whole file in memory); more than
+    `READ_LIMITS.max_input_bytes` (after decompression) is a `DataError`, found without reading past the limit."""
+    limit = READ_LIMITS.max_input_bytes
+    too_large = (f"{path}: more than {limit:,} bytes{{}}, over the limit (--max_input_bytes); split the file, or "
+                 "raise the limit")
     decompress = _DECOMPRESS.get(path.suffix.lower())
     if decompress is None:
-        return data
+        if path.stat().st_size > limit:
+            raise DataError(too_large.format(""))
+        return path.read_bytes()
     try:
-        return decompress(data)
+        with decompress(path, "rb") as handle:
+            data = handle.read(limit + 1)
     # Damaged or truncated archives: gzip raises OSError/EOFError, bz2 OSError/ValueError, xz LZMAError.
     except (OSError, EOFError, lzma.LZMAError, ValueError) as error:
         raise DataError(f"{path}: cannot decompress ({one_line(str(error))})") from error
+    if len(data) > limit:
+        raise DataError(too_large.format(" once decompressed"))
+    return data
+
+
+def _bom_encoding(data: bytes, encoding: str | None) -> str | None:
+    """`encoding`, or "utf-16" when none is given and `data` starts with a UTF-16 byte-order mark (Excel's
+    "Unicode text" and PowerShell's default): unambiguous, so such a file is read without --encoding."""
+    if encoding is None and data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return encoding
 
 
 def _decode(path: Path, data: bytes, encoding: str | None) -> str:
     """Text of `data` in `encoding`, else the first of `DEFAULT_ENCODINGS` that decodes it; a BOM is dropped."""
+    encoding = _bom_encoding(data, encoding)
     encodings = [encoding] if encoding else list(DEFAULT_ENCODINGS)
     for candidate in encodings:
         try:
             # Only utf-8-sig drops a BOM itself; strip it so the first column's name is clean.
             return data.decode(candidate).lstrip("\ufeff")
-        except UnicodeDecodeError:
+        except UnicodeError:  # also utf-16's "stream does not start with BOM"
             continue
     raise DataError(f"{path}: cannot decode as {' or '.join(encodings)}; pass --encoding")
 
@@ -446,6 +540,7 @@ def _duplicate_columns(path: Path, header: str, delimiter: str) -> None:
 def _read_delimited(path: Path, encoding: str | None, kind: str, allow_empty: bool) -> pd.DataFrame:
     """A CSV/TSV as a frame of strings, every cell kept as written ("NA", "null" stay text; empty stays "")."""
     raw = _read_bytes(path)
+    encoding = _bom_encoding(raw, encoding)
     header = _sniff(path, raw[:65536], encoding, kind)  # the first 64 KiB: magic bytes and the header row
     delimiter = "\t" if kind == "tsv" else ","
     encodings = [encoding] if encoding else list(DEFAULT_ENCODINGS)
@@ -454,7 +549,7 @@ def _read_delimited(path: Path, encoding: str | None, kind: str, allow_empty: bo
             # dtype=str, keep_default_na=False: "NA", "null" and "007" stay exactly as written.
             frame = pd.read_csv(io.BytesIO(raw), sep=delimiter, dtype=str, keep_default_na=False, encoding=candidate)
             break
-        except UnicodeDecodeError:
+        except UnicodeError:  # also utf-16's "stream does not start with BOM"
             continue
         except pd.errors.EmptyDataError as error:
             raise DataError(f"{path}: the file is empty (expected a header row, then one row per item)") from error
@@ -559,7 +654,11 @@ def _parse_json(path: Path, text: str) -> tuple[list[dict], list[int], str]:
 
 
 def _read_parquet(path: Path, allow_empty: bool) -> pd.DataFrame:
-    """A Parquet file as a frame of strings; the PAR1 magic is checked first so a misnamed file gets a clear error."""
+    """A Parquet file as pandas reads it (cells not yet strings); the PAR1 magic is checked first so a misnamed
+    file gets a clear error."""
+    if path.stat().st_size > READ_LIMITS.max_input_bytes:
+        raise DataError(f"{path}: more than {READ_LIMITS.max_input_bytes:,} bytes, over the limit "
+                        "(--max_input_bytes); split the file, or raise the limit")
     with path.open("rb") as handle:
         head = handle.read(4)
     if head != b"PAR1":
@@ -574,7 +673,7 @@ def _read_parquet(path: Path, allow_empty: bool) -> pd.DataFrame:
     if frame.empty and not allow_empty:
         raise DataError(f"{path}: no data rows (columns: {', '.join(map(str, frame.columns)) or 'none'})")
     # pandas restores an index saved in the Parquet metadata; rows are numbered by position.
-    return _as_strings(frame.reset_index(drop=True))
+    return frame.reset_index(drop=True)
 
 
 def table_from_frame(frame: pd.DataFrame, source: str, file_format: str = "records", unit: str = "record") -> Table:
@@ -593,7 +692,9 @@ def table_from_frame(frame: pd.DataFrame, source: str, file_format: str = "recor
     Returns:
         `Table`
     """
-    return Table(_as_strings(frame.reset_index(drop=True)), source, file_format, np.arange(1, len(frame) + 1), unit)
+    frame = frame.reset_index(drop=True)
+    numbers = np.arange(1, len(frame) + 1)
+    return Table(_as_strings(frame), source, file_format, numbers, unit, _nested_cells(frame, numbers))
 
 
 # ------------------------------------------------------------------------------------------------- columns
@@ -691,7 +792,7 @@ def parse_pick(values: Iterable[str], source: Table | str | Path, required: bool
             value = pick_value(raw)
         except KeyError:
             raise DataError(
-                f"{locate(row_index, column)}: {raw!r} is not a pick label (expected 1/0, true/false or Pick/Decline)"
+                f"{locate(row_index, column)}: {excerpt(raw)} is not a pick label (expected 1/0, true/false or Pick/Decline)"
             ) from None
         if value is None and required:
             raise DataError(f"{locate(row_index, column)}: empty pick label (expected 1/0, true/false or Pick/Decline)")
@@ -744,6 +845,8 @@ def build_texts(table: Table, text_columns: Sequence[str], separator: str,
         are).
     """
     table.require_columns(list(text_columns), flags or {column: "--text_columns" for column in text_columns})
+    if hasattr(table, "check_flat"):  # prepare's concatenated table has no nested-cell record
+        table.check_flat(list(text_columns))
     # itertuples(name=None) yields plain tuples: much faster than iterrows over 100k+ rows.
     texts = [build_text(parts, separator) for parts in table.frame[list(text_columns)].itertuples(index=False, name=None)]
     empty = [index for index, text in enumerate(texts) if not text]
@@ -751,3 +854,40 @@ def build_texts(table: Table, text_columns: Sequence[str], separator: str,
         more = f" (and {len(empty) - 1} more row(s))" if len(empty) > 1 else ""
         raise DataError(f"{table.where(empty[0], '/'.join(text_columns))}: empty text{more}")
     return texts
+
+
+# ------------------------------------------------------------------------------------------ spreadsheet safety
+# A cell starting with one of these is run as a formula by Excel, LibreOffice and Google Sheets (OWASP "CSV
+# Injection"); a leading single quote makes it text, and spreadsheets do not show that quote.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def formula_safe(cell: str) -> str:
+    """`cell` with a `'` in front when a spreadsheet would read it as a formula; a plain number (`-0.5`, `+3`,
+    `-1e-3`) is left as it is, and so is every other cell.
+
+    A cell already starting with quotes before a trigger (`'=x`) gets one more, so `unguard_formula` gives back
+    exactly the original text.
+    """
+    if not cell or _PLAIN_NUMBER.fullmatch(cell):
+        return cell
+    return "'" + cell if cell.lstrip("'")[:1] in FORMULA_TRIGGERS and cell.lstrip("'") else cell
+
+
+def unguard_formula(cell: str) -> str:
+    """The text `formula_safe` was given: one leading `'` removed where `formula_safe` added it."""
+    if cell.startswith("'") and formula_safe(cell[1:]) != cell[1:]:
+        return cell[1:]
+    return cell
+
+
+def guard_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `frame` for a CSV people open in a spreadsheet: `formula_safe` over every text cell and column
+    name. Numeric columns (probabilities, 0/1 predictions) are not touched."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column].dtype):
+            frame[column] = [formula_safe(value) if isinstance(value, str) else value for value in frame[column]]
+    frame.columns = [formula_safe(str(column)) for column in frame.columns]
+    return frame

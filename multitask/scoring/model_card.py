@@ -7,6 +7,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from multitask.labels import markdown_cell
 from multitask.model.configuration import MultitaskConfig
 
 _TEMPLATE = """---
@@ -104,9 +105,9 @@ _TEST_COLUMNS = ("joint_accuracy", "joint_macro_f1", "category_accuracy", "categ
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
-    """A Markdown pipe table; cells are str()-ed as they are (no escaping of `|`)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    """A Markdown pipe table; each cell through `markdown_cell` (a category named `a|b` stays one cell)."""
+    lines = ["| " + " | ".join(markdown_cell(cell) for cell in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(markdown_cell(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

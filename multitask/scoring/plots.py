@@ -74,6 +74,13 @@ def _register_packaged_font() -> Path | None:
     return fonts[0] if fonts else None
 
 
+def plot_label(name: str, limit: int = 40) -> str:
+    """A category name as a tick label: cut to `limit` characters with "…" (a long name would squeeze the figure
+    away), `$` escaped (matplotlib would read `$…$` as math and fail on a lone one)."""
+    name = name if len(name) <= limit else name[: limit - 1] + "…"
+    return name.replace("$", r"\$")
+
+
 def font_rc() -> dict[str, Any]:
     """The rc settings every figure of the project is drawn under (`plt.rc_context(font_rc())`): Latin text in
     DejaVu Sans, then the CJK fonts found (the packaged one first registered), to which matplotlib falls back glyph
@@ -319,7 +326,7 @@ def plot_confusion_heatmap(
     matrix = confusion_matrix(y_true, y_pred, labels=ids)
     keep = most_confused(matrix, limit)
     sub = matrix[np.ix_(keep, keep)]
-    names = [id2label[ids[i]] for i in keep]
+    names = [plot_label(id2label[ids[i]]) for i in keep]
     size = max(4.0, 0.55 * len(keep) + 2.5)
     # No filter on matplotlib's "Glyph … missing" warning: a label the fonts cannot draw should be seen.
     with plt.rc_context(font_rc()):

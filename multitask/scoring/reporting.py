@@ -15,6 +15,7 @@ from datasets import Dataset
 
 from multitask.data.loading import IGNORE_INDEX, LabeledFile
 from multitask.io.rundir import write_json
+from multitask.io.tables import guard_formulas
 from multitask.model.configuration import MultitaskConfig
 from multitask.model.ood import PROBABILITY_SCORES
 from multitask.scoring.calibration import (
@@ -196,7 +197,9 @@ def write_predictions(
     category_labels = list(labeled.dataset["category_labels"])
     for kind, threshold in config.gate_thresholds.items():
         name = f"predictions_{stem}.csv" if kind == "default" else f"predictions_{kind}_{stem}.csv"
-        prediction_table(labeled.frame, scores, config, threshold).to_csv(run_dir / name, index=False, encoding="utf-8")
+        # Cells that a spreadsheet would run as formulas are quoted, as run_predict.py does by default.
+        table = prediction_table(labeled.frame, scores, config, threshold, source=str(labeled.path))
+        guard_formulas(table).to_csv(run_dir / name, index=False, encoding="utf-8")
         if metrics is not None:
             result = compute_all(scores.pick_prob, scores.category_probs, gate_labels, category_labels, threshold)
             if result:

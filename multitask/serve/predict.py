@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from multitask.data.text_encoding import EncodingSettings, aggregate_windows, encode_documents
 from multitask.io.rundir import saved_model_dir
+from multitask.labels import parse_top_k_cell, top_k_cell
 from multitask.model.configuration import MultitaskConfig
 from multitask.model.modeling import MultitaskModel, MultitaskOutput
 from multitask.model.ood import PROBABILITY_SCORES
@@ -222,6 +224,32 @@ def predict_scores(
     return scores
 
 
+# The columns `prediction_table` adds; an input column of one of these names is kept under `<name>_input`.
+OUTPUT_COLUMNS = ("pick_prob", "pick_pred", "category_pred", "category_prob", "decision")
+_TOP_K_COLUMN = re.compile(r"category_top\d*$")
+
+
+def keep_colliding_inputs(frame: pd.DataFrame, source: str = "the input") -> pd.DataFrame:
+    """`frame` with every column named like a prediction output (`OUTPUT_COLUMNS`, `category_top<k>`) renamed to
+    `<name>_input` (`<name>_input2`, … when that is taken too), with a warning: an input column is kept, never
+    overwritten by an output. Unchanged (the same object) when nothing collides."""
+    colliding = [c for c in frame.columns if c in OUTPUT_COLUMNS or _TOP_K_COLUMN.match(str(c))]
+    if not colliding:
+        return frame
+    taken = set(frame.columns)
+    renames = {}
+    for column in colliding:
+        new, number = f"{column}_input", 1
+        while new in taken:
+            number += 1
+            new = f"{column}_input{number}"
+        taken.add(new)
+        renames[column] = new
+    logger.warning("%s: input column(s) named like prediction outputs are kept renamed: %s", source,
+                   ", ".join(f"{old!r} -> {new!r}" for old, new in renames.items()))
+    return frame.rename(columns=renames)
+
+
 def prediction_table(
     frame: pd.DataFrame,
     scores: Scores,
@@ -229,12 +257,15 @@ def prediction_table(
     threshold: float = 0.5,
     top_k: int = 3,
     review_band: tuple[float, float] | None = None,
+    source: str = "the input",
 ) -> pd.DataFrame:
     """Input columns kept, plus pick_prob, pick_pred, category_pred, category_prob, category_top{k}, decision.
 
+    An input column named like one of those is kept as `<name>_input` (`keep_colliding_inputs`, which warns,
+    naming `source`). `category_top{k}` holds a JSON list of `[label, probability]` pairs (`top_k_cell`).
     With ``review_band`` (low, high), rows whose gate score lies in [low, high) get the decision ``review``.
     """
-    table = frame.copy()
+    table = keep_colliding_inputs(frame, source).copy()
     if scores.pick_prob is not None:
         table["pick_prob"] = np.round(scores.pick_prob, 6)
         table["pick_pred"] = (scores.pick_prob >= threshold).astype(int)
@@ -247,7 +278,7 @@ def prediction_table(
         table["category_pred"] = [id2label[int(i)] for i in top[:, 0]]
         table["category_prob"] = np.round(top_probs[:, 0], 6)
         table[f"category_top{k}"] = [
-            "|".join(f"{id2label[int(i)]}:{p:.4f}" for i, p in zip(ids, probs)) for ids, probs in zip(top, top_probs)
+            top_k_cell([id2label[int(i)] for i in ids], probs) for ids, probs in zip(top, top_probs)
         ]
     if scores.pick_prob is not None and scores.category_probs is not None:
         table["decision"] = np.where(table["pick_pred"] == 1, table["category_pred"], "Decline")
@@ -275,7 +306,7 @@ def prediction_records(
     "line" for JSON Lines, "record" otherwise; `tables.Table.numbers`); None: spreadsheet rows of a CSV (header = 1).
     """
     id2label = config.category_id2label
-    top_column = next((c for c in table.columns if c.startswith("category_top")), None)
+    top_column = next((c for c in table.columns if re.fullmatch(r"category_top\d+", str(c))), None)
     label_maps_hash = config.label_maps_hash()
     records = []
     for position, (gold_pick, gold_category) in enumerate(zip(gate_labels, category_labels)):
@@ -286,11 +317,7 @@ def prediction_records(
             record.update(pick_prob=float(row["pick_prob"]), pick_pred=int(row["pick_pred"]))
         if "category_pred" in table:
             record.update(category_pred=row["category_pred"], category_prob=float(row["category_prob"]))
-            record["category_top"] = [
-                {"label": label, "prob": float(prob)}
-                # rsplit: a category name may contain ":", the formatted probability never does.
-                for label, prob in (item.rsplit(":", 1) for item in row[top_column].split("|"))
-            ]
+            record["category_top"] = [{"label": label, "prob": prob} for label, prob in parse_top_k_cell(row[top_column])]
         if gold_pick != -100 and "pick_pred" in table:
             record.update(gold_pick=int(gold_pick), pick_correct=int(row["pick_pred"]) == gold_pick)
         if gold_category != -100 and "category_pred" in table:

@@ -127,6 +127,22 @@ def _check_safetensors(path: Path) -> None:
         raise ModelFileError(f"{path}: truncated or corrupt weights ({one_line(str(error))}); {_REFETCH}") from None
 
 
+def _check_head_sizes(path: Path, config: dict) -> None:
+    """The category head must have one row per category config.json names (from_pretrained would otherwise print a
+    report and raise, or silently re-initialise the head)."""
+    from safetensors import safe_open
+
+    categories = config.get("category_id2label") or {}
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            if key.endswith("category_head.weight"):
+                rows = handle.get_slice(key).get_shape()[0]
+                if categories and rows != len(categories):
+                    raise ModelFileError(
+                        f"{path}: the category head has {rows} outputs but {path.parent / 'config.json'} names "
+                        f"{len(categories)} categories; the two files come from different models; {_REFETCH}")
+
+
 def check_model_dir(path: Path, flag: str, need_tokenizer: bool = True, multitask_only: bool = False) -> None:
     """Everything `from_pretrained` needs in a local model directory, each file readable and not truncated.
 
@@ -165,6 +181,8 @@ def check_model_dir(path: Path, flag: str, need_tokenizer: bool = True, multitas
     for weight in weights:
         if weight.name == "model.safetensors":
             _check_safetensors(weight)
+            if model_type == "multitask":
+                _check_head_sizes(weight, config)
         elif weight.name.endswith(".index.json"):
             index = _check_json(weight, "weights index")
             # weight_map names a shard once per tensor: check each file once, in a fixed order.
@@ -262,6 +280,31 @@ def model_load_errors(name: str, flag: str) -> Iterator[None]:
         raise translated from error
 
 
+def refused_pickle(name: str | None, flag: str, error: BaseException) -> ModelFileError | None:
+    """The error for a pickled file (.bin, .pt, .pth) that torch's safe loader (`weights_only=True`) refused, or
+    None for any other error. It says why, and never suggests loading the file unsafely: a pickle that holds more
+    than tensors can run code when loaded.
+
+    Args:
+        name (`str`):
+            The model or checkpoint being loaded.
+        flag (`str`):
+            The flag that named it.
+        error (`BaseException`):
+            What loading raised (torch raises `pickle.UnpicklingError`).
+    """
+    message = str(error)
+    if type(error).__name__ != "UnpicklingError" and "Weights only load failed" not in message:
+        return None
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    what = f" (it refers to {found.group(1)})" if found else ""
+    return ModelFileError(
+        f"{flag} {name}: refused a pickled file that holds Python objects beyond plain tensors{what}: unpickling it "
+        "could run code from the file. Use a model saved as model.safetensors (save_pretrained writes one), or "
+        "get the file again from a source you trust and convert it to safetensors there"
+    )
+
+
 def _translate_load_error(name: str, flag: str, error: Exception) -> UserError | None:
     """The `ModelFileError` for a known loading failure, or None for anything else (a bug keeps its traceback).
 
@@ -270,6 +313,12 @@ def _translate_load_error(name: str, flag: str, error: Exception) -> UserError |
     message = one_line(str(error))
     local = Path(name).expanduser().exists()
     kind = type(error).__name__
+    refused = refused_pickle(name, flag, error)
+    if refused is not None:
+        return refused
+    if isinstance(error, RuntimeError) and "ignore_mismatched_sizes" in message:
+        return ModelFileError(f"{flag} {name}: the weights' shapes do not match config.json (e.g. a head for another "
+                              f"number of categories): the two files come from different models; {_REFETCH}")
     if kind == "SafetensorError":
         return ModelFileError(f"{flag} {name}: truncated or corrupt model.safetensors ({message}); {_REFETCH}")
     # transformers hands a missing local path to huggingface_hub, which rejects it as a repo id.
@@ -514,6 +563,10 @@ def check_hp_search_arguments(args: Any) -> None:
             "--resume_from_checkpoint continues one training; it cannot be combined with --hp_search_trials")
 
 
+# pip names of the --report_to integrations whose name is not the package's own.
+_REPORT_TO_PACKAGES = {"azure_ml": "azureml-core", "flyte": "flytekit", "codecarbon": "codecarbon"}
+
+
 def _check_report_to(report_to: Any) -> None:
     """An unknown --report_to name fails at start-up, not after the data is loaded and tokenized."""
     try:
@@ -521,11 +574,21 @@ def _check_report_to(report_to: Any) -> None:
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
     except ImportError:
         return
+    from transformers.integrations import integration_utils
+
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     for name in names:
         if name not in ("all", "none") and name not in INTEGRATION_TO_CALLBACK:
             raise UsageError(f"--report_to {name}: unknown integration{closest(name, INTEGRATION_TO_CALLBACK)}; "
                              f"choose from none, all, {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+        # Its callback would raise a RuntimeError only when the Trainer is built, after the data is read.
+        checks = (f"is_{name}_available", f"is_{name.replace('_', '')}_available", f"is_{name.split('_')[0]}_available")
+        available = next((getattr(integration_utils, check) for check in checks if hasattr(integration_utils, check)),
+                         None)
+        if available is not None and not available():
+            package = _REPORT_TO_PACKAGES.get(name, name)
+            raise UsageError(f"--report_to {name}: the {package} package is not installed; pip install {package}, or "
+                             "choose another --report_to (none: no tracking)")
 
 
 def check_optimizer(training_args: Any, model: Any = None) -> None:
@@ -595,16 +658,17 @@ def check_training_steps(train_rows: int, training_args: Any) -> int:
     Raises:
         `UsageError`: When no full batch exists under `--dataloader_drop_last`, or the epochs give 0 steps.
     """
-    if training_args.max_steps > 0:
-        return training_args.max_steps
     # Every process takes its own batch per step, so one step consumes batch × world_size rows.
     batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
     batches = train_rows // batch if training_args.dataloader_drop_last else math.ceil(train_rows / batch)
+    # Checked before --max_steps: an epoch without one full batch trains nothing, however many steps are asked for.
     if batches == 0:
         raise UsageError(
             f"{train_rows} training row(s) and --dataloader_drop_last with a batch of {batch}: not one full batch, "
             "nothing would train; lower --per_device_train_batch_size"
         )
+    if training_args.max_steps > 0:
+        return training_args.max_steps
     # A last partial accumulation window still makes a step, and every epoch makes at least one.
     per_epoch = max(math.ceil(batches / training_args.gradient_accumulation_steps), 1)
     steps = math.ceil(training_args.num_train_epochs * per_epoch)

@@ -44,6 +44,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import number_of_arguments
 
 from multitask.errors import UsageError, closest, read_json_or_yaml
+from multitask.labels import markdown_cell
 
 logger = logging.getLogger(__name__)
 
@@ -420,7 +421,7 @@ def _cell(value: Any) -> str:
         return "yes" if value else ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
+    return markdown_cell(value)
 
 
 def write_trials(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, metric: str, direction: str) -> list[Path]:
