@@ -222,6 +222,66 @@ def predict_scores(
     return scores
 
 
+def top_categories(category_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` most probable category ids of every row, most probable first, and their probabilities.
+
+    Args:
+        category_probs (`np.ndarray` of shape `(rows, categories)`):
+            Category probabilities (`Scores.category_probs`).
+        k (`int`):
+            How many to keep; more than the number of categories keeps them all.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: Ids and probabilities, each of shape `(rows, min(k, categories))`.
+    """
+    # Stable sort: tied probabilities rank the lower category id first, as argmax does elsewhere.
+    top = np.argsort(-category_probs, axis=1, kind="stable")[:, : min(k, category_probs.shape[1])]
+    return top, np.take_along_axis(category_probs, top, axis=1)
+
+
+def decide(
+    scores: Scores,
+    config: MultitaskConfig,
+    threshold: float = 0.5,
+    review_band: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The decision rule of run_predict.py and `multitask.Predictor`: one decision per row, and the review flag.
+
+    A row is Picked when its gate score (`scores.pick_prob`) is >= `threshold`; a Picked row's decision is its
+    most probable category, any other row's is ``Decline``. A gate-only model decides ``Pick``/``Decline``, a
+    category-only model always the category.
+
+    Args:
+        scores (`Scores`):
+            The model's scores (`predict_scores`).
+        config (`MultitaskConfig`):
+            The model's config (category names).
+        threshold (`float`, *optional*, defaults to 0.5):
+            The gate threshold (`multitask.scoring.thresholds.resolve_threshold`).
+        review_band (`tuple[float, float]`, *optional*):
+            (low, high): rows whose gate score lies in [low, high) are flagged for review.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: The decisions (strings) and a boolean review flag per row (all False
+        without a band or a gate).
+    """
+    rows = len(scores.pick_prob if scores.pick_prob is not None else scores.category_probs)
+    category = None
+    if scores.category_probs is not None:
+        best = top_categories(scores.category_probs, 1)[0][:, 0]
+        category = np.array([config.category_id2label[int(i)] for i in best], dtype=object)
+    if scores.pick_prob is not None:
+        picked = scores.pick_prob >= threshold
+        decisions = np.where(picked, category if category is not None else "Pick", "Decline").astype(object)
+    else:
+        decisions = category
+    review = np.zeros(rows, dtype=bool)
+    if review_band is not None and scores.pick_prob is not None:
+        low, high = review_band
+        review = (scores.pick_prob >= low) & (scores.pick_prob < high)
+    return decisions, review
+
+
 def prediction_table(
     frame: pd.DataFrame,
     scores: Scores,
@@ -232,7 +292,25 @@ def prediction_table(
 ) -> pd.DataFrame:
     """Input columns kept, plus pick_prob, pick_pred, category_pred, category_prob, category_top{k}, decision.
 
-    With ``review_band`` (low, high), rows whose gate score lies in [low, high) get the decision ``review``.
+    The decision is `decide`'s; with ``review_band`` (low, high), rows whose gate score lies in [low, high) get
+    the decision ``review``.
+
+    Args:
+        frame (`pd.DataFrame`):
+            The input rows, in the order of `scores`.
+        scores (`Scores`):
+            The model's scores of those rows.
+        config (`MultitaskConfig`):
+            The model's config.
+        threshold (`float`, *optional*, defaults to 0.5):
+            The gate threshold.
+        top_k (`int`, *optional*, defaults to 3):
+            How many categories the `category_top{k}` column lists.
+        review_band (`tuple[float, float]`, *optional*):
+            The review band of the threshold, or None for no review decisions.
+
+    Returns:
+        `pd.DataFrame`: A copy of `frame` with the prediction columns added.
     """
     table = frame.copy()
     if scores.pick_prob is not None:
@@ -240,24 +318,14 @@ def prediction_table(
         table["pick_pred"] = (scores.pick_prob >= threshold).astype(int)
     if scores.category_probs is not None:
         id2label = config.category_id2label
-        k = min(top_k, config.num_categories)
-        # Stable sort: tied probabilities rank the lower category id first, as argmax does elsewhere.
-        top = np.argsort(-scores.category_probs, axis=1, kind="stable")[:, :k]
-        top_probs = np.take_along_axis(scores.category_probs, top, axis=1)
+        top, top_probs = top_categories(scores.category_probs, top_k)
         table["category_pred"] = [id2label[int(i)] for i in top[:, 0]]
         table["category_prob"] = np.round(top_probs[:, 0], 6)
-        table[f"category_top{k}"] = [
+        table[f"category_top{top.shape[1]}"] = [
             "|".join(f"{id2label[int(i)]}:{p:.4f}" for i, p in zip(ids, probs)) for ids, probs in zip(top, top_probs)
         ]
-    if scores.pick_prob is not None and scores.category_probs is not None:
-        table["decision"] = np.where(table["pick_pred"] == 1, table["category_pred"], "Decline")
-    elif scores.pick_prob is not None:
-        table["decision"] = np.where(table["pick_pred"] == 1, "Pick", "Decline")
-    else:
-        table["decision"] = table["category_pred"]
-    if review_band is not None and scores.pick_prob is not None:
-        low, high = review_band
-        table.loc[(scores.pick_prob >= low) & (scores.pick_prob < high), "decision"] = "review"
+    decisions, review = decide(scores, config, threshold, review_band)
+    table["decision"] = np.where(review, "review", decisions)
     return table
 
 
