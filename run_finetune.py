@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import sys
 
-from transformers import HfArgumentParser
-
 from multitask.errors import cli, parse_arguments
-from multitask.train.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 from multitask.train.finetune import finetune
+from multitask.train.parser import finetune_parser
 
 
 def parse_args(argv: list[str] | None):
     """The three argument dataclasses from a command line or a JSON/YAML file; a mistake is a `UsageError`."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, MultitaskTrainingArguments))
-    return parse_arguments(parser, sys.argv[1:] if argv is None else argv)
+    return parse_arguments(finetune_parser(), sys.argv[1:] if argv is None else argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
