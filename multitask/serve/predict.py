@@ -22,7 +22,15 @@ logger = logging.getLogger(__name__)
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then CPU."""
+    """The device to predict on.
+
+    Args:
+        name (`str`, *optional*, defaults to `"auto"`):
+            `auto` (CUDA, then Apple MPS, then CPU) or any name `torch.device` accepts.
+
+    Returns:
+        `torch.device`: The chosen device.
+    """
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
@@ -36,7 +44,26 @@ def load_model(model: str, device: str = "auto", config: MultitaskConfig | None 
                **hub_kwargs) -> tuple[MultitaskModel, object]:
     """Model and tokenizer from a run dir, a model dir or a Hub id, in eval mode on the chosen device.
 
-    A `config` or `tokenizer` the caller already loaded from the same place is reused, not read again.
+    No file checks here: `multitask.serve.predictor.load_model` checks the directory first and turns loading
+    failures into one-line errors.
+
+    Args:
+        model (`str`):
+            A run directory (its `model/` is loaded), a model directory or a Hub id.
+        device (`str`, *optional*, defaults to `"auto"`):
+            See `select_device`.
+        config (`MultitaskConfig`, *optional*):
+            The config, when the caller already loaded it from the same place (not read again).
+        tokenizer (`PreTrainedTokenizerBase`, *optional*):
+            Likewise for the tokenizer.
+        **hub_kwargs:
+            Passed to `from_pretrained` (`token`, `revision`, `cache_dir`).
+
+    Returns:
+        `tuple[MultitaskModel, PreTrainedTokenizerBase]`: The model in eval mode on the device, and its tokenizer.
+
+    Raises:
+        `ValueError`: When the checkpoint is not a multitask model.
     """
     source = saved_model_dir(model)
     extra = {"config": config} if config is not None else {}
@@ -124,7 +151,26 @@ def window_outputs(
     """Run the model on the inputs of `texts` (one per text, or its windows in chunked mode), in batches of
     similar length (less padding); rows come back in input order.
 
-    A `dtype` other than float32 runs the forward under autocast (weights stay fp32); outputs are stored as float32.
+    Args:
+        model (`MultitaskModel` or `OnnxMultitaskModel`):
+            The model; its config says how texts are cut (truncation or windows).
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its tokenizer.
+        texts (`list[str]`):
+            The texts, each already joined from its text columns.
+        batch_size (`int`, *optional*, defaults to 64):
+            Inputs per forward pass.
+        max_length (`int`, *optional*):
+            Tokens per input; None: the length stored in the config.
+        progress (`bool`, *optional*, defaults to `False`):
+            Show a progress bar.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`):
+            Another dtype runs the forward under autocast (weights stay fp32); outputs are stored as float32.
+        with_features (`bool`, *optional*, defaults to `False`):
+            Also keep the pooled vectors.
+
+    Returns:
+        `WindowOutputs`: One row per model input, with the document (text index) each belongs to.
     """
     device = model.device  # also an ONNX model (multitask.serve.onnx_backend), which has no parameters
     was_training = model.training
@@ -161,8 +207,22 @@ def window_outputs(
 
 def scores_from_outputs(model: MultitaskModel, outputs: WindowOutputs, batch_size: int = 64) -> Scores:
     """`Scores` from per-document outputs: calibrated probabilities and every gate score the model can give,
-    computed in float32 on the model's device, `batch_size` rows at a time (the kNN score compares each row
-    with the whole bank)."""
+    computed in float32 on the model's device.
+
+    Args:
+        model (`MultitaskModel`):
+            The model (temperatures, gate statistics and `gate_score` come from its config).
+        outputs (`WindowOutputs`):
+            One row per document (`WindowOutputs.per_document`).
+        batch_size (`int`, *optional*, defaults to 64):
+            Rows scored at a time (the kNN score compares each row with the whole bank).
+
+    Returns:
+        `Scores`: `pick_prob` is the score the thresholds apply to.
+
+    Raises:
+        `ValueError`: When the model's gate score cannot be computed from these outputs.
+    """
     config = model.config
     rows = len(outputs.documents)
     gate_scores: dict[str, np.ndarray] = {}
@@ -209,9 +269,30 @@ def predict_scores(
     """Score texts, one row per text in input order: `window_outputs` → per document → `scores_from_outputs`.
 
     Texts are encoded as in training, from the model config (`truncation`/`head_tokens`, or `long_text="chunk"`
-    windows recombined by `aggregation`, default the config's `chunk_aggregation`) at `max_length` tokens (None:
-    the length stored in the config, 256 for older models). `return_features` also returns the pooled vectors
-    and the raw logits (used to fit gate statistics and calibration).
+    windows recombined by `aggregation`).
+
+    Args:
+        model (`MultitaskModel` or `OnnxMultitaskModel`):
+            The model.
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its tokenizer.
+        texts (`list[str]`):
+            The texts, each already joined from its text columns.
+        batch_size (`int`, *optional*, defaults to 64):
+            Inputs per forward pass.
+        max_length (`int`, *optional*):
+            Tokens per input; None: the length stored in the config (256 for older models).
+        progress (`bool`, *optional*, defaults to `False`):
+            Show a progress bar.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`):
+            Forward-pass precision (autocast).
+        return_features (`bool`, *optional*, defaults to `False`):
+            Also return the pooled vectors and the raw logits (to fit gate statistics and calibration).
+        aggregation (`str`, *optional*):
+            `mean` or `max` over a document's windows; None: the config's `chunk_aggregation`.
+
+    Returns:
+        `Scores`: One row per text.
     """
     with_features = return_features or bool(model.config.gate_statistics)
     raw = window_outputs(model, tokenizer, texts, batch_size, max_length, progress, dtype, with_features)
@@ -339,8 +420,23 @@ def prediction_records(
 ) -> list[dict]:
     """One JSON-ready record per row: decisions, scores, and correctness flags where a gold label exists.
 
-    ``row_numbers``: each row's number as the user sees it in its input file (``row_unit``: "row" for CSV/TSV,
-    "line" for JSON Lines, "record" otherwise; `tables.Table.numbers`); None: spreadsheet rows of a CSV (header = 1).
+    Args:
+        table (`pd.DataFrame`):
+            The prediction table (`prediction_table`).
+        gate_labels (`list[int]`):
+            Gold gate labels per row (1 Pick, 0 Decline, -100 none).
+        category_labels (`list[int]`):
+            Gold category ids per row (-100 none).
+        config (`MultitaskConfig`):
+            The model's config (category names, label-map hash).
+        row_numbers (`Sequence[int]`, *optional*):
+            Each row's number as the user sees it in its input file (`tables.Table.numbers`); None: spreadsheet
+            rows of a CSV (header = 1).
+        row_unit (`str`, *optional*, defaults to `"row"`):
+            The key the number is written under: "row" for CSV/TSV, "line" for JSON Lines, "record" otherwise.
+
+    Returns:
+        `list[dict]`: One record per row of `table`.
     """
     id2label = config.category_id2label
     top_column = next((c for c in table.columns if c.startswith("category_top")), None)
@@ -389,7 +485,32 @@ def fit_gate_statistics(
 
     Only rows with a category label and not labelled Decline are used (the Pick rows the categories describe;
     a Decline row the data kept with a category is left out); each is scored once with dropout off, as at
-    prediction. Returns the fitted squash constants and row counts for the run log.
+    prediction.
+
+    Args:
+        model (`MultitaskModel`):
+            The trained model; gets the fitted statistics.
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its tokenizer.
+        texts (`list[str]`):
+            Training texts.
+        category_labels (`list[int]` or `np.ndarray`):
+            Their category ids (-100 none).
+        gate_labels (`list[int]` or `np.ndarray`, *optional*):
+            Their gate labels; rows labelled 0 (Decline) are left out.
+        batch_size (`int`, *optional*, defaults to 64):
+            Inputs per forward pass.
+        max_length (`int`, *optional*):
+            Tokens per input; None: the config's.
+        bank_size (`int`, *optional*, defaults to 10000):
+            At most this many rows (a seeded sample) are kept for the kNN score.
+        knn_k (`int`, *optional*, defaults to 10):
+            The k of the kNN score.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the bank sample.
+
+    Returns:
+        `dict`: Rows used, bank size, k and the fitted squash constants, for the run log.
     """
     from multitask.model.ood import fit_gate_statistics as fit
 
