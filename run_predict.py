@@ -21,33 +21,18 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-import torch
-from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
+from transformers import HfArgumentParser
 
 from multitask.data.loading import load_labeled_file
-from multitask.data.text_encoding import check_chunking, check_truncation, special_template, text_separator
-from multitask.errors import ModelFileError, UsageError, cli, parse_arguments, usage_errors
-from multitask.io.hub import resolve_token
+from multitask.data.text_encoding import text_separator
+from multitask.errors import cli, parse_arguments
 from multitask.io.rundir import check_output_dir, setup_logging, staged_files, write_json
 from multitask.io.tables import FORMATS, guard_formulas, set_read_limits
-from multitask.model.configuration import MultitaskConfig
-from multitask.model.precision import cpu_has_native_bf16, precision_warnings, resolve_inference_dtype
 from multitask.scoring.metrics import compute_all
-from multitask.scoring.thresholds import resolve_threshold
-from multitask.serve.onnx_backend import BACKENDS, load_predictor, onnx_export_for
-from multitask.serve.predict import (
-    predict_scores,
-    prediction_records,
-    prediction_table,
-    select_device,
-    stored_max_length,
-)
-from multitask.train.checks import (
-    check_predict_arguments,
-    check_sequence_length,
-    model_load_errors,
-    resolve_model_source,
-)
+from multitask.serve.onnx_backend import BACKENDS
+from multitask.serve.predict import prediction_records
+from multitask.serve.predictor import Predictor, prepare_prediction
+from multitask.train.checks import check_predict_arguments
 
 logger = logging.getLogger("run_predict")
 
@@ -150,38 +135,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     check_predict_arguments(args)
     set_read_limits(args.max_input_bytes, args.max_cell_chars)
     output_dir = check_output_dir(args.output_dir)
-    with usage_errors():
-        onnx_dir = onnx_export_for(args.model, args.backend, args.dtype)  # None: the PyTorch model
-    source = str(onnx_dir) if onnx_dir else resolve_model_source(args.model, "--model", multitask_only=True)
     setup_logging()
-    token = resolve_token()  # only for private Hub repos
-
-    # Config and tokenizer first (small files): every input is checked before the weights are loaded.
-    with model_load_errors(args.model, "--model"):
-        config = AutoConfig.from_pretrained(source, token=token)
-        tokenizer = AutoTokenizer.from_pretrained(source, token=token)
-    if not isinstance(config, MultitaskConfig):
-        raise ModelFileError(f"--model {args.model}: a plain {config.model_type!r} encoder, not a trained multitask "
-                             "model; give a run directory of run_finetune.py or its model/ folder")
-    max_seq_length = args.max_seq_length or stored_max_length(config)
-    check_sequence_length(config.encoder_config, max_seq_length)
-    # Long texts are cut as in training; an overriding --max_seq_length must still leave room for the tail.
-    special_tokens = special_template(tokenizer).size
-    check_truncation(config.truncation, config.head_tokens, max_seq_length, special_tokens)
-    if config.long_text == "chunk":  # and neighbouring windows must still share fewer tokens than a window holds
-        check_chunking("chunk", config.chunk_stride, config.max_chunks, max_seq_length, special_tokens)
-    if not onnx_dir:
-        with usage_errors():
-            resolve_inference_dtype(args.dtype, select_device(args.device))
-    with usage_errors("--threshold: "):
-        threshold = resolve_threshold(args.threshold, config.gate_thresholds)
-    band = None
-    if args.review:
-        band = (getattr(config, "review_bands", None) or {}).get(args.threshold)
-        if band is None:
-            raise UsageError(f"--review: the model stores no review band for --threshold {args.threshold}; bands "
-                             f"exist for: {sorted(getattr(config, 'review_bands', None) or {}) or 'none'} (train "
-                             "with --review_share 0.05)")
+    # Config and tokenizer only: every input file is checked below before the weights are loaded.
+    setup = prepare_prediction(args.model, args.threshold, args.review, args.max_seq_length, args.device,
+                               args.dtype, args.backend)
+    config, tokenizer, threshold = setup.config, setup.tokenizer, setup.threshold
     text_columns = args.text_columns or config.text_columns
     # Gold labels are read from the columns the model was trained with unless named; recorded in metrics_<stem>.json
     # so `python -m analysis` reads the same ones.
@@ -198,29 +156,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         for input_file in args.input_files
     ]
 
-    with model_load_errors(args.model, "--model"):
-        model, tokenizer = load_predictor(source, args.backend, args.device, config=None if onnx_dir else config,
-                                          tokenizer=tokenizer, token=token)
-    config = model.config
-    device = model.device
-    with usage_errors():
-        dtype = resolve_inference_dtype(args.dtype, device)
-    dtype_name = model.precision if onnx_dir else str(dtype).removeprefix("torch.")  # an export: float32 or int8
-    logger.info("predicting on %s in %s%s", device, dtype_name, " with ONNX Runtime" if onnx_dir else "")
-    for message in precision_warnings(config.encoder_config.model_type, dtype == torch.float16,
-                                      dtype == torch.bfloat16, device.type,
-                                      flags=("--dtype float16", "--dtype bfloat16")):
-        logger.warning(message)
-    if not onnx_dir and device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16():
-        logger.info("this CPU has native bf16: --dtype bfloat16 predicts about 2.5x faster (bench/README)")
+    predictor = Predictor.load(setup, top_k=args.top_k, batch_size=args.batch_size)
+    config = predictor.config
 
     all_metrics = {}
     with staged_files() as stage:  # every file appears at the end, or none does
         for labeled in labeled_files:
             stem = labeled.path.stem
-            scores = predict_scores(model, tokenizer, list(labeled.dataset["text"]), args.batch_size,
-                                    max_seq_length, progress=True, dtype=dtype)
-            table = prediction_table(labeled.frame, scores, config, threshold, args.top_k, band, str(labeled.path))
+            scores = predictor.scores(list(labeled.dataset["text"]), progress=True)
+            table = predictor.table(labeled.frame, scores, str(labeled.path))
             target = output_dir / f"predictions_{stem}.csv"
             (guard_formulas(table) if args.csv_formula_guard else table).to_csv(stage.path(target), index=False,
                                                                                encoding="utf-8")
@@ -236,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                 logger.warning("%s: rows with categories the model does not know were not scored: %s",
                                labeled.path, labeled.unknown_categories)
             if metrics or labeled.unknown_categories:
-                metrics = {"threshold": threshold, "dtype": dtype_name, "backend": "onnx" if onnx_dir else "torch",
+                metrics = {"threshold": threshold, "dtype": predictor.dtype_name,
+                           "backend": "onnx" if setup.onnx_dir else "torch",
                            "label_maps_hash": config.label_maps_hash(),
                            "unscored_unknown_categories": labeled.unknown_categories, "columns": columns,
                            "csv_formula_guard": args.csv_formula_guard, **metrics}

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from multitask.train.arguments import MultitaskTrainingArguments
+from multitask.errors import UsageError
+from multitask.train.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
+from multitask.train.checks import check_finetune_arguments
 
 
 def arguments(tmp_path, **values):
@@ -35,3 +37,31 @@ def test_loss_term_weights_name_every_logged_term(tmp_path):
     assert set(weights) == {"gate_loss", "category_loss", "hierarchy_loss", "pick_consistency_loss", "pseudo_label_loss",
                             "rdrop_category_kl", "rdrop_gate_kl", "contrastive_loss"}
     assert (weights["gate_loss"], weights["hierarchy_loss"], weights["rdrop_gate_kl"]) == (0.4, 0.2, 0.3)
+
+
+# Each dataclass checks its own values when it is built (the command line's one-line errors: test_bad_inputs.py).
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda tmp: ModelArguments(classifier_dropout=1.0), r"^--classifier_dropout 1.0: must be in \[0, 1\)$"),
+    (lambda tmp: ModelArguments(lora_r=-1), r"^--lora_r -1: must be >= 0"),
+    (lambda tmp: ModelArguments(lora_r=8, lora_alpha=0), r"^--lora_alpha 0: must be a positive number"),
+    (lambda tmp: DataArguments(max_seq_length=0), r"^--max_seq_length 0: must be >= 1$"),
+    (lambda tmp: DataArguments(validation_split=1.0), r"^--validation_split 1.0: must be in \(0, 1\)$"),
+    (lambda tmp: DataArguments(text_columns=["title", "pick"]), "--pick_column pick is also one of --text_columns"),
+    (lambda tmp: DataArguments(format="xlsx"), "--format"),
+    (lambda tmp: arguments(tmp, learning_rate=0.0), r"^--learning_rate 0.0: must be a positive number"),
+    (lambda tmp: arguments(tmp, gate_loss_weight=0.0, category_loss_weight=0.0), "the loss would be zero"),
+    (lambda tmp: arguments(tmp, threshold_cv=1), r"^--threshold_cv 1: give 0 \(off\) or at least 2 folds$"),
+    (lambda tmp: arguments(tmp, frequency_band_quantiles=[0.6, 0.3]), "must be increasing numbers in"),
+    (lambda tmp: arguments(tmp, push_to_hub=True), "--push_to_hub needs --hub_model_id"),
+])
+def test_each_dataclass_refuses_its_own_bad_values(tmp_path, build, message):
+    with pytest.raises(UsageError, match=message):
+        build(tmp_path)
+
+
+def test_a_value_changed_after_building_is_still_checked_before_a_run(tmp_path):
+    model_args, data_args, training_args = ModelArguments(), DataArguments(), arguments(tmp_path)
+    data_args.validation_split = 0.0  # set after __post_init__, as a Python caller may
+    with pytest.raises(UsageError, match=r"--validation_split 0.0: must be in \(0, 1\)"):
+        check_finetune_arguments(model_args, data_args, training_args)
+    assert not any(tmp_path.iterdir())

@@ -1,5 +1,7 @@
-"""Serving: batched prediction with the trained gate and category heads (`predict`) and the ONNX Runtime
-backend (`onnx_backend`).
+"""Serving: batched prediction and the decision rule (`predict`: `predict_scores`, `decide`, `prediction_table`),
+a trained run ready to decide (`predictor`: `Predictor`, `Decision`, `load_model`; the engine of run_predict.py and
+of `multitask.Predictor`) and the ONNX Runtime backend (`onnx_backend`).
 
-Uses `model` and `data`; `run_predict.py`, `scoring` and `export` use it.
+Uses `model`, `data`, `scoring` and `train.checks`' model-file checks; `run_predict.py`, `scoring` and `export`
+use it.
 """

@@ -24,7 +24,15 @@ logger = logging.getLogger(__name__)
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then CPU."""
+    """The device to predict on.
+
+    Args:
+        name (`str`, *optional*, defaults to `"auto"`):
+            `auto` (CUDA, then Apple MPS, then CPU) or any name `torch.device` accepts.
+
+    Returns:
+        `torch.device`: The chosen device.
+    """
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
@@ -38,7 +46,26 @@ def load_model(model: str, device: str = "auto", config: MultitaskConfig | None 
                **hub_kwargs) -> tuple[MultitaskModel, object]:
     """Model and tokenizer from a run dir, a model dir or a Hub id, in eval mode on the chosen device.
 
-    A `config` or `tokenizer` the caller already loaded from the same place is reused, not read again.
+    No file checks here: `multitask.serve.predictor.load_model` checks the directory first and turns loading
+    failures into one-line errors.
+
+    Args:
+        model (`str`):
+            A run directory (its `model/` is loaded), a model directory or a Hub id.
+        device (`str`, *optional*, defaults to `"auto"`):
+            See `select_device`.
+        config (`MultitaskConfig`, *optional*):
+            The config, when the caller already loaded it from the same place (not read again).
+        tokenizer (`PreTrainedTokenizerBase`, *optional*):
+            Likewise for the tokenizer.
+        **hub_kwargs:
+            Passed to `from_pretrained` (`token`, `revision`, `cache_dir`).
+
+    Returns:
+        `tuple[MultitaskModel, PreTrainedTokenizerBase]`: The model in eval mode on the device, and its tokenizer.
+
+    Raises:
+        `ValueError`: When the checkpoint is not a multitask model.
     """
     source = saved_model_dir(model)
     extra = {"config": config} if config is not None else {}
@@ -126,7 +153,26 @@ def window_outputs(
     """Run the model on the inputs of `texts` (one per text, or its windows in chunked mode), in batches of
     similar length (less padding); rows come back in input order.
 
-    A `dtype` other than float32 runs the forward under autocast (weights stay fp32); outputs are stored as float32.
+    Args:
+        model (`MultitaskModel` or `OnnxMultitaskModel`):
+            The model; its config says how texts are cut (truncation or windows).
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its tokenizer.
+        texts (`list[str]`):
+            The texts, each already joined from its text columns.
+        batch_size (`int`, *optional*, defaults to 64):
+            Inputs per forward pass.
+        max_length (`int`, *optional*):
+            Tokens per input; None: the length stored in the config.
+        progress (`bool`, *optional*, defaults to `False`):
+            Show a progress bar.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`):
+            Another dtype runs the forward under autocast (weights stay fp32); outputs are stored as float32.
+        with_features (`bool`, *optional*, defaults to `False`):
+            Also keep the pooled vectors.
+
+    Returns:
+        `WindowOutputs`: One row per model input, with the document (text index) each belongs to.
     """
     device = model.device  # also an ONNX model (multitask.serve.onnx_backend), which has no parameters
     was_training = model.training
@@ -163,8 +209,22 @@ def window_outputs(
 
 def scores_from_outputs(model: MultitaskModel, outputs: WindowOutputs, batch_size: int = 64) -> Scores:
     """`Scores` from per-document outputs: calibrated probabilities and every gate score the model can give,
-    computed in float32 on the model's device, `batch_size` rows at a time (the kNN score compares each row
-    with the whole bank)."""
+    computed in float32 on the model's device.
+
+    Args:
+        model (`MultitaskModel`):
+            The model (temperatures, gate statistics and `gate_score` come from its config).
+        outputs (`WindowOutputs`):
+            One row per document (`WindowOutputs.per_document`).
+        batch_size (`int`, *optional*, defaults to 64):
+            Rows scored at a time (the kNN score compares each row with the whole bank).
+
+    Returns:
+        `Scores`: `pick_prob` is the score the thresholds apply to.
+
+    Raises:
+        `ValueError`: When the model's gate score cannot be computed from these outputs.
+    """
     config = model.config
     rows = len(outputs.documents)
     gate_scores: dict[str, np.ndarray] = {}
@@ -211,9 +271,30 @@ def predict_scores(
     """Score texts, one row per text in input order: `window_outputs` → per document → `scores_from_outputs`.
 
     Texts are encoded as in training, from the model config (`truncation`/`head_tokens`, or `long_text="chunk"`
-    windows recombined by `aggregation`, default the config's `chunk_aggregation`) at `max_length` tokens (None:
-    the length stored in the config, 256 for older models). `return_features` also returns the pooled vectors
-    and the raw logits (used to fit gate statistics and calibration).
+    windows recombined by `aggregation`).
+
+    Args:
+        model (`MultitaskModel` or `OnnxMultitaskModel`):
+            The model.
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its tokenizer.
+        texts (`list[str]`):
+            The texts, each already joined from its text columns.
+        batch_size (`int`, *optional*, defaults to 64):
+            Inputs per forward pass.
+        max_length (`int`, *optional*):
+            Tokens per input; None: the length stored in the config (256 for older models).
+        progress (`bool`, *optional*, defaults to `False`):
+            Show a progress bar.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`):
+            Forward-pass precision (autocast).
+        return_features (`bool`, *optional*, defaults to `False`):
+            Also return the pooled vectors and the raw logits (to fit gate statistics and calibration).
+        aggregation (`str`, *optional*):
+            `mean` or `max` over a document's windows; None: the config's `chunk_aggregation`.
+
+    Returns:
+        `Scores`: One row per text.
     """
     with_features = return_features or bool(model.config.gate_statistics)
     raw = window_outputs(model, tokenizer, texts, batch_size, max_length, progress, dtype, with_features)
@@ -250,6 +331,66 @@ def keep_colliding_inputs(frame: pd.DataFrame, source: str = "the input") -> pd.
     return frame.rename(columns=renames)
 
 
+def top_categories(category_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` most probable category ids of every row, most probable first, and their probabilities.
+
+    Args:
+        category_probs (`np.ndarray` of shape `(rows, categories)`):
+            Category probabilities (`Scores.category_probs`).
+        k (`int`):
+            How many to keep; more than the number of categories keeps them all.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: Ids and probabilities, each of shape `(rows, min(k, categories))`.
+    """
+    # Stable sort: tied probabilities rank the lower category id first, as argmax does elsewhere.
+    top = np.argsort(-category_probs, axis=1, kind="stable")[:, : min(k, category_probs.shape[1])]
+    return top, np.take_along_axis(category_probs, top, axis=1)
+
+
+def decide(
+    scores: Scores,
+    config: MultitaskConfig,
+    threshold: float = 0.5,
+    review_band: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The decision rule of run_predict.py and `multitask.Predictor`: one decision per row, and the review flag.
+
+    A row is Picked when its gate score (`scores.pick_prob`) is >= `threshold`; a Picked row's decision is its
+    most probable category, any other row's is ``Decline``. A gate-only model decides ``Pick``/``Decline``, a
+    category-only model always the category.
+
+    Args:
+        scores (`Scores`):
+            The model's scores (`predict_scores`).
+        config (`MultitaskConfig`):
+            The model's config (category names).
+        threshold (`float`, *optional*, defaults to 0.5):
+            The gate threshold (`multitask.scoring.thresholds.resolve_threshold`).
+        review_band (`tuple[float, float]`, *optional*):
+            (low, high): rows whose gate score lies in [low, high) are flagged for review.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: The decisions (strings) and a boolean review flag per row (all False
+        without a band or a gate).
+    """
+    rows = len(scores.pick_prob if scores.pick_prob is not None else scores.category_probs)
+    category = None
+    if scores.category_probs is not None:
+        best = top_categories(scores.category_probs, 1)[0][:, 0]
+        category = np.array([config.category_id2label[int(i)] for i in best], dtype=object)
+    if scores.pick_prob is not None:
+        picked = scores.pick_prob >= threshold
+        decisions = np.where(picked, category if category is not None else "Pick", "Decline").astype(object)
+    else:
+        decisions = category
+    review = np.zeros(rows, dtype=bool)
+    if review_band is not None and scores.pick_prob is not None:
+        low, high = review_band
+        review = (scores.pick_prob >= low) & (scores.pick_prob < high)
+    return decisions, review
+
+
 def prediction_table(
     frame: pd.DataFrame,
     scores: Scores,
@@ -261,9 +402,29 @@ def prediction_table(
 ) -> pd.DataFrame:
     """Input columns kept, plus pick_prob, pick_pred, category_pred, category_prob, category_top{k}, decision.
 
-    An input column named like one of those is kept as `<name>_input` (`keep_colliding_inputs`, which warns,
-    naming `source`). `category_top{k}` holds a JSON list of `[label, probability]` pairs (`top_k_cell`).
-    With ``review_band`` (low, high), rows whose gate score lies in [low, high) get the decision ``review``.
+    The decision is `decide`'s; with ``review_band`` (low, high), rows whose gate score lies in [low, high) get
+    the decision ``review``. An input column named like an output is kept as `<name>_input`
+    (`keep_colliding_inputs`, which warns, naming `source`). `category_top{k}` holds a JSON list of
+    `[label, probability]` pairs (`top_k_cell`).
+
+    Args:
+        frame (`pd.DataFrame`):
+            The input rows, in the order of `scores`.
+        scores (`Scores`):
+            The model's scores of those rows.
+        config (`MultitaskConfig`):
+            The model's config.
+        threshold (`float`, *optional*, defaults to 0.5):
+            The gate threshold.
+        top_k (`int`, *optional*, defaults to 3):
+            How many categories the `category_top{k}` column lists.
+        review_band (`tuple[float, float]`, *optional*):
+            The review band of the threshold, or None for no review decisions.
+        source (`str`, *optional*):
+            What the warning about renamed input columns names (the input file).
+
+    Returns:
+        `pd.DataFrame`: A copy of `frame` with the prediction columns added.
     """
     table = keep_colliding_inputs(frame, source).copy()
     if scores.pick_prob is not None:
@@ -271,24 +432,14 @@ def prediction_table(
         table["pick_pred"] = (scores.pick_prob >= threshold).astype(int)
     if scores.category_probs is not None:
         id2label = config.category_id2label
-        k = min(top_k, config.num_categories)
-        # Stable sort: tied probabilities rank the lower category id first, as argmax does elsewhere.
-        top = np.argsort(-scores.category_probs, axis=1, kind="stable")[:, :k]
-        top_probs = np.take_along_axis(scores.category_probs, top, axis=1)
+        top, top_probs = top_categories(scores.category_probs, top_k)
         table["category_pred"] = [id2label[int(i)] for i in top[:, 0]]
         table["category_prob"] = np.round(top_probs[:, 0], 6)
-        table[f"category_top{k}"] = [
+        table[f"category_top{top.shape[1]}"] = [
             top_k_cell([id2label[int(i)] for i in ids], probs) for ids, probs in zip(top, top_probs)
         ]
-    if scores.pick_prob is not None and scores.category_probs is not None:
-        table["decision"] = np.where(table["pick_pred"] == 1, table["category_pred"], "Decline")
-    elif scores.pick_prob is not None:
-        table["decision"] = np.where(table["pick_pred"] == 1, "Pick", "Decline")
-    else:
-        table["decision"] = table["category_pred"]
-    if review_band is not None and scores.pick_prob is not None:
-        low, high = review_band
-        table.loc[(scores.pick_prob >= low) & (scores.pick_prob < high), "decision"] = "review"
+    decisions, review = decide(scores, config, threshold, review_band)
+    table["decision"] = np.where(review, "review", decisions)
     return table
 
 
@@ -302,8 +453,23 @@ def prediction_records(
 ) -> list[dict]:
     """One JSON-ready record per row: decisions, scores, and correctness flags where a gold label exists.
 
-    ``row_numbers``: each row's number as the user sees it in its input file (``row_unit``: "row" for CSV/TSV,
-    "line" for JSON Lines, "record" otherwise; `tables.Table.numbers`); None: spreadsheet rows of a CSV (header = 1).
+    Args:
+        table (`pd.DataFrame`):
+            The prediction table (`prediction_table`).
+        gate_labels (`list[int]`):
+            Gold gate labels per row (1 Pick, 0 Decline, -100 none).
+        category_labels (`list[int]`):
+            Gold category ids per row (-100 none).
+        config (`MultitaskConfig`):
+            The model's config (category names, label-map hash).
+        row_numbers (`Sequence[int]`, *optional*):
+            Each row's number as the user sees it in its input file (`tables.Table.numbers`); None: spreadsheet
+            rows of a CSV (header = 1).
+        row_unit (`str`, *optional*, defaults to `"row"`):
+            The key the number is written under: "row" for CSV/TSV, "line" for JSON Lines, "record" otherwise.
+
+    Returns:
+        `list[dict]`: One record per row of `table`.
     """
     id2label = config.category_id2label
     top_column = next((c for c in table.columns if re.fullmatch(r"category_top\d+", str(c))), None)
@@ -348,7 +514,32 @@ def fit_gate_statistics(
 
     Only rows with a category label and not labelled Decline are used (the Pick rows the categories describe;
     a Decline row the data kept with a category is left out); each is scored once with dropout off, as at
-    prediction. Returns the fitted squash constants and row counts for the run log.
+    prediction.
+
+    Args:
+        model (`MultitaskModel`):
+            The trained model; gets the fitted statistics.
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its tokenizer.
+        texts (`list[str]`):
+            Training texts.
+        category_labels (`list[int]` or `np.ndarray`):
+            Their category ids (-100 none).
+        gate_labels (`list[int]` or `np.ndarray`, *optional*):
+            Their gate labels; rows labelled 0 (Decline) are left out.
+        batch_size (`int`, *optional*, defaults to 64):
+            Inputs per forward pass.
+        max_length (`int`, *optional*):
+            Tokens per input; None: the config's.
+        bank_size (`int`, *optional*, defaults to 10000):
+            At most this many rows (a seeded sample) are kept for the kNN score.
+        knn_k (`int`, *optional*, defaults to 10):
+            The k of the kNN score.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the bank sample.
+
+    Returns:
+        `dict`: Rows used, bank size, k and the fitted squash constants, for the run log.
     """
     from multitask.model.ood import fit_gate_statistics as fit
 

@@ -2,7 +2,9 @@
 
 `MultitaskTrainingArguments` subclasses `TrainingArguments`, so every Trainer flag (`--bf16`, `--report_to`,
 `--push_to_hub`, `--resume_from_checkpoint`, …) passes through, and our knobs travel with the Trainer state.
-Defaults follow the design memo's "plain configuration".
+Defaults follow the design memo's "plain configuration". Each dataclass checks its own values when it is built
+(`__post_init__` → `validate`) and lists its fields by `--help` group (`argument_groups`, shown in
+`ARGUMENT_GROUPS` order by `multitask.train.parser`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,55 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from multitask.io.tables import FORMATS
+from multitask.errors import UsageError
+from multitask.io.tables import FORMATS, check_encoding, check_format
 from multitask.model.configuration import DEFAULT_TEXT_COLUMNS
 from multitask.model.precision import DEFAULT_PRECISION, cpu_has_native_bf16, resolve_training_precision
+from multitask.train.checks import (
+    check_columns,
+    check_fraction,
+    check_positive,
+    check_report_to,
+    finite,
+    require,
+)
+
+# `--help` groups: each dataclass lists its fields by group in `argument_groups` (not in the fields' metadata, which
+# HfArgumentParser hands to argparse as is); `multitask.train.parser` shows the groups in this order, then every
+# other TrainingArguments flag under TRAINER_GROUP.
+DATA = "data"
+MODEL = "model"
+LONG_TEXT = "long text"
+TRAINING = "training"
+LOSS = "loss"
+GATE = "gate and thresholds"
+LORA = "LoRA and k-bit loading"
+SEARCH = "hyper-parameter search"
+OUTPUTS = "outputs and reports"
+ARGUMENT_GROUPS = {
+    DATA: "Training, validation and test data (files or a Hub dataset), its columns and format.",
+    MODEL: "The encoder to start from and the model built around it.",
+    LONG_TEXT: "How texts become tokens: length, which part of a long text is kept, or windows over all of it.",
+    TRAINING: "The schedule: Trainer flags whose defaults this project changes, and its own (LLRD, early stopping).",
+    LOSS: "Loss weights and the optional terms of the recipe (R-Drop, multi-sample dropout, AWP, contrastive).",
+    GATE: "The gate score and thresholds fitted on validation after training, calibration, the review band.",
+    LORA: "Parameter-efficient fine-tuning (peft) and 4/8-bit encoders.",
+    SEARCH: "Trainer.hyperparameter_search before the final training.",
+    OUTPUTS: "The run directory and the reports written into it.",
+}
+TRAINER_GROUP = "Trainer (every other transformers.TrainingArguments flag)"
 
 
 @dataclass
 class ModelArguments:
     """Which encoder to start from and how the model around it is built (pooling, dropout, LoRA, k-bit loading)."""
+
+    # `--help` groups (`multitask.train.parser`): every field of this class under one of them.
+    argument_groups = {  # not annotated: a class attribute, not a dataclass field
+        MODEL: ("model_name_or_path", "tokenizer_name", "pooling", "classifier_dropout", "model_revision",
+            "cache_dir", "freeze_embeddings"),
+        LORA: ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "load_in_4bit", "load_in_8bit"),
+    }
 
     model_name_or_path: str | None = field(
         default=None,
@@ -66,10 +109,38 @@ class ModelArguments:
                   "(bench/README §1, §5). false: train them too, which an encoder built from scratch needs (the demo does)."},
     )
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse values that cannot work: a dropout outside [0, 1), and bad LoRA settings (checked when LoRA is on).
+
+        Run when the dataclass is built, and again by `checks.check_finetune_arguments` (values set afterwards).
+
+        Raises:
+            `UsageError`: Naming the flag and its value.
+        """
+        check_fraction(self.classifier_dropout, "--classifier_dropout", high_open=True)
+        require(self.lora_r >= 0, f"--lora_r {self.lora_r}: must be >= 0 (0 = full fine-tuning)")
+        if self.lora_r:
+            check_positive(self.lora_alpha, "--lora_alpha")
+            check_fraction(self.lora_dropout, "--lora_dropout", high_open=True)
+
 
 @dataclass
 class DataArguments:
     """Where the data comes from (files or a Hub dataset), its columns and format, and how texts become tokens."""
+
+    # `--help` groups (`multitask.train.parser`): every field of this class under one of them.
+    argument_groups = {  # not annotated: a class attribute, not a dataclass field
+        DATA: ("train_file", "task1_file", "task2_file", "validation_file", "test_files", "format",
+            "dataset_repo", "dataset_config_name", "dataset_revision", "train_split_name",
+            "validation_split_name", "test_split_names", "text_columns", "category_column", "pick_column",
+            "validation_split", "preprocessing_num_workers", "max_train_samples", "max_eval_samples",
+            "encoding"),
+        LONG_TEXT: ("max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride", "max_chunks",
+            "chunk_aggregation"),
+    }
 
     train_file: str | None = field(
         default=None,
@@ -211,6 +282,33 @@ class DataArguments:
                   "export than a text). Error lines quote at most 80 characters of any cell."},
     )
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse values that cannot work: lengths, shares and counts out of range, a bad column mapping, an
+        unknown encoding or format. Whether the files exist is checked before the run (`checks`).
+
+        Run when the dataclass is built, and again by `checks.check_finetune_arguments` (values set afterwards).
+
+        Raises:
+            `UsageError`: Naming the flag and its value.
+        """
+        require(self.max_seq_length >= 1, f"--max_seq_length {self.max_seq_length}: must be >= 1")
+        if not self.validation_file:
+            # Only checked when used: a validation file replaces the split.
+            check_fraction(self.validation_split, "--validation_split", low_open=True, high_open=True)
+        require(bool(self.text_columns), "--text_columns: give at least one column")
+        check_columns(self.text_columns, self.pick_column, self.category_column)
+        check_encoding(self.encoding)
+        check_format(self.format)
+        workers = self.preprocessing_num_workers
+        require(workers is None or workers >= 1, f"--preprocessing_num_workers {workers}: must be >= 1 (or left out)")
+        for flag in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, flag)
+            require(value is None or (isinstance(value, int) and value >= 1),
+                    f"--{flag} {value}: must be a whole number >= 1 (leave it out to use every row)")
+
 
 @dataclass
 class MultitaskTrainingArguments(TrainingArguments):
@@ -218,6 +316,26 @@ class MultitaskTrainingArguments(TrainingArguments):
     weighting, LLRD, the optional recipe pieces (R-Drop, MSD, AWP, uncertainty weighting), threshold tuning and
     reports. Being one object, they are saved with every checkpoint (training_args.bin) like the Trainer's own.
     """
+
+    # `--help` groups (`multitask.train.parser`): every field of this class under one of them.
+    argument_groups = {  # not annotated: a class attribute, not a dataclass field
+        TRAINING: ("precision", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
+            "per_device_eval_batch_size", "warmup_steps", "weight_decay", "train_sampling_strategy",
+            "eval_strategy", "save_strategy", "logging_strategy", "save_total_limit", "load_best_model_at_end",
+            "metric_for_best_model", "greater_is_better", "remove_unused_columns", "label_names",
+            "ddp_find_unused_parameters", "layerwise_lr_decay", "early_stopping_patience"),
+        LOSS: ("gate_loss_weight", "category_loss_weight", "gate_label_smoothing", "category_label_smoothing",
+            "gate_class_weighting", "category_class_weighting", "class_weight_min", "class_weight_max",
+            "hierarchy_weight", "pick_consistency_weight", "pseudo_label_weight", "pseudo_label_threshold",
+            "contrastive_weight", "contrastive_temperature", "rdrop", "rdrop_alpha_category", "rdrop_alpha_gate", "msd_samples", "awp_lr", "awp_eps",
+            "awp_start_epoch", "uncertainty_weighting"),
+        GATE: ("gate_score", "gate_score_candidates", "knn_k", "knn_bank_size", "calibration", "threshold_cv",
+            "target_oos_recall", "leak_cost", "miss_cost", "wrong_category_cost", "cost_oos_share",
+            "review_share", "max_decline_leak", "oos_recall_confidence"),
+        SEARCH: ("hp_search_trials", "hp_search_space", "hp_search_backend", "hp_search_metric"),
+        OUTPUTS: ("output_dir", "hub_private_repo", "frequency_band_quantiles", "pick_low_confidence_levels",
+            "decline_high_confidence_levels", "cartography", "worst_k"),
+    }
 
     # --- TrainingArguments whose defaults we change (design memo) ---
     precision: str | None = field(
@@ -477,6 +595,90 @@ class MultitaskTrainingArguments(TrainingArguments):
             "contrastive_loss": self.contrastive_weight,
         }
 
+    def validate(self) -> None:
+        """Refuse values that cannot work or would train nothing, grouped as `--help` groups the flags.
+
+        Run at the end of `__post_init__`, and again by `checks.check_finetune_arguments` (values set afterwards).
+
+        Raises:
+            `UsageError`: Naming the flag and its value.
+        """
+        for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, flag)
+            require(isinstance(value, int) and value >= 1, f"--{flag} {value}: must be a whole number >= 1")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise UsageError(f"--max_steps {self.max_steps}: would train nothing; give a positive number of optimizer "
+                             "steps, or leave it at -1 to train --num_train_epochs epochs")
+        if self.max_steps < 0 and not (finite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise UsageError(f"--num_train_epochs {self.num_train_epochs}: would train nothing; give a positive number "
+                             "of epochs (or --max_steps N)")
+        check_positive(self.learning_rate, "--learning_rate", " (0 would leave every weight unchanged)")
+        require(finite(self.weight_decay) and self.weight_decay >= 0, f"--weight_decay {self.weight_decay}: must be >= 0")
+        require(finite(self.max_grad_norm), f"--max_grad_norm {self.max_grad_norm}: must be a number")
+        require(self.layerwise_lr_decay is not None and finite(self.layerwise_lr_decay)
+                and 0 < self.layerwise_lr_decay <= 1,
+                f"--layerwise_lr_decay {self.layerwise_lr_decay}: must be in (0, 1] (1 = off)")
+        if self.early_stopping_patience is not None:
+            require(self.early_stopping_patience >= 1,
+                    f"--early_stopping_patience {self.early_stopping_patience}: must be >= 1 (leave it out to never "
+                    "stop)")
+            # `.value`: str() of the IntervalStrategy enum is "IntervalStrategy.NO", never "no".
+            require(self.load_best_model_at_end and str(getattr(self.eval_strategy, "value", self.eval_strategy)) != "no",
+                    "--early_stopping_patience needs evaluations and --load_best_model_at_end true")
+        # Loss.
+        for flag in ("gate_loss_weight", "category_loss_weight", "hierarchy_weight", "pick_consistency_weight",
+                     "pseudo_label_weight", "rdrop_alpha_category", "rdrop_alpha_gate", "awp_lr", "contrastive_weight"):
+            value = getattr(self, flag)
+            require(finite(value) and value >= 0, f"--{flag} {value}: must be >= 0")
+        # Uncertainty weighting learns the two task weights itself, so zero λs are allowed with it.
+        if not self.uncertainty_weighting:
+            require(self.gate_loss_weight > 0 or self.category_loss_weight > 0,
+                    "--gate_loss_weight 0 and --category_loss_weight 0: the loss would be zero, nothing would train")
+        check_fraction(self.pseudo_label_threshold, "--pseudo_label_threshold")
+        for flag in ("gate_label_smoothing", "category_label_smoothing"):
+            check_fraction(getattr(self, flag), f"--{flag}", high_open=True)
+        check_positive(self.class_weight_min, "--class_weight_min")
+        require(self.class_weight_min <= self.class_weight_max,
+                f"--class_weight_min {self.class_weight_min} is above --class_weight_max {self.class_weight_max}")
+        require(isinstance(self.msd_samples, int) and self.msd_samples >= 1,
+                f"--msd_samples {self.msd_samples}: must be >= 1")
+        check_positive(self.awp_eps, "--awp_eps")
+        if self.contrastive_weight:
+            check_positive(self.contrastive_temperature, "--contrastive_temperature")
+        # Gate and thresholds.
+        check_fraction(self.max_decline_leak, "--max_decline_leak")
+        if self.oos_recall_confidence is not None:
+            check_fraction(self.oos_recall_confidence, "--oos_recall_confidence", low_open=True, high_open=True)
+        for flag, low in (("knn_k", 1), ("knn_bank_size", 1), ("threshold_cv", 0)):
+            value = getattr(self, flag)
+            require(isinstance(value, int) and value >= low, f"--{flag} {value}: must be a whole number >= {low}")
+        require(self.threshold_cv != 1, "--threshold_cv 1: give 0 (off) or at least 2 folds")
+        # Outputs and reports.
+        require(self.worst_k >= 0, f"--worst_k {self.worst_k}: must be >= 0")
+        quantiles = list(self.frequency_band_quantiles)
+        require(bool(quantiles) and all(finite(q) and 0 < q < 1 for q in quantiles)
+                and quantiles == sorted(set(quantiles)),
+                f"--frequency_band_quantiles {' '.join(map(str, quantiles))}: must be increasing numbers in (0, 1)")
+        for flag in ("pick_low_confidence_levels", "decline_high_confidence_levels"):
+            for value in getattr(self, flag):
+                check_fraction(value, f"--{flag}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise UsageError("--push_to_hub needs --hub_model_id user/name (the model repo to create or update)")
+        # Trainer flags whose mistakes the Trainer would only report later (or never).
+        check_report_to(self.report_to)
+        for flag in ("seed", "data_seed"):
+            value = getattr(self, flag, None)
+            # np.random.seed (via transformers.set_seed) refuses values outside [0, 2**32), but only later.
+            require(value is None or 0 <= value < 2**32, f"--{flag} {value}: must be in [0, 2**32)")
+        require(self.dataloader_num_workers >= 0, f"--dataloader_num_workers {self.dataloader_num_workers}: must "
+                                                  "be >= 0 (0 loads batches in the main process)")
+        require(not self.dataloader_persistent_workers or self.dataloader_num_workers > 0,
+                "--dataloader_persistent_workers needs --dataloader_num_workers > 0")
+        for flag in ("logging_steps", "eval_steps", "save_steps"):
+            value = getattr(self, flag)
+            require(value is None or (finite(value) and value >= 0), f"--{flag} {value}: must be >= 0")
+
+
     def _resolve_precision(self) -> None:
         """Set `bf16` (and `use_cpu` for bf16 on a CPU, which transformers requires) from `--precision`; the
         sentence saying what ran and why is kept as `precision_reason` for the run log."""
@@ -493,7 +695,7 @@ class MultitaskTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         """Fill the timestamped default `output_dir`, switch pinned memory off without CUDA, resolve `--precision`
         into the Trainer's `bf16`/`use_cpu`, and turn `--target_oos_recall` r into `max_decline_leak` = 1 - r (it
-        overrides a given --max_decline_leak)."""
+        overrides a given --max_decline_leak); then refuse values that cannot work (`validate`)."""
         # Before super().__post_init__(), which would turn a None output_dir into "trainer_output".
         if self.output_dir is None:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -507,3 +709,4 @@ class MultitaskTrainingArguments(TrainingArguments):
                 raise ValueError(f"--target_oos_recall must be in [0, 1], got {self.target_oos_recall}")
             self.max_decline_leak = 1.0 - self.target_oos_recall
         super().__post_init__()
+        self.validate()

@@ -39,7 +39,20 @@ def build_model(model_args, data_args, training_args, inputs: RunInputs):
     A function of its arguments only, so it can be called again for a fresh model (the Trainer's `model_init`,
     e.g. `functools.partial(build_model, model_args, data_args, training_args, inputs)` for a hyper-parameter
     search); it reads `training_args` at call time (`gate_score`, `msd_samples`, …). Side effects: log lines only
-    (precision warnings, parameter counts). Returns a `MultitaskModel`, or its peft wrapper with `--lora_r`.
+    (precision warnings, parameter counts).
+
+    Args:
+        model_args (`ModelArguments`):
+            The encoder, pooling, dropout, LoRA and embedding settings.
+        data_args (`DataArguments`):
+            The text-cutting settings stored in the config.
+        training_args (`MultitaskTrainingArguments`):
+            Read at call time (`gate_score`, `msd_samples`, …).
+        inputs (`RunInputs`):
+            The run's loaded inputs (label maps, encoder config, k-bit loading).
+
+    Returns:
+        `MultitaskModel`, or its peft wrapper with `--lora_r`.
     """
     data = inputs.data
     with model_load_errors(model_args.model_name_or_path, "--model_name_or_path"):
@@ -95,6 +108,15 @@ def class_weights(data: TrainingData, training_args) -> dict[str, torch.Tensor |
     Keyed by the trainer's argument (and attribute) names, so `MultitaskTrainer(..., **class_weights(...))` and a
     recomputation after the arguments changed (`setattr(trainer, name, weights)`) read the same. Logs a warning
     naming the classes without a training row (they get the maximum weight).
+
+    Args:
+        data (`TrainingData`):
+            The loaded training data (its gate and category labels are counted).
+        training_args (`MultitaskTrainingArguments`):
+            `gate_class_weighting`, `category_class_weighting`, `class_weight_min` and `class_weight_max`.
+
+    Returns:
+        `dict[str, torch.Tensor | None]`: `gate_class_weights` and `category_class_weights`.
     """
     heads = (("gate", 2 if data.has_gate else 0, training_args.gate_class_weighting),
              ("category", len(data.category_labels), training_args.category_class_weighting))
@@ -121,6 +143,24 @@ def build_trainer(model: torch.nn.Module, data_args, training_args, inputs: RunI
     gate-only run with a category `--metric_for_best_model` is switched to `gate_f1`. Refuses (`UsageError`) an
     optimizer whose package is missing, a best-model metric that is not computed, a chunked training set that
     makes no step, and arguments the Trainer itself rejects.
+
+    Args:
+        model (`torch.nn.Module`):
+            The model (`build_model`).
+        data_args (`DataArguments`):
+            Tokenization settings.
+        training_args (`MultitaskTrainingArguments`):
+            The Trainer's arguments (fitted to the data in place, see above).
+        inputs (`RunInputs`):
+            The run's loaded data and tokenizer.
+        run_dir (`Path`):
+            Where the callbacks write the epoch log.
+
+    Returns:
+        `MultitaskTrainer`: Ready to `train()`.
+
+    Raises:
+        `UsageError`: See above.
     """
     data = inputs.data
     chunked = data_args.long_text == "chunk"

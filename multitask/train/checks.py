@@ -43,7 +43,8 @@ def require(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
-def _finite(value: float) -> bool:
+def finite(value: float) -> bool:
+    """True for an int or float that is neither NaN nor infinite (False for None, strings and the like)."""
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
@@ -61,7 +62,7 @@ def check_positive(value: Any, flag: str, what: str = "") -> None:
     Raises:
         `UsageError`: When the check fails.
     """
-    require(_finite(value) and value > 0, f"{flag} {value}: must be a positive number{what}")
+    require(finite(value) and value > 0, f"{flag} {value}: must be a positive number{what}")
 
 
 def check_fraction(value: float, flag: str, low_open: bool = False, high_open: bool = False) -> None:
@@ -84,7 +85,7 @@ def check_fraction(value: float, flag: str, low_open: bool = False, high_open: b
     low_ok = value > 0 if low_open else value >= 0
     high_ok = value < 1 if high_open else value <= 1
     interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
-    require(_finite(value) and low_ok and high_ok, f"{flag} {value}: must be in {interval}")
+    require(finite(value) and low_ok and high_ok, f"{flag} {value}: must be in {interval}")
 
 
 # --------------------------------------------------------------------------------------------- model sources
@@ -353,6 +354,8 @@ def _translate_load_error(name: str, flag: str, error: Exception) -> UserError |
 def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any) -> None:
     """Refuse, before anything is loaded or written, arguments that cannot work or would train nothing.
 
+    Each dataclass checks its own values when it is built (`__post_init__` in `multitask.train.arguments`); these
+    are the checks that need the environment (files, models, installed packages) or more than one dataclass.
     Local input files are checked to exist and be readable, not parsed. One side effect: a local
     `model_args.model_name_or_path` is replaced by the directory to load (a run directory becomes its `model/`).
 
@@ -370,94 +373,8 @@ def check_finetune_arguments(model_args: Any, data_args: Any, training_args: Any
         `ModelFileError`: A local model or tokenizer directory that is missing or incomplete.
     """
     args = training_args
-    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        value = getattr(args, flag)
-        require(isinstance(value, int) and value >= 1, f"--{flag} {value}: must be a whole number >= 1")
-    require(data_args.max_seq_length >= 1, f"--max_seq_length {data_args.max_seq_length}: must be >= 1")
-    if args.max_steps == 0 or args.max_steps < -1:
-        raise UsageError(f"--max_steps {args.max_steps}: would train nothing; give a positive number of optimizer "
-                         "steps, or leave it at -1 to train --num_train_epochs epochs")
-    if args.max_steps < 0 and not (_finite(args.num_train_epochs) and args.num_train_epochs > 0):
-        raise UsageError(f"--num_train_epochs {args.num_train_epochs}: would train nothing; give a positive number "
-                         "of epochs (or --max_steps N)")
-    check_positive(args.learning_rate, "--learning_rate", " (0 would leave every weight unchanged)")
-    require(_finite(args.weight_decay) and args.weight_decay >= 0, f"--weight_decay {args.weight_decay}: must be >= 0")
-    require(_finite(args.max_grad_norm), f"--max_grad_norm {args.max_grad_norm}: must be a number")
-    if not data_args.validation_file:
-        # Only checked when used: a validation file replaces the split.
-        check_fraction(data_args.validation_split, "--validation_split", low_open=True, high_open=True)
-    for flag in ("gate_loss_weight", "category_loss_weight", "hierarchy_weight", "pick_consistency_weight",
-                 "pseudo_label_weight", "rdrop_alpha_category", "rdrop_alpha_gate", "awp_lr"):
-        value = getattr(args, flag)
-        require(_finite(value) and value >= 0, f"--{flag} {value}: must be >= 0")
-    # Uncertainty weighting learns the two task weights itself, so zero λs are allowed with it.
-    if not args.uncertainty_weighting:
-        require(args.gate_loss_weight > 0 or args.category_loss_weight > 0,
-                "--gate_loss_weight 0 and --category_loss_weight 0: the loss would be zero, nothing would train")
-    check_fraction(args.pseudo_label_threshold, "--pseudo_label_threshold")
-    for flag in ("gate_label_smoothing", "category_label_smoothing"):
-        check_fraction(getattr(args, flag), f"--{flag}", high_open=True)
-    check_fraction(model_args.classifier_dropout, "--classifier_dropout", high_open=True)
-    check_positive(args.class_weight_min, "--class_weight_min")
-    require(args.class_weight_min <= args.class_weight_max,
-            f"--class_weight_min {args.class_weight_min} is above --class_weight_max {args.class_weight_max}")
-    require(isinstance(args.msd_samples, int) and args.msd_samples >= 1, f"--msd_samples {args.msd_samples}: must be >= 1")
-    check_positive(args.awp_eps, "--awp_eps")
-    require(_finite(args.layerwise_lr_decay) and 0 < args.layerwise_lr_decay <= 1,
-            f"--layerwise_lr_decay {args.layerwise_lr_decay}: must be in (0, 1] (1 = off)")
-    check_fraction(args.max_decline_leak, "--max_decline_leak")
-    if args.oos_recall_confidence is not None:
-        check_fraction(args.oos_recall_confidence, "--oos_recall_confidence", low_open=True, high_open=True)
-    require(args.worst_k >= 0, f"--worst_k {args.worst_k}: must be >= 0")
-    quantiles = list(args.frequency_band_quantiles)
-    require(bool(quantiles) and all(_finite(q) and 0 < q < 1 for q in quantiles) and quantiles == sorted(set(quantiles)),
-            f"--frequency_band_quantiles {' '.join(map(str, quantiles))}: must be increasing numbers in (0, 1)")
-    for flag in ("pick_low_confidence_levels", "decline_high_confidence_levels"):
-        for value in getattr(args, flag):
-            check_fraction(value, f"--{flag}")
-    if args.early_stopping_patience is not None:
-        require(args.early_stopping_patience >= 1,
-                f"--early_stopping_patience {args.early_stopping_patience}: must be >= 1 (leave it out to never stop)")
-        # `.value`: str() of the IntervalStrategy enum is "IntervalStrategy.NO", never "no".
-        require(args.load_best_model_at_end and str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no",
-                "--early_stopping_patience needs evaluations and --load_best_model_at_end true")
-    require(model_args.lora_r >= 0, f"--lora_r {model_args.lora_r}: must be >= 0 (0 = full fine-tuning)")
-    if model_args.lora_r:
-        check_positive(model_args.lora_alpha, "--lora_alpha")
-        check_fraction(model_args.lora_dropout, "--lora_dropout", high_open=True)
-    _check_report_to(args.report_to)
-    for flag in ("seed", "data_seed"):
-        value = getattr(args, flag, None)
-        # np.random.seed (via transformers.set_seed) refuses values outside [0, 2**32), but only later.
-        require(value is None or 0 <= value < 2**32, f"--{flag} {value}: must be in [0, 2**32)")
-    require(args.dataloader_num_workers >= 0, f"--dataloader_num_workers {args.dataloader_num_workers}: must be >= 0 "
-                                              "(0 loads batches in the main process)")
-    require(not args.dataloader_persistent_workers or args.dataloader_num_workers > 0,
-            "--dataloader_persistent_workers needs --dataloader_num_workers > 0")
-    for flag in ("logging_steps", "eval_steps", "save_steps"):
-        value = getattr(args, flag)
-        require(value is None or (_finite(value) and value >= 0), f"--{flag} {value}: must be >= 0")
-    for flag, low in (("knn_k", 1), ("knn_bank_size", 1), ("threshold_cv", 0)):
-        value = getattr(args, flag, low)
-        require(isinstance(value, int) and value >= low, f"--{flag} {value}: must be a whole number >= {low}")
-    require(getattr(args, "threshold_cv", 0) != 1, "--threshold_cv 1: give 0 (off) or at least 2 folds")
-    for flag in ("contrastive_weight",):
-        value = getattr(args, flag, 0.0)
-        require(_finite(value) and value >= 0, f"--{flag} {value}: must be >= 0")
-    if getattr(args, "contrastive_weight", 0.0):
-        check_positive(args.contrastive_temperature, "--contrastive_temperature")
-    if args.push_to_hub and not args.hub_model_id:
-        raise UsageError("--push_to_hub needs --hub_model_id user/name (the model repo to create or update)")
-    require(bool(data_args.text_columns), "--text_columns: give at least one column")
-    check_columns(data_args.text_columns, data_args.pick_column, data_args.category_column)
-    check_encoding(data_args.encoding)
-    check_format(data_args.format)
-    workers = data_args.preprocessing_num_workers
-    require(workers is None or workers >= 1, f"--preprocessing_num_workers {workers}: must be >= 1 (or left out)")
-    for flag in ("max_train_samples", "max_eval_samples"):
-        value = getattr(data_args, flag)
-        require(value is None or (isinstance(value, int) and value >= 1),
-                f"--{flag} {value}: must be a whole number >= 1 (leave it out to use every row)")
+    for arguments in (model_args, data_args, training_args):
+        arguments.validate()  # again: a Python caller may have changed a value after building the dataclass
     check_optimizer(args)
     check_hp_search_arguments(args)
 
@@ -563,12 +480,20 @@ def check_hp_search_arguments(args: Any) -> None:
             "--resume_from_checkpoint continues one training; it cannot be combined with --hp_search_trials")
 
 
-# pip names of the --report_to integrations whose name is not the package's own.
+# pip names of the integrations whose name is not their package's.
 _REPORT_TO_PACKAGES = {"azure_ml": "azureml-core", "flyte": "flytekit", "codecarbon": "codecarbon"}
 
 
-def _check_report_to(report_to: Any) -> None:
-    """An unknown --report_to name fails at start-up, not after the data is loaded and tokenized."""
+def check_report_to(report_to: Any) -> None:
+    """An unknown --report_to name fails at start-up, not after the data is loaded and tokenized.
+
+    Args:
+        report_to (`str` or `list[str]`, *optional*):
+            `TrainingArguments.report_to`: integration names, `all` or `none`.
+
+    Raises:
+        `UsageError`: For a name transformers has no integration for (the closest one is suggested).
+    """
     try:
         # A private module: if a release moves it, skip this early check (the Trainer still rejects the name).
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK

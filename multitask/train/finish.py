@@ -55,7 +55,29 @@ def finish_run(trainer: Trainer, train_result: TrainOutput, run: RunDirectory, m
 
     Call it on every process: the evaluation and the gathering of a sharded model are collective. Other processes
     return after them, with `test` empty. With `--lora_r` the adapter is saved to `model/adapter/` and the merged
-    model replaces `trainer.model`. A run that took no optimizer step raises a `UserError`.
+    model replaces `trainer.model`.
+
+    Args:
+        trainer (`Trainer`):
+            The trainer after `train()`.
+        train_result (`TrainOutput`):
+            What `train()` returned.
+        run (`RunDirectory`):
+            The started run directory.
+        model_args (`ModelArguments`):
+            Recorded in the model card; LoRA settings.
+        data_args (`DataArguments`):
+            The test files and text settings.
+        inputs (`RunInputs`):
+            The run's loaded inputs.
+        data_files (`dict[str, str]`):
+            The data files' hashes (`start_run`), for the model card.
+
+    Returns:
+        `dict`: The run's metrics, as written to metrics.json.
+
+    Raises:
+        `UserError`: When the run took no optimizer step.
     """
     training_args = trainer.args
     note = check_trained(trainer, train_result, inputs.resume)

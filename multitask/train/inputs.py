@@ -64,6 +64,19 @@ def resolve_inputs(model_args, data_args, training_args, run_dir: Path) -> HubDa
     No `--model_name_or_path`: the demo (`demo.use_demo_inputs`, which builds its encoder under `run_dir`). With
     `--dataset_repo`: the files it names are downloaded and the file arguments point at the local copies; with no
     file named, its splits are loaded with `datasets.load_dataset` and returned as a `HubData`.
+
+    Args:
+        model_args (`ModelArguments`):
+            Gets the demo encoder when no model is named.
+        data_args (`DataArguments`):
+            Gets the demo files, or the local copies of files downloaded from `dataset_repo`.
+        training_args (`MultitaskTrainingArguments`):
+            Gets the demo's settings; its `hub_token` is used for the download.
+        run_dir (`Path`):
+            Where the demo encoder is built.
+
+    Returns:
+        `HubData` for a Hub dataset loaded by splits, else None.
     """
     if model_args.model_name_or_path is None:
         use_demo_inputs(model_args, data_args, training_args, run_dir)
@@ -98,6 +111,22 @@ def prepare_inputs(model_args, data_args, training_args, run_dir: Path) -> RunIn
     file paths, `push_to_hub` (off: we push, see `hub.take_over_push`) and `hub_token` (None: the Trainer pickles
     its arguments into every checkpoint). Any mistake is a `UserError`. Nothing is written but the Hub cache and
     the demo encoder (under `run_dir`; `RunDirectory.discard` removes it from a refused run).
+
+    Args:
+        model_args (`ModelArguments`):
+            The model settings (changed in place, see above).
+        data_args (`DataArguments`):
+            The data settings (changed in place).
+        training_args (`MultitaskTrainingArguments`):
+            The training settings (changed in place).
+        run_dir (`Path`):
+            The run directory (not created here).
+
+    Returns:
+        `RunInputs`: The data, tokenizer, encoder config, resume checkpoint, Hub settings.
+
+    Raises:
+        `UserError`: Any mistake in the inputs.
     """
     compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     quantization = quantization_kwargs(model_args.load_in_4bit, model_args.load_in_8bit, model_args.lora_r,
@@ -172,7 +201,17 @@ def _load_data(data_args, training_args, separator: str, hub_data: HubData | Non
 
 def data_file_hashes(data_args, hub_data: HubData | None) -> dict[str, str]:
     """The SHA-256 of every data file the run read, by path; a Hub dataset's splits by the fingerprint `datasets`
-    gives the loaded data (keyed `repo@revision split name`)."""
+    gives the loaded data (keyed `repo@revision split name`).
+
+    Args:
+        data_args (`DataArguments`):
+            The data files.
+        hub_data (`HubData`, *optional*):
+            A Hub dataset loaded by splits.
+
+    Returns:
+        `dict[str, str]`: Path (or `repo@revision split`) -> hash.
+    """
     data_files = {
         str(path): file_sha256(path)
         for path in [data_args.train_file, data_args.task1_file, data_args.task2_file, data_args.validation_file,
