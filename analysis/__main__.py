@@ -26,6 +26,7 @@ from .load import IGNORE_INDEX, Predictions, load_input
 from .plots import confusion_heatmap
 from .report import analyse, compare, render, render_comparison
 from .safety import category_safety, gate_safety, load_cost_matrix
+from .shift import render_shift, shift_report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +79,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap.")
     parser.add_argument(
+        "--promise", default=None,
+        help="A training run directory: for each predictions file (run_predict.py on a labelled sample of new data) "
+        "report how far the gate's operating point moved from what the run promised (held-out folds), with "
+        "intervals, and the threshold that would restore the recall target on the sample (<stem>_shift.md/json).",
+    )
+    parser.add_argument(
+        "--promise_threshold", default="leak", help="With --promise: the stored threshold to check (default leak)."
+    )
+    parser.add_argument(
         "--debug", action="store_true", help="On an error, print the traceback too (or MULTITASK_DEBUG=1)."
     )
     raise_usage_errors(parser)
@@ -93,6 +103,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.critical_labels = [
         label.strip() for label in (args.critical_labels or "").split(",") if label.strip()
     ]
+    if args.promise and not Path(args.promise).is_dir():
+        parser.error(f"--promise {args.promise}: not a directory; give the training run directory of the model")
+    if args.promise and all(Path(source).is_dir() for source in args.inputs):
+        parser.error("--promise: give predictions files of new labelled data (run_predict.py's output), not run "
+                     "directories")
     if bool(args.allow_label) != bool(args.critical_labels):
         parser.error("--allow_label and --critical_labels go together")
     return args
@@ -181,6 +196,16 @@ def _analyse_all(
         if any(safety.values()):
             files["safety"] = folder / f"{prefix}safety.json"
             _write_json(stage.path(files["safety"]), {"input": str(source), "splits": safety})
+        if args.promise and not is_run:
+            shift = shift_report(source, args.promise, args.promise_threshold, args.pick_column or "pick",
+                                 args.category_column or "category")
+            text = render_shift(shift)
+            files["shift_markdown"] = folder / f"{prefix}shift.md"
+            files["shift_json"] = folder / f"{prefix}shift.json"
+            stage.path(files["shift_markdown"]).write_text(text, encoding="utf-8")
+            _write_json(stage.path(files["shift_json"]), shift)
+            sections.append(text)
+            results["shift"] = {**results.get("shift", {}), name: shift}
         markdown += sections
         results["inputs"][name] = {
             "files": {k: str(v) for k, v in files.items()},
