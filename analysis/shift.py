@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from multitask.errors import DataError, UsageError
-from multitask.io.tables import read_table
+from multitask.io.tables import parse_pick, read_table
+from multitask.labels import IGNORE_INDEX, is_missing_label
 from multitask.scoring.stats import proportion_interval
 from multitask.scoring.thresholds import search_gate_thresholds
 
@@ -102,20 +103,25 @@ def shift_report(predictions: str | Path, run_dir: str | Path, kind: str = "leak
         `DataError`: A sample without `pick_prob` or gold gate labels, or without a Decline row.
     """
     settings = load_promise(run_dir, kind)
-    frame = read_table(predictions).frame
+    table = read_table(predictions)
+    frame = table.frame
     for column in ("pick_prob", pick_column):
         if column not in frame.columns:
             raise DataError(f"{predictions}: no {column!r} column (run run_predict.py on a labelled sample; "
                             "--pick_column names another gold column)")
-    labelled = frame[pick_column].str.strip().isin(["0", "1"])
-    frame = frame[labelled]
-    gate = frame[pick_column].astype(str).str.strip().astype(int).to_numpy()
+    # The training reader's spellings (1/0, true/false, Pick/Decline, …); an empty cell is an unlabelled row.
+    gate = np.asarray(parse_pick(frame[pick_column], table, required=False, column=pick_column))
+    keep = gate != IGNORE_INDEX
+    frame, gate = frame[keep], gate[keep]
     if not (gate == 0).any():
         raise DataError(f"{predictions}, column {pick_column!r}: no Decline row; out-of-scope recall needs some")
     pick_prob = frame["pick_prob"].astype(float).to_numpy()
     correct = None
     if category_column in frame.columns and "category_pred" in frame.columns:
-        correct = (frame["category_pred"].astype(str) == frame[category_column].astype(str)).to_numpy()
+        gold = frame[category_column].astype(str)
+        # A Pick row without a gold category counts as right when let through, as training's figures count it.
+        unknown = gold.map(lambda name: not name.strip() or is_missing_label(name)).to_numpy()
+        correct = (frame["category_pred"].astype(str) == gold).to_numpy() | unknown
     sample = figures_at(pick_prob, gate, correct, settings["threshold"])
     moved, outside = {}, []
     for name, promised in settings["promise"].items():

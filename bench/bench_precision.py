@@ -4,7 +4,8 @@ alternating in one process on one model, so drift from other load cancels.
 
 Each system trains one epoch of the CLINC150 training rows (MultitaskTrainer, length-grouped batches, word
 embeddings frozen, as run_finetune.py's defaults) through `trainer.train()`; the order within a round is
-A B C … then … C B A, repeated --rounds times. The report gives seconds per epoch, each system's ratio to fp32
+A B C … then … C B A, repeated --rounds times, after
+an untimed 10-step warm-up of each system. The report gives seconds per epoch, each system's ratio to fp32
 (mean over its epochs), the per-round ratios (their spread is the noise) and, with --flops, the share of the
 matrix-multiply peak reached (measured with bench_flops' GEMM probe).
 
@@ -80,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train_one_epoch(factory, system: str, steps: int) -> float:
     """Seconds for one epoch of `system` through `trainer.train()` on the shared model."""
-    overrides = {"precision": "bf16" if system == "bf16" else "fp32", "train_sampling_strategy": "group_by_length"}
+    # use_cpu: on a machine with a GPU this bench still compares the CPU's own precisions.
+    overrides = {"precision": "bf16" if system == "bf16" else "fp32", "train_sampling_strategy": "group_by_length",
+                 "use_cpu": True}
     torch.backends.mkldnn.matmul.fp32_precision = "bf16" if system == "fp32_bf16_gemm" else "none"
     trainer = factory(steps, False, **overrides)
     start = time.perf_counter()
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     seconds: dict[str, list[float]] = {name: [] for name in args.systems}
     per_round: dict[str, list[float]] = {name: [] for name in args.systems[1:]}
     reference = args.systems[0]
+    for system in args.systems:  # untimed warm-up: oneDNN's first kernels and caches would burden the first epoch
+        train_one_epoch(systems["ours"], system, min(10, steps))
     for round_index in range(args.rounds):
         for system in [*args.systems, *reversed(args.systems)]:
             seconds[system].append(train_one_epoch(systems["ours"], system, steps))

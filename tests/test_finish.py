@@ -74,8 +74,14 @@ def test_guaranteed_leak_threshold_is_recorded_and_logged(encoder_dir, csv_files
                          "--target_oos_recall", "0.5", "--oos_recall_confidence", "0.9", "--threshold_cv", "0")
     with caplog.at_level(logging.INFO, logger="run_finetune"):
         run_finetune.main(argv)
-    leak = json.loads((run_dir / "thresholds.json").read_text())["leak"]
+    thresholds = json.loads((run_dir / "thresholds.json").read_text())
+    leak, guarantee = thresholds["leak"], thresholds["guarantee"]
     # The fixture's validation has one Decline row: no threshold can promise anything with 90 % confidence.
-    assert leak["confidence"] == 0.9 and leak["decline_rows"] == 1 and not leak["met_target"]
-    assert any("leak threshold guarantee" in r.getMessage() and "does not cover a shift" in r.getMessage()
+    assert leak["decline_rows"] == 1 and not leak["met_target"] and not guarantee["met"]
+    # The overall 90 % is split over the candidate scores the choice was made among (a union bound).
+    candidates = guarantee["candidate_scores"]
+    assert guarantee["confidence"] == 0.9
+    assert leak["confidence"] == pytest.approx(1 - 0.1 / candidates) == guarantee["per_score_confidence"]
+    assert "shift" in guarantee["does_not_cover"]
+    assert any("guarantee at the leak threshold" in r.getMessage() and "not for a shift" in r.getMessage()
                for r in caplog.records)

@@ -80,3 +80,17 @@ def test_held_out_estimate_is_less_optimistic_than_same_rows():
 def test_too_few_rows_for_cross_validation():
     cv = cross_validate_gate({"s": np.array([0.1, 0.9, 0.8])}, np.array([0, 1, 1]), None, ["s"], 0.3)
     assert "note" in cv
+
+
+def test_guarantee_is_split_over_the_candidate_scores():
+    from multitask.scoring.gate_selection import per_score_confidence
+
+    assert per_score_confidence(None, 8) is None
+    assert per_score_confidence(0.95, 1) == approx(0.95)
+    assert per_score_confidence(0.95, 8) == approx(1 - 0.05 / 8)
+    rng = np.random.default_rng(1)
+    gold = np.array([1] * 200 + [0] * 200)
+    scores = {name: np.concatenate([rng.beta(5, 2, 200), rng.beta(2, 5, 200)]) for name in ("a", "b")}
+    correct = np.ones(400, dtype=bool)
+    _, search = choose_gate(scores, gold, correct, ["a", "b"], 0.2, confidence=0.9)
+    assert search["leak"]["confidence"] == approx(0.95)

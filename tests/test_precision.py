@@ -130,35 +130,52 @@ def test_bf16_prediction_on_cpu_is_close_to_fp32(model, tokenizer):
 
 
 @pytest.mark.parametrize(
-    ("precision", "bf16_flag", "cuda", "cuda_bf16", "cpu_bf16", "expected"),
+    ("precision", "bf16_flag", "device", "cuda_bf16", "cpu_bf16", "expected"),
     [
-        ("auto", False, False, False, True, (True, True)),  # a CPU with AVX512-BF16: bf16, and use_cpu for transformers
-        ("auto", False, False, False, False, (False, False)),  # emulated bf16 is slower: fp32
-        ("auto", False, True, True, False, (True, False)),  # an Ampere GPU
-        ("auto", False, True, False, True, (False, False)),  # a pre-Ampere GPU: the CPU's bf16 does not matter
-        ("fp32", False, False, False, True, (False, False)),
-        ("bf16", False, False, False, True, (True, True)),
-        ("fp32", True, True, True, True, ValueError),  # --bf16 true contradicts --precision fp32
-        ("bf16", False, False, False, False, ValueError),  # asked for, but only emulated here
-        ("auto", True, False, False, False, ValueError),  # --bf16 true is asking for it too
-        ("fast", False, False, False, True, ValueError),
+        ("auto", False, "cpu", False, True, (True, True)),  # a CPU with AVX512-BF16: bf16, and use_cpu for transformers
+        ("auto", False, "cpu", False, False, (False, False)),  # emulated bf16 is slower: fp32
+        ("auto", False, "cuda", True, False, (True, False)),  # an Ampere GPU
+        ("auto", False, "cuda", False, True, (False, False)),  # a pre-Ampere GPU: the CPU's bf16 does not matter
+        ("auto", False, "other", False, True, (False, False)),  # MPS/XPU: auto never moves training to the CPU
+        ("bf16", False, "other", False, False, (True, False)),  # asked for there: transformers judges it
+        ("fp32", False, "cpu", False, True, (False, False)),
+        ("bf16", False, "cpu", False, True, (True, True)),
+        (None, True, "cpu", False, True, (True, True)),  # --bf16 true alone
+        (None, False, "cpu", False, True, (False, False)),  # nothing given: the default (fp32)
+        ("fp32", True, "cuda", True, True, ValueError),  # --bf16 true contradicts --precision fp32
+        ("bf16", False, "cpu", False, False, ValueError),  # asked for, but only emulated here
+        ("auto", True, "cpu", False, False, ValueError),  # --bf16 true is asking for it too
+        ("fast", False, "cpu", False, True, ValueError),
     ],
 )
-def test_resolve_training_precision(precision, bf16_flag, cuda, cuda_bf16, cpu_bf16, expected):
+def test_resolve_training_precision(precision, bf16_flag, device, cuda_bf16, cpu_bf16, expected):
     if expected is ValueError:
         with pytest.raises(ValueError):
-            resolve_training_precision(precision, bf16_flag, False, cuda, cuda_bf16, cpu_bf16)
+            resolve_training_precision(precision, bf16_flag, False, device, cuda_bf16, cpu_bf16)
         return
-    resolved = resolve_training_precision(precision, bf16_flag, False, cuda, cuda_bf16, cpu_bf16)
+    resolved = resolve_training_precision(precision, bf16_flag, False, device, cuda_bf16, cpu_bf16)
     assert (resolved.bf16, resolved.use_cpu) == expected
     assert resolved.name == ("bf16" if expected[0] else "fp32") and resolved.reason
 
 
-def test_fp16_flag_is_left_alone_by_auto():
-    resolved = resolve_training_precision("auto", False, True, True, True, True)
+def test_fp16_flag_is_left_alone_by_auto_and_contradicts_an_explicit_fp32():
+    resolved = resolve_training_precision("auto", False, True, "cuda", True, True)
     assert not resolved.bf16 and "fp16" in resolved.reason
+    assert not resolve_training_precision(None, False, True, "cuda", True, True).bf16
     with pytest.raises(ValueError, match="choose one"):
-        resolve_training_precision("bf16", False, True, True, True, True)
+        resolve_training_precision("bf16", False, True, "cuda", True, True)
+    with pytest.raises(ValueError, match="contradicts --precision fp32"):
+        resolve_training_precision("fp32", False, True, "cuda", True, True)
+
+
+def test_accelerate_mixed_precision_counts_as_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("multitask.train.arguments.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    args = MultitaskTrainingArguments(output_dir=str(tmp_path))
+    assert args.bf16 and "bf16" in args.precision_reason  # the log says what accelerate will run
+    with pytest.raises(ValueError, match="contradicts --precision fp32"):
+        MultitaskTrainingArguments(output_dir=str(tmp_path), precision="fp32")
 
 
 def test_arguments_resolve_precision(tmp_path, monkeypatch):

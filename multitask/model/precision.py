@@ -68,7 +68,7 @@ class TrainingPrecision:
 
 
 def resolve_training_precision(
-    precision: str, bf16_flag: bool, fp16_flag: bool, cuda: bool, cuda_bf16: bool, cpu_bf16: bool
+    precision: str | None, bf16_flag: bool, fp16_flag: bool, device: str, cuda_bf16: bool, cpu_bf16: bool
 ) -> TrainingPrecision:
     """Resolve `--precision` (auto, fp32, bf16) and the Trainer's own `--bf16`/`--fp16` into one choice.
 
@@ -77,17 +77,18 @@ def resolve_training_precision(
     AVX512-BF16 or AMX); elsewhere it is emulated and slower than fp32.
 
     Args:
-        precision (`str`):
+        precision (`str`, *optional*):
             `auto`: bf16 where native, else fp32. `fp32`: never bf16. `bf16`: bf16, or a `ValueError` where it
-            would be emulated.
+            would be emulated. None (not given): `bf16` with `--bf16`, else `DEFAULT_PRECISION`.
         bf16_flag (`bool`):
-            The Trainer's `--bf16`: the same as `--precision bf16`.
+            The Trainer's `--bf16` (or accelerate's `--mixed_precision bf16`): the same as `--precision bf16`.
         fp16_flag (`bool`):
-            The Trainer's `--fp16`: an explicit fp16 choice that `auto` leaves alone.
-        cuda (`bool`):
-            Whether training runs on a CUDA GPU.
+            The Trainer's `--fp16` (or accelerate's `--mixed_precision fp16`): an explicit fp16 choice.
+        device (`str`):
+            Where training runs: `cuda`, `cpu`, or `other` (MPS, XPU, HPU, …: bf16 there is left to
+            transformers' own checks, and `auto` stays fp32).
         cuda_bf16 (`bool`):
-            Whether that GPU multiplies bf16 natively (`torch.cuda.is_bf16_supported(including_emulation=False)`).
+            Whether the GPU multiplies bf16 natively (`torch.cuda.is_bf16_supported(including_emulation=False)`).
         cpu_bf16 (`bool`):
             Whether the CPU has AVX512-BF16 or AMX-BF16 (`cpu_has_native_bf16`).
 
@@ -95,34 +96,43 @@ def resolve_training_precision(
         `TrainingPrecision`.
 
     Raises:
-        `ValueError`: For an unknown `precision`, `--precision fp32` with `--bf16`, bf16 with fp16, or bf16 asked
-        for explicitly where the hardware would only emulate it.
+        `ValueError`: For an unknown `precision`, `--precision fp32` with `--bf16` or `--fp16`, bf16 with fp16, or
+        bf16 asked for explicitly where the hardware would only emulate it.
     """
+    given = precision is not None
+    precision = precision if given else ("bf16" if bf16_flag else DEFAULT_PRECISION)
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if bf16_flag and precision == "fp32":
-        raise ValueError("--bf16 true contradicts --precision fp32: give one of them")
     if bf16_flag and fp16_flag:
         raise ValueError("--bf16 and --fp16 both set: choose one")
-    device = "GPU" if cuda else "CPU"
-    native = cuda_bf16 if cuda else cpu_bf16
-    hardware = "an Ampere or newer GPU" if cuda else "a CPU with AVX512-BF16 or AMX"
-    use_cpu = not cuda
+    if given and precision == "fp32" and (bf16_flag or fp16_flag):
+        mixed = "--bf16" if bf16_flag else "--fp16"
+        raise ValueError(f"{mixed} true (or accelerate's --mixed_precision) contradicts --precision fp32: give one")
     if fp16_flag:
         if precision == "bf16":
             raise ValueError("--precision bf16 with --fp16: choose one")
         return TrainingPrecision(False, False, "fp16 mixed precision (--fp16)")
+    if device == "other":  # MPS, XPU, HPU…: transformers and accelerate judge bf16 there
+        if bf16_flag or precision == "bf16":
+            return TrainingPrecision(True, False, "bf16 autocast on the accelerator (asked for)")
+        return TrainingPrecision(False, False, f"fp32 (--precision {precision}: auto picks bf16 only on CUDA GPUs "
+                                               "and CPUs; give --precision bf16 to use it on this accelerator)")
+    cuda = device == "cuda"
+    name = "GPU" if cuda else "CPU"
+    native = cuda_bf16 if cuda else cpu_bf16
+    hardware = "an Ampere or newer GPU" if cuda else "a CPU with AVX512-BF16 or AMX"
     if bf16_flag or precision == "bf16":
         if not native:
             flag = "--bf16 true" if bf16_flag else "--precision bf16"
-            raise ValueError(f"{flag}: this {device} has no native bf16 matrix instructions, so bf16 would be emulated "
+            raise ValueError(f"{flag}: this {name} has no native bf16 matrix instructions, so bf16 would be emulated "
                              f"and slower than fp32; it needs {hardware}. Use --precision auto or fp32")
-        return TrainingPrecision(True, use_cpu, f"bf16 autocast on the {device} (asked for)")
+        return TrainingPrecision(True, not cuda, f"bf16 autocast on the {name} (asked for)")
     if precision == "fp32":
         return TrainingPrecision(False, False, "fp32 (--precision fp32)")
     if native:
-        return TrainingPrecision(True, use_cpu, f"bf16 autocast (--precision auto: {hardware} multiplies bf16 natively)")
-    return TrainingPrecision(False, False, f"fp32 (--precision auto: this {device} has no native bf16 matrix "
+        return TrainingPrecision(True, not cuda, f"bf16 autocast (--precision auto: {hardware} multiplies bf16 "
+                                                 "natively)")
+    return TrainingPrecision(False, False, f"fp32 (--precision auto: this {name} has no native bf16 matrix "
                                            "instructions, where bf16 is slower than fp32)")
 
 

@@ -105,10 +105,30 @@ def choose_gate(
     Raises:
         `KeyError`: When no row has a gate label: the searches then hold no leak figures to compare.
     """
+    per_score = per_score_confidence(confidence, len(candidates))
     searches = {name: search_gate_thresholds(scores[name], gold, correct, max_decline_leak, costs=costs,
-                                             confidence=confidence) for name in candidates}
+                                             confidence=per_score) for name in candidates}
     name = best_of(searches)
     return name, searches[name]
+
+
+def per_score_confidence(confidence: float | None, candidates: int) -> float | None:
+    """The confidence each candidate score's bound must reach so the chosen one keeps `confidence` overall.
+
+    The choice among K scores reads the same validation rows as their bounds: a union (Bonferroni) bound spreads
+    the allowed error 1 - confidence over the K tests, so whichever score wins, its leak bound holds with
+    probability at least `confidence`.
+
+    Args:
+        confidence (`float`, *optional*): The overall confidence (`--oos_recall_confidence`); None: no guarantee.
+        candidates (`int`): How many scores the choice is made among.
+
+    Returns:
+        `float | None`: 1 - (1 - confidence) / candidates, or None.
+    """
+    if confidence is None:
+        return None
+    return 1.0 - (1.0 - confidence) / max(candidates, 1)
 
 
 def best_of(searches: dict[str, dict]) -> str:
@@ -251,7 +271,9 @@ def cross_validate_gate(
     for fit, held in splitter.split(np.zeros(gold.size), gold):
         # Every candidate's search on the fitting folds, once: the choice and the per-score table both use it.
         searches = {other: search_gate_thresholds(kept[other][fit], gold[fit], correct[fit], max_decline_leak,
-                                                  costs=costs, confidence=confidence) for other in candidates}
+                                                  costs=costs, confidence=per_score_confidence(confidence,
+                                                                                               len(candidates)))
+                    for other in candidates}
         name = best_of(searches)
         search = searches[name]
         chosen_per_fold.append(name)

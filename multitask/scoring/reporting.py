@@ -75,7 +75,7 @@ def tune_gate(
     a named score that the model cannot give (e.g. ``maha`` on a gate-only model) falls back to ``pick`` with a
     warning. ``costs`` adds the cost-chosen ``cost`` threshold; ``review_share`` > 0 adds, per threshold, the band
     of scores around it holding that share of validation rows (``review_bands``) with the share of rows sent to
-    review and the end-to-end accuracy on the rest. Returns ``{"gate_score", "search" (thresholds fitted on all of
+    review and the end-to-end accuracy on the rest. Returns ``{"gate_score", "candidates" (the scores chosen among), "search" (thresholds fitted on all of
     validation), "cv" (or None), "review_bands", "default_threshold", "default_source"}``. The ``default``
     threshold stays 0.5 on a probability score (`ood.PROBABILITY_SCORES`) and is the ``leak`` one on a squashed
     score, where 0.5 is the median training item, not a decision boundary.
@@ -113,8 +113,8 @@ def tune_gate(
             bands[kind] = {"band": [low, high], "review_share": float(review[labelled].mean()),
                            "accuracy_on_rest": float(right[decided].mean()) if decided.any() else float("nan"),
                            "accuracy_without_review": float(right[labelled].mean())}
-    return {"gate_score": name, "search": search, "cv": cv, "review_bands": bands, "default_threshold": default,
-            "default_source": "0.5 (a probability score)" if probability else "the leak threshold (a squashed score)"}
+    return {"gate_score": name, "candidates": names, "search": search, "cv": cv, "review_bands": bands,
+            "default_threshold": default, "default_source": "0.5 (a probability score)" if probability else "the leak threshold (a squashed score)"}
 
 
 def choose_chunk_aggregation(model, raw: WindowOutputs, dataset: Dataset, batch_size: int = 64) -> str:

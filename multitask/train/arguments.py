@@ -137,7 +137,7 @@ class DataArguments:
             "dataset_repo", "dataset_config_name", "dataset_revision", "train_split_name",
             "validation_split_name", "test_split_names", "text_columns", "category_column", "pick_column",
             "validation_split", "preprocessing_num_workers", "max_train_samples", "max_eval_samples",
-            "encoding"),
+            "encoding", "max_input_bytes", "max_cell_chars"),
         LONG_TEXT: ("max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride", "max_chunks",
             "chunk_aggregation"),
     }
@@ -681,13 +681,23 @@ class MultitaskTrainingArguments(TrainingArguments):
 
     def _resolve_precision(self) -> None:
         """Set `bf16` (and `use_cpu` for bf16 on a CPU, which transformers requires) from `--precision`; the
-        sentence saying what ran and why is kept as `precision_reason` for the run log."""
-        cuda = torch.cuda.is_available() and not self.use_cpu
-        cuda_bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
-        if self.precision is None:
-            self.precision = "bf16" if self.bf16 else DEFAULT_PRECISION
-        resolved = resolve_training_precision(self.precision, bool(self.bf16), bool(self.fp16), cuda, cuda_bf16,
-                                              cpu_has_native_bf16())
+        sentence saying what ran and why is kept as `precision_reason` for the run log. accelerate's
+        `--mixed_precision` (ACCELERATE_MIXED_PRECISION) counts as the matching flag, so the log cannot say fp32
+        while accelerate trains in bf16."""
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+        bf16_flag, fp16_flag = bool(self.bf16) or launched == "bf16", bool(self.fp16) or launched == "fp16"
+        if self.use_cpu:
+            device = "cpu"
+        elif torch.cuda.is_available():
+            device = "cuda"
+        else:
+            other = getattr(torch, "accelerator", None)
+            device = "other" if other is not None and other.is_available() else "cpu"
+        cuda_bf16 = device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        resolved = resolve_training_precision(self.precision, bf16_flag, fp16_flag, device, cuda_bf16,
+                                              cpu_has_native_bf16() if device == "cpu" else False)
+        if self.precision is None and not fp16_flag:
+            self.precision = resolved.name  # what ran, for run_config.json (fp16 is the Trainer's own flag)
         self.bf16 = resolved.bf16
         self.use_cpu = self.use_cpu or resolved.use_cpu
         self.precision_reason = resolved.reason

@@ -164,6 +164,11 @@ def build_trainer(model: torch.nn.Module, data_args, training_args, inputs: RunI
     """
     data = inputs.data
     chunked = data_args.long_text == "chunk"
+    unlabelled_picks = data.report.get("train_rows_by_labels", {}).get("gate_only_pick", 0)
+    if training_args.pseudo_label_weight > 0 and not unlabelled_picks:
+        logger.warning("--pseudo_label_weight %g has nothing to act on: no training row is a Pick without a "
+                       "category (it needs a task1 table with more Pick rows than the task2 table labels)",
+                       training_args.pseudo_label_weight)
     # Before the Trainer exists: Trainer.__init__ copies args.label_names once and never reads them again.
     _fit_label_names(training_args, data, chunked)
     # Again, now with the model: the optimizer lookups that need its parameters can only fail here.

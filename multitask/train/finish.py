@@ -218,17 +218,31 @@ def _tune_gate(trained, scores: Scores, validation: LabeledFile, training_args, 
     trained.config.gate_thresholds.update({kind: entry["threshold"] for kind, entry in gate["search"].items()})
     trained.config.gate_thresholds["default"] = gate["default_threshold"]
     trained.config.review_bands = {kind: entry["band"] for kind, entry in gate["review_bands"].items()} or None
+    leak = gate["search"]["leak"]
+    guarantee = None
+    if "confidence" in leak:
+        # What the promise covers, in words the user reads in thresholds.json, the run log and the model card.
+        guarantee = {
+            "threshold": "leak (run_predict.py --threshold leak)", "confidence": training_args.oos_recall_confidence,
+            "per_score_confidence": leak["confidence"], "candidate_scores": len(gate["candidates"]),
+            "max_decline_leak": leak["max_decline_leak"], "decline_rows": leak["decline_rows"],
+            "leak_upper_bound": leak["leak_upper_bound"], "met": leak["met_target"],
+            "covers": "new Decline items drawn like validation's (exchangeable)",
+            "does_not_cover": "a shift in what out-of-scope items look like, or in their share",
+        }
     write_json(run_dir / "thresholds.json", {"gate_score": gate["gate_score"], "default": gate["default_source"],
                                              **gate["search"],
+                                             **({"guarantee": guarantee} if guarantee else {}),
                                              **({"review": gate["review_bands"]} if gate["review_bands"] else {})})
     logger.info("gate score %s; gate thresholds (validation): %s", gate["gate_score"], trained.config.gate_thresholds)
-    leak = gate["search"]["leak"]
-    if "confidence" in leak:
-        logger.info("leak threshold guarantee: with %.0f%% confidence the share of new Decline items let through is "
-                    "at most %.3f (Clopper-Pearson bound %.3f on %d validation Decline rows; %s). It assumes new "
-                    "Decline items are like validation's: it does not cover a shift in what out-of-scope looks like",
-                    100 * leak["confidence"], leak["max_decline_leak"], leak["leak_upper_bound"], leak["decline_rows"],
-                    "met" if leak["met_target"] else "NOT met: no threshold reaches it, the lowest bound was kept")
+    if guarantee is not None:
+        logger.info("guarantee at the leak threshold (run_predict.py --threshold leak): with %.0f%% confidence the "
+                    "share of new Decline items let through is at most %.3f (Clopper-Pearson bound %.3f on %d "
+                    "validation Decline rows, %.4f per gate score over %d candidates; %s). It holds for new Decline "
+                    "items like validation's, not for a shift in what out-of-scope looks like",
+                    100 * guarantee["confidence"], guarantee["max_decline_leak"], guarantee["leak_upper_bound"],
+                    guarantee["decline_rows"], guarantee["per_score_confidence"], guarantee["candidate_scores"],
+                    "met" if guarantee["met"] else "NOT met: no threshold reaches it, the lowest bound was kept")
     if gate["cv"] is None:
         return None
     write_json(run_dir / "gate_cv.json", gate["cv"])

@@ -64,7 +64,9 @@ class MultitaskTrainer(Trainer):
             class_weights=(self.gate_class_weights, self.category_class_weights),
             smoothing=(args.gate_label_smoothing, args.category_label_smoothing),
             with_hierarchy=args.hierarchy_weight > 0, with_pick_consistency=args.pick_consistency_weight > 0,
-            pseudo_label_threshold=args.pseudo_label_threshold if args.pseudo_label_weight > 0 else None)
+            # Training only: in evaluation the term would reward confident models in eval_loss.
+            pseudo_label_threshold=args.pseudo_label_threshold
+            if args.pseudo_label_weight > 0 and self.model.training else None)
 
     def _get_train_sampler(self, train_dataset=None):
         """The Trainer's sampler; a length-grouped one gets a generator seeded with --data_seed (else --seed).
