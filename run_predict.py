@@ -27,7 +27,7 @@ from multitask.data.loading import load_labeled_file
 from multitask.data.text_encoding import text_separator
 from multitask.errors import cli, parse_arguments
 from multitask.io.rundir import check_output_dir, setup_logging, staged_files, write_json
-from multitask.io.tables import FORMATS, guard_formulas, set_read_limits
+from multitask.io.tables import FORMATS, guard_formulas, read_limit_fields, set_read_limits
 from multitask.scoring.metrics import compute_all
 from multitask.serve.onnx_backend import BACKENDS
 from multitask.serve.predict import prediction_records
@@ -100,16 +100,8 @@ class PredictArguments:
         default=None,
         metadata={"help": "Encoding of text input files. Empty: UTF-8 (with or without BOM), else CP932/Shift-JIS."},
     )
-    max_input_bytes: int = field(
-        default=2 * 1024**3,
-        metadata={"help": "Refuse an input file larger than this many bytes once decompressed (.gz/.bz2/.xz are "
-                  "read only up to it, so a small archive that expands hugely is refused quickly). Default 2 GiB."},
-    )
-    max_cell_chars: int = field(
-        default=1_000_000,
-        metadata={"help": "Refuse an input file with a cell longer than this many characters (more likely a broken "
-                  "export than a text). Error lines quote at most 80 characters of any cell."},
-    )
+    max_input_bytes: int = read_limit_fields()["max_input_bytes"]
+    max_cell_chars: int = read_limit_fields()["max_cell_chars"]
     allow_unknown_labels: bool = field(
         default=False,
         metadata={"help": "A gold category the model does not know: count and report it, leave the row unscored "

@@ -85,6 +85,19 @@ class ReadLimits:
 READ_LIMITS = ReadLimits()
 
 
+def read_limit_fields() -> dict[str, Any]:
+    """The `--max_input_bytes` and `--max_cell_chars` dataclass fields, one spelling for every CLI that reads data
+    (`DataArguments`, `PredictArguments`): `max_input_bytes: int = read_limit_fields()["max_input_bytes"]`."""
+    return {
+        "max_input_bytes": field(default=ReadLimits.max_input_bytes, metadata={
+            "help": "Refuse an input file larger than this many bytes once decompressed (.gz/.bz2/.xz are read only "
+                    "up to it, so a small archive that expands hugely is refused quickly). Default 2 GiB."}),
+        "max_cell_chars": field(default=ReadLimits.max_cell_chars, metadata={
+            "help": "Refuse an input file with a cell longer than this many characters (more likely a broken export "
+                    "than a text). Error lines quote at most 80 characters of any cell."}),
+    }
+
+
 def set_read_limits(max_input_bytes: int | None = None, max_cell_chars: int | None = None) -> None:
     """Set the limits every later read checks (None keeps the current value); a value below 1 is a `UsageError`."""
     for flag, value in (("--max_input_bytes", max_input_bytes), ("--max_cell_chars", max_cell_chars)):

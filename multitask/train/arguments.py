@@ -17,7 +17,7 @@ import torch
 from transformers import TrainingArguments
 
 from multitask.errors import UsageError
-from multitask.io.tables import FORMATS, check_encoding, check_format
+from multitask.io.tables import FORMATS, check_encoding, check_format, read_limit_fields
 from multitask.model.configuration import DEFAULT_TEXT_COLUMNS
 from multitask.model.precision import DEFAULT_PRECISION, cpu_has_native_bf16, resolve_training_precision
 from multitask.train.checks import (
@@ -271,16 +271,8 @@ class DataArguments:
         metadata={"help": "Encoding of text data files (CSV, TSV, JSON Lines, JSON). Empty: UTF-8 (with or without "
                   "BOM), else CP932/Shift-JIS."},
     )
-    max_input_bytes: int = field(
-        default=2 * 1024**3,
-        metadata={"help": "Refuse an input file larger than this many bytes once decompressed (.gz/.bz2/.xz are "
-                  "read only up to it, so a small archive that expands hugely is refused quickly). Default 2 GiB."},
-    )
-    max_cell_chars: int = field(
-        default=1_000_000,
-        metadata={"help": "Refuse an input file with a cell longer than this many characters (more likely a broken "
-                  "export than a text). Error lines quote at most 80 characters of any cell."},
-    )
+    max_input_bytes: int = read_limit_fields()["max_input_bytes"]
+    max_cell_chars: int = read_limit_fields()["max_cell_chars"]
 
     def __post_init__(self) -> None:
         self.validate()
