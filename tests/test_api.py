@@ -3,6 +3,7 @@ run_predict.py does."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -94,8 +95,8 @@ def test_predictor_decides_as_run_predict_writes(api_run, threshold):
             assert decision.pick_prob == pytest.approx(float(row["pick_prob"]), abs=1e-6)
             assert decision.category_prob == pytest.approx(float(row["category_prob"]), abs=1e-6)
             assert decision.label == (decision.category if int(row["pick_pred"]) else "Decline")
-            top = row["category_top3"].split("|")
-            assert [name for name, _ in decision.top_categories] == [item.rsplit(":", 1)[0] for item in top]
+            top = json.loads(row["category_top3"])  # a JSON list of [label, probability] pairs
+            assert [name for name, _ in decision.top_categories] == [name for name, _ in top]
 
 
 def test_load_model_and_errors(api_run, tmp_path):
