@@ -210,14 +210,23 @@ def ours_figures(run_dir: Path, val: pd.DataFrame) -> dict:
     gate = (val["pick"] == "1").to_numpy().astype(int)
     return {"joint_accuracy": validation["eval_joint_accuracy"], "joint_macro_f1": validation["eval_joint_macro_f1"],
             "category_accuracy": validation["eval_category_accuracy"],
-            **summarise_cv(metrics["gate_cv"], gate),
+            **summarise_cv(json.loads((run_dir / "gate_cv.json").read_text()), gate),
             "train_rows": json.loads((run_dir / "run_config.json").read_text())["data_report"]["train_rows_by_labels"]}
+
+
+def finished(run_dir: Path) -> bool:
+    status = run_dir / "run_status.json"
+    return status.is_file() and json.loads(status.read_text()).get("status") == "complete"
 
 
 def run_ours(system: str, paths: dict, args, seed: int, run_dir: Path) -> dict:
     data = ["--model_name_or_path", args.encoder, "--task1_file", str(paths["task1"]), "--task2_file",
             str(paths["task2"]), "--validation_file", str(paths["val"])]
-    wall = run_finetune(run_dir, args, seed, *data, *SYSTEM_FLAGS[system].split())
+    if finished(run_dir):  # trained by an earlier call that stopped before recording it: read it, do not retrain
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        wall = metrics["train"].get("train_runtime")
+    else:
+        wall = run_finetune(run_dir, args, seed, *data, *SYSTEM_FLAGS[system].split())
     return {**ours_figures(run_dir, pd.read_csv(paths["val"], dtype=str, keep_default_na=False)), "wall_s": wall}
 
 
@@ -405,7 +414,7 @@ def main(argv=None) -> dict:
                     if key in results:
                         continue
                     run_dir = out / "runs" / f"{system}_f{fraction}_s{seed}"
-                    if run_dir.exists():
+                    if run_dir.exists() and not (system in RUNNERS and finished(run_dir)):
                         shutil.rmtree(run_dir)
                     results[key] = run_system(system, paths, args, seed, run_dir)
                     print(f"[result] {key}: {json.dumps(results[key])}", flush=True)
