@@ -85,3 +85,6 @@ def test_guaranteed_leak_threshold_is_recorded_and_logged(encoder_dir, csv_files
     assert "shift" in guarantee["does_not_cover"]
     assert any("guarantee at the leak threshold" in r.getMessage() and "not for a shift" in r.getMessage()
                for r in caplog.records)
+    assert json.loads((run_dir / "model" / "config.json").read_text())["gate_guarantee"] == guarantee
+    card = (run_dir / "model" / "README.md").read_text()
+    assert "Guarantee at the `leak` threshold" in card and "does not cover a shift" in card

@@ -70,7 +70,9 @@ scores them; nothing was tuned on these rows.
 Gate score: `{{ gate_score }}` (Pick iff score >= threshold; see `multitask/model/ood.py`).
 
 {{ thresholds_table }}
-{% endif %}{% if calibration_table %}
+{% if guarantee_text %}
+{{ guarantee_text }}
+{% endif %}{% endif %}{% if calibration_table %}
 ## Calibration (validation)
 
 The probabilities this model reports divide each head's logits by a temperature fitted on validation (NLL).
@@ -114,6 +116,19 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
 def _fmt(value: Any) -> str:
     """Floats to 4 significant digits; anything else as str()."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _guarantee_text(guarantee: dict | None) -> str:
+    """The `--oos_recall_confidence` promise in words: what it rests on and what it does not cover ('' without)."""
+    if not guarantee:
+        return ""
+    state = "met" if guarantee["met"] else "**not met** (no threshold reached it; the lowest bound was kept)"
+    return (f"**Guarantee at the `leak` threshold** ({state}): with {100 * guarantee['confidence']:g} % confidence "
+            f"the share of new Decline items let through is at most {_fmt(guarantee['max_decline_leak'])} "
+            f"(one-sided Clopper–Pearson bound {_fmt(guarantee['leak_upper_bound'])} on "
+            f"{guarantee['decline_rows']} validation Decline rows, split over {guarantee['candidate_scores']} "
+            f"candidate gate scores). It covers {guarantee['covers']}; it does not cover "
+            f"{guarantee['does_not_cover']}.")
 
 
 def build_model_card(
@@ -203,6 +218,7 @@ def build_model_card(
         if config.has_gate
         else "",
         gate_score=config.gate_score,
+        guarantee_text=_guarantee_text(getattr(config, "gate_guarantee", None)),
         calibration_table=_table(("head", "temperature", "ECE before → after", "Brier", "NLL"), calibration_rows)
         if calibration_rows else "",
         gate_cv_folds=(gate_cv or {}).get("folds"),

@@ -236,6 +236,7 @@ def _tune_gate(trained, scores: Scores, validation: LabeledFile, training_args, 
                                              **({"review": gate["review_bands"]} if gate["review_bands"] else {})})
     logger.info("gate score %s; gate thresholds (validation): %s", gate["gate_score"], trained.config.gate_thresholds)
     if guarantee is not None:
+        trained.config.gate_guarantee = guarantee  # travels with the model: config.json and the model card
         logger.info("guarantee at the leak threshold (run_predict.py --threshold leak): with %.0f%% confidence the "
                     "share of new Decline items let through is at most %.3f (Clopper-Pearson bound %.3f on %d "
                     "validation Decline rows, %.4f per gate score over %d candidates; %s). It holds for new Decline "
