@@ -7,6 +7,7 @@ what they share from here (`from tests.conftest import …`), never from one ano
 
 import copy
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -112,15 +113,16 @@ def parsed_finetune_args(encoder_dir, csv_files, output_dir, *extra):
     return parser.parse_args_into_dataclasses(finetune_args(encoder_dir, csv_files, output_dir, *extra))
 
 
-@pytest.fixture
-def csv_files(tmp_path):
-    """task1/task2/val/test CSVs in the seed layout; task1 and task2 overlap on the economy rows."""
+def seed_tables(root: Path, task2_body: str = "news") -> dict[str, Path]:
+    """task1/task2/val/test CSVs in the seed layout under `root`. With the default `task2_body` the task2 texts
+    differ from task1's (title + body); with "" every task2 row is also a task1 row (merged into both labels)."""
+    tmp_path = root
     pick_rows = [(text, 1) for c in CATEGORIES for text in SENTENCES[c]] + [(t, 0) for t in SENTENCES["junk"]]
     task1 = write_csv(tmp_path / "task1.csv", {"pick": [p for _, p in pick_rows],
                                               "title": [t for t, _ in pick_rows], "body": [""] * len(pick_rows)})
     cat_rows = [(text, c) for c in CATEGORIES for text in SENTENCES[c]]
     task2 = write_csv(tmp_path / "task2.csv", {"category": [c for _, c in cat_rows],
-                                              "title": [t for t, _ in cat_rows], "body": ["news"] * len(cat_rows)})
+                                              "title": [t for t, _ in cat_rows], "body": [task2_body] * len(cat_rows)})
     eval_rows = [(SENTENCES[c][i], "1", c) for c in CATEGORIES for i in (0, 1)] + [(SENTENCES["junk"][0], "0", "")]
     val = write_csv(tmp_path / "val.csv", {"pick": [p for _, p, _ in eval_rows], "category": [c for _, _, c in eval_rows],
                                           "title": [t for t, _, _ in eval_rows], "body": [""] * len(eval_rows)})
@@ -128,3 +130,9 @@ def csv_files(tmp_path):
                                                    "pick": [p for _, p, _ in eval_rows], "category": [c for _, _, c in eval_rows],
                                                    "source_id": list(range(len(eval_rows)))})
     return {"task1": task1, "task2": task2, "val": val, "test": test}
+
+
+@pytest.fixture
+def csv_files(tmp_path):
+    """`seed_tables` in the test's own folder."""
+    return seed_tables(tmp_path)

@@ -13,7 +13,7 @@ import pytest
 import multitask
 import run_predict
 from multitask.errors import ModelFileError, UsageError
-from tests.conftest import CATEGORIES, SENTENCES, write_csv
+from tests.conftest import CATEGORIES, seed_tables, write_csv
 
 
 def test_every_public_name_imports():
@@ -42,17 +42,7 @@ def test_import_multitask_stays_light():
 def api_run(tmp_path_factory, encoder_dir):
     """A run trained from Python through the public API, on tiny CSVs."""
     root = tmp_path_factory.mktemp("api")
-    pick_rows = [(t, 1) for c in CATEGORIES for t in SENTENCES[c]] + [(t, 0) for t in SENTENCES["junk"]]
-    cat_rows = [(t, c) for c in CATEGORIES for t in SENTENCES[c]]
-    eval_rows = [(SENTENCES[c][i], "1", c) for c in CATEGORIES for i in (0, 1)] + [(SENTENCES["junk"][0], "0", "")]
-    files = {
-        "task1": write_csv(root / "task1.csv", {"pick": [p for _, p in pick_rows], "title": [t for t, _ in pick_rows],
-                                               "body": [""] * len(pick_rows)}),
-        "task2": write_csv(root / "task2.csv", {"category": [c for _, c in cat_rows], "title": [t for t, _ in cat_rows],
-                                               "body": [""] * len(cat_rows)}),
-        "val": write_csv(root / "val.csv", {"pick": [p for _, p, _ in eval_rows], "category": [c for _, _, c in eval_rows],
-                                           "title": [t for t, _, _ in eval_rows], "body": [""] * len(eval_rows)}),
-    }
+    files = seed_tables(root, task2_body="")
     from multitask import DataArguments, ModelArguments, MultitaskTrainingArguments, finetune
 
     metrics = finetune(

@@ -14,28 +14,14 @@ import run_predict
 from multitask.data.loading import DataError
 from multitask.errors import UsageError
 from multitask.train.trainer import MultitaskTrainer
-from tests.conftest import CATEGORIES, SENTENCES, finetune_args, write_csv
+from tests.conftest import CATEGORIES, SENTENCES, finetune_args, seed_tables, write_csv
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, encoder_dir):
     # Module-scoped, so it cannot use the function-scoped csv_files fixture: the same CSVs are built here.
     root = tmp_path_factory.mktemp("e2e")
-    pick_rows = [(t, 1) for c in CATEGORIES for t in SENTENCES[c]] + [(t, 0) for t in SENTENCES["junk"]]
-    cat_rows = [(t, c) for c in CATEGORIES for t in SENTENCES[c]]
-    eval_rows = [(SENTENCES[c][i], "1", c) for c in CATEGORIES for i in (0, 1)] + [(SENTENCES["junk"][0], "0", "")]
-    files = {
-        "task1": write_csv(root / "task1.csv", {"pick": [p for _, p in pick_rows], "title": [t for t, _ in pick_rows],
-                                               "body": [""] * len(pick_rows)}),
-        "task2": write_csv(root / "task2.csv", {"category": [c for _, c in cat_rows], "title": [t for t, _ in cat_rows],
-                                               "body": [""] * len(cat_rows)}),
-        "val": write_csv(root / "val.csv", {"pick": [p for _, p, _ in eval_rows], "category": [c for _, _, c in eval_rows],
-                                           "title": [t for t, _, _ in eval_rows], "body": [""] * len(eval_rows)}),
-        "test": write_csv(root / "ニュース_test.csv", {"title": [t for t, _, _ in eval_rows], "body": ["本文"] * len(eval_rows),
-                                                    "pick": [p for _, p, _ in eval_rows],
-                                                    "category": [c for _, _, c in eval_rows],
-                                                    "source_id": list(range(len(eval_rows)))}),
-    }
+    files = seed_tables(root, task2_body="")
     run_dir = root / "run"
     metrics = run_finetune.main(finetune_args(encoder_dir, files, run_dir))
     return run_dir, files, metrics
