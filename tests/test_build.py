@@ -101,3 +101,18 @@ def test_hp_search_through_run_finetune_keeps_the_best_trial(encoder_dir, csv_fi
     assert json.loads((run_dir / "run_status.json").read_text())["status"] == "complete"
     assert (run_dir / "model" / "config.json").is_file()
     assert not list(run_dir.glob("trial-*"))  # trial checkpoints removed
+
+
+def test_pseudo_label_settings_that_cannot_act_are_warned_about(encoder_dir, csv_files, tmp_path, caplog):
+    import logging
+
+    import run_finetune
+    from tests.conftest import finetune_args
+
+    argv = finetune_args(encoder_dir, csv_files, tmp_path / "run", "--max_steps", "1", "--eval_strategy", "no",
+                         "--save_strategy", "no", "--load_best_model_at_end", "false", "--cartography", "false",
+                         "--pseudo_label_weight", "1", "--pseudo_label_threshold", "0.99")
+    with caplog.at_level(logging.WARNING):
+        run_finetune.main(argv)
+    assert any("--pseudo_label_threshold 0.99" in r.getMessage() and "tends to" in r.getMessage()
+               for r in caplog.records)

@@ -143,3 +143,12 @@ def test_length_grouped_sampler_is_seeded_alike_and_reshuffles(model, tokenizer,
     assert epoch_one == list(second)
     assert sorted(epoch_one) == list(range(len(epoch_one)))  # every row once
     assert list(first) != epoch_one  # the next epoch reshuffles
+
+
+def test_pseudo_label_term_acts_on_pick_rows_without_a_category(model, tokenizer, csv_files, tmp_path):
+    # The fixture's task2 texts differ from task1's, so every task1 Pick row is a Pick without a category.
+    trainer = make_trainer(model, tokenizer, csv_files, tmp_path, max_steps=2, logging_steps=1,
+                           pseudo_label_weight=1.0, pseudo_label_threshold=0.0)
+    trainer.train()
+    logged = [entry["pseudo_label_loss"] for entry in trainer.state.log_history if "pseudo_label_loss" in entry]
+    assert logged and all(value > 0 for value in logged)  # threshold 0: every such row is pseudo-labelled

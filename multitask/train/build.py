@@ -169,6 +169,12 @@ def build_trainer(model: torch.nn.Module, data_args, training_args, inputs: RunI
         logger.warning("--pseudo_label_weight %g has nothing to act on: no training row is a Pick without a "
                        "category (it needs a task1 table with more Pick rows than the task2 table labels)",
                        training_args.pseudo_label_weight)
+    smoothing, categories = training_args.category_label_smoothing, max(len(data.category_labels), 1)
+    ceiling = 1.0 - smoothing + smoothing / categories  # the top probability label smoothing trains a head towards
+    if training_args.pseudo_label_weight > 0 and training_args.pseudo_label_threshold >= ceiling:
+        logger.warning("--pseudo_label_threshold %g: with --category_label_smoothing %g over %d categories a head's "
+                       "top probability tends to %.3f, so almost no row will be pseudo-labelled; use a lower "
+                       "threshold", training_args.pseudo_label_threshold, smoothing, categories, ceiling)
     # Before the Trainer exists: Trainer.__init__ copies args.label_names once and never reads them again.
     _fit_label_names(training_args, data, chunked)
     # Again, now with the model: the optimizer lookups that need its parameters can only fail here.
