@@ -172,3 +172,28 @@ def test_max_samples_are_stratified_seeded_and_reported(tmp_path):
     assert len(data.validation_frame) == 5 and list(data.train["row_id"]) == list(range(20))
     again = load_training_data(None, None, train_file=path, validation_split=0.2, seed=1, max_train_samples=20)
     assert list(again.train["text"]) == list(data.train["text"])
+
+
+def test_report_split_keeps_validation_rows_out_of_every_choice(tmp_path):
+    rows = ([{"pick": "1", "category": c, "title": f"{c} item {i}", "body": ""} for c in ("a", "b") for i in range(10)]
+            + [{"pick": "0", "category": "", "title": f"junk {i}", "body": ""} for i in range(10)])
+    val = write_csv(tmp_path / "val.csv", rows)
+    task1 = write_csv(tmp_path / "task1.csv", [{"pick": r["pick"], "title": "t " + r["title"], "body": ""} for r in rows])
+    task2 = write_csv(tmp_path / "task2.csv", [{"category": r["category"], "title": "t " + r["title"], "body": ""}
+                                               for r in rows if r["category"]])
+    data = load_training_data(task1, task2, val, report_split=0.3, seed=5)
+    chosen, held = list(data.validation["text"]), list(data.report_rows.dataset["text"])
+    assert len(chosen) == 21 and len(held) == 9 and not set(chosen) & set(held)
+    assert data.report["report_rows"] == 9 and len(data.validation_frame) == 21
+    # Stratified: 3 rows of each category and 3 Decline rows are reported, so both gate classes are there.
+    assert Counter(data.report_rows.dataset["gate_labels"]) == {1: 6, 0: 3}
+    assert list(data.report_rows.frame["title"]) == held  # the frame follows the same rows
+    again = load_training_data(task1, task2, val, report_split=0.3, seed=5)
+    assert list(again.report_rows.dataset["text"]) == held
+    assert load_training_data(task1, task2, val).report_rows is None
+
+
+def test_report_split_refuses_a_validation_too_small_to_choose_on(files):
+    _, task1, task2, val = files
+    with pytest.raises(DataError, match="too few to keep 50% of them for --report_split"):
+        load_training_data(task1, task2, val, report_split=0.5)

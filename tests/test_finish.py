@@ -6,6 +6,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from pytest import approx
 from transformers.trainer_utils import TrainOutput
 
 from multitask.errors import UserError
@@ -88,3 +89,36 @@ def test_guaranteed_leak_threshold_is_recorded_and_logged(encoder_dir, csv_files
     assert json.loads((run_dir / "model" / "config.json").read_text())["gate_guarantee"] == guarantee
     card = (run_dir / "model" / "README.md").read_text()
     assert "Guarantee at the `leak` threshold" in card and "does not cover a shift" in card
+
+
+def test_report_rows_are_scored_at_the_stored_thresholds_beside_the_promise(encoder_dir, csv_files, tmp_path, caplog):
+    import logging
+
+    import pandas as pd
+
+    import run_finetune
+    from tests.conftest import CATEGORIES, SENTENCES
+
+    # A validation file with 15 Pick rows and 5 Decline rows, so both parts of a 40 % report split have both.
+    rows = [(text, "1", c) for c in CATEGORIES for text in SENTENCES[c]] + [(t, "0", "") for t in SENTENCES["junk"]]
+    pd.DataFrame({"pick": [p for _, p, _ in rows], "category": [c for _, _, c in rows],
+                  "title": [t for t, _, _ in rows], "body": [""] * len(rows)}).to_csv(csv_files["val"], index=False)
+    run_dir = tmp_path / "run"
+    argv = finetune_args(encoder_dir, csv_files, run_dir, "--max_steps", "2", "--report_to", "none",
+                         "--report_split", "0.4", "--threshold_cv", "2", "--max_pick_declined", "0.5")
+    with caplog.at_level(logging.INFO, logger="run_finetune"):
+        run_finetune.main(argv)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    report = metrics["report"]
+    assert report["rows"] == 8 and report["oos_rows"] == 2
+    thresholds = json.loads((run_dir / "model" / "config.json").read_text())["gate_thresholds"]
+    assert {kind: point["threshold"] for kind, point in report["operating_points"].items()} == thresholds
+    # The promise (held-out folds of the 12 rows choices were made on) and the gap to the report rows.
+    leak = report["operating_points"]["leak"]
+    assert report["gap"]["leak"]["oos_recall"] == approx(report["promise"]["leak"]["oos_recall"]
+                                                         - leak["figures"]["oos_recall"])
+    assert len(pd.read_csv(run_dir / "predictions_leak_validation_report.csv")) == 8
+    assert len(pd.read_csv(run_dir / "predictions_validation.csv")) == 12  # choices read only the other rows
+    assert "pick_declined_met" in json.loads((run_dir / "thresholds.json").read_text())["leak"]
+    assert any(r.getMessage().startswith("report rows (8, 2 Decline; no choice read them)") for r in caplog.records)
+    assert "### Report rows: validation rows no choice read" in (run_dir / "model" / "README.md").read_text()

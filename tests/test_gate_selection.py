@@ -94,3 +94,23 @@ def test_guarantee_is_split_over_the_candidate_scores():
     correct = np.ones(400, dtype=bool)
     _, search = choose_gate(scores, gold, correct, ["a", "b"], 0.2, confidence=0.9)
     assert search["leak"]["confidence"] == approx(0.95)
+
+
+def test_fixed_thresholds_are_scored_as_stored_with_exact_intervals():
+    from multitask.scoring.gate_selection import fixed_threshold_figures
+
+    scores = np.array([0.9, 0.4, 0.8, 0.2, 0.7])
+    gold = np.array([1, 1, 0, 0, -100])  # the unlabelled row is left out
+    correct = np.array([True, True, False, False, True])
+    result = fixed_threshold_figures(scores, gold, correct, {"a": 0.5, "b": 0.1})
+    assert result["rows"] == 4 and result["oos_rows"] == 2
+    a = result["operating_points"]["a"]
+    assert a["threshold"] == 0.5
+    # Let through: 0.9 (Pick, right) and 0.8 (Decline): in-scope 1/2, OOS recall 1/2, 1 of 2 Pick rows declined.
+    assert a["figures"] == approx({"in_scope_accuracy": 0.5, "oos_recall": 0.5, "false_decline_rate": 0.5,
+                                   "gate_accuracy": 0.5})
+    low, high = a["exact_interval"]["oos_recall"]
+    # Clopper–Pearson of 1 in 2: Beta(1, 2) and Beta(2, 1) quantiles, 1 - sqrt(0.975) and sqrt(0.975).
+    assert low == approx(1 - 0.975 ** 0.5) and high == approx(0.975 ** 0.5)
+    b = result["operating_points"]["b"]["figures"]
+    assert b["in_scope_accuracy"] == 1.0 and b["oos_recall"] == 0.0

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from multitask.scoring.metrics import gate_metrics
-from multitask.scoring.thresholds import candidate_thresholds, resolve_threshold, search_gate_thresholds
+from multitask.scoring.thresholds import (
+    candidate_thresholds,
+    leak_upper_bound,
+    resolve_threshold,
+    search_gate_thresholds,
+)
 
 approx = pytest.approx
 
@@ -181,3 +186,30 @@ def test_guaranteed_leak_threshold_is_stricter_and_says_what_it_rests_on():
     # Too few Decline rows for the promise: not met, and the lowest bound is kept.
     few = search_gate_thresholds(scores[-20:], gold[-20:] * 0, max_decline_leak=0.05, confidence=0.95)["leak"]
     assert not few["met_target"] and few["leak_upper_bound"] > 0.05
+
+
+def test_pick_declined_target_is_checked_beside_the_leak_target():
+    # Pick rows 0.9 0.8 0.7 0.6 0.3, Decline rows 0.5 0.2 0.1 0.05. No Decline let through means a threshold above
+    # 0.5, which declines the Pick row at 0.3: 1 of 5 = 0.2 of Pick rows.
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.5, 0.2, 0.1, 0.05])
+    gold = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0])
+    met = search_gate_thresholds(scores, gold, max_decline_leak=0.0, max_pick_declined=0.2)["leak"]
+    assert met["threshold"] == pytest.approx(0.55) and met["met_target"] and met["pick_declined_met"]
+    assert met["max_pick_declined"] == 0.2 and met["pick_rows"] == 5
+    missed = search_gate_thresholds(scores, gold, max_decline_leak=0.0, max_pick_declined=0.1)["leak"]
+    # The two targets conflict: the Pick-declined one is dropped, the leak threshold stays what it was.
+    assert missed["threshold"] == pytest.approx(0.55) and missed["met_target"] and not missed["pick_declined_met"]
+    assert "pick_declined_upper_bound" not in missed  # no confidence, no bound
+
+
+def test_two_guaranteed_targets_share_the_allowed_error():
+    rng = np.random.default_rng(1)
+    gold = np.array([1] * 300 + [0] * 100)
+    scores = np.concatenate([rng.beta(5, 2, 300), rng.beta(2, 5, 100)])
+    one = search_gate_thresholds(scores, gold, max_decline_leak=0.1, confidence=0.95)["leak"]
+    both = search_gate_thresholds(scores, gold, max_decline_leak=0.1, confidence=0.95, max_pick_declined=0.5)["leak"]
+    # Each bound at 97.5 %: together they hold with 95 % (union bound), and the leak bound is stricter.
+    assert both["confidence"] == pytest.approx(0.975) and both["threshold"] >= one["threshold"]
+    declined = int(round((1 - both["gate_recall"]) * 300))
+    assert both["pick_declined_upper_bound"] == pytest.approx(leak_upper_bound(np.array([declined]), 300, 0.975)[0])
+    assert both["pick_declined_met"] and both["pick_declined_upper_bound"] <= 0.5

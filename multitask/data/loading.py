@@ -133,6 +133,7 @@ class TrainingData:
     report: dict[str, Any] = field(default_factory=dict)
     pick_column: str = PICK_COLUMN
     category_column: str = CATEGORY_COLUMN
+    report_rows: LabeledFile | None = None  # validation rows kept out of every choice (--report_split)
 
     @property
     def has_category(self) -> bool:
@@ -341,11 +342,14 @@ def load_training_data(
     file_format: str | None = None,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
+    report_split: float = 0.0,
 ) -> TrainingData:
     """Load, validate and merge the training tables; build the category label map; split validation; sample.
 
     Each source is a file (any format `multitask.io.tables` reads) or a `Table` (a Hub dataset split). `test_files`
-    may be a mapping name → source (Hub splits); files are named by their stem.
+    may be a mapping name → source (Hub splits); files are named by their stem. `report_split` > 0 moves that
+    share of the validation rows (stratified, seeded, after `max_eval_samples`) to `report_rows`: no choice reads
+    them, so their figures show what the choices on the rest flatter.
     """
     text_columns = list(text_columns or ["title", "body"])
     if task1_file is None and task2_file is None and train_file is None:
@@ -387,6 +391,10 @@ def load_training_data(
                         list(labeled.dataset["category_labels"]), seed, "validation", report)
     if positions is not None:
         labeled = labeled.select(positions)
+    report_rows = None
+    if report_split > 0:
+        labeled, report_rows = _hold_out_report_rows(labeled, report_split, seed)
+        report["report_rows"] = len(report_rows.dataset)
     validation, validation_frame = labeled.dataset, labeled.frame
 
     tests: dict[str, LabeledFile] = {}
@@ -414,7 +422,18 @@ def load_training_data(
         columns={"text_columns": text_columns, **columns},
     )
     return TrainingData(train, validation, validation_frame, tests, category_labels, has_gate, report,
-                        pick_column=pick_column, category_column=category_column)
+                        pick_column=pick_column, category_column=category_column, report_rows=report_rows)
+
+
+def _hold_out_report_rows(labeled: LabeledFile, share: float, seed: int) -> tuple[LabeledFile, LabeledFile]:
+    """Split validation into the rows choices are made on and the report rows (stratified like `_stratified_split`;
+    the report rows get a Pick and a Decline row when validation has two of each)."""
+    gate, category = list(labeled.dataset["gate_labels"]), list(labeled.dataset["category_labels"])
+    if len(gate) - math.ceil(len(gate) * share) < 2:
+        raise DataError(f"{len(gate)} validation row(s): too few to keep {share:.0%} of them for --report_split "
+                        "and still choose on the rest; give more validation rows or a smaller --report_split")
+    keep, held, _ = stratified_split(strata(gate, category), share, seed, fallback=gate, cover=gate)
+    return labeled.select(keep), labeled.select(held)
 
 
 def rows_by_labels(gate_labels: list[int], category_labels: list[int]) -> dict[str, int]:

@@ -74,6 +74,7 @@ def choose_gate(
     max_decline_leak: float,
     costs: dict | None = None,
     confidence: float | None = None,
+    max_pick_declined: float | None = None,
 ) -> tuple[str, dict]:
     """The candidate score whose `leak` threshold gives the best in-scope accuracy, and its threshold search.
 
@@ -97,6 +98,8 @@ def choose_gate(
             Per-item costs; adds the ``cost`` threshold to each search (see `search_gate_thresholds`).
         confidence (`float`, *optional*):
             Choose ``leak`` thresholds with the guarantee of `search_gate_thresholds`.
+        max_pick_declined (`float`, *optional*):
+            A second target of ``leak``: the largest share of gold-Pick rows declined (`search_gate_thresholds`).
 
     Returns:
         `tuple[str, dict]`: The chosen name and its `search_gate_thresholds` result (fitted on all given
@@ -107,7 +110,8 @@ def choose_gate(
     """
     per_score = per_score_confidence(confidence, len(candidates))
     searches = {name: search_gate_thresholds(scores[name], gold, correct, max_decline_leak, costs=costs,
-                                             confidence=per_score) for name in candidates}
+                                             confidence=per_score, max_pick_declined=max_pick_declined)
+                for name in candidates}
     name = best_of(searches)
     return name, searches[name]
 
@@ -169,6 +173,51 @@ def _bootstrap_interval(
     return {key: [float(v) for v in np.nanpercentile(values, [tail, 100 - tail])] for key, values in draws.items()}
 
 
+def fixed_threshold_figures(
+    scores: np.ndarray, gate_labels: np.ndarray, category_correct: np.ndarray | None, thresholds: dict[str, float]
+) -> dict:
+    """Figures of thresholds already chosen, on rows that no choice read (the `--report_split` rows).
+
+    Nothing is fitted here: each threshold is applied as stored, so the figures carry no selection optimism, and
+    their Clopper–Pearson intervals are honest ones for new rows like these.
+
+    Args:
+        scores (`np.ndarray` of shape `(rows,)`):
+            The gate score the thresholds apply to.
+        gate_labels (`np.ndarray` of shape `(rows,)`):
+            1 (Pick), 0 (Decline) or -100 (the row is left out).
+        category_correct (`np.ndarray` of shape `(rows,)`, *optional*):
+            Whether the category head's argmax is right per row; None makes in-scope accuracy Pick recall.
+        thresholds (`dict[str, float]`):
+            Threshold by kind (`config.gate_thresholds`).
+
+    Returns:
+        `dict`: ``rows``, ``oos_rows`` and, per kind, ``{"threshold", "figures" (`decision_figures`),
+        "exact_interval" (Clopper–Pearson 95 % of in-scope accuracy, OOS recall and false-decline rate)}`` under
+        ``operating_points``.
+    """
+    gate_labels = np.asarray(gate_labels).reshape(-1)
+    mask = gate_labels != IGNORE_INDEX
+    gold = gate_labels[mask].astype(int)
+    kept = np.asarray(scores, dtype=np.float64).reshape(-1)[mask]
+    correct = (np.ones(gold.size, dtype=bool) if category_correct is None
+               else np.asarray(category_correct, dtype=bool).reshape(-1)[mask])
+    is_pick = gold == 1
+    points = {}
+    for kind, threshold in thresholds.items():
+        pick = kept >= threshold
+        points[kind] = {
+            "threshold": float(threshold),
+            "figures": decision_figures(pick, gold, correct),
+            "exact_interval": {
+                "in_scope_accuracy": proportion_interval(int((pick & correct & is_pick).sum()), int(is_pick.sum())),
+                "oos_recall": proportion_interval(int((~pick & ~is_pick).sum()), int((~is_pick).sum())),
+                "false_decline_rate": proportion_interval(int((~pick & is_pick).sum()), int(is_pick.sum())),
+            },
+        }
+    return {"rows": int(gold.size), "oos_rows": int((~is_pick).sum()), "operating_points": points}
+
+
 def reweighted_figures(figures: dict[str, float], shares: tuple[float, ...]) -> list[dict[str, float]]:
     """Joint accuracy and decline precision if out-of-scope rows made up each share of the traffic.
 
@@ -209,6 +258,7 @@ def cross_validate_gate(
     shares: tuple[float, ...] = DEFAULT_SHARES,
     costs: dict | None = None,
     confidence: float | None = None,
+    max_pick_declined: float | None = None,
 ) -> dict:
     """Held-out-fold estimate of the gate's operating points; see the module docstring.
 
@@ -239,6 +289,8 @@ def cross_validate_gate(
             Per-item costs; adds the ``cost`` operating point.
         confidence (`float`, *optional*):
             Each fold chooses its ``leak`` threshold with the guarantee of `search_gate_thresholds`.
+        max_pick_declined (`float`, *optional*):
+            Each fold's ``leak`` threshold also targets this share of gold-Pick rows declined.
 
     Returns:
         `dict`: ``folds``, ``seed``, ``rows``, ``oos_rows``, ``candidates``, ``chosen_per_fold``,
@@ -270,9 +322,10 @@ def cross_validate_gate(
     # X is a placeholder: StratifiedKFold splits on `gold` and reads only X's length.
     for fit, held in splitter.split(np.zeros(gold.size), gold):
         # Every candidate's search on the fitting folds, once: the choice and the per-score table both use it.
+        per_score = per_score_confidence(confidence, len(candidates))
         searches = {other: search_gate_thresholds(kept[other][fit], gold[fit], correct[fit], max_decline_leak,
-                                                  costs=costs, confidence=per_score_confidence(confidence,
-                                                                                               len(candidates)))
+                                                  costs=costs, confidence=per_score,
+                                                  max_pick_declined=max_pick_declined)
                     for other in candidates}
         name = best_of(searches)
         search = searches[name]

@@ -86,6 +86,14 @@ Each figure comes from decisions on validation rows the threshold (and score cho
 cross-validation over validation, 95 % bootstrap interval, per-fold mean ± sd. Same-rows figures would be optimistic.
 
 {{ gate_cv_table }}
+{% endif %}{% if report_table %}
+### Report rows: validation rows no choice read (`--report_split`)
+
+{{ report_rows }} validation rows were kept out of the checkpoint, calibration, gate score and threshold choices;
+these figures apply the stored thresholds to them (Clopper–Pearson 95 %). The gap to the promise above is what
+those choices flatter.
+
+{{ report_table }}
 {% endif %}
 ## Labels
 
@@ -127,8 +135,13 @@ def _guarantee_text(guarantee: dict | None) -> str:
             f"the share of new Decline items let through is at most {_fmt(guarantee['max_decline_leak'])} "
             f"(one-sided Clopper–Pearson bound {_fmt(guarantee['leak_upper_bound'])} on "
             f"{guarantee['decline_rows']} validation Decline rows, split over {guarantee['candidate_scores']} "
-            f"candidate gate scores). It covers {guarantee['covers']}; it does not cover "
-            f"{guarantee['does_not_cover']}.")
+            f"candidate gate scores)."
+            + (f" With the same confidence at most {_fmt(guarantee['max_pick_declined'])} of new Pick items are "
+               f"declined (bound {_fmt(guarantee['pick_declined_upper_bound'])} on {guarantee['pick_rows']} "
+               "validation Pick rows)" + ("." if guarantee["pick_declined_met"] else
+                                           ": **not met** on validation, so this target was dropped.")
+               if "max_pick_declined" in guarantee else "")
+            + f" It covers {guarantee['covers']}; it does not cover {guarantee['does_not_cover']}.")
 
 
 def build_model_card(
@@ -142,6 +155,7 @@ def build_model_card(
     gate_cv: dict | None = None,
     calibration: dict | None = None,
     test_metrics: dict[str, dict] | None = None,
+    report: dict | None = None,
 ) -> ModelCard:
     """Card data + text from what the run already computed. Tokens are never part of any input here.
 
@@ -150,7 +164,7 @@ def build_model_card(
     val_per_class_metrics.json (their `band` gives the frequency-band table); `gate_cv` is
     `reporting.summarize_gate_cv`'s summary and `calibration` the `{"gate"|"category": …}` entries of
     `reporting.calibrate_heads`; `test_metrics` maps each test file's stem to {threshold kind: metrics}
-    (`reporting.write_predictions`). A section whose input is missing is left out of the card. The card's
+    (`reporting.write_predictions`); `report` is `reporting.score_report_rows`' dict. A section whose input is missing is left out of the card. The card's
     `base_model` metadata is set only for a Hub id, never a local path.
     """
     gate_labels = "/".join(config.gate_id2label.values()) if config.has_gate else None
@@ -184,6 +198,14 @@ def build_model_card(
             gate_cv_rows.append((kind, label, _fmt(figure["held_out"]),
                                  f"{_fmt(figure['interval_95'][0])}–{_fmt(figure['interval_95'][1])}",
                                  f"{_fmt(figure['fold_mean_sd'][0])} ± {_fmt(figure['fold_mean_sd'][1])}"))
+    report_rows = []
+    for kind, point in (report or {}).get("operating_points", {}).items():
+        for key, label in (("in_scope_accuracy", "in-scope accuracy"), ("oos_recall", "Decline recall")):
+            interval = point["exact_interval"][key]
+            promise = (report.get("promise") or {}).get(kind, {}).get(key)
+            report_rows.append((kind, label, _fmt(point["figures"][key]),
+                                f"{_fmt(interval[0])}–{_fmt(interval[1])}" if interval else "–",
+                                _fmt(promise) if promise is not None else "–"))
     calibration_rows = [
         (head, _fmt(entry["temperature"]), *(f"{_fmt(entry['before'][k])} → {_fmt(entry['after'][k])}"
                                              for k in ("ece", "brier", "nll")))
@@ -224,6 +246,9 @@ def build_model_card(
         gate_cv_folds=(gate_cv or {}).get("folds"),
         gate_cv_table=_table(("threshold", "figure", "held out", "95 % interval", "fold mean ± sd"), gate_cv_rows)
         if gate_cv_rows else "",
+        report_rows=(report or {}).get("rows"),
+        report_table=_table(("threshold", "figure", "report rows", "95 % interval", "promised (held-out folds)"),
+                            report_rows) if report_rows else "",
         per_class_table=per_class_table,
         test_table=_table(("file", "threshold", "value", *(key.replace("_", " ") for key in _TEST_COLUMNS)), test_rows)
         if test_rows else "",

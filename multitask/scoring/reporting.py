@@ -24,7 +24,7 @@ from multitask.scoring.calibration import (
     reliability_curve,
     softmax_with_temperature,
 )
-from multitask.scoring.gate_selection import choose_gate, cross_validate_gate
+from multitask.scoring.gate_selection import choose_gate, cross_validate_gate, fixed_threshold_figures
 from multitask.scoring.metrics import (
     compute_all,
     confusion_top,
@@ -68,6 +68,7 @@ def tune_gate(
     costs: dict | None = None,
     review_share: float = 0.0,
     confidence: float | None = None,
+    max_pick_declined: float | None = None,
 ) -> dict:
     """Choose the gate score and its thresholds on validation, with a held-out-fold estimate of how they hold.
 
@@ -75,7 +76,8 @@ def tune_gate(
     a named score that the model cannot give (e.g. ``maha`` on a gate-only model) falls back to ``pick`` with a
     warning. ``costs`` adds the cost-chosen ``cost`` threshold; ``review_share`` > 0 adds, per threshold, the band
     of scores around it holding that share of validation rows (``review_bands``) with the share of rows sent to
-    review and the end-to-end accuracy on the rest. Returns ``{"gate_score", "candidates" (the scores chosen among), "search" (thresholds fitted on all of
+    review and the end-to-end accuracy on the rest. ``confidence`` and ``max_pick_declined`` shape the ``leak``
+    threshold (`thresholds.search_gate_thresholds`). Returns ``{"gate_score", "candidates" (the scores chosen among), "search" (thresholds fitted on all of
     validation), "cv" (or None), "review_bands", "default_threshold", "default_source"}``. The ``default``
     threshold stays 0.5 on a probability score (`ood.PROBABILITY_SCORES`) and is the ``leak`` one on a squashed
     score, where 0.5 is the median training item, not a decision boundary.
@@ -90,11 +92,12 @@ def tune_gate(
         names = ["pick"]
     gate_labels = np.asarray(dataset["gate_labels"])
     correct = _category_correct(scores, dataset)
-    name, search = choose_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, costs, confidence)
+    name, search = choose_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, costs, confidence,
+                               max_pick_declined)
     cv = None
     if folds >= 2:
         cv = cross_validate_gate(scores.gate_scores, gate_labels, correct, names, max_decline_leak, folds, seed,
-                                 costs=costs, confidence=confidence)
+                                 costs=costs, confidence=confidence, max_pick_declined=max_pick_declined)
     probability = name in PROBABILITY_SCORES
     default = 0.5 if probability else search["leak"]["threshold"]
     bands = {}
@@ -165,6 +168,25 @@ def calibrate_heads(scores: Scores, dataset: Dataset, bins: int = 15) -> dict:
         report["reliability"][head] = {"before": reliability_curve(before, labels[labelled], bins),
                                        "after": reliability_curve(after, labels[labelled], bins)}
     return report
+
+
+def score_report_rows(scores: Scores, dataset: Dataset, thresholds: dict[str, float], cv_summary: dict | None) -> dict:
+    """`--report_split` figures: the stored thresholds on the rows no choice read, beside the held-out-fold
+    promise made on the other validation rows (`summarize_gate_cv`'s output); ``gap`` = promise minus report, per
+    kind and figure (positive: the choices on validation flattered it; one draw of that, with the report rows'
+    own noise).
+
+    Returns `gate_selection.fixed_threshold_figures`' dict, plus ``promise`` and ``gap`` when the summary has
+    folds."""
+    result = fixed_threshold_figures(scores.pick_prob, np.asarray(dataset["gate_labels"]),
+                                     _category_correct(scores, dataset), thresholds)
+    if cv_summary and "folds" in cv_summary:
+        promised = {kind: {key: cv_summary[kind][key]["held_out"] for key in ("in_scope_accuracy", "oos_recall")}
+                    for kind in result["operating_points"] if kind in cv_summary}
+        result["promise"] = promised
+        result["gap"] = {kind: {key: promised[kind][key] - result["operating_points"][kind]["figures"][key]
+                                for key in ("in_scope_accuracy", "oos_recall")} for kind in promised}
+    return result
 
 
 def summarize_gate_cv(cv: dict) -> dict:

@@ -88,6 +88,7 @@ def search_gate_thresholds(
     grid: np.ndarray | None = None,
     costs: Mapping[str, float | None] | None = None,
     confidence: float | None = None,
+    max_pick_declined: float | None = None,
 ) -> dict[str, dict]:
     """Search gate thresholds on validation scores; rows whose gate label is -100 are ignored.
 
@@ -117,6 +118,13 @@ def search_gate_thresholds(
             bound of its leak at this confidence (`leak_upper_bound`) is <= ``max_decline_leak``, so the leak
             on new exchangeable Decline rows is within the target with that probability. The entry adds
             ``confidence``, ``decline_rows`` and ``leak_upper_bound``.
+        max_pick_declined (`float`, *optional*):
+            A second target of ``leak``: the largest acceptable share of gold-Pick rows declined. A threshold is
+            then feasible only when it meets both targets (with ``confidence``, both by their upper bounds, each
+            at 1 - (1 - confidence) / 2 so that both hold together with ``confidence``: a union bound). When no
+            threshold meets both, the Pick-declined target is dropped and ``leak`` is chosen as without it. The
+            entry adds ``max_pick_declined``, ``pick_declined_met``, ``pick_rows`` and, with ``confidence``,
+            ``pick_declined_upper_bound``.
 
     Returns:
         `dict[str, dict]`: ``{"f1": entry, "acc": entry, "leak": entry}``, plus ``"cost"`` with ``costs``.
@@ -173,9 +181,19 @@ def search_gate_thresholds(
         "f1": _best([f1, accuracy, lower_first]),
         "acc": _best([accuracy, f1, lower_first]),
     }
-    # The guarantee bounds the leak from above; without it the point estimate must meet the target.
-    bound = leak_upper_bound(false_pick, n_decline, confidence) if confidence is not None else leak
+    # The guarantee bounds the leak from above; without it the point estimate must meet the target. With a second
+    # target each bound gets half the allowed error, so both hold together with `confidence` (union bound).
+    each = confidence if confidence is None or max_pick_declined is None else 1.0 - (1.0 - confidence) / 2
+    bound = leak_upper_bound(false_pick, n_decline, each) if confidence is not None else leak
     feasible = bound <= max_decline_leak + 1e-12  # tolerance: 1/20 must meet a 0.05 target
+    declined = n_pick - true_pick  # Pick rows declined, per threshold (rises with the threshold)
+    miss_bound = None
+    if max_pick_declined is not None:
+        miss_bound = leak_upper_bound(declined, n_pick, each) if confidence is not None else _ratio(declined, n_pick)
+        both = feasible & (miss_bound <= max_pick_declined + 1e-12)
+        pick_declined_met = bool(both.any())
+        if pick_declined_met:
+            feasible = both
     met_target = bool(feasible.any())
     if met_target:
         chosen["leak"] = _best([np.where(feasible, 1.0, -1.0), end_to_end, f1, lower_first])  # feasible ones first
@@ -210,8 +228,12 @@ def search_gate_thresholds(
             entry["max_decline_leak"] = float(max_decline_leak)
             entry["met_target"] = met_target
             if confidence is not None:
-                entry.update(confidence=float(confidence), decline_rows=n_decline,
-                             leak_upper_bound=float(bound[index]))
+                entry.update(confidence=float(each), decline_rows=n_decline, leak_upper_bound=float(bound[index]))
+            if max_pick_declined is not None:
+                entry.update(max_pick_declined=float(max_pick_declined), pick_declined_met=pick_declined_met,
+                             pick_rows=n_pick)
+                if confidence is not None:
+                    entry["pick_declined_upper_bound"] = float(miss_bound[index])
         if name == "cost":
             entry["expected_cost"] = float(expected_cost[index])
             entry["costs"] = {key: value for key, value in costs.items()}

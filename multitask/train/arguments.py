@@ -136,7 +136,7 @@ class DataArguments:
         DATA: ("train_file", "task1_file", "task2_file", "validation_file", "test_files", "format",
             "dataset_repo", "dataset_config_name", "dataset_revision", "train_split_name",
             "validation_split_name", "test_split_names", "text_columns", "category_column", "pick_column",
-            "validation_split", "preprocessing_num_workers", "max_train_samples", "max_eval_samples",
+            "validation_split", "report_split", "preprocessing_num_workers", "max_train_samples", "max_eval_samples",
             "encoding", "max_input_bytes", "max_cell_chars"),
         LONG_TEXT: ("max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride", "max_chunks",
             "chunk_aggregation"),
@@ -251,6 +251,13 @@ class DataArguments:
     validation_split: float = field(
         default=0.1, metadata={"help": "Share of training rows held out (stratified) when no validation file is given."}
     )
+    report_split: float = field(
+        default=0.0,
+        metadata={"help": "Share of validation rows (stratified, seeded) kept out of every choice: the checkpoint, "
+                  "calibration, gate score and thresholds are chosen on the rest. The run log, metrics.json "
+                  "('report') and the model card score these rows at the stored thresholds, with exact intervals, "
+                  "beside the held-out-fold promise: the gap is what the choices on validation flatter. 0 = off."},
+    )
     preprocessing_num_workers: int | None = field(
         default=None,
         metadata={"help": "Processes that tokenize the data (datasets.Dataset.map num_proc), for large sets. Empty: "
@@ -290,6 +297,7 @@ class DataArguments:
         if not self.validation_file:
             # Only checked when used: a validation file replaces the split.
             check_fraction(self.validation_split, "--validation_split", low_open=True, high_open=True)
+        check_fraction(self.report_split, "--report_split", high_open=True)
         require(bool(self.text_columns), "--text_columns: give at least one column")
         check_columns(self.text_columns, self.pick_column, self.category_column)
         check_encoding(self.encoding)
@@ -323,7 +331,7 @@ class MultitaskTrainingArguments(TrainingArguments):
             "awp_start_epoch", "uncertainty_weighting"),
         GATE: ("gate_score", "gate_score_candidates", "knn_k", "knn_bank_size", "calibration", "threshold_cv",
             "target_oos_recall", "leak_cost", "miss_cost", "wrong_category_cost", "cost_oos_share",
-            "review_share", "max_decline_leak", "oos_recall_confidence"),
+            "review_share", "max_decline_leak", "oos_recall_confidence", "max_pick_declined"),
         SEARCH: ("hp_search_trials", "hp_search_space", "hp_search_backend", "hp_search_metric"),
         OUTPUTS: ("output_dir", "hub_private_repo", "frequency_band_quantiles", "pick_low_confidence_levels",
             "decline_high_confidence_levels", "cartography", "worst_k"),
@@ -547,6 +555,13 @@ class MultitaskTrainingArguments(TrainingArguments):
                           "new items like validation's, not for a shift in what out-of-scope looks like. Empty: the "
                           "point estimate on validation."},
     )
+    max_pick_declined: float | None = field(
+        default=None,
+        metadata={"help": "A second target of the 'leak' threshold: at most this share of Pick items declined. "
+                          "With --oos_recall_confidence both targets hold together with that confidence (each bound "
+                          "at half the allowed error). When no threshold meets both, this one is dropped and the log "
+                          "says so. Empty: no such target."},
+    )
 
     # --- hyper-parameter search (multitask/train/hp_search.py) ---
     hp_search_trials: int = field(
@@ -643,6 +658,8 @@ class MultitaskTrainingArguments(TrainingArguments):
         check_fraction(self.max_decline_leak, "--max_decline_leak")
         if self.oos_recall_confidence is not None:
             check_fraction(self.oos_recall_confidence, "--oos_recall_confidence", low_open=True, high_open=True)
+        if self.max_pick_declined is not None:
+            check_fraction(self.max_pick_declined, "--max_pick_declined", high_open=True)
         for flag, low in (("knn_k", 1), ("knn_bank_size", 1), ("threshold_cv", 0)):
             value = getattr(self, flag)
             require(isinstance(value, int) and value >= low, f"--{flag} {value}: must be a whole number >= {low}")

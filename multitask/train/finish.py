@@ -26,6 +26,7 @@ from multitask.scoring.model_card import build_model_card
 from multitask.scoring.reporting import (
     calibrate_heads,
     choose_chunk_aggregation,
+    score_report_rows,
     summarize_gate_cv,
     tune_gate,
     write_predictions,
@@ -50,7 +51,7 @@ logger = logging.getLogger("run_finetune")
 def finish_run(trainer: Trainer, train_result: TrainOutput, run: RunDirectory, model_args, data_args,
                inputs: RunInputs, data_files: dict[str, str]) -> dict[str, Any]:
     """Evaluate, fit the post-training settings, write every output and save (and push) the model; returns the
-    run's metrics (`train`, `validation`, `test` per file, plus `chunk_aggregation`, `calibration`, `gate_cv`,
+    run's metrics (`train`, `validation`, `test` per file, plus `chunk_aggregation`, `calibration`, `gate_cv`, `report`,
     `hub` where they apply), as written to metrics.json.
 
     Call it on every process: the evaluation and the gathering of a sharded model are collective. Other processes
@@ -101,6 +102,9 @@ def finish_run(trainer: Trainer, train_result: TrainOutput, run: RunDirectory, m
     scores = fit_after_training(trained, inputs, validation, data_args, training_args, run.path, metrics)
     write_reports(trained, inputs, validation, scores, data_args, training_args, run.path, metrics,
                   find_callback(trainer, CartographyCallback))
+    if data.report_rows is not None:
+        metrics["report"] = _score_report_rows(trained, inputs, data_args, training_args, run.path,
+                                               metrics.get("gate_cv"))
     save_and_push(trained, inputs, run.path, model_args, training_args, data_files, metrics)
     return metrics
 
@@ -211,7 +215,8 @@ def _tune_gate(trained, scores: Scores, validation: LabeledFile, training_args, 
         "wrong": training_args.wrong_category_cost, "oos_share": training_args.cost_oos_share}
     gate = tune_gate(scores, validation.dataset, training_args.gate_score, training_args.gate_score_candidates,
                      training_args.max_decline_leak, training_args.threshold_cv, training_args.seed,
-                     costs, training_args.review_share, training_args.oos_recall_confidence)
+                     costs, training_args.review_share, training_args.oos_recall_confidence,
+                     training_args.max_pick_declined)
     trained.config.gate_score = gate["gate_score"]
     # The validation predictions written next must show the score the thresholds were chosen for.
     scores.pick_prob = scores.gate_scores[gate["gate_score"]]
@@ -230,6 +235,14 @@ def _tune_gate(trained, scores: Scores, validation: LabeledFile, training_args, 
             "covers": "new Decline items drawn like validation's (exchangeable)",
             "does_not_cover": "a shift in what out-of-scope items look like, or in their share",
         }
+        if "max_pick_declined" in leak:
+            guarantee.update({key: leak[key] for key in ("max_pick_declined", "pick_declined_met", "pick_rows",
+                                                          "pick_declined_upper_bound")})
+            guarantee["covers"] = "new Decline and Pick items drawn like validation's (exchangeable)"
+    if "max_pick_declined" in leak and not leak["pick_declined_met"]:
+        logger.warning("--max_pick_declined %.3f: no leak threshold meets it together with --max_decline_leak %.3f "
+                       "on validation; the leak threshold was chosen without it (%.3f of Pick rows declined there)",
+                       leak["max_pick_declined"], leak["max_decline_leak"], 1 - leak["gate_recall"])
     write_json(run_dir / "thresholds.json", {"gate_score": gate["gate_score"], "default": gate["default_source"],
                                              **gate["search"],
                                              **({"guarantee": guarantee} if guarantee else {}),
@@ -244,12 +257,43 @@ def _tune_gate(trained, scores: Scores, validation: LabeledFile, training_args, 
                     100 * guarantee["confidence"], guarantee["max_decline_leak"], guarantee["leak_upper_bound"],
                     guarantee["decline_rows"], guarantee["per_score_confidence"], guarantee["candidate_scores"],
                     "met" if guarantee["met"] else "NOT met: no threshold reaches it, the lowest bound was kept")
+        if "max_pick_declined" in guarantee:
+            logger.info("guarantee, Pick items: with the same confidence at most %.3f of new Pick items are declined "
+                        "(bound %.3f on %d validation Pick rows; %s)", guarantee["max_pick_declined"],
+                        guarantee["pick_declined_upper_bound"], guarantee["pick_rows"],
+                        "met" if guarantee["pick_declined_met"] else "NOT met: dropped")
     if gate["cv"] is None:
         return None
     write_json(run_dir / "gate_cv.json", gate["cv"])
     summary = summarize_gate_cv(gate["cv"])
     logger.info("gate, held-out folds of validation: %s", summary)
     return summary
+
+
+def _score_report_rows(trained, inputs: RunInputs, data_args, training_args, run_dir: Path,
+                       cv_summary: dict | None) -> dict:
+    """Score the `--report_split` rows at the stored thresholds (predictions_<kind>_validation_report.csv), log
+    them beside the held-out-fold promise, and return `score_report_rows`' figures."""
+    labeled = inputs.data.report_rows
+    scores = _score(trained, inputs.tokenizer, labeled, data_args, training_args)
+    write_predictions(run_dir, "validation_report", labeled, scores, trained.config, None)
+    if scores.pick_prob is None:
+        return {"rows": len(labeled.dataset), "note": "no gate: the report rows have predictions only"}
+    report = score_report_rows(scores, labeled.dataset, trained.config.gate_thresholds, cv_summary)
+    for kind, point in report["operating_points"].items():
+        figures, interval = point["figures"], point["exact_interval"]
+        promise = report.get("promise", {}).get(kind)
+        logger.info(
+            "report rows (%d, %d Decline; no choice read them), threshold %s: in-scope accuracy %.4f %s, OOS recall "
+            "%.4f %s%s", report["rows"], report["oos_rows"], kind, figures["in_scope_accuracy"],
+            _rounded(interval["in_scope_accuracy"]), figures["oos_recall"], _rounded(interval["oos_recall"]),
+            f"; promised on held-out folds {promise['in_scope_accuracy']:.4f} / {promise['oos_recall']:.4f}"
+            if promise else "")
+    return report
+
+
+def _rounded(interval: list[float] | None) -> str:
+    return "[n/a]" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
 def write_reports(trained, inputs: RunInputs, validation: LabeledFile, scores: Scores, data_args, training_args,
@@ -284,6 +328,7 @@ def save_and_push(trained, inputs: RunInputs, run_dir: Path, model_args, trainin
         trained.config, training_args, model_args.model_name_or_path, data_files, metrics["validation"],
         json.loads(per_class_path.read_text(encoding="utf-8")) if per_class_path.is_file() else None,
         training_args.hub_model_id, metrics.get("gate_cv"), metrics.get("calibration"), metrics.get("test"),
+        metrics.get("report"),
     )
     card.save(model_dir / "README.md")
     write_json(run_dir / "metrics.json", metrics)

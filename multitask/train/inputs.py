@@ -186,6 +186,7 @@ def _load_data(data_args, training_args, separator: str, hub_data: HubData | Non
         file_format=data_args.format,
         max_train_samples=data_args.max_train_samples,
         max_eval_samples=data_args.max_eval_samples,
+        report_split=data_args.report_split,
     )
     if hub_data:
         data.report["hub_dataset"] = hub_data.record
