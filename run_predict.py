@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from multitask.checks import check_predict_arguments
 from multitask.data.loading import load_labeled_file
 from multitask.data.text_encoding import text_separator
 from multitask.errors import cli, parse_arguments
@@ -32,7 +33,6 @@ from multitask.scoring.metrics import compute_all
 from multitask.serve.onnx_backend import BACKENDS
 from multitask.serve.predict import prediction_records
 from multitask.serve.predictor import Predictor, prepare_prediction
-from multitask.train.checks import check_predict_arguments
 
 logger = logging.getLogger("run_predict")
 

@@ -1,4 +1,4 @@
-"""multitask.train.checks: argument and model-directory checks that run before anything is loaded or written.
+"""multitask.checks: argument and model-directory checks that run before anything is loaded or written.
 
 The command-line side (one `error:` line per bad input) is in test_bad_inputs.py; these are the functions alone.
 """
@@ -12,9 +12,7 @@ from types import SimpleNamespace
 import pytest
 from transformers import BertConfig, RobertaConfig
 
-from multitask.data.demo import tiny_deberta_config
-from multitask.errors import ModelFileError, UsageError
-from multitask.train.checks import (
+from multitask.checks import (
     check_columns,
     check_device,
     check_fraction,
@@ -25,6 +23,8 @@ from multitask.train.checks import (
     require,
     resolve_model_source,
 )
+from multitask.data.demo import tiny_deberta_config
+from multitask.errors import ModelFileError, UsageError
 
 
 def test_small_checks_name_the_flag_and_value():

@@ -1,4 +1,4 @@
-"""multitask.scoring.reporting: which validation rows each report sees, and the gate tuning built on them (values by hand)."""
+"""multitask.train.reporting: which validation rows each report sees, and the gate tuning built on them (values by hand)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from multitask.scoring.reporting import calibrate_heads, category_bands, summarize_gate_cv, tune_gate
+from multitask.train.reporting import calibrate_heads, category_bands, summarize_gate_cv, tune_gate
 from multitask.serve.predict import Scores
 
 # Gold: three Pick rows (categories 0, 1 and none), two Decline rows, one row without a gate label.

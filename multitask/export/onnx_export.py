@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from transformers import HfArgumentParser
 
+from multitask.checks import model_load_errors, resolve_model_source
 from multitask.data.text_encoding import text_separator
 from multitask.errors import UsageError, cli, parse_arguments
 from multitask.export.agreement import (
@@ -67,7 +68,6 @@ from multitask.serve.onnx_backend import (
     OnnxMultitaskModel,
 )
 from multitask.serve.predict import Scores, load_model, predict_scores
-from multitask.train.checks import model_load_errors, resolve_model_source
 
 logger = logging.getLogger("multitask.export.onnx_export")  # also when run as __main__
 

@@ -1,5 +1,5 @@
-"""Scoring: metrics, bootstrap statistics, calibration, gate thresholds and gate-score selection, the reports
-and plots of a run, and the model card.
+"""Scoring: metrics, bootstrap statistics, calibration, gate thresholds and gate-score selection, plots and the
+model card, as functions of scores and labels.
 
-Uses `io`, `data` and `model` (and `serve` to score validation rows); `train` and the scripts use it.
+Uses `io`, `data` and `model`; `serve`, `train` and the scripts use it.
 """

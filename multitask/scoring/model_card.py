@@ -162,9 +162,10 @@ def build_model_card(
     `data_files` maps each training file (or Hub split) to its hash, shown truncated to 16 hex digits;
     `validation_metrics` are the Trainer's `eval_*` numbers (losses left out); `per_class` the rows of
     val_per_class_metrics.json (their `band` gives the frequency-band table); `gate_cv` is
-    `reporting.summarize_gate_cv`'s summary and `calibration` the `{"gate"|"category": …}` entries of
-    `reporting.calibrate_heads`; `test_metrics` maps each test file's stem to {threshold kind: metrics}
-    (`reporting.write_predictions`); `report` is `reporting.score_report_rows`' dict. A section whose input is missing is left out of the card. The card's
+    `train.reporting.summarize_gate_cv`'s summary and `calibration` the `{"gate"|"category": …}` entries of
+    `train.reporting.calibrate_heads`; `test_metrics` maps each test file's stem to {threshold kind: metrics}
+    (`train.reporting.write_predictions`); `report` is `train.reporting.score_report_rows`' dict. A section whose
+    input is missing is left out of the card. The card's
     `base_model` metadata is set only for a Hub id, never a local path.
     """
     gate_labels = "/".join(config.gate_id2label.values()) if config.has_gate else None

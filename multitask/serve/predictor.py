@@ -18,6 +18,12 @@ import pandas as pd
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
+from multitask.checks import (
+    check_device,
+    check_sequence_length,
+    model_load_errors,
+    resolve_model_source,
+)
 from multitask.data.text_encoding import check_chunking, check_truncation, special_template
 from multitask.errors import ModelFileError, UsageError, usage_errors
 from multitask.io.hub import resolve_token
@@ -33,12 +39,6 @@ from multitask.serve.predict import (
     select_device,
     stored_max_length,
     top_categories,
-)
-from multitask.train.checks import (
-    check_device,
-    check_sequence_length,
-    model_load_errors,
-    resolve_model_source,
 )
 
 logger = logging.getLogger(__name__)

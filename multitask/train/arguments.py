@@ -16,11 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from multitask.errors import UsageError
-from multitask.io.tables import FORMATS, check_encoding, check_format, read_limit_fields
-from multitask.model.configuration import DEFAULT_TEXT_COLUMNS
-from multitask.model.precision import DEFAULT_PRECISION, cpu_has_native_bf16, resolve_training_precision
-from multitask.train.checks import (
+from multitask.checks import (
     check_columns,
     check_fraction,
     check_positive,
@@ -28,6 +24,10 @@ from multitask.train.checks import (
     finite,
     require,
 )
+from multitask.errors import UsageError
+from multitask.io.tables import FORMATS, check_encoding, check_format, read_limit_fields
+from multitask.model.configuration import DEFAULT_TEXT_COLUMNS
+from multitask.model.precision import DEFAULT_PRECISION, cpu_has_native_bf16, resolve_training_precision
 
 # `--help` groups: each dataclass lists its fields by group in `argument_groups` (not in the fields' metadata, which
 # HfArgumentParser hands to argparse as is); `multitask.train.parser` shows the groups in this order, then every
@@ -115,7 +115,7 @@ class ModelArguments:
     def validate(self) -> None:
         """Refuse values that cannot work: a dropout outside [0, 1), and bad LoRA settings (checked when LoRA is on).
 
-        Run when the dataclass is built, and again by `checks.check_finetune_arguments` (values set afterwards).
+        Run when the dataclass is built, and again by `train.checks.check_finetune_arguments` (values set afterwards).
 
         Raises:
             `UsageError`: Naming the flag and its value.
@@ -288,7 +288,7 @@ class DataArguments:
         """Refuse values that cannot work: lengths, shares and counts out of range, a bad column mapping, an
         unknown encoding or format. Whether the files exist is checked before the run (`checks`).
 
-        Run when the dataclass is built, and again by `checks.check_finetune_arguments` (values set afterwards).
+        Run when the dataclass is built, and again by `train.checks.check_finetune_arguments` (values set afterwards).
 
         Raises:
             `UsageError`: Naming the flag and its value.
@@ -607,7 +607,7 @@ class MultitaskTrainingArguments(TrainingArguments):
     def validate(self) -> None:
         """Refuse values that cannot work or would train nothing, grouped as `--help` groups the flags.
 
-        Run at the end of `__post_init__`, and again by `checks.check_finetune_arguments` (values set afterwards).
+        Run at the end of `__post_init__`, and again by `train.checks.check_finetune_arguments` (values set afterwards).
 
         Raises:
             `UsageError`: Naming the flag and its value.

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import EarlyStoppingCallback
 
+from multitask.checks import check_optimizer, check_training_steps, model_load_errors
 from multitask.data.loading import MultitaskCollator, TrainingData, label_counts, tokenize
 from multitask.errors import usage_errors
 from multitask.io.rundir import write_json
@@ -24,7 +25,6 @@ from multitask.model.modeling import freeze_word_embeddings, load_for_training, 
 from multitask.model.precision import precision_warnings
 from multitask.scoring.metrics import build_compute_metrics, check_metric_name
 from multitask.train.callbacks import CartographyCallback, EpochLogCallback, TrainingRecord, find_callback
-from multitask.train.checks import check_optimizer, check_training_steps, model_load_errors
 from multitask.train.inputs import RunInputs
 from multitask.train.trainer import MultitaskTrainer
 

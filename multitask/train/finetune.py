@@ -13,13 +13,14 @@ import logging
 import transformers
 from transformers import set_seed
 
+from multitask.checks import check_training_steps, refused_pickle
 from multitask.errors import output_fault
 from multitask.io.rundir import RunDirectory, arguments_record, library_versions, setup_logging
 from multitask.io.tables import set_read_limits
 from multitask.train.arguments import DataArguments, ModelArguments, MultitaskTrainingArguments
 from multitask.train.build import build_model, build_trainer, search_and_keep_best
 from multitask.train.callbacks import CartographyCallback, find_callback
-from multitask.train.checks import check_finetune_arguments, check_training_steps, refused_pickle
+from multitask.train.checks import check_finetune_arguments
 from multitask.train.finish import finish_run
 from multitask.train.inputs import RunInputs, data_file_hashes, prepare_inputs
 

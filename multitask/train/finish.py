@@ -23,7 +23,7 @@ from multitask.io.hub import push_model
 from multitask.io.rundir import RunDirectory, write_json
 from multitask.model.lora import save_adapter_and_merge
 from multitask.scoring.model_card import build_model_card
-from multitask.scoring.reporting import (
+from multitask.train.reporting import (
     calibrate_heads,
     choose_chunk_aggregation,
     score_report_rows,

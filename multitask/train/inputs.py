@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
+from multitask.checks import check_sequence_length, check_training_steps, model_load_errors
 from multitask.data.demo import DEMO_MODEL_OVERRIDES, DEMO_OVERRIDES, use_demo_inputs
 from multitask.data.loading import (
     HubData,
@@ -28,8 +29,7 @@ from multitask.data.text_encoding import check_chunking, check_truncation, speci
 from multitask.io.hub import download_data_files, resolve_dataset_repo, resolve_token, take_over_push
 from multitask.io.rundir import file_sha256, resolve_resume_checkpoint
 from multitask.model.lora import quantization_kwargs
-from multitask.scoring.reporting import category_bands
-from multitask.train.checks import check_sequence_length, check_training_steps, model_load_errors
+from multitask.train.reporting import category_bands
 
 # The run's own lines keep the script's name in the console and train.log, whichever module writes them.
 logger = logging.getLogger("run_finetune")
