@@ -16,9 +16,16 @@ The stages live in subpackages: `io`, `data`, `model`, `train`, `scoring`, `serv
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
+from multitask._moved import MovedModuleFinder
+
 __version__ = "0.1.0"
+
+# `import multitask.modeling` (the flat layout) then says where the module went, instead of a bare "not found".
+if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.append(MovedModuleFinder())
 
 # Public name -> the module that defines it; imported by `__getattr__` on first access.
 _PUBLIC = {

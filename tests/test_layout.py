@@ -39,3 +39,22 @@ def test_the_rule_sees_lazy_imports(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from multitask.train.trainer import X\n    import multitask.serve.predict\n")
     assert imported_parts(module) == {"train", "serve"}
+
+
+def test_a_module_of_the_flat_layout_says_where_it_went():
+    import importlib
+
+    import pytest
+
+    with pytest.raises(ModuleNotFoundError, match=r"'multitask.modeling': it moved to 'multitask.model.modeling'"):
+        importlib.import_module("multitask.modeling")
+    with pytest.raises(ModuleNotFoundError, match="No module named 'multitask.nothing_like_it'$"):
+        importlib.import_module("multitask.nothing_like_it")  # an unknown name: the usual error
+
+
+def test_every_moved_module_exists_at_its_new_place():
+    from multitask._moved import MOVED
+
+    for old, new in MOVED.items():
+        assert (PACKAGE / (new.replace(".", "/") + ".py")).is_file(), (old, new)
+        assert not (PACKAGE / f"{old}.py").exists(), old  # else the old name still imports and the map is stale

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from multitask.train.reporting import calibrate_heads, category_bands, summarize_gate_cv, tune_gate
 from multitask.serve.predict import Scores
+from multitask.train.reporting import calibrate_heads, category_bands, summarize_gate_cv, tune_gate
 
 # Gold: three Pick rows (categories 0, 1 and none), two Decline rows, one row without a gate label.
 VALIDATION = Dataset.from_dict({"gate_labels": [1, 1, 1, 0, 0, -100], "category_labels": [0, 1, -100, -100, -100, -100]})

@@ -23,15 +23,6 @@ from multitask.io.hub import push_model
 from multitask.io.rundir import RunDirectory, write_json
 from multitask.model.lora import save_adapter_and_merge
 from multitask.scoring.model_card import build_model_card
-from multitask.train.reporting import (
-    calibrate_heads,
-    choose_chunk_aggregation,
-    score_report_rows,
-    summarize_gate_cv,
-    tune_gate,
-    write_predictions,
-    write_validation_reports,
-)
 from multitask.serve.predict import (
     Scores,
     WindowOutputs,
@@ -43,6 +34,15 @@ from multitask.serve.predict import (
 from multitask.train.callbacks import CartographyCallback, find_callback
 from multitask.train.distributed import full_model, parallelism
 from multitask.train.inputs import RunInputs
+from multitask.train.reporting import (
+    calibrate_heads,
+    choose_chunk_aggregation,
+    score_report_rows,
+    summarize_gate_cv,
+    tune_gate,
+    write_predictions,
+    write_validation_reports,
+)
 
 # The run's own lines keep the script's name in the console and train.log, whichever module writes them.
 logger = logging.getLogger("run_finetune")
