@@ -84,13 +84,21 @@ def train(args, seed: int, run_dir: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "run_finetune.py"), *argv], check=True)
 
 
-def rows(path: Path) -> dict[str, np.ndarray]:
-    """Gate score, gold gate, category correctness and text of one predictions file."""
+def rows(path: Path, model, tokenizer) -> dict[str, np.ndarray]:
+    """Gate score, gold gate, category correctness and text of one predictions file. The gate score is computed
+    again from the saved model: the file's `pick_prob` is rounded for reading, and thresholds are refitted here."""
+    from multitask.serve.predict import predict_scores
+
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     gold = frame["pick"].astype(int).to_numpy()
     correct = (frame["category_pred"] == frame["category"]).to_numpy() | (gold == 0)
-    return {"score": frame["pick_prob"].astype(float).to_numpy(), "gold": gold, "correct": correct,
-            "text": frame["title"].to_numpy()}
+    texts = frame["title"].tolist()  # --text_columns title: the title is the model's whole input
+    scores = predict_scores(model, tokenizer, texts, 64, 64)
+    predicted = frame["pick_pred"].astype(int).to_numpy()
+    stored = model.config.gate_thresholds["default"]
+    if not np.array_equal(scores.pick_prob >= stored, predicted == 1):
+        raise RuntimeError(f"{path}: the re-scored gate decisions differ from the run's own")
+    return {"score": scores.pick_prob, "gold": gold, "correct": correct, "text": np.asarray(texts)}
 
 
 def threshold(part: dict, leak: float, confidence: float | None) -> float:
@@ -126,8 +134,11 @@ def analyse(args, seed: int, run_dir: Path) -> dict:
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     candidates = len(json.loads((run_dir / "gate_cv.json").read_text())["candidates"])
-    chosen = rows(run_dir / "predictions_validation.csv")  # the 70 % every choice read
-    report = rows(run_dir / "predictions_validation_report.csv")
+    from multitask.serve.predict import load_model
+
+    model, tokenizer = load_model(str(run_dir), "cpu")
+    chosen = rows(run_dir / "predictions_validation.csv", model, tokenizer)  # the 70 % every choice read
+    report = rows(run_dir / "predictions_validation_report.csv", model, tokenizer)
     leak = 1.0 - args.target_oos_recall
     sure = per_score_confidence(args.confidence, candidates)
     point_threshold = json.loads((run_dir / "thresholds.json").read_text())["leak"]["threshold"]

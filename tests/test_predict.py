@@ -92,3 +92,14 @@ def test_input_columns_named_like_outputs_are_kept_and_reported(model, caplog):
     assert table["decision"].tolist() == ["sports", "Decline"] and table["pick_prob"].tolist() == [0.9, 0.2]
     assert "in.csv" in caplog.text and "'decision' -> 'decision_input2'" in caplog.text
     assert list(frame.columns) == ["title", "decision", "pick_prob", "decision_input", "category_top3"]  # untouched
+
+
+def test_significant_keeps_small_gate_scores_readable():
+    from multitask.serve.predict import significant
+
+    values = np.array([8.167509335e-08, 0.123456789, 0.0, 1.0, np.nan, -2.5e-9])
+    rounded = significant(values)
+    # A squashed score near 1e-7 keeps 6 significant digits, where 6 decimals would print 0.
+    assert rounded[0] == pytest.approx(8.16751e-08, rel=1e-12) and rounded[1] == pytest.approx(0.123457, rel=1e-12)
+    assert rounded[2] == 0.0 and rounded[3] == 1.0 and np.isnan(rounded[4])
+    assert rounded[5] == pytest.approx(-2.5e-9, rel=1e-12)

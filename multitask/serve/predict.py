@@ -391,6 +391,23 @@ def decide(
     return decisions, review
 
 
+def significant(values: np.ndarray, digits: int = 6) -> np.ndarray:
+    """`values` rounded to `digits` significant digits (zeros, infinities and NaN unchanged).
+
+    Args:
+        values (`np.ndarray`): Any shape.
+        digits (`int`, *optional*, defaults to 6): Significant digits kept.
+
+    Returns:
+        `np.ndarray`: float64, same shape.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values) & (values != 0)
+    magnitude = np.floor(np.log10(np.abs(np.where(finite, values, 1.0))))
+    scale = 10.0 ** (digits - 1 - magnitude)
+    return np.where(finite, np.round(values * scale) / scale, values)
+
+
 def prediction_table(
     frame: pd.DataFrame,
     scores: Scores,
@@ -428,7 +445,9 @@ def prediction_table(
     """
     table = keep_colliding_inputs(frame, source).copy()
     if scores.pick_prob is not None:
-        table["pick_prob"] = np.round(scores.pick_prob, 6)
+        # Significant digits, not decimals: a squashed gate score (maha, knn) can sit near 1e-7, where its
+        # threshold is too; six decimals would print every such score as 0.
+        table["pick_prob"] = significant(scores.pick_prob)
         table["pick_pred"] = (scores.pick_prob >= threshold).astype(int)
     if scores.category_probs is not None:
         id2label = config.category_id2label

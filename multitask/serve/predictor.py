@@ -37,6 +37,7 @@ from multitask.serve.predict import (
     predict_scores,
     prediction_table,
     select_device,
+    significant,
     stored_max_length,
     top_categories,
 )
@@ -345,7 +346,7 @@ class Predictor:
         return [
             Decision(
                 label=str(labels[row]),
-                pick_prob=None if pick is None else round(float(pick[row]), 6),
+                pick_prob=None if pick is None else float(significant(pick[row])),
                 category=top[row][0][0] if top[row] else None,
                 category_prob=top[row][0][1] if top[row] else None,
                 review=bool(review[row]),
