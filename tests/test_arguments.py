@@ -32,6 +32,18 @@ def test_target_oos_recall_sets_the_leak_target(tmp_path):
         arguments(tmp_path, target_oos_recall=1.5)
 
 
+def test_a_stated_recall_target_comes_with_the_guarantee_unless_told_otherwise(tmp_path):
+    assert arguments(tmp_path, target_oos_recall=0.7).guarantee_confidence == 0.95
+    assert arguments(tmp_path, target_oos_recall=0.7, oos_recall_confidence=0.9).guarantee_confidence == 0.9
+    # 0 asks for the point estimate, and stays so when the arguments are rebuilt (dataclasses.replace).
+    point = arguments(tmp_path, target_oos_recall=0.7, oos_recall_confidence=0.0)
+    assert point.guarantee_confidence is None
+    import dataclasses
+
+    assert dataclasses.replace(point).guarantee_confidence is None
+    assert arguments(tmp_path, max_decline_leak=0.3).guarantee_confidence is None  # no target stated: no guarantee
+
+
 def test_loss_term_weights_name_every_logged_term(tmp_path):
     weights = arguments(tmp_path, gate_loss_weight=0.4, hierarchy_weight=0.2, rdrop_alpha_gate=0.3).loss_term_weights()
     assert set(weights) == {"gate_loss", "category_loss", "hierarchy_loss", "pick_consistency_loss", "pseudo_label_loss",

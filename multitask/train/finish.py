@@ -215,7 +215,7 @@ def _tune_gate(trained, scores: Scores, validation: LabeledFile, training_args, 
         "wrong": training_args.wrong_category_cost, "oos_share": training_args.cost_oos_share}
     gate = tune_gate(scores, validation.dataset, training_args.gate_score, training_args.gate_score_candidates,
                      training_args.max_decline_leak, training_args.threshold_cv, training_args.seed,
-                     costs, training_args.review_share, training_args.oos_recall_confidence,
+                     costs, training_args.review_share, training_args.guarantee_confidence,
                      training_args.max_pick_declined)
     trained.config.gate_score = gate["gate_score"]
     # The validation predictions written next must show the score the thresholds were chosen for.
@@ -228,7 +228,7 @@ def _tune_gate(trained, scores: Scores, validation: LabeledFile, training_args, 
     if "confidence" in leak:
         # What the promise covers, in words the user reads in thresholds.json, the run log and the model card.
         guarantee = {
-            "threshold": "leak (run_predict.py --threshold leak)", "confidence": training_args.oos_recall_confidence,
+            "threshold": "leak (run_predict.py --threshold leak)", "confidence": training_args.guarantee_confidence,
             "per_score_confidence": leak["confidence"], "candidate_scores": len(gate["candidates"]),
             "max_decline_leak": leak["max_decline_leak"], "decline_rows": leak["decline_rows"],
             "leak_upper_bound": leak["leak_upper_bound"], "met": leak["met_target"],
