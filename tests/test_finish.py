@@ -65,16 +65,21 @@ def test_finish_run_writes_the_outputs_and_stores_the_settings(encoder_dir, csv_
     assert set(config["gate_thresholds"]) == {"default", "f1", "acc", "leak"} and config["calibration"]
 
 
-def test_guaranteed_leak_threshold_is_recorded_and_logged(encoder_dir, csv_files, tmp_path, caplog):
+def run_two_steps(encoder_dir, csv_files, run_dir, caplog, *flags):
+    """run_finetune.py for two optimizer steps on `csv_files` plus `flags`, its log captured in `caplog`."""
     import logging
 
     import run_finetune
 
-    run_dir = tmp_path / "run"
-    argv = finetune_args(encoder_dir, csv_files, run_dir, "--max_steps", "2", "--report_to", "none",
-                         "--target_oos_recall", "0.5", "--oos_recall_confidence", "0.9", "--threshold_cv", "0")
+    argv = finetune_args(encoder_dir, csv_files, run_dir, "--max_steps", "2", "--report_to", "none", *flags)
     with caplog.at_level(logging.INFO, logger="run_finetune"):
         run_finetune.main(argv)
+
+
+def test_guaranteed_leak_threshold_is_recorded_and_logged(encoder_dir, csv_files, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    run_two_steps(encoder_dir, csv_files, run_dir, caplog,
+                  "--target_oos_recall", "0.5", "--oos_recall_confidence", "0.9", "--threshold_cv", "0")
     thresholds = json.loads((run_dir / "thresholds.json").read_text())
     leak, guarantee = thresholds["leak"], thresholds["guarantee"]
     # The fixture's validation has one Decline row: no threshold can promise anything with 90 % confidence.
@@ -92,11 +97,8 @@ def test_guaranteed_leak_threshold_is_recorded_and_logged(encoder_dir, csv_files
 
 
 def test_report_rows_are_scored_at_the_stored_thresholds_beside_the_promise(encoder_dir, csv_files, tmp_path, caplog):
-    import logging
-
     import pandas as pd
 
-    import run_finetune
     from tests.conftest import CATEGORIES, SENTENCES
 
     # A validation file with 15 Pick rows and 5 Decline rows, so both parts of a 40 % report split have both.
@@ -104,10 +106,8 @@ def test_report_rows_are_scored_at_the_stored_thresholds_beside_the_promise(enco
     pd.DataFrame({"pick": [p for _, p, _ in rows], "category": [c for _, _, c in rows],
                   "title": [t for t, _, _ in rows], "body": [""] * len(rows)}).to_csv(csv_files["val"], index=False)
     run_dir = tmp_path / "run"
-    argv = finetune_args(encoder_dir, csv_files, run_dir, "--max_steps", "2", "--report_to", "none",
-                         "--report_split", "0.4", "--threshold_cv", "2", "--max_pick_declined", "0.5")
-    with caplog.at_level(logging.INFO, logger="run_finetune"):
-        run_finetune.main(argv)
+    run_two_steps(encoder_dir, csv_files, run_dir, caplog,
+                  "--report_split", "0.4", "--threshold_cv", "2", "--max_pick_declined", "0.5")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     report = metrics["report"]
     assert report["rows"] == 8 and report["oos_rows"] == 2

@@ -173,6 +173,16 @@ def _bootstrap_interval(
     return {key: [float(v) for v in np.nanpercentile(values, [tail, 100 - tail])] for key, values in draws.items()}
 
 
+def _exact_intervals(pick: np.ndarray, is_pick: np.ndarray, correct: np.ndarray) -> dict[str, list[float] | None]:
+    """Clopper–Pearson 95 % intervals of in-scope accuracy, OOS recall and false-decline rate, each decision one
+    trial (`pick`: let through; `is_pick`: gold Pick; `correct`: right category)."""
+    return {
+        "in_scope_accuracy": proportion_interval(int((pick & correct & is_pick).sum()), int(is_pick.sum())),
+        "oos_recall": proportion_interval(int((~pick & ~is_pick).sum()), int((~is_pick).sum())),
+        "false_decline_rate": proportion_interval(int((~pick & is_pick).sum()), int(is_pick.sum())),
+    }
+
+
 def fixed_threshold_figures(
     scores: np.ndarray, gate_labels: np.ndarray, category_correct: np.ndarray | None, thresholds: dict[str, float]
 ) -> dict:
@@ -209,11 +219,7 @@ def fixed_threshold_figures(
         points[kind] = {
             "threshold": float(threshold),
             "figures": decision_figures(pick, gold, correct),
-            "exact_interval": {
-                "in_scope_accuracy": proportion_interval(int((pick & correct & is_pick).sum()), int(is_pick.sum())),
-                "oos_recall": proportion_interval(int((~pick & ~is_pick).sum()), int((~is_pick).sum())),
-                "false_decline_rate": proportion_interval(int((~pick & is_pick).sum()), int(is_pick.sum())),
-            },
+            "exact_interval": _exact_intervals(pick, is_pick, correct),
         }
     return {"rows": int(gold.size), "oos_rows": int((~is_pick).sum()), "operating_points": points}
 
@@ -320,9 +326,9 @@ def cross_validate_gate(
     fold_figures: dict[str, list[dict]] = {kind: [] for kind in kinds}
     chosen_per_fold = []
     # X is a placeholder: StratifiedKFold splits on `gold` and reads only X's length.
+    per_score = per_score_confidence(confidence, len(candidates))
     for fit, held in splitter.split(np.zeros(gold.size), gold):
         # Every candidate's search on the fitting folds, once: the choice and the per-score table both use it.
-        per_score = per_score_confidence(confidence, len(candidates))
         searches = {other: search_gate_thresholds(kept[other][fit], gold[fit], correct[fit], max_decline_leak,
                                                   costs=costs, confidence=per_score,
                                                   max_pick_declined=max_pick_declined)
@@ -346,11 +352,7 @@ def cross_validate_gate(
             "pooled": pooled,
             "interval": _bootstrap_interval(out_of_fold[kind], gold, correct, bootstrap_rounds, seed),
             # Clopper–Pearson on the pooled held-out counts, treating each held-out decision as one trial.
-            "exact_interval": {
-                "in_scope_accuracy": proportion_interval(int((pick & correct & is_pick).sum()), int(is_pick.sum())),
-                "oos_recall": proportion_interval(int((~pick & ~is_pick).sum()), int((~is_pick).sum())),
-                "false_decline_rate": proportion_interval(int((~pick & is_pick).sum()), int(is_pick.sum())),
-            },
+            "exact_interval": _exact_intervals(pick, is_pick, correct),
             "fold_mean": {key: float(np.nanmean(values)) for key, values in table.items()},
             "fold_sd": {key: float(np.nanstd(values, ddof=1)) for key, values in table.items()},
         }

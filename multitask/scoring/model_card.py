@@ -131,17 +131,18 @@ def _guarantee_text(guarantee: dict | None) -> str:
     if not guarantee:
         return ""
     state = "met" if guarantee["met"] else "**not met** (no threshold reached it; the lowest bound was kept)"
-    return (f"**Guarantee at the `leak` threshold** ({state}): with {100 * guarantee['confidence']:g} % confidence "
-            f"the share of new Decline items let through is at most {_fmt(guarantee['max_decline_leak'])} "
-            f"(one-sided Clopper–Pearson bound {_fmt(guarantee['leak_upper_bound'])} on "
-            f"{guarantee['decline_rows']} validation Decline rows, split over {guarantee['candidate_scores']} "
-            f"candidate gate scores)."
-            + (f" With the same confidence at most {_fmt(guarantee['max_pick_declined'])} of new Pick items are "
-               f"declined (bound {_fmt(guarantee['pick_declined_upper_bound'])} on {guarantee['pick_rows']} "
-               "validation Pick rows)" + ("." if guarantee["pick_declined_met"] else
-                                           ": **not met** on validation, so this target was dropped.")
-               if "max_pick_declined" in guarantee else "")
-            + f" It covers {guarantee['covers']}; it does not cover {guarantee['does_not_cover']}.")
+    sentences = [f"**Guarantee at the `leak` threshold** ({state}): with {100 * guarantee['confidence']:g} % "
+                 f"confidence the share of new Decline items let through is at most "
+                 f"{_fmt(guarantee['max_decline_leak'])} (one-sided Clopper–Pearson bound "
+                 f"{_fmt(guarantee['leak_upper_bound'])} on {guarantee['decline_rows']} validation Decline rows, "
+                 f"split over {guarantee['candidate_scores']} candidate gate scores)."]
+    if "max_pick_declined" in guarantee:
+        ending = "." if guarantee["pick_declined_met"] else ": **not met** on validation, so this target was dropped."
+        sentences.append(f"With the same confidence at most {_fmt(guarantee['max_pick_declined'])} of new Pick items "
+                         f"are declined (bound {_fmt(guarantee['pick_declined_upper_bound'])} on "
+                         f"{guarantee['pick_rows']} validation Pick rows){ending}")
+    sentences.append(f"It covers {guarantee['covers']}; it does not cover {guarantee['does_not_cover']}.")
+    return " ".join(sentences)
 
 
 def build_model_card(

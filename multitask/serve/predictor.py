@@ -342,11 +342,11 @@ class Predictor:
             id2label = self.config.category_id2label
             top = [[(id2label[int(i)], round(float(p), 6)) for i, p in zip(row_ids, row_probs)]
                    for row_ids, row_probs in zip(ids, probs)]
-        pick = scores.pick_prob
+        pick = None if scores.pick_prob is None else significant(scores.pick_prob)
         return [
             Decision(
                 label=str(labels[row]),
-                pick_prob=None if pick is None else float(significant(pick[row])),
+                pick_prob=None if pick is None else float(pick[row]),
                 category=top[row][0][0] if top[row] else None,
                 category_prob=top[row][0][1] if top[row] else None,
                 review=bool(review[row]),

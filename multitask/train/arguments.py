@@ -29,12 +29,12 @@ from multitask.io.tables import FORMATS, check_encoding, check_format, read_limi
 from multitask.model.configuration import DEFAULT_TEXT_COLUMNS
 from multitask.model.precision import DEFAULT_PRECISION, cpu_has_native_bf16, resolve_training_precision
 
-# `--help` groups: each dataclass lists its fields by group in `argument_groups` (not in the fields' metadata, which
-# HfArgumentParser hands to argparse as is); `multitask.train.parser` shows the groups in this order, then every
-# other TrainingArguments flag under TRAINER_GROUP.
 # The confidence a stated --target_oos_recall is guaranteed at unless --oos_recall_confidence says otherwise.
 DEFAULT_GUARANTEE_CONFIDENCE = 0.95
 
+# `--help` groups: each dataclass lists its fields by group in `argument_groups` (not in the fields' metadata, which
+# HfArgumentParser hands to argparse as is); `multitask.train.parser` shows the groups in this order, then every
+# other TrainingArguments flag under TRAINER_GROUP.
 DATA = "data"
 MODEL = "model"
 LONG_TEXT = "long text"
